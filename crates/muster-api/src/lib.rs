@@ -1,0 +1,503 @@
+//! Wire types of muster's v1 HTTP API, shared by the server and every client.
+//!
+//! Everything here is plain data with serde derives; this crate does no I/O. Store rows and
+//! server internals convert to and from these types at the HTTP edge.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Labels are free-form string pairs an operator filters and groups by.
+pub type Labels = BTreeMap<String, String>;
+
+macro_rules! closed_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stable name used on the wire and in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses a stable name; `None` for anything unknown.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+closed_enum! {
+    /// Where a task is in its lifecycle: `queued → assigned → running → completed`, or `failed`,
+    /// or `cancelled`.
+    TaskState {
+        Queued => "queued",
+        Assigned => "assigned",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+impl TaskState {
+    /// A final state never changes again (except by an operator's retry).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+closed_enum! {
+    /// How one attempt of a task ended.
+    AttemptOutcome {
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        /// The attempt ran past the task's `timeout_s`.
+        TimedOut => "timed_out",
+        /// The agent stopped heartbeating or its lease expired.
+        Lost => "lost",
+        Cancelled => "cancelled",
+    }
+}
+
+closed_enum! {
+    /// An agent's standing in the registry.
+    AgentStatus {
+        Online => "online",
+        Offline => "offline",
+        /// Online but takes no new tasks.
+        Draining => "draining",
+    }
+}
+
+closed_enum! {
+    /// Which output a log line came from.
+    LogStream {
+        Stdout => "stdout",
+        Stderr => "stderr",
+        /// Lines the runtime itself writes (start, exit code, cancellation).
+        System => "system",
+    }
+}
+
+closed_enum! {
+    /// Stable machine-readable error codes; the HTTP status follows from the code.
+    ErrorCode {
+        BadRequest => "bad_request",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        NotFound => "not_found",
+        Conflict => "conflict",
+        PayloadTooLarge => "payload_too_large",
+        UnsupportedMediaType => "unsupported_media_type",
+        InvalidField => "invalid_field",
+        TooManyRequests => "too_many_requests",
+        Unavailable => "unavailable",
+        Internal => "internal",
+    }
+}
+
+impl ErrorCode {
+    /// The HTTP status code that carries this error.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::InvalidField => 422,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// The body of every error response: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents
+
+/// `POST /api/v1/agents/register`. The first five fields are the body the FastAPI command center
+/// accepted, so existing agents need only a new URL; the rest are optional.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgent {
+    pub agent_id: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// MCP servers the agent offers, kept as the agent sent them.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub mcp_servers: Vec<Value>,
+    /// How many tasks it runs at once; default 1.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// One agent as the registry knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    pub agent_id: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub capabilities: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub mcp_servers: Vec<Value>,
+    pub max_concurrency: u32,
+    pub labels: Labels,
+    pub version: Option<String>,
+    pub status: AgentStatus,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub cpu_percent: Option<f64>,
+    pub memory_percent: Option<f64>,
+    /// Tasks assigned to or running on this agent, by the server's own count.
+    pub active_tasks: u32,
+}
+
+/// `GET /api/v1/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+}
+
+/// A task the agent believes it is running, sent with heartbeats so the server can tell it which
+/// of them to stop.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunningTask {
+    pub task_id: Uuid,
+    pub attempt: u32,
+}
+
+/// `POST /api/v1/agents/{id}/heartbeat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub cpu_percent: f64,
+    #[serde(default)]
+    pub memory_percent: f64,
+    #[serde(default)]
+    pub active_tasks: u32,
+    /// Optional: the attempts the agent is running. Any that the server no longer considers
+    /// current comes back in `cancel`.
+    #[serde(default)]
+    pub running: Vec<RunningTask>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    pub status: AgentStatus,
+    /// Tasks the agent must stop: cancelled by an operator, timed out, or given to another agent.
+    pub cancel: Vec<Uuid>,
+}
+
+/// Header on claim answers (200 and 204) listing, comma-separated, the tasks to stop.
+pub const CANCEL_HEADER: &str = "x-muster-cancel";
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+/// `POST /api/v1/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    pub kind: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Every one of these must be among an agent's capabilities for it to take the task.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Higher runs first; default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Retries after the first attempt; the server's default when absent.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Upper bound of one attempt, in seconds.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+    /// At most one task per lock key is assigned or running at a time.
+    #[serde(default)]
+    pub lock_key: Option<String>,
+    /// A second submit with the same key returns the first task (200) instead of a new one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Not before this time.
+    #[serde(default)]
+    pub run_after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// One scored candidate of an assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Candidate {
+    pub agent_id: String,
+    pub score: f64,
+    pub active: u32,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+}
+
+/// Why a task went to its agent: the eligible agents and their scores, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub agent_id: String,
+    pub assigned_at: DateTime<Utc>,
+    pub candidates: Vec<Candidate>,
+}
+
+/// One attempt at running a task.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub agent_id: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub assignment: Option<Assignment>,
+}
+
+/// A task. `attempts` is filled by `GET /api/v1/tasks/{id}` and left empty in lists.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: TaskState,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    pub capabilities: Vec<String>,
+    pub priority: i32,
+    pub max_retries: u32,
+    pub timeout_s: Option<u32>,
+    pub lock_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub run_after: Option<DateTime<Utc>>,
+    pub labels: Labels,
+    /// The current attempt's number (0 before the first claim); reports must carry it.
+    pub attempt: u32,
+    pub agent_id: Option<String>,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+    pub error: Option<String>,
+    pub assignment: Option<Assignment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// `GET /api/v1/tasks`: newest first; pass `next_cursor` back as `cursor` for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    pub next_cursor: Option<String>,
+}
+
+/// One line of output, as an agent sends it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewLogLine {
+    #[serde(default)]
+    pub ts: Option<DateTime<Utc>>,
+    #[serde(default = "default_stream")]
+    pub stream: LogStream,
+    pub text: String,
+}
+
+fn default_stream() -> LogStream {
+    LogStream::Stdout
+}
+
+/// `POST /api/v1/tasks/{id}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendLogs {
+    pub attempt: u32,
+    pub lines: Vec<NewLogLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogsAccepted {
+    pub accepted: usize,
+}
+
+/// One stored log line; `id` orders lines and resumes a follower (`Last-Event-ID`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    pub id: i64,
+    pub attempt: u32,
+    pub ts: DateTime<Utc>,
+    pub stream: LogStream,
+    pub text: String,
+}
+
+/// `GET /api/v1/tasks/{id}/logs` as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` to read on; absent when the page reached the end.
+    pub next_after: Option<i64>,
+}
+
+/// `POST /api/v1/tasks/{id}/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTask {
+    pub attempt: u32,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub result: Value,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+}
+
+/// `POST /api/v1/tasks/{id}/fail`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailTask {
+    pub attempt: u32,
+    pub error: String,
+    /// A retryable failure goes back to the queue while retries remain; default true.
+    #[serde(default = "default_true")]
+    pub retryable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events and health
+
+/// What `GET /api/v1/events` streams; the SSE event name is `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A task changed state.
+    Task {
+        task_id: Uuid,
+        state: TaskState,
+        agent_id: Option<String>,
+        attempt: u32,
+    },
+    /// An agent registered, changed status or was removed.
+    Agent {
+        agent_id: String,
+        status: Option<AgentStatus>,
+    },
+    /// The stream could not resume where asked (the server restarted or the id is too old):
+    /// reload state, then go on from here.
+    Resync,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub db: String,
+    pub version: String,
+    pub uptime_s: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_state_round_trips_through_its_name() {
+        for state in TaskState::ALL {
+            assert_eq!(TaskState::parse(state.as_str()), Some(*state));
+            let json = serde_json::to_string(state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<TaskState>(&json).unwrap(), *state);
+        }
+        assert_eq!(TaskState::parse("done"), None);
+        assert!(serde_json::from_str::<TaskState>("\"done\"").is_err());
+    }
+
+    #[test]
+    fn every_closed_enum_round_trips() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug + Serialize + for<'a> Deserialize<'a>>(
+            all: &[T],
+            name: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            for v in all {
+                assert_eq!(parse(name(*v)), Some(*v));
+                let json = serde_json::to_value(v).unwrap();
+                assert_eq!(json, Value::String(name(*v).to_owned()));
+            }
+        }
+        check(
+            AttemptOutcome::ALL,
+            AttemptOutcome::as_str,
+            AttemptOutcome::parse,
+        );
+        check(AgentStatus::ALL, AgentStatus::as_str, AgentStatus::parse);
+        check(LogStream::ALL, LogStream::as_str, LogStream::parse);
+        check(ErrorCode::ALL, ErrorCode::as_str, ErrorCode::parse);
+    }
+
+    #[test]
+    fn the_command_center_register_body_is_accepted_as_is() {
+        let body = r#"{"agent_id":"a1","host":"10.0.0.5","port":8080,
+            "capabilities":["ansible"],"mcp_servers":[{"name":"fs"}]}"#;
+        let reg: RegisterAgent = serde_json::from_str(body).unwrap();
+        assert_eq!(reg.agent_id, "a1");
+        assert_eq!(reg.max_concurrency, None);
+    }
+}

@@ -1,0 +1,98 @@
+//! The health loop: marks agents offline when their heartbeats lapse and hands their tasks
+//! back, expires unclaimed assignments, lapsed leases and attempts past their timeout, and
+//! prunes finished tasks past the retention period. [`sweep_once`] is one step; [`run`] only
+//! adds the waiting. It ends when the server shuts down.
+
+use std::sync::Arc;
+
+use muster_api::AgentStatus;
+
+use crate::server::App;
+use crate::store::{ExpiryRules, Pruned, StoreResult};
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub agents_offline: Vec<String>,
+    pub tasks_changed: usize,
+}
+
+pub async fn run(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.settings.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<i64> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        if let Err(err) = sweep_once(&app).await {
+            tracing::error!(error = %err, "health sweep failed");
+        }
+        let now = app.now_ms();
+        // Retention is coarse: once an hour is plenty.
+        if last_prune.is_none_or(|at| now - at >= 3_600_000) {
+            last_prune = Some(now);
+            match prune_once(&app).await {
+                Ok(p) if p.tasks > 0 => {
+                    tracing::info!(
+                        tasks = p.tasks,
+                        log_lines = p.log_lines,
+                        "pruned finished tasks"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %err, "retention pruning failed"),
+            }
+        }
+    }
+}
+
+/// One pass over agents and leases at the clock's current time.
+pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
+    let now = app.now_ms();
+    let mut swept = Swept::default();
+    let cutoff = now - app.settings.heartbeat_timeout.as_millis() as i64;
+    for agent_id in app.registry.lapsed(cutoff) {
+        match app.store.release_agent(&agent_id, false, now).await {
+            Ok(changes) => {
+                tracing::warn!(
+                    agent_id,
+                    tasks = changes.len(),
+                    "agent stopped heartbeating; offline"
+                );
+                swept.tasks_changed += changes.len();
+                app.agent_status_changed(&agent_id, AgentStatus::Offline);
+                for change in changes {
+                    app.apply(change);
+                }
+                swept.agents_offline.push(agent_id);
+            }
+            Err(crate::error::StoreError::NotFound(_)) => app.registry.remove(&agent_id),
+            Err(err) => return Err(err),
+        }
+    }
+    let rules = ExpiryRules {
+        assign_timeout_ms: app.settings.assign_timeout.as_millis() as i64,
+    };
+    let changes = app.store.expire(now, rules).await?;
+    swept.tasks_changed += changes.len();
+    for change in changes {
+        app.apply(change);
+    }
+    Ok(swept)
+}
+
+/// Deletes finished tasks older than the retention period, in batches.
+pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
+    let cutoff = app.now_ms() - app.settings.retention.as_millis() as i64;
+    let mut total = Pruned::default();
+    loop {
+        let p = app.store.prune(cutoff).await?;
+        total.tasks += p.tasks;
+        total.log_lines += p.log_lines;
+        if p.tasks == 0 || app.shutdown.is_cancelled() {
+            return Ok(total);
+        }
+    }
+}

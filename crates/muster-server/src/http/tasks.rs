@@ -1,0 +1,260 @@
+//! Task routes: submit, list, show, cancel, retry, and the agent's reports (logs, complete, fail).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use muster_api::{
+    AppendLogs, CompleteTask, ErrorCode, FailTask, LogsAccepted, SubmitTask, Task, TaskList,
+    TaskState,
+};
+
+use super::{AdminAuth, AgentAuth, ApiJson, AppState, QueryPairs, task_id};
+use crate::dispatch::DispatchEvent;
+use crate::error::ApiError;
+use crate::store::{NewTask, TaskFilter};
+
+/// Largest page of `GET /api/v1/tasks`.
+const MAX_PAGE: usize = 500;
+/// Most lines one log post may carry.
+const MAX_LINES: usize = 10_000;
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask, ApiError> {
+    check_text("kind", &req.kind, 200)?;
+    for (i, cap) in req.capabilities.iter().enumerate() {
+        check_text(&format!("capabilities[{i}]"), cap, 200)?;
+    }
+    if let Some(key) = &req.lock_key {
+        check_text("lock_key", key, 500)?;
+    }
+    if let Some(key) = &req.idempotency_key {
+        check_text("idempotency_key", key, 500)?;
+    }
+    if req.timeout_s == Some(0) {
+        return Err(ApiError::invalid("timeout_s", "must be at least 1"));
+    }
+    if let Some(n) = req.max_retries
+        && n > 1000
+    {
+        return Err(ApiError::invalid("max_retries", "must be at most 1000"));
+    }
+    let mut capabilities = req.capabilities;
+    capabilities.sort();
+    capabilities.dedup();
+    Ok(NewTask {
+        id: uuid::Uuid::now_v7(),
+        kind: req.kind,
+        payload: req.payload,
+        capabilities,
+        priority: req.priority,
+        max_retries: req.max_retries.unwrap_or(default_max_retries),
+        timeout_s: req.timeout_s,
+        lock_key: req.lock_key,
+        idempotency_key: req.idempotency_key,
+        run_after: req.run_after.map(|t| t.timestamp_millis()),
+        labels: req.labels,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = SubmitTask,
+    responses((status = 201, body = Task, description = "queued"),
+              (status = 200, body = Task, description = "the idempotency key named an existing task"),
+              (status = 422, body = muster_api::ErrorBody)))]
+pub(crate) async fn submit(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<SubmitTask>,
+) -> Result<Response, ApiError> {
+    let new = validate_submit(req, app.settings.default_max_retries)?;
+    let submitted = app.store.submit(new, app.now_ms()).await?;
+    if let Some(queued) = submitted.queued {
+        app.dispatcher.send(DispatchEvent::Queued(queued));
+        app.metrics.transitions.with_label_values(&["queued"]).inc();
+        app.events.publish(muster_api::Event::Task {
+            task_id: submitted.task.id,
+            state: TaskState::Queued,
+            agent_id: None,
+            attempt: 0,
+        });
+    }
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(submitted.task)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
+    params(("state" = Option<TaskState>, Query, description = "only tasks in this state"),
+           ("kind" = Option<String>, Query, description = "only tasks of this kind"),
+           ("agent_id" = Option<String>, Query, description = "only tasks of this agent"),
+           ("limit" = Option<usize>, Query, description = "page size, 1 to 500 (default 50)"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = TaskList), (status = 422, body = muster_api::ErrorBody)))]
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    query: QueryPairs,
+) -> Result<Json<TaskList>, ApiError> {
+    let state = match query.get("state") {
+        None => None,
+        Some(raw) => Some(TaskState::parse(raw).ok_or_else(|| {
+            let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(
+                "state",
+                format!("{raw:?} is not one of {}", names.join(", ")),
+            )
+        })?),
+    };
+    let limit = query.parse::<usize>("limit")?.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let page = app
+        .store
+        .tasks(TaskFilter {
+            state,
+            kind: query.get("kind").map(str::to_owned),
+            agent_id: query.get("agent_id").map(str::to_owned),
+            limit,
+            before_seq: query.parse::<i64>("cursor")?,
+        })
+        .await?;
+    Ok(Json(TaskList {
+        tasks: page.tasks,
+        next_cursor: page.next_before.map(|seq| seq.to_string()),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "task id")),
+    responses((status = 200, body = Task, description = "the task with every attempt"),
+              (status = 404, body = muster_api::ErrorBody)))]
+pub(crate) async fn show(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(app.store.task(task_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "task id")),
+    responses((status = 200, body = Task, description = "cancelled, or (running) the agent was told to stop"),
+              (status = 409, body = muster_api::ErrorBody, description = "already finished")))]
+pub(crate) async fn cancel(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    let changed = app.store.cancel(task_id(&id)?, app.now_ms()).await?;
+    app.apply(changed.change);
+    Ok(Json(changed.task))
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "task id")),
+    responses((status = 200, body = Task, description = "queued again"),
+              (status = 409, body = muster_api::ErrorBody, description = "not failed or cancelled")))]
+pub(crate) async fn retry(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    let changed = app.store.retry(task_id(&id)?, app.now_ms()).await?;
+    app.apply(changed.change);
+    Ok(Json(changed.task))
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks", request_body = AppendLogs,
+    params(("id" = uuid::Uuid, Path, description = "task id")),
+    responses((status = 200, body = LogsAccepted),
+              (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current")))]
+pub(crate) async fn append_logs(
+    State(app): State<AppState>,
+    _: AgentAuth,
+    Path(id): Path<String>,
+    ApiJson(logs): ApiJson<AppendLogs>,
+) -> Result<Json<LogsAccepted>, ApiError> {
+    let id = task_id(&id)?;
+    if logs.lines.len() > MAX_LINES {
+        return Err(ApiError::invalid(
+            "lines",
+            format!("at most {MAX_LINES} lines per post"),
+        ));
+    }
+    let accepted = app.store.append_logs(id, logs, app.now_ms()).await?;
+    app.events.signal_task(id);
+    Ok(Json(LogsAccepted { accepted }))
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks", request_body = CompleteTask,
+    params(("id" = uuid::Uuid, Path, description = "task id")),
+    responses((status = 200, body = Task),
+              (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current; nothing changed")))]
+pub(crate) async fn complete(
+    State(app): State<AppState>,
+    _: AgentAuth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CompleteTask>,
+) -> Result<Json<Task>, ApiError> {
+    let changed = app
+        .store
+        .complete(
+            task_id(&id)?,
+            req.attempt,
+            req.result,
+            req.usage,
+            app.now_ms(),
+        )
+        .await?;
+    app.apply(changed.change);
+    Ok(Json(changed.task))
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks", request_body = FailTask,
+    params(("id" = uuid::Uuid, Path, description = "task id")),
+    responses((status = 200, body = Task, description = "queued for a retry, or failed for good"),
+              (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current; nothing changed")))]
+pub(crate) async fn fail(
+    State(app): State<AppState>,
+    _: AgentAuth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<FailTask>,
+) -> Result<Json<Task>, ApiError> {
+    if req.error.len() > 64 * 1024 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "error: must be at most 65536 bytes",
+        ));
+    }
+    let changed = app
+        .store
+        .fail(
+            task_id(&id)?,
+            req.attempt,
+            req.error,
+            req.retryable,
+            app.now_ms(),
+        )
+        .await?;
+    app.apply(changed.change);
+    Ok(Json(changed.task))
+}

@@ -1,0 +1,233 @@
+//! The `Store` trait: every durable operation of the control plane, in domain terms. Backends
+//! (SQLite now, PostgreSQL later) implement it their best way; the dispatcher, the health loop
+//! and the handlers see only this trait. Each operation is durable before it returns.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use muster_api::{
+    Agent, AgentStatus, AppendLogs, Assignment, LogLine, RegisterAgent, RunningTask, Task,
+    TaskState,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A task to persist, already validated and normalised (capabilities sorted and unique).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: Value,
+    pub capabilities: Vec<String>,
+    pub priority: i32,
+    pub max_retries: u32,
+    pub timeout_s: Option<u32>,
+    pub lock_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub run_after: Option<i64>,
+    pub labels: muster_api::Labels,
+}
+
+/// What the dispatcher needs to know of a queued task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedTask {
+    /// The store's internal, monotonically growing handle of the task (age order).
+    pub seq: i64,
+    pub priority: i32,
+    pub capabilities: Vec<String>,
+    pub lock_key: Option<String>,
+    pub run_after: Option<i64>,
+}
+
+/// A task left `assigned`/`running`: its agent has a slot free and its lock key is free.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Released {
+    pub agent_id: String,
+    pub lock_key: Option<String>,
+}
+
+/// One committed state change of a task, for the dispatcher and the event stream.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub task_id: Uuid,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub agent_id: Option<String>,
+    pub released: Option<Released>,
+    /// Set when the task (re-)entered the queue.
+    pub requeued: Option<QueuedTask>,
+    /// An agent that must hear about this at once (a cancel of its running task).
+    pub wake_agent: Option<String>,
+}
+
+/// The answer of a task operation: the task as it now stands and what changed.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub task: Task,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub task: Task,
+    /// False when the idempotency key named an existing task.
+    pub created: bool,
+    pub queued: Option<QueuedTask>,
+}
+
+/// The dispatcher's decision for one task.
+#[derive(Debug, Clone)]
+pub struct AssignOrder {
+    pub seq: i64,
+    pub agent_id: String,
+    pub assignment: Assignment,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub task: Option<Task>,
+    /// Running tasks of this agent that it must stop.
+    pub cancel: Vec<Uuid>,
+}
+
+/// Filters of `GET /api/v1/tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub kind: Option<String>,
+    pub agent_id: Option<String>,
+    pub limit: usize,
+    /// Only tasks older than this `seq` (newest first paging).
+    pub before_seq: Option<i64>,
+}
+
+/// One page of tasks and the `seq` to continue before.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    pub next_before: Option<i64>,
+}
+
+/// Figures for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub by_state: Vec<(TaskState, u64)>,
+    /// Running tasks whose lease lapsed and that the health loop has not rescued yet.
+    pub past_lease: u64,
+}
+
+/// Everything the dispatcher rebuilds its memory from at start.
+#[derive(Debug, Clone, Default)]
+pub struct DispatchSnapshot {
+    pub agents: Vec<Agent>,
+    pub queued: Vec<QueuedTask>,
+    /// Assigned or running tasks: (agent, lock key).
+    pub active: Vec<Released>,
+}
+
+/// How failures are retried; fixed for a store's life.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub default_max_retries: u32,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with jitter: base × 2^(n−1), capped, times a factor in [0.5, 1.5).
+    pub fn delay_ms(&self, retry_number: u32) -> i64 {
+        let exp = retry_number.saturating_sub(1).min(30);
+        let raw = self.backoff_base_ms.saturating_mul(1i64 << exp);
+        let capped = raw.min(self.backoff_max_ms).max(0);
+        let factor: f64 = 0.5 + rand::random::<f64>();
+        (capped as f64 * factor) as i64
+    }
+}
+
+/// Timings the health loop's sweep applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpiryRules {
+    pub assign_timeout_ms: i64,
+}
+
+/// Counts removed by one retention pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub tasks: u64,
+    pub log_lines: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- tasks
+    async fn submit(&self, task: NewTask, now: i64) -> StoreResult<Submitted>;
+    /// Applies each order only if its task is still queued and due; one flag per order.
+    async fn assign(&self, orders: Vec<AssignOrder>, now: i64) -> StoreResult<Vec<bool>>;
+    /// The agent's next assigned task becomes running with a new attempt and a lease.
+    async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed>;
+    async fn append_logs(&self, task_id: Uuid, logs: AppendLogs, now: i64) -> StoreResult<usize>;
+    async fn complete(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        result: Value,
+        usage: Option<Value>,
+        now: i64,
+    ) -> StoreResult<Changed>;
+    async fn fail(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+        now: i64,
+    ) -> StoreResult<Changed>;
+    async fn cancel(&self, task_id: Uuid, now: i64) -> StoreResult<Changed>;
+    async fn retry(&self, task_id: Uuid, now: i64) -> StoreResult<Changed>;
+    /// Assign timeouts, lapsed leases and attempts past `timeout_s`.
+    async fn expire(&self, now: i64, rules: ExpiryRules) -> StoreResult<Vec<Change>>;
+    async fn prune(&self, finished_before: i64) -> StoreResult<Pruned>;
+
+    // --- agents
+    /// Inserts or updates; true when the agent is new.
+    async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<(Agent, bool)>;
+    /// Extends the leases of the agent's running tasks; answers which tasks it must stop.
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        running: Vec<RunningTask>,
+        lease_until: i64,
+    ) -> StoreResult<Vec<Uuid>>;
+    async fn set_agent_status(
+        &self,
+        agent_id: &str,
+        status: AgentStatus,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Marks the agent offline (or deletes it) and hands its tasks back to the queue.
+    async fn release_agent(
+        &self,
+        agent_id: &str,
+        delete: bool,
+        now: i64,
+    ) -> StoreResult<Vec<Change>>;
+
+    // --- reads
+    async fn task(&self, task_id: Uuid) -> StoreResult<Task>;
+    async fn task_state(&self, task_id: Uuid) -> StoreResult<TaskState>;
+    async fn tasks(&self, filter: TaskFilter) -> StoreResult<TaskPage>;
+    async fn logs(&self, task_id: Uuid, after: i64, limit: usize) -> StoreResult<Vec<LogLine>>;
+    async fn agents(&self) -> StoreResult<Vec<Agent>>;
+    async fn agent(&self, agent_id: &str) -> StoreResult<Agent>;
+    async fn stats(&self, now: i64) -> StoreResult<Stats>;
+    async fn snapshot(&self) -> StoreResult<DispatchSnapshot>;
+    /// A cheap round trip proving the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Finishes queued writes and stops; later calls fail with `Unavailable`.
+    async fn close(&self);
+}
