@@ -1,0 +1,11 @@
+//! Black-box tests of the control plane: each test starts a real server on 127.0.0.1:0 with its
+//! own SQLite file and talks HTTP to it. Time-dependent rules move the server's clock forward
+//! and run one health sweep instead of sleeping.
+
+// Test helpers are `pub` for the modules of this one test binary, not for the world.
+#![allow(unreachable_pub)]
+mod helpers;
+
+mod edge;
+mod lifecycle;
+mod streams;

@@ -1,0 +1,1 @@
+//! Server-sent events: following a task's logs and the event feed.
