@@ -1,0 +1,77 @@
+//! Runs the real `muster` binary for the tests of this crate.
+
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// A `muster serve` child process and the address it reported.
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+}
+
+impl Served {
+    pub(crate) fn start(db: &Path, extra_env: &[(&str, &str)]) -> Served {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_muster"));
+        cmd.arg("serve")
+            .env("DB_PATH", db)
+            .env("ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env_remove("API_KEY")
+            .env_remove("AGENT_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("muster starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("muster printed its address before exiting")
+                .expect("readable log line");
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(addr) = entry["fields"]["addr"].as_str() {
+                break addr.to_owned();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Served {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// Sends SIGTERM, as an init system would, and waits for the exit status.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("reaped")
+    }
+
+    pub(crate) fn kill(mut self) {
+        // std's kill sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
