@@ -8,4 +8,5 @@ mod helpers;
 
 mod edge;
 mod lifecycle;
+mod operations;
 mod streams;
