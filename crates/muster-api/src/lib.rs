@@ -223,10 +223,12 @@ pub struct Heartbeat {
     pub memory_percent: f64,
     #[serde(default)]
     pub active_tasks: u32,
-    /// Optional: the attempts the agent is running. Any that the server no longer considers
-    /// current comes back in `cancel`.
+    /// Optional: the attempts the agent is running. When present, only these leases are
+    /// extended (a task the agent forgot, say after a restart, is rescued when its lease lapses),
+    /// and any attempt the server no longer considers current comes back in `cancel`. When
+    /// absent, every running task of the agent is extended.
     #[serde(default)]
-    pub running: Vec<RunningTask>,
+    pub running: Option<Vec<RunningTask>>,
 }
 
 /// The answer to a heartbeat.

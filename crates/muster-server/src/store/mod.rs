@@ -195,11 +195,12 @@ pub trait Store: Send + Sync + 'static {
     // --- agents
     /// Inserts or updates; true when the agent is new.
     async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<(Agent, bool)>;
-    /// Extends the leases of the agent's running tasks; answers which tasks it must stop.
+    /// Extends the leases of the agent's running tasks (only those in `running` when the agent
+    /// lists them); answers which tasks it must stop.
     async fn heartbeat(
         &self,
         agent_id: &str,
-        running: Vec<RunningTask>,
+        running: Option<Vec<RunningTask>>,
         lease_until: i64,
     ) -> StoreResult<Vec<Uuid>>;
     async fn set_agent_status(

@@ -775,7 +775,8 @@ impl Store for SqliteStore {
             cur.check_current(attempt)?;
             conn.prepare_cached(
                 "UPDATE tasks SET state = 'completed', result = ?3, usage = ?4, finished_at = ?5, \
-                 updated_at = ?5, lease_until = NULL WHERE seq = ?1 AND attempt = ?2",
+                 updated_at = ?5, lease_until = NULL WHERE seq = ?1 AND attempt = ?2 \
+                 AND state = 'running'",
             )?
             .execute(params![
                 cur.seq,
@@ -993,7 +994,7 @@ impl Store for SqliteStore {
     async fn heartbeat(
         &self,
         agent_id: &str,
-        running: Vec<RunningTask>,
+        running: Option<Vec<RunningTask>>,
         lease_until: i64,
     ) -> StoreResult<Vec<Uuid>> {
         let agent_id = agent_id.to_owned();
@@ -1004,28 +1005,30 @@ impl Store for SqliteStore {
             {
                 return Err(StoreError::NotFound(format!("agent {agent_id}")));
             }
-            conn.prepare_cached(
-                "UPDATE tasks SET lease_until = ?2 WHERE agent_id = ?1 AND state = 'running'",
-            )?
-            .execute(params![agent_id, lease_until])?;
+            if running.is_none() {
+                conn.prepare_cached(
+                    "UPDATE tasks SET lease_until = ?2 WHERE agent_id = ?1 AND state = 'running'",
+                )?
+                .execute(params![agent_id, lease_until])?;
+            }
             let mut cancel = task_ids(
                 conn,
                 "SELECT id FROM tasks WHERE agent_id = ?1 AND state = 'running' \
                  AND cancel_requested = 1",
                 &[&agent_id],
             )?;
-            let mut stmt =
-                conn.prepare_cached("SELECT state, attempt, agent_id FROM tasks WHERE id = ?1")?;
-            for r in running {
-                let now_current = stmt
-                    .query_row([r.task_id.to_string()], |row| {
-                        Ok(row.get::<_, String>(0)? == "running"
-                            && row.get::<_, u32>(1)? == r.attempt
-                            && row.get::<_, Option<String>>(2)?.as_deref() == Some(&agent_id))
-                    })
-                    .optional()?
-                    .unwrap_or(false);
-                if !now_current && !cancel.contains(&r.task_id) {
+            let mut extend = conn.prepare_cached(
+                "UPDATE tasks SET lease_until = ?4 WHERE id = ?1 AND attempt = ?2 \
+                 AND agent_id = ?3 AND state = 'running'",
+            )?;
+            for r in running.unwrap_or_default() {
+                let current = extend.execute(params![
+                    r.task_id.to_string(),
+                    r.attempt,
+                    agent_id,
+                    lease_until
+                ])? == 1;
+                if !current && !cancel.contains(&r.task_id) {
                     cancel.push(r.task_id);
                 }
             }
