@@ -21,6 +21,7 @@ use muster_api::{Agent, AgentStatus, Assignment, Candidate};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, to_utc};
+use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{AssignOrder, DispatchSnapshot, QueuedTask, Released, Store};
@@ -467,6 +468,7 @@ pub fn spawn(
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    events: Arc<EventHub>,
 ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let state = DispatchState::from_snapshot(snapshot, clock.now_ms());
@@ -476,6 +478,7 @@ pub fn spawn(
         registry,
         clock,
         metrics,
+        events,
     };
     let handle = tokio::spawn(actor.run(rx));
     (Dispatcher { tx }, handle)
@@ -487,6 +490,7 @@ struct Actor {
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    events: Arc<EventHub>,
 }
 
 impl Actor {
@@ -537,9 +541,20 @@ impl Actor {
         let orders: Vec<AssignOrder> = planned.iter().map(|p| p.order.clone()).collect();
         match self.store.assign(orders, now).await {
             Ok(applied) => {
-                for (p, ok) in planned.into_iter().zip(applied) {
-                    if ok {
+                for (p, applied) in planned.into_iter().zip(applied) {
+                    if let Some(task_id) = applied {
                         self.registry.wake(&p.order.agent_id);
+                        self.metrics
+                            .transitions
+                            .with_label_values(&["assigned"])
+                            .inc();
+                        self.events.signal_task(task_id);
+                        self.events.publish(muster_api::Event::Task {
+                            task_id,
+                            state: muster_api::TaskState::Assigned,
+                            agent_id: Some(p.order.agent_id),
+                            attempt: 0,
+                        });
                     } else {
                         // Cancelled or changed since it was queued: it no longer belongs here.
                         self.state.undo(p, false);

@@ -26,7 +26,7 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub registry: Arc<Registry>,
     pub dispatcher: Dispatcher,
-    pub events: EventHub,
+    pub events: Arc<EventHub>,
     pub metrics: Metrics,
     /// Cancelled when shutdown begins: streams and long-polls end on it.
     pub shutdown: CancellationToken,
@@ -65,13 +65,13 @@ impl App {
     /// Records an agent's new status everywhere it is kept in memory.
     pub fn agent_status_changed(&self, agent_id: &str, status: AgentStatus) {
         self.registry.set_status(agent_id, status);
-        self.dispatcher.send(DispatchEvent::AgentStatus {
-            agent_id: agent_id.to_owned(),
-            status,
-        });
         self.events.publish(Event::Agent {
             agent_id: agent_id.to_owned(),
             status: Some(status),
+        });
+        self.dispatcher.send(DispatchEvent::AgentStatus {
+            agent_id: agent_id.to_owned(),
+            status,
         });
     }
 }
@@ -133,12 +133,14 @@ impl Server {
             registry.upsert(&agent.agent_id, agent.status, now, false);
         }
         let metrics = Metrics::new();
+        let events = Arc::new(EventHub::new(now));
         let (dispatcher, dispatcher_task) = dispatch::spawn(
             snapshot,
             store.clone(),
             registry.clone(),
             clock.clone(),
             metrics.clone(),
+            events.clone(),
         );
         let app = Arc::new(App {
             settings,
@@ -146,7 +148,7 @@ impl Server {
             clock,
             registry,
             dispatcher,
-            events: EventHub::new(now),
+            events,
             metrics,
             shutdown: CancellationToken::new(),
             started: Instant::now(),

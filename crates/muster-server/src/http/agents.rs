@@ -60,11 +60,13 @@ pub(crate) async fn register(
     let (mut agent, created) = app.store.register_agent(reg, now).await?;
     app.registry
         .upsert(&agent.agent_id, AgentStatus::Online, now, true);
-    app.dispatcher.send(agent_event(&agent));
+    // Published before the dispatcher hears of it, so the feed never shows a task assigned to
+    // an agent it has not seen register.
     app.events.publish(Event::Agent {
         agent_id: agent.agent_id.clone(),
         status: Some(AgentStatus::Online),
     });
+    app.dispatcher.send(agent_event(&agent));
     app.registry.decorate(&mut agent);
     let status = if created {
         StatusCode::CREATED

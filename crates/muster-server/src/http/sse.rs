@@ -57,7 +57,12 @@ pub(crate) async fn logs(
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
-    let header_after = last_event_id(&headers).and_then(|v| v.parse::<i64>().ok());
+    let header_after = match last_event_id(&headers) {
+        None => None,
+        Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
+            ApiError::invalid("Last-Event-ID", format!("{raw:?} is not a log line id"))
+        })?),
+    };
     let after = header_after.or(query.parse::<i64>("after")?).unwrap_or(0);
     if !wants_stream(&headers) {
         let limit = query.parse::<usize>("limit")?.unwrap_or(1000);

@@ -677,18 +677,23 @@ impl Store for SqliteStore {
         self.write(move |conn| insert_task(conn, &task, now)).await
     }
 
-    async fn assign(&self, orders: Vec<AssignOrder>, now: i64) -> StoreResult<Vec<bool>> {
+    async fn assign(&self, orders: Vec<AssignOrder>, now: i64) -> StoreResult<Vec<Option<Uuid>>> {
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "UPDATE tasks SET state = 'assigned', agent_id = ?2, assigned_at = ?3, \
                  assignment = ?4, updated_at = ?3 \
-                 WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3)",
+                 WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
+                 RETURNING id",
             )?;
             let mut applied = Vec::with_capacity(orders.len());
             for order in &orders {
                 let assignment = serde_json::to_string(&order.assignment)?;
-                let n = stmt.execute(params![order.seq, order.agent_id, now, assignment])?;
-                applied.push(n == 1);
+                let id = stmt
+                    .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
+                        uuid_col(row, 0)
+                    })
+                    .optional()?;
+                applied.push(id);
             }
             Ok(applied)
         })

@@ -1,8 +1,13 @@
 //! Bad input, authentication and the operational routes.
 
-use reqwest::StatusCode;
+use std::time::Duration;
 
-use crate::helpers::TestApp;
+use muster_server::{Server, Settings};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, secret};
+use crate::streams::{follow_events, follow_logs};
 
 #[tokio::test]
 async fn health_answers() {
@@ -11,4 +16,741 @@ async fn health_answers() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["db"], "ok");
+}
+
+/// Asserts the error envelope with `code` and returns its message.
+fn error_message(status: StatusCode, body: &Value, expected: StatusCode, code: &str) -> String {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error message missing: {body}"));
+    assert!(!message.trim().is_empty(), "{body}");
+    message.to_owned()
+}
+
+/// Asserts a 422 `invalid_field` whose message starts with `field`.
+fn assert_invalid(status: StatusCode, body: &Value, field: &str) {
+    let message = error_message(
+        status,
+        body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert!(
+        message.starts_with(field),
+        "the message should start with {field:?}: {message:?}"
+    );
+}
+
+/// The number of tasks the server holds, whatever their state.
+async fn task_count(t: &TestApp) -> usize {
+    let (status, body) = t.get("/api/v1/tasks?limit=500").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["tasks"].as_array().expect("tasks").len()
+}
+
+async fn agent_ids(t: &TestApp) -> Vec<String> {
+    let (status, body) = t.get("/api/v1/agents").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| a["agent_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// POSTs a raw body as JSON.
+async fn post_raw(t: &TestApp, path: &str, body: impl Into<String>) -> (StatusCode, Value) {
+    TestApp::send(
+        t.request(Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.into()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_and_creates_nothing() {
+    let t = TestApp::spawn().await;
+    for body in [
+        r#"{"kind": "echo","#,
+        "not json",
+        r#"{"kind": "echo"} trailing"#,
+    ] {
+        let (status, reply) = post_raw(&t, "/api/v1/tasks", body).await;
+        error_message(status, &reply, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let (status, reply) = post_raw(&t, "/api/v1/agents/register", "{").await;
+    error_message(status, &reply, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(task_count(&t).await, 0);
+    assert!(agent_ids(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_field_is_a_422_naming_it_and_creates_nothing() {
+    let t = TestApp::spawn().await;
+    let cases = [
+        (json!({"kind": "echo", "priority": "high"}), "priority"),
+        (json!({"kind": "echo", "capabilities": "x"}), "capabilities"),
+        (json!({"kind": "echo", "max_retries": -1}), "max_retries"),
+        (
+            json!({"kind": "echo", "max_retries": 100_000}),
+            "max_retries",
+        ),
+        (json!({"kind": "echo", "timeout_s": 0}), "timeout_s"),
+        (
+            json!({"kind": "echo", "run_after": "tomorrow"}),
+            "run_after",
+        ),
+        (json!({"kind": "echo", "labels": {"team": 7}}), "labels"),
+        (json!({"kind": "  "}), "kind"),
+        (json!({"kind": 5}), "kind"),
+        (
+            json!({"kind": "echo", "capabilities": ["shell", ""]}),
+            "capabilities[1]",
+        ),
+        (json!({"kind": "echo", "lock_key": ""}), "lock_key"),
+    ];
+    for (body, field) in cases {
+        let (status, reply) = t.post("/api/v1/tasks", body.clone()).await;
+        assert_invalid(status, &reply, field);
+    }
+
+    // A missing required field and an unknown one are refused too, and named.
+    let (status, reply) = t.post("/api/v1/tasks", json!({"payload": {}})).await;
+    let message = error_message(
+        status,
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert!(message.contains("kind"), "{message}");
+    let (status, reply) = t
+        .post("/api/v1/tasks", json!({"kind": "echo", "colour": "red"}))
+        .await;
+    let message = error_message(
+        status,
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert!(message.contains("colour"), "{message}");
+
+    assert_eq!(task_count(&t).await, 0);
+
+    // The agent routes name their fields as well, and register nothing.
+    let (status, reply) = t
+        .post("/api/v1/agents/register", json!({"agent_id": "a/b"}))
+        .await;
+    assert_invalid(status, &reply, "agent_id");
+    let (status, reply) = t
+        .post(
+            "/api/v1/agents/register",
+            json!({"agent_id": "a1", "max_concurrency": 0}),
+        )
+        .await;
+    assert_invalid(status, &reply, "max_concurrency");
+    let (status, reply) = t
+        .post(
+            "/api/v1/agents/register",
+            json!({"agent_id": "a1", "port": 70000}),
+        )
+        .await;
+    assert_invalid(status, &reply, "port");
+    assert!(agent_ids(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_enum_values_are_refused_naming_the_field() {
+    let t = TestApp::spawn().await;
+    let (status, reply) = t.get("/api/v1/tasks?state=bogus").await;
+    assert_invalid(status, &reply, "state");
+    let (status, reply) = t.get("/api/v1/tasks?limit=0").await;
+    assert_invalid(status, &reply, "limit");
+
+    t.register("a1", &["shell"], 1).await;
+    t.submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    let task = t.claim("a1", 5).await.expect("claimed");
+    let id = task["id"].as_str().unwrap();
+    let path = format!("/api/v1/tasks/{id}/logs");
+    let (status, reply) = t
+        .post(
+            &path,
+            json!({"attempt": task["attempt"], "lines": [
+                {"text": "fine"}, {"text": "odd", "stream": "stdweird"}]}),
+        )
+        .await;
+    assert_invalid(status, &reply, "lines[1].stream");
+    // Nothing of the refused batch was stored.
+    let (status, logs) = t.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{logs}");
+    assert_eq!(logs["lines"], json!([]), "{logs}");
+
+    let (status, reply) = t
+        .heartbeat("a1", json!({"cpu_percent": 150.0, "memory_percent": 10.0}))
+        .await;
+    assert_invalid(status, &reply, "cpu_percent");
+    let (status, reply) = t.get("/api/v1/agents/a1/tasks/next?wait=soon").await;
+    assert_invalid(status, &reply, "wait");
+    // The task is untouched by all of this.
+    let stored = t.task(id).await;
+    assert_eq!(stored["state"], "running");
+    assert_eq!(stored["attempt"], 1);
+}
+
+#[tokio::test]
+async fn an_oversize_body_is_a_413_and_creates_nothing() {
+    let t = TestApp::spawn_with(|s| s.body_limit = 1024).await;
+    let big = json!({"kind": "echo", "payload": {"blob": "x".repeat(4096)}});
+    let (status, reply) = t.post("/api/v1/tasks", big).await;
+    error_message(
+        status,
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    // Without a Content-Length up front (a chunked body), the limit still holds.
+    let chunks: Vec<Result<String, std::io::Error>> = vec![
+        Ok(r#"{"kind": "echo", "payload": {"blob": ""#.to_owned()),
+        Ok("y".repeat(4096)),
+        Ok(r#""}}"#.to_owned()),
+    ];
+    let (status, reply) = TestApp::send(
+        t.request(Method::POST, "/api/v1/tasks")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
+    )
+    .await;
+    error_message(
+        status,
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert_eq!(task_count(&t).await, 0);
+
+    // A body under the limit is accepted: the limit, not the route, refused the others.
+    let small = json!({"kind": "echo", "payload": {"blob": "x".repeat(512)}});
+    t.submit(small).await;
+    assert_eq!(task_count(&t).await, 1);
+}
+
+#[tokio::test]
+async fn keys_guard_the_routes_and_rejected_requests_change_nothing() {
+    let t = TestApp::spawn_with(|s| {
+        s.api_key = secret("admin");
+        s.agent_key = secret("agent");
+    })
+    .await;
+    let task_body = json!({"kind": "echo", "capabilities": ["shell"]});
+    let register_body = json!({"agent_id": "a1", "capabilities": ["shell"]});
+    let call = |method: Method, path: &str, key: Option<&str>, body: Option<&Value>| {
+        let mut req = t.client.request(method, t.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        TestApp::send(req)
+    };
+
+    // No key, a wrong key or an empty one: 401, and nothing happens.
+    for key in [None, Some("wrong"), Some("")] {
+        let (status, reply) = call(Method::POST, "/api/v1/tasks", key, Some(&task_body)).await;
+        error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
+        let (status, reply) = call(
+            Method::POST,
+            "/api/v1/agents/register",
+            key,
+            Some(&register_body),
+        )
+        .await;
+        error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
+        for path in ["/api/v1/tasks", "/api/v1/agents", "/api/v1/events"] {
+            let (status, reply) = call(Method::GET, path, key, None).await;
+            error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+    let (status, reply) = TestApp::send(
+        t.client
+            .post(t.url("/api/v1/tasks"))
+            .basic_auth("admin", None::<&str>)
+            .json(&task_body),
+    )
+    .await;
+    error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // The agent key on admin routes: 403, and nothing happens.
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/tasks",
+        Some("agent"),
+        Some(&task_body),
+    )
+    .await;
+    error_message(status, &reply, StatusCode::FORBIDDEN, "forbidden");
+    for path in ["/api/v1/tasks", "/api/v1/agents", "/api/v1/events"] {
+        let (status, reply) = call(Method::GET, path, Some("agent"), None).await;
+        error_message(status, &reply, StatusCode::FORBIDDEN, "forbidden");
+    }
+    assert_eq!(task_count(&t).await, 0);
+    assert!(agent_ids(&t).await.is_empty());
+
+    // The agent key on agent routes works.
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/agents/register",
+        Some("agent"),
+        Some(&register_body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    let beat = json!({"cpu_percent": 5.0, "memory_percent": 5.0});
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/agents/a1/heartbeat",
+        Some("agent"),
+        Some(&beat),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, reply) = call(
+        Method::GET,
+        "/api/v1/agents/a1/tasks/next?wait=0",
+        Some("agent"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{reply}");
+    // An agent route without a key is still refused.
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/agents/a1/heartbeat",
+        None,
+        Some(&beat),
+    )
+    .await;
+    error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // The admin key works everywhere, agent routes included.
+    let task = t.submit(task_body.clone()).await;
+    assert_eq!(task_count(&t).await, 1);
+    let claimed = t.claim("a1", 5).await.expect("claimed with the admin key");
+    assert_eq!(claimed["id"], task["id"]);
+    let (status, reply) = t.heartbeat("a1", beat.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, reply) = t.complete(&claimed, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    // Operational routes need no key.
+    for path in ["/health", "/metrics", "/api/v1/openapi.json"] {
+        let (status, reply) = call(Method::GET, path, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn an_exposed_address_without_a_key_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let mut settings = Settings::new(dir.path().join("muster.db"));
+    settings.addr = listener.local_addr().unwrap();
+    match Server::build(settings.clone(), listener).await {
+        Ok(_) => panic!("a server on 0.0.0.0 without a key was built"),
+        Err(err) => {
+            let message = err.to_string();
+            assert!(message.contains("API_KEY"), "{message}");
+        }
+    }
+
+    // With a key the same address is fine: the key, not the address, was the objection.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    settings.addr = listener.local_addr().unwrap();
+    settings.api_key = secret("k");
+    let server = Server::build(settings, listener).await;
+    assert!(server.is_ok(), "with a key the server builds");
+}
+
+/// The value of one sample line of a Prometheus text exposition, e.g. `muster_tasks{state="queued"}`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+async fn metrics_text(t: &TestApp) -> String {
+    let resp = t.client.get(t.url("/metrics")).send().await.expect("sent");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    resp.text().await.expect("body")
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_the_promised_series() {
+    let t = TestApp::spawn().await;
+    t.register("a1", &["shell"], 1).await;
+    for _ in 0..3 {
+        t.submit(json!({"kind": "later", "capabilities": ["gpu"]}))
+            .await;
+    }
+    let task = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    let running = t.claim("a1", 5).await.expect("claimed");
+    assert_eq!(running["id"], task["id"]);
+    t.get(&format!("/api/v1/tasks/{}", task["id"].as_str().unwrap()))
+        .await;
+    t.settle().await;
+
+    let text = metrics_text(&t).await;
+    assert_eq!(
+        sample(&text, r#"muster_tasks{state="queued"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"muster_tasks{state="running"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"muster_tasks{state="completed"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"muster_agents{status="online"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"muster_agents{status="offline"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "muster_tasks_running_past_lease"),
+        Some(0.0),
+        "{text}"
+    );
+    for histogram in [
+        "muster_dispatch_round_seconds",
+        "muster_http_request_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram} is a histogram: {text}"
+        );
+    }
+    let rounds = sample(&text, "muster_dispatch_round_seconds_count").expect("round count");
+    assert!(rounds >= 1.0, "{text}");
+    assert!(
+        text.contains(r#"muster_dispatch_round_seconds_bucket{le="+Inf"}"#),
+        "{text}"
+    );
+    // Requests are labelled by route template, never by the raw path with its ids.
+    let submits = sample(
+        &text,
+        r#"muster_http_request_seconds_count{method="POST",route="/api/v1/tasks",status="201"}"#,
+    );
+    assert_eq!(submits, Some(4.0), "{text}");
+    assert!(
+        text.contains(r#"route="/api/v1/tasks/{id}""#),
+        "the task route template is a label: {text}"
+    );
+    assert!(
+        !text.contains(task["id"].as_str().unwrap()),
+        "a task id leaked into a label: {text}"
+    );
+
+    // A running task whose lease lapsed (no heartbeat, no sweep yet) is counted.
+    t.advance(Duration::from_secs(3600));
+    let text = metrics_text(&t).await;
+    assert_eq!(
+        sample(&text, "muster_tasks_running_past_lease"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// Every route of the router in `http/mod.rs`, with its methods.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/health", &["get"]),
+    ("/metrics", &["get"]),
+    ("/api/v1/openapi.json", &["get"]),
+    ("/api/v1/agents/register", &["post"]),
+    ("/api/v1/agents", &["get"]),
+    ("/api/v1/agents/{id}", &["get", "delete"]),
+    ("/api/v1/agents/{id}/drain", &["post"]),
+    ("/api/v1/agents/{id}/heartbeat", &["post"]),
+    ("/api/v1/agents/{id}/tasks/next", &["get"]),
+    ("/api/v1/tasks", &["get", "post"]),
+    ("/api/v1/tasks/{id}", &["get"]),
+    ("/api/v1/tasks/{id}/cancel", &["post"]),
+    ("/api/v1/tasks/{id}/retry", &["post"]),
+    ("/api/v1/tasks/{id}/complete", &["post"]),
+    ("/api/v1/tasks/{id}/fail", &["post"]),
+    ("/api/v1/tasks/{id}/logs", &["get", "post"]),
+    ("/api/v1/events", &["get"]),
+];
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let t = TestApp::spawn_with(|s| s.api_key = secret("admin")).await;
+    let resp = t
+        .client
+        .get(t.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("body");
+    let doc: Value = serde_json::from_str(&text).expect("the document is JSON");
+    let version = doc["openapi"].as_str().expect("an openapi version");
+    assert!(version.starts_with("3."), "{version}");
+    assert!(doc["info"]["title"].is_string(), "{}", doc["info"]);
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, methods) in ROUTES {
+        let item = paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} is missing from the document"));
+        for method in *methods {
+            assert!(
+                item.get(*method).is_some(),
+                "{method} {path} is missing from the document"
+            );
+        }
+    }
+    // Every path the document lists is one the server routes.
+    for path in paths.keys() {
+        assert!(
+            ROUTES.iter().any(|(p, _)| p == path),
+            "the document lists {path}, which no route serves"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tasks_and_agents_survive_a_graceful_restart() {
+    let t = TestApp::spawn().await;
+    t.register("a1", &["shell"], 2).await;
+    let done = t
+        .submit(json!({"kind": "one", "capabilities": ["shell"], "payload": {"n": 1}}))
+        .await;
+    let claimed = t.claim("a1", 5).await.expect("claimed");
+    assert_eq!(claimed["id"], done["id"]);
+    let (status, reply) = t.complete(&claimed, json!({"out": 42})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let running = t
+        .submit(json!({"kind": "two", "capabilities": ["shell"]}))
+        .await;
+    let claimed = t.claim("a1", 5).await.expect("claimed");
+    assert_eq!(claimed["id"], running["id"]);
+    let queued = t
+        .submit(
+            json!({"kind": "three", "capabilities": ["gpu"], "priority": 7,
+                       "lock_key": "deploy:x", "labels": {"team": "ops"}}),
+        )
+        .await;
+    let cancelled = t
+        .submit(json!({"kind": "four", "capabilities": ["gpu"]}))
+        .await;
+    let (status, reply) = t
+        .post(
+            &format!("/api/v1/tasks/{}/cancel", cancelled["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    let mut before = Vec::new();
+    for task in [&done, &running, &queued, &cancelled] {
+        before.push(t.task(task["id"].as_str().unwrap()).await);
+    }
+    assert_eq!(
+        before
+            .iter()
+            .map(|t| t["state"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["completed", "running", "queued", "cancelled"]
+    );
+
+    let dir = t.stop().await;
+    let t = TestApp::spawn_in(dir, |_| {}).await;
+    for old in &before {
+        let now = t.task(old["id"].as_str().unwrap()).await;
+        for field in [
+            "state",
+            "kind",
+            "payload",
+            "capabilities",
+            "priority",
+            "attempt",
+            "agent_id",
+            "lock_key",
+            "labels",
+            "result",
+            "created_at",
+        ] {
+            assert_eq!(now[field], old[field], "{field} of {}", old["id"]);
+        }
+        assert_eq!(
+            now["attempts"], old["attempts"],
+            "attempts of {}",
+            old["id"]
+        );
+    }
+    assert_eq!(task_count(&t).await, 4);
+    let (status, agent) = t.get("/api/v1/agents/a1").await;
+    assert_eq!(status, StatusCode::OK, "{agent}");
+    assert_eq!(agent["capabilities"], json!(["shell"]));
+    assert_eq!(agent["max_concurrency"], 2);
+    assert_eq!(agent_ids(&t).await, ["a1"]);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_ids_are_404_and_malformed_ids_422() {
+    let t = TestApp::spawn().await;
+    for path in ["/api/v1/nothing", "/api/v2/tasks", "/"] {
+        let (status, reply) = t.get(path).await;
+        error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+    }
+    for path in [
+        "/api/v1/tasks/not-a-uuid",
+        "/api/v1/tasks/123/logs",
+        "/api/v1/tasks/xyz/cancel",
+    ] {
+        let (status, reply) = if path.ends_with("cancel") {
+            t.post(path, json!({})).await
+        } else {
+            t.get(path).await
+        };
+        assert_invalid(status, &reply, "id");
+    }
+    let unknown = uuid::Uuid::now_v7();
+    for path in [
+        format!("/api/v1/tasks/{unknown}"),
+        format!("/api/v1/tasks/{unknown}/logs"),
+    ] {
+        let (status, reply) = t.get(&path).await;
+        error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+    }
+    for path in [
+        format!("/api/v1/tasks/{unknown}/cancel"),
+        format!("/api/v1/tasks/{unknown}/retry"),
+    ] {
+        let (status, reply) = t.post(&path, json!({})).await;
+        error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+    }
+    let (status, reply) = t
+        .post(
+            &format!("/api/v1/tasks/{unknown}/complete"),
+            json!({"attempt": 1}),
+        )
+        .await;
+    error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+    let (status, reply) = t.get("/api/v1/agents/ghost").await;
+    error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+    let (status, reply) = t.heartbeat("ghost", json!({})).await;
+    error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+    let (status, reply) = t.get("/api/v1/agents/ghost/tasks/next").await;
+    error_message(status, &reply, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_answered_in_the_error_envelope() {
+    let t = TestApp::spawn().await;
+    for (method, path) in [
+        (Method::PUT, "/api/v1/tasks"),
+        (
+            Method::DELETE,
+            "/api/v1/tasks/0190c2a4-7b5e-7c3e-9a8b-1234567890ab",
+        ),
+        (Method::GET, "/api/v1/agents/register"),
+    ] {
+        let (status, reply) = TestApp::send(t.request(method.clone(), path)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(
+            reply["error"]["code"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+                && reply["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+            "{method} {path}: the error envelope was expected, got {reply:?}"
+        );
+    }
+}
+
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_long_poll_in_flight_ends_with_204_at_shutdown() {
+    // A grace period longer than the bound: only ending the long-poll itself lets stop() finish.
+    let t = TestApp::spawn_with(|s| s.shutdown_grace = Duration::from_secs(600)).await;
+    t.register("a1", &["shell"], 1).await;
+    let (_, before) = t.get("/api/v1/agents/a1").await;
+    // Move time on so the claim's sign of life is visible as a new last_heartbeat_at.
+    t.advance(Duration::from_secs(60));
+    let poll = t
+        .request(Method::GET, "/api/v1/agents/a1/tasks/next?wait=60")
+        .send();
+    let poll = tokio::spawn(poll);
+    // Wait (bounded) until the server is inside the long-poll.
+    tokio::time::timeout(SHUTDOWN_BOUND, async {
+        loop {
+            let (_, now) = t.get("/api/v1/agents/a1").await;
+            if now["last_heartbeat_at"] != before["last_heartbeat_at"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the long-poll reached the server");
+    assert!(
+        !poll.is_finished(),
+        "the long-poll answered before shutdown"
+    );
+
+    tokio::time::timeout(SHUTDOWN_BOUND, t.stop())
+        .await
+        .expect("stop() completes while a long-poll was open");
+    let resp = tokio::time::timeout(SHUTDOWN_BOUND, poll)
+        .await
+        .expect("the long-poll returns")
+        .expect("poll task")
+        .expect("the long-poll got an answer, not a dropped connection");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn open_streams_end_at_shutdown() {
+    let t = TestApp::spawn_with(|s| s.shutdown_grace = Duration::from_secs(600)).await;
+    t.register("a1", &["shell"], 1).await;
+    let task = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    t.claim("a1", 5).await.expect("claimed");
+    let mut logs = follow_logs(&t, task["id"].as_str().unwrap(), None).await;
+    let mut feed = follow_events(&t, None).await;
+
+    tokio::time::timeout(SHUTDOWN_BOUND, t.stop())
+        .await
+        .expect("stop() completes while streams were open");
+    logs.expect_finished().await;
+    feed.expect_finished().await;
 }
