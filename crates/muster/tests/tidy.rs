@@ -66,10 +66,11 @@ fn no_test_is_switched_off() {
 
 #[test]
 fn processes_start_only_where_they_must() {
-    // The server never starts processes; tests that run the real binary do.
+    // Only the agent's executor module starts programs; tests that run the real binary do.
     let needle = ["process::", "Command"].concat();
     for (path, text) in workspace_files() {
-        let allowed = path.components().any(|c| c.as_os_str() == "tests");
+        let allowed = path.components().any(|c| c.as_os_str() == "tests")
+            || path.ends_with("muster-agent/src/process.rs");
         assert!(
             allowed || !text.contains(&needle),
             "{} starts a process",

@@ -1,0 +1,240 @@
+//! The agent's TOML configuration: who it is, the allow-listed actions it may run, the SSH
+//! hosts it may run them on, and the URLs it may call. Everything is checked when the file is
+//! loaded, so a bad config stops the start with the field at fault, never a task later.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::template::ArgvTemplate;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub actions: Vec<ActionConfig>,
+    #[serde(default)]
+    pub hosts: Vec<HostConfig>,
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The control plane; `--url` or `MUSTER_URL` override it.
+    pub url: Option<String>,
+    /// The environment variable holding the agent key (keys never live in this file).
+    pub key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub id: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default = "one")]
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Seconds between heartbeats; default 10.
+    #[serde(default)]
+    pub heartbeat_s: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One allow-listed command: an argv template and a pattern per parameter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// A capability this action gives the agent (e.g. `docker`).
+    #[serde(default)]
+    pub capability: Option<String>,
+    /// Upper bound of one run, in seconds.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    /// Runs over SSH on this host (a `[[hosts]]` name) unless the task names another.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Marks actions an operator should approve; kept for the repair workflow.
+    #[serde(default)]
+    pub risky: bool,
+}
+
+/// An SSH destination actions may run on, through the system's OpenSSH client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub name: String,
+    /// `user@host` or an alias from the operator's ssh config.
+    pub ssh: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub identity_file: Option<String>,
+    /// Extra `-o` options, e.g. `UserKnownHostsFile=/etc/muster/known_hosts`.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// URL prefixes a task may call (scheme, host, port and path prefix all checked).
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// A config that passed every check, with templates compiled.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: AgentConfig,
+    pub actions: BTreeMap<String, (ActionConfig, ArgvTemplate)>,
+    pub hosts: BTreeMap<String, HostConfig>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Checked, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the agent config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses and checks; errors name the line or the field at fault.
+    pub fn parse(text: &str) -> Result<Checked, String> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()
+    }
+
+    fn check(self) -> Result<Checked, String> {
+        if self.agent.id.trim().is_empty() || self.agent.id.contains('/') {
+            return Err("agent.id: must be non-empty and contain no '/'".into());
+        }
+        if self.agent.max_concurrency == 0 {
+            return Err("agent.max_concurrency: must be at least 1".into());
+        }
+        let mut hosts = BTreeMap::new();
+        for (i, host) in self.hosts.iter().enumerate() {
+            if host.ssh.trim().is_empty() || host.ssh.starts_with('-') {
+                return Err(format!(
+                    "hosts[{i}].ssh: must be a destination like user@host, not an option"
+                ));
+            }
+            if let Some(bad) = host
+                .options
+                .iter()
+                .find(|o| !o.contains('=') || o.starts_with('-'))
+            {
+                return Err(format!(
+                    "hosts[{i}].options: {bad:?} must look like Name=value"
+                ));
+            }
+            if hosts.insert(host.name.clone(), host.clone()).is_some() {
+                return Err(format!("hosts[{i}].name: {:?} is defined twice", host.name));
+            }
+        }
+        let mut actions = BTreeMap::new();
+        for (i, action) in self.actions.iter().enumerate() {
+            let template = ArgvTemplate::compile(&action.argv, &action.params)
+                .map_err(|e| format!("actions[{i}] ({}): {e}", action.name))?;
+            if let Some(host) = &action.host
+                && !hosts.contains_key(host)
+            {
+                return Err(format!(
+                    "actions[{i}].host: no [[hosts]] entry is named {host:?}"
+                ));
+            }
+            if actions
+                .insert(action.name.clone(), (action.clone(), template))
+                .is_some()
+            {
+                return Err(format!(
+                    "actions[{i}].name: {:?} is defined twice",
+                    action.name
+                ));
+            }
+        }
+        if let Some(http) = &self.http {
+            for (i, prefix) in http.allow.iter().enumerate() {
+                reqwest::Url::parse(prefix)
+                    .map_err(|e| format!("http.allow[{i}]: {prefix:?} is not a URL: {e}"))?;
+            }
+        }
+        Ok(Checked {
+            config: self,
+            actions,
+            hosts,
+        })
+    }
+}
+
+impl Checked {
+    /// What the agent registers with: its own capabilities, each action's, and `http` when it
+    /// may call URLs.
+    pub fn capabilities(&self) -> Vec<String> {
+        let mut caps = self.config.agent.capabilities.clone();
+        caps.extend(
+            self.actions
+                .values()
+                .filter_map(|(a, _)| a.capability.clone()),
+        );
+        if self.config.http.is_some() {
+            caps.push("http".into());
+        }
+        caps.sort();
+        caps.dedup();
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [agent]
+        id = "nas"
+        capabilities = ["ansible"]
+
+        [[actions]]
+        name = "restart_container"
+        argv = ["docker", "restart", "{container}"]
+        params = { container = "^[a-z0-9][a-z0-9_.-]{0,62}$" }
+        capability = "docker"
+
+        [http]
+        allow = ["http://127.0.0.1:8123/api/"]
+    "#;
+
+    #[test]
+    fn a_good_config_loads_with_its_capabilities() {
+        let checked = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(checked.capabilities(), ["ansible", "docker", "http"]);
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        let err = AgentConfig::parse(&GOOD.replace("{container}\"]", "{image}\"]")).unwrap_err();
+        assert!(err.contains("actions[0]") && err.contains("image"), "{err}");
+        let err = AgentConfig::parse(&GOOD.replace("^[a-z0-9]", "^[a-z0-9")).unwrap_err();
+        assert!(err.contains("container"), "{err}");
+        let err = AgentConfig::parse(&GOOD.replace("capability =", "capabilty =")).unwrap_err();
+        assert!(err.contains("capabilty"), "{err}");
+        let bad_host = format!("{GOOD}\n[[hosts]]\nname = \"x\"\nssh = \"-oProxyCommand=sh\"\n");
+        let err = AgentConfig::parse(&bad_host).unwrap_err();
+        assert!(err.contains("hosts[0].ssh"), "{err}");
+    }
+}

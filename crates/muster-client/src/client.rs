@@ -1,0 +1,400 @@
+//! A typed async client for every v1 route. Errors carry the API's error code, so callers
+//! decide on variants, never on message text.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use muster_api::{
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, CompleteTask, ErrorBody, ErrorCode, FailTask,
+    Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, RegisterAgent, SubmitTask,
+    Task, TaskList, TaskState,
+};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({status} {code})")]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    /// No answer: the server is down, unreachable or too slow.
+    #[error("cannot reach muster at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// An answer that is not what the API promises.
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+    #[error("invalid server URL {0:?}: expected http://host:port or https://…")]
+    InvalidUrl(String),
+}
+
+impl ClientError {
+    /// The API's error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(ErrorCode::NotFound)
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(ErrorCode::Conflict)
+    }
+
+    /// Worth retrying later: the server could not be reached or said it is unavailable.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+            || matches!(
+                self.code(),
+                Some(ErrorCode::Unavailable | ErrorCode::TooManyRequests | ErrorCode::Internal)
+            )
+    }
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    pub task: Option<Task>,
+    /// Running tasks this agent must stop.
+    pub cancel: Vec<Uuid>,
+}
+
+/// Filters of a task listing.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub state: Option<TaskState>,
+    pub kind: Option<String>,
+    pub agent_id: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// One item of a followed log stream.
+#[derive(Debug, Clone)]
+pub enum LogEvent {
+    Line(LogLine),
+    /// The task ended in this state; the stream is over.
+    End(TaskState),
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+/// Added to a long-poll's wait for the request timeout.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8000`), sending `key` as bearer.
+    pub fn new(base: &str, key: Option<String>) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
+            return Err(ClientError::InvalidUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("muster-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Protocol {
+                url: base.clone(),
+                reason: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(Client { http, base, key })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.api_error(resp).await)
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> ClientError {
+        let reason = if err.is_timeout() {
+            "timed out".to_owned()
+        } else if err.is_connect() {
+            "connection refused or host unreachable".to_owned()
+        } else {
+            err.to_string()
+        };
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        }
+    }
+
+    async fn api_error(&self, resp: reqwest::Response) -> ClientError {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+            },
+            Err(_) => ClientError::Protocol {
+                url: self.base.clone(),
+                reason: format!(
+                    "{status} without an error body: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            },
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let resp = self.send(req).await?;
+        resp.json::<T>().await.map_err(|e| ClientError::Protocol {
+            url: self.base.clone(),
+            reason: format!("cannot decode the body: {e}"),
+        })
+    }
+
+    // --- operations
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(self.request(Method::GET, "/health")).await
+    }
+
+    // --- agents
+
+    /// Registers (or re-registers) an agent.
+    pub async fn register(&self, reg: &RegisterAgent) -> Result<Agent, ClientError> {
+        self.json(
+            self.request(Method::POST, "/api/v1/agents/register")
+                .json(reg),
+        )
+        .await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        agent_id: &str,
+        beat: &Heartbeat,
+    ) -> Result<HeartbeatAck, ClientError> {
+        let path = format!("/api/v1/agents/{agent_id}/heartbeat");
+        self.json(self.request(Method::POST, &path).json(beat))
+            .await
+    }
+
+    /// Long-polls for the agent's next task, waiting up to `wait` (whole seconds).
+    pub async fn next_task(&self, agent_id: &str, wait: Duration) -> Result<Claim, ClientError> {
+        let path = format!(
+            "/api/v1/agents/{agent_id}/tasks/next?wait={}",
+            wait.as_secs()
+        );
+        let req = self.request(Method::GET, &path).timeout(wait + POLL_SLACK);
+        let resp = self.send(req).await?;
+        let cancel = resp
+            .headers()
+            .get(CANCEL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|id| Uuid::parse_str(id.trim()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(Claim { task: None, cancel });
+        }
+        let task = resp
+            .json::<Task>()
+            .await
+            .map_err(|e| ClientError::Protocol {
+                url: self.base.clone(),
+                reason: format!("cannot decode the claimed task: {e}"),
+            })?;
+        Ok(Claim {
+            task: Some(task),
+            cancel,
+        })
+    }
+
+    pub async fn append_logs(
+        &self,
+        task_id: Uuid,
+        logs: &AppendLogs,
+    ) -> Result<LogsAccepted, ClientError> {
+        let path = format!("/api/v1/tasks/{task_id}/logs");
+        self.json(self.request(Method::POST, &path).json(logs))
+            .await
+    }
+
+    pub async fn complete(
+        &self,
+        task_id: Uuid,
+        report: &CompleteTask,
+    ) -> Result<Task, ClientError> {
+        let path = format!("/api/v1/tasks/{task_id}/complete");
+        self.json(self.request(Method::POST, &path).json(report))
+            .await
+    }
+
+    pub async fn fail(&self, task_id: Uuid, report: &FailTask) -> Result<Task, ClientError> {
+        let path = format!("/api/v1/tasks/{task_id}/fail");
+        self.json(self.request(Method::POST, &path).json(report))
+            .await
+    }
+
+    pub async fn agents(&self) -> Result<AgentList, ClientError> {
+        self.json(self.request(Method::GET, "/api/v1/agents")).await
+    }
+
+    pub async fn agent(&self, agent_id: &str) -> Result<Agent, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/v1/agents/{agent_id}")))
+            .await
+    }
+
+    pub async fn drain(&self, agent_id: &str) -> Result<Agent, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/v1/agents/{agent_id}/drain")))
+            .await
+    }
+
+    pub async fn remove_agent(&self, agent_id: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/api/v1/agents/{agent_id}")))
+            .await?;
+        Ok(())
+    }
+
+    // --- tasks
+
+    /// Submits a task; the flag is false when its idempotency key named an existing task.
+    pub async fn submit(&self, task: &SubmitTask) -> Result<(Task, bool), ClientError> {
+        let resp = self
+            .send(self.request(Method::POST, "/api/v1/tasks").json(task))
+            .await?;
+        let created = resp.status() == StatusCode::CREATED;
+        let task = resp
+            .json::<Task>()
+            .await
+            .map_err(|e| ClientError::Protocol {
+                url: self.base.clone(),
+                reason: format!("cannot decode the task: {e}"),
+            })?;
+        Ok((task, created))
+    }
+
+    pub async fn tasks(&self, query: &TaskQuery) -> Result<TaskList, ClientError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(state) = query.state {
+            params.push(("state", state.as_str().to_owned()));
+        }
+        if let Some(kind) = &query.kind {
+            params.push(("kind", kind.clone()));
+        }
+        if let Some(agent) = &query.agent_id {
+            params.push(("agent_id", agent.clone()));
+        }
+        if let Some(limit) = query.limit {
+            params.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &query.cursor {
+            params.push(("cursor", cursor.clone()));
+        }
+        self.json(self.request(Method::GET, "/api/v1/tasks").query(&params))
+            .await
+    }
+
+    pub async fn task(&self, task_id: Uuid) -> Result<Task, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/v1/tasks/{task_id}")))
+            .await
+    }
+
+    pub async fn cancel(&self, task_id: Uuid) -> Result<Task, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/v1/tasks/{task_id}/cancel")))
+            .await
+    }
+
+    pub async fn retry(&self, task_id: Uuid) -> Result<Task, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/v1/tasks/{task_id}/retry")))
+            .await
+    }
+
+    pub async fn logs(
+        &self,
+        task_id: Uuid,
+        after: i64,
+        limit: usize,
+    ) -> Result<LogPage, ClientError> {
+        let path = format!("/api/v1/tasks/{task_id}/logs");
+        let params = [("after", after.to_string()), ("limit", limit.to_string())];
+        self.json(self.request(Method::GET, &path).query(&params))
+            .await
+    }
+
+    /// Follows a task's logs live from after line `after`; the stream ends with
+    /// [`LogEvent::End`] when the task ends.
+    pub async fn follow_logs(
+        &self,
+        task_id: Uuid,
+        after: i64,
+    ) -> Result<impl Stream<Item = Result<LogEvent, ClientError>> + use<>, ClientError> {
+        let path = format!("/api/v1/tasks/{task_id}/logs");
+        // No overall timeout: the stream lives as long as the task runs.
+        let req = self
+            .request(Method::GET, &path)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header("last-event-id", after.to_string())
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        let resp = self.send(req).await?;
+        let base = self.base.clone();
+        let events = eventsource_stream::EventStream::new(resp.bytes_stream());
+        Ok(events.filter_map(move |event| {
+            let base = base.clone();
+            async move {
+                let protocol = |reason: String| ClientError::Protocol {
+                    url: base.clone(),
+                    reason,
+                };
+                match event {
+                    Err(e) => Some(Err(ClientError::Unreachable {
+                        url: base.clone(),
+                        reason: e.to_string(),
+                    })),
+                    Ok(e) if e.event == "line" => Some(
+                        serde_json::from_str::<LogLine>(&e.data)
+                            .map(LogEvent::Line)
+                            .map_err(|err| protocol(format!("bad log line: {err}"))),
+                    ),
+                    Ok(e) if e.event == "end" => Some(
+                        serde_json::from_str::<serde_json::Value>(&e.data)
+                            .ok()
+                            .and_then(|v| {
+                                serde_json::from_value::<TaskState>(v["state"].clone()).ok()
+                            })
+                            .map(LogEvent::End)
+                            .ok_or_else(|| protocol(format!("bad end event: {}", e.data))),
+                    ),
+                    Ok(_) => None,
+                }
+            }
+        }))
+    }
+}
