@@ -1,0 +1,230 @@
+//! The executors against a real control plane: allow-listed actions run locally and over a
+//! real sshd on loopback, refuse what their patterns refuse (and run nothing), stream their
+//! output, and die with their process group on cancel and on timeout.
+
+mod support;
+
+use std::time::Duration;
+
+use muster_api::{AttemptOutcome, TaskState};
+use serde_json::json;
+use support::{Plane, Sshd, alive, read_pid, sshd_binary, start_agent};
+
+fn config(dir: &std::path::Path, hosts: &str) -> String {
+    format!(
+        r#"
+[agent]
+id = "exec-test"
+max_concurrency = 2
+heartbeat_s = 1
+
+[[actions]]
+name = "greet"
+argv = ["sh", "-c", "echo hello $0; echo oops >&2; exit $1", "{{who}}", "{{code}}"]
+params = {{ who = "[a-z]+", code = "[0-9]+" }}
+
+[[actions]]
+name = "touch"
+argv = ["touch", "{dir}/{{file}}"]
+params = {{ file = "[a-z0-9_.-]+" }}
+
+[[actions]]
+name = "say"
+argv = ["echo", "{{text}}"]
+params = {{ text = ".*" }}
+
+[[actions]]
+name = "hang"
+argv = ["sh", "-c", "echo $$ > {dir}/pid; sleep 300 & wait"]
+timeout_s = 300
+
+{hosts}
+"#,
+        dir = dir.display()
+    )
+}
+
+#[tokio::test]
+async fn an_action_streams_its_output_and_its_exit_code_decides() {
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), ""));
+    let ok = plane
+        .submit(
+            "action",
+            json!({"action": "greet", "params": {"who": "world", "code": "0"}}),
+        )
+        .await;
+    let ok = plane.wait_final(&ok).await;
+    assert_eq!(ok.state, TaskState::Completed, "{ok:?}");
+    assert_eq!(ok.result.as_ref().unwrap()["exit_code"], 0);
+    let logs = plane.client.logs(ok.id, 0, 100).await.unwrap().lines;
+    assert!(
+        logs.iter()
+            .any(|l| l.text == "hello world" && l.stream == muster_api::LogStream::Stdout),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.text == "oops" && l.stream == muster_api::LogStream::Stderr),
+        "{logs:?}"
+    );
+
+    let bad = plane
+        .submit(
+            "action",
+            json!({"action": "greet", "params": {"who": "world", "code": "3"}}),
+        )
+        .await;
+    let bad = plane.wait_final(&bad).await;
+    assert_eq!(bad.state, TaskState::Failed);
+    assert!(
+        bad.error.as_deref().unwrap().contains("exited with code 3"),
+        "{bad:?}"
+    );
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_parameter_that_fails_its_pattern_fails_the_task_and_runs_nothing() {
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), ""));
+    let marker = dir.path().join("pwned");
+    let task = plane
+        .submit("action", json!({"action": "touch", "params": {"file": format!("x; touch {}", marker.display())}}))
+        .await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Failed);
+    assert!(task.error.as_deref().unwrap().contains("file"), "{task:?}");
+    // An action this agent does not allow is refused by name.
+    let unknown = plane
+        .submit("action", json!({"action": "rm", "params": {}}))
+        .await;
+    let unknown = plane.wait_final(&unknown).await;
+    assert!(
+        unknown
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("\"rm\" is not allowed"),
+        "{unknown:?}"
+    );
+    assert!(!marker.exists(), "the injected command ran");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "touch ran"
+    );
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_running_action_kills_its_processes() {
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), ""));
+    let task = plane.submit("action", json!({"action": "hang"})).await;
+    let pid = read_pid(&dir.path().join("pid")).await;
+    assert!(alive(pid));
+    plane.client.cancel(task.id).await.unwrap();
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
+    assert!(!alive(pid), "process {pid} survived the cancel");
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_action() {
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), ""));
+    let mut submit = muster_api::SubmitTask {
+        kind: "action".into(),
+        payload: json!({"action": "hang"}),
+        capabilities: vec![],
+        priority: 0,
+        max_retries: Some(0),
+        timeout_s: Some(1),
+        lock_key: None,
+        idempotency_key: None,
+        run_after: None,
+        labels: Default::default(),
+    };
+    submit.timeout_s = Some(1);
+    let (task, _) = plane.client.submit(&submit).await.unwrap();
+    let pid = read_pid(&dir.path().join("pid")).await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} outlived its timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempt = &task.attempts[0];
+    assert!(
+        matches!(
+            attempt.outcome,
+            AttemptOutcome::TimedOut | AttemptOutcome::Failed
+        ),
+        "{attempt:?}"
+    );
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn actions_run_over_ssh_with_every_argument_quoted() {
+    let Some(binary) = sshd_binary() else { return };
+    let sshd = Sshd::start(&binary);
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), &sshd.host_config("box")));
+    let marker = dir.path().join("pwned");
+
+    let task = plane
+        .submit(
+            "action",
+            json!({"action": "greet", "params": {"who": "remote", "code": "0"}, "host": "box"}),
+        )
+        .await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(
+        task.state,
+        TaskState::Completed,
+        "{task:?} logs: {}",
+        plane.log_text(&task).await
+    );
+    assert!(plane.log_text(&task).await.contains("hello remote"));
+
+    // A value that passes a permissive pattern still reaches the remote side as one word.
+    let injected = format!("x; touch {}", marker.display());
+    let task = plane
+        .submit(
+            "action",
+            json!({"action": "say", "params": {"text": injected}, "host": "box"}),
+        )
+        .await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert!(plane.log_text(&task).await.contains(&injected));
+    assert!(
+        !marker.exists(),
+        "the remote shell ran the injected command"
+    );
+
+    // A value that fails its pattern runs nothing at all.
+    let task = plane
+        .submit("action", json!({"action": "touch", "params": {"file": format!("a; touch {}", marker.display())}, "host": "box"}))
+        .await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Failed);
+    assert!(!marker.exists());
+    stop.cancel();
+    agent.await.unwrap();
+}
