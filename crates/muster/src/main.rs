@@ -1,11 +1,16 @@
 //! The `muster` binary: a thin CLI over the library crates.
 
-use std::path::PathBuf;
+mod commands;
+mod output;
 
-use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
-use muster_server::config::LogFormat;
-use muster_server::{Server, Settings};
+use commands::agents::AgentsCommand;
+use commands::connection::ServerArgs;
+use commands::daemons::AgentArgs;
+use commands::task::TaskCommand;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +27,22 @@ struct Cli {
 enum Command {
     /// Run the control plane (configured by environment variables: ADDR, DB_PATH, API_KEY, …).
     Serve,
+    /// Run an agent with the executors described by a TOML file.
+    Agent(AgentArgs),
+    /// Submit, list, inspect, cancel and retry tasks, and read their logs.
+    Task {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// List, inspect, drain and remove registered agents.
+    Agents {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// Copy the database to FILE through SQLite's online backup (safe while serving).
     Backup {
         /// Where to write the copy.
@@ -32,57 +53,18 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve => serve(),
-        Command::Backup { file, db } => {
-            muster_server::store::sqlite::backup(&db, &file)
-                .with_context(|| format!("backing up {} to {}", db.display(), file.display()))?;
-            eprintln!("backed up {} to {}", db.display(), file.display());
-            Ok(())
-        }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
-}
-
-#[tokio::main]
-async fn serve() -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
-    init_tracing(settings.log_format);
-    let listener = tokio::net::TcpListener::bind(settings.addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (ADDR)", settings.addr))?;
-    let db = settings.db_path.clone();
-    let server = Server::build(settings, listener).await?;
-    tracing::info!(addr = %server.local_addr(), db = %db.display(), "muster serving");
-    server.run(shutdown_signal()).await;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+fn main() -> ExitCode {
+    // Usage errors exit with 2 from inside `parse`; everything below exits with 1 on error.
+    let outcome = match Cli::parse().command {
+        Command::Serve => commands::daemons::serve(),
+        Command::Agent(args) => commands::daemons::agent(args),
+        Command::Task { server, command } => commands::operate(server, async |session| {
+            commands::task::run(session, command).await
+        }),
+        Command::Agents { server, command } => commands::operate(server, async |session| {
+            commands::agents::run(session, command).await
+        }),
+        Command::Backup { file, db } => commands::daemons::backup(&file, &db),
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    outcome.unwrap_or_else(|err| output::report_error(&err))
 }

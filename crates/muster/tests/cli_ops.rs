@@ -1,0 +1,693 @@
+//! The operator commands (`muster task …`, `muster agents …`) run as the real binary against a
+//! real `muster serve`, with the agent's side played over plain HTTP.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Served;
+use serde_json::{Value, json};
+
+/// How long anything in these tests may take before it counts as hung.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// `muster` with none of the caller's settings leaking in.
+fn muster(base: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_muster"));
+    cmd.env("MUSTER_URL", base)
+        .env_remove("MUSTER_API_KEY")
+        .env_remove("MUSTER_AGENT_KEY")
+        .env_remove("API_KEY")
+        .env_remove("AGENT_KEY");
+    cmd
+}
+
+fn run(base: &str, args: &[&str]) -> Output {
+    muster(base).args(args).output().expect("muster runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs and insists on success, returning standard output.
+fn ok(base: &str, args: &[&str]) -> String {
+    let out = run(base, args);
+    assert!(
+        out.status.success(),
+        "muster {args:?} failed ({}): {}{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn ok_json(base: &str, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let text = ok(base, &args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+}
+
+/// Runs and insists on exit status 1, returning standard error.
+fn fails(base: &str, args: &[&str]) -> String {
+    let out = run(base, args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "muster {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("panicked") && !stderr(&out).contains("backtrace"),
+        "{}",
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// The id in `created task <id> (queued)`.
+fn submitted_id(text: &str) -> String {
+    let id = text
+        .split_whitespace()
+        .find(|word| uuid::Uuid::parse_str(word).is_ok())
+        .unwrap_or_else(|| panic!("no task id in {text:?}"));
+    id.to_owned()
+}
+
+/// An agent played by the test over plain HTTP, the way the README's curl examples do.
+struct FakeAgent {
+    http: reqwest::Client,
+    base: String,
+    id: String,
+}
+
+impl FakeAgent {
+    async fn register(base: &str, id: &str, capabilities: &[&str]) -> FakeAgent {
+        let agent = FakeAgent {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+            id: id.to_owned(),
+        };
+        let body = json!({"agent_id": id, "host": "10.0.0.7", "port": 8080,
+            "capabilities": capabilities, "mcp_servers": []});
+        agent.post("/api/v1/agents/register", body).await;
+        agent
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// Claims the task the server assigned to this agent; returns (id, attempt).
+    async fn claim(&self) -> (String, u64) {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/api/v1/agents/{}/tasks/next?wait=10",
+                self.base, self.id
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "no task to claim");
+        let task: Value = resp.json().await.unwrap();
+        assert_eq!(task["state"], "running");
+        (
+            task["id"].as_str().unwrap().to_owned(),
+            task["attempt"].as_u64().unwrap(),
+        )
+    }
+
+    async fn log(&self, task: &str, attempt: u64, lines: Value) {
+        let path = format!("/api/v1/tasks/{task}/logs");
+        self.post(&path, json!({"attempt": attempt, "lines": lines}))
+            .await;
+    }
+
+    async fn complete(&self, task: &str, attempt: u64) {
+        let path = format!("/api/v1/tasks/{task}/complete");
+        self.post(
+            &path,
+            json!({"attempt": attempt, "result": {"exit_code": 0}}),
+        )
+        .await;
+    }
+
+    async fn fail(&self, task: &str, attempt: u64, error: &str) {
+        let path = format!("/api/v1/tasks/{task}/fail");
+        self.post(
+            &path,
+            json!({"attempt": attempt, "error": error, "retryable": false}),
+        )
+        .await;
+    }
+}
+
+/// A running `muster task logs --follow` whose output lines arrive on a channel.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follower {
+    fn start(base: &str, task: &str) -> Follower {
+        Follower::start_with(muster(base), task)
+    }
+
+    fn start_with(mut command: Command, task: &str) -> Follower {
+        let mut child = command
+            .args(["task", "logs", task, "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("muster starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a printed line contains `needle`.
+    fn expect_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {needle:?} in time; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the exit, within the deadline; returns the code and standard error.
+    fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the follower did not exit when its task ended");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut err).unwrap();
+        (status.code(), err)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the follower running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn submit_list_show_cancel_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+
+    // No agent has `gpu`, so the task stays queued until the test moves it.
+    let out = ok(
+        base,
+        &[
+            "task",
+            "submit",
+            "render",
+            "--payload",
+            r#"{"scene": 7}"#,
+            "--cap",
+            "gpu",
+            "--priority",
+            "5",
+            "--label",
+            "env=lab",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert!(out.starts_with("created task"), "{out}");
+    assert!(out.contains("queued"), "{out}");
+    let id = submitted_id(&out);
+
+    let table = ok(base, &["task", "list"]);
+    assert!(table.lines().next().unwrap().contains("STATE"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains(&id))
+        .expect("the task is listed");
+    assert!(row.contains("render") && row.contains("queued"), "{row}");
+
+    let listed = ok_json(base, &["task", "list", "--state", "queued"]);
+    let ids: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+    let none = ok_json(base, &["task", "list", "--state", "completed"]);
+    assert_eq!(none["tasks"], json!([]));
+
+    let shown = ok(base, &["task", "show", &id]);
+    for expected in [
+        &id,
+        "render",
+        "queued",
+        "gpu",
+        "env=lab",
+        r#"{"scene":7}"#,
+        "60s",
+    ] {
+        assert!(shown.contains(expected), "{expected} missing from {shown}");
+    }
+    let task = ok_json(base, &["task", "show", &id]);
+    assert_eq!(task["priority"], 5);
+    assert_eq!(task["payload"], json!({"scene": 7}));
+
+    let out = ok(base, &["task", "cancel", &id]);
+    assert!(out.contains("cancelled"), "{out}");
+    assert_eq!(ok_json(base, &["task", "show", &id])["state"], "cancelled");
+    // A finished task cannot be cancelled again; the server's reason is passed on.
+    let err = fails(base, &["task", "cancel", &id]);
+    assert!(err.contains("cannot cancel task"), "{err}");
+
+    let out = ok(base, &["task", "retry", &id]);
+    assert!(out.contains("queued"), "{out}");
+    assert_eq!(ok_json(base, &["task", "show", &id])["state"], "queued");
+}
+
+#[test]
+fn list_all_follows_the_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    for n in 0..5 {
+        ok(
+            base,
+            &["task", "submit", "page", "--payload", &n.to_string()],
+        );
+    }
+
+    let out = run(base, &["task", "list", "--limit", "2"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).lines().count(), 3, "header and two rows");
+    assert!(stderr(&out).contains("--all"), "{}", stderr(&out));
+
+    let page = ok_json(base, &["task", "list", "--limit", "2"]);
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 2);
+    assert!(page["next_cursor"].is_string(), "{page}");
+
+    let all = ok_json(base, &["task", "list", "--limit", "2", "--all"]);
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 5, "{all}");
+    assert!(all["next_cursor"].is_null());
+}
+
+#[test]
+fn an_idempotent_resubmit_says_it_found_the_existing_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let args = ["task", "submit", "deploy", "--idempotency-key", "push-41"];
+
+    let first = ok(base, &args);
+    assert!(first.starts_with("created task"), "{first}");
+    let second = ok(base, &args);
+    assert!(second.starts_with("existing task"), "{second}");
+    assert!(second.contains("push-41"), "{second}");
+    assert_eq!(submitted_id(&first), submitted_id(&second));
+
+    let again = ok_json(base, &args);
+    assert_eq!(again["id"], submitted_id(&first).as_str());
+    let listed = ok_json(base, &["task", "list"]);
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn logs_print_what_the_agent_posted_and_show_lists_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "nas", &["docker"]).await;
+    let id = submitted_id(&ok(base, &["task", "submit", "restart", "--cap", "docker"]));
+    let (claimed, attempt) = agent.claim().await;
+    assert_eq!(claimed, id);
+
+    let empty = run(base, &["task", "logs", &id]);
+    assert!(empty.status.success());
+    assert!(stdout(&empty).is_empty(), "{}", stdout(&empty));
+
+    agent
+        .log(
+            &id,
+            attempt,
+            json!([{"stream": "stdout", "text": "pulling image"},
+                   {"stream": "stderr", "text": "warning: slow mirror"}]),
+        )
+        .await;
+    agent.complete(&id, attempt).await;
+
+    let out = ok(base, &["task", "logs", &id]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let (ts, rest) = lines[0].split_once(' ').unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+        "the line starts with its time: {}",
+        lines[0]
+    );
+    assert_eq!(rest, "stdout pulling image");
+    assert!(
+        lines[1].ends_with(" stderr warning: slow mirror"),
+        "{}",
+        lines[1]
+    );
+
+    let page = ok_json(base, &["task", "logs", &id]);
+    assert_eq!(page["lines"].as_array().unwrap().len(), 2, "{page}");
+
+    let shown = ok(base, &["task", "show", &id]);
+    let attempt_row = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("ATTEMPT"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no attempts table in {shown}"));
+    assert!(
+        attempt_row.contains("nas") && attempt_row.contains("completed"),
+        "{attempt_row}"
+    );
+    assert!(
+        shown.contains("CANDIDATE"),
+        "the assignment's candidates: {shown}"
+    );
+}
+
+#[tokio::test]
+async fn follow_prints_lines_as_they_come_and_exits_0_when_the_task_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "builder", &["build"]).await;
+    let id = submitted_id(&ok(base, &["task", "submit", "build", "--cap", "build"]));
+    let (_, attempt) = agent.claim().await;
+    agent
+        .log(&id, attempt, json!([{"text": "before the follower"}]))
+        .await;
+
+    let mut follower = Follower::start(base, &id);
+    follower.expect_line("stdout before the follower");
+    // Each line is posted only after the previous one was printed: they arrive live.
+    agent
+        .log(&id, attempt, json!([{"text": "compiling 1 of 2"}]))
+        .await;
+    follower.expect_line("compiling 1 of 2");
+    agent
+        .log(
+            &id,
+            attempt,
+            json!([{"stream": "stderr", "text": "compiling 2 of 2"}]),
+        )
+        .await;
+    assert!(
+        follower
+            .expect_line("compiling 2 of 2")
+            .contains(" stderr ")
+    );
+    agent.complete(&id, attempt).await;
+
+    let (code, err) = follower.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("completed"),
+        "the final state is printed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn follow_exits_non_zero_when_the_task_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "runner", &["ansible"]).await;
+    let id = submitted_id(&ok(base, &["task", "submit", "play", "--cap", "ansible"]));
+    let (_, attempt) = agent.claim().await;
+
+    let mut follower = Follower::start(base, &id);
+    agent
+        .log(&id, attempt, json!([{"text": "TASK [restart]"}]))
+        .await;
+    follower.expect_line("TASK [restart]");
+    agent.fail(&id, attempt, "host unreachable").await;
+
+    let (code, err) = follower.wait();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("failed") && err.contains("host unreachable"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn agents_list_show_drain_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    FakeAgent::register(base, "pi-4", &["docker", "gpio"]).await;
+
+    let table = ok(base, &["agents", "list"]);
+    let row = table.lines().find(|l| l.contains("pi-4")).expect("listed");
+    assert!(
+        row.contains("online") && row.contains("docker,gpio"),
+        "{row}"
+    );
+    let listed = ok_json(base, &["agents", "list"]);
+    assert_eq!(listed["agents"][0]["agent_id"], "pi-4");
+
+    let shown = ok(base, &["agents", "show", "pi-4"]);
+    assert!(shown.contains("10.0.0.7:8080"), "{shown}");
+
+    let out = ok(base, &["agents", "drain", "pi-4"]);
+    assert!(out.contains("draining"), "{out}");
+    assert_eq!(
+        ok_json(base, &["agents", "show", "pi-4"])["status"],
+        "draining"
+    );
+
+    let out = ok(base, &["agents", "remove", "pi-4"]);
+    assert!(out.contains("removed agent pi-4"), "{out}");
+    let listed = ok_json(base, &["agents", "list"]);
+    assert_eq!(listed["agents"], json!([]));
+
+    let err = fails(base, &["agents", "remove", "pi-4"]);
+    assert!(err.contains("agent pi-4 not found"), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_named_with_what_to_do() {
+    // A port that was just free and is now closed: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for args in [
+        vec!["task", "list", "--url", url.as_str()],
+        vec!["agents", "list", "--url", url.as_str()],
+    ] {
+        let err = fails("http://unused.invalid", &args);
+        assert!(
+            err.contains(&format!("cannot reach muster at {url}")),
+            "{err}"
+        );
+        assert!(err.contains("MUSTER_URL"), "{err}");
+    }
+    // MUSTER_URL alone is enough.
+    let err = fails(
+        &url,
+        &["task", "show", "0196a3c4-5e1f-7b2a-9c3d-4e5f6a7b8c9d"],
+    );
+    assert!(err.contains(&url), "{err}");
+}
+
+#[test]
+fn a_wrong_key_is_refused_with_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[("API_KEY", "right-key")]);
+    let base = served.base.as_str();
+
+    let err = fails(base, &["task", "list", "--key", "wrong-key"]);
+    assert!(err.contains("refused the key"), "{err}");
+    assert!(
+        err.contains("--key") && err.contains("MUSTER_API_KEY"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-key"), "the key is never echoed: {err}");
+
+    let err = fails(base, &["agents", "list"]);
+    assert!(err.contains("MUSTER_API_KEY"), "{err}");
+
+    ok(base, &["task", "list", "--key", "right-key"]);
+    let out = muster(base)
+        .env("MUSTER_API_KEY", "right-key")
+        .args(["agents", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unknown_task_is_not_found_and_a_bad_id_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let unknown = "0196a3c4-5e1f-7b2a-9c3d-4e5f6a7b8c9d";
+
+    for command in ["show", "cancel", "retry", "logs"] {
+        let err = fails(base, &["task", command, unknown]);
+        assert!(
+            err.contains(&format!("task {unknown} not found")),
+            "{command}: {err}"
+        );
+    }
+    let err = fails(base, &["task", "logs", unknown, "--follow"]);
+    assert!(err.contains("not found"), "{err}");
+
+    let out = run(base, &["task", "show", "not-an-id"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a task id"), "{}", stderr(&out));
+
+    let out = run(base, &["task", "submit", "x", "--payload", "{broken"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--payload"), "{}", stderr(&out));
+}
+
+/// A child process that is killed if the test fails before it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn muster_agent_runs_tasks_from_its_config_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[("API_KEY", "ops-key")]);
+    let base = served.base.as_str();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        r#"
+[agent]
+id = "cli-agent"
+capabilities = ["echo"]
+heartbeat_s = 1
+
+[[actions]]
+name = "say"
+argv = ["echo", "{text}"]
+params = { text = "[a-z ]+" }
+"#,
+    )
+    .unwrap();
+    // With no MUSTER_AGENT_KEY the agent falls back to MUSTER_API_KEY (the server's AGENT_KEY
+    // defaults to its API_KEY).
+    let mut agent = KillOnDrop(
+        muster(base)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .env("MUSTER_API_KEY", "ops-key")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("muster agent starts"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !ok(base, &["agents", "list", "--key", "ops-key"]).contains("cli-agent") {
+        assert!(
+            agent.0.try_wait().unwrap().is_none(),
+            "muster agent exited early"
+        );
+        assert!(Instant::now() < deadline, "the agent never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let payload = r#"{"action": "say", "params": {"text": "hello from the agent"}}"#;
+    let submit = [
+        "task",
+        "submit",
+        "action",
+        "--cap",
+        "echo",
+        "--payload",
+        payload,
+    ];
+    let id = submitted_id(&ok(base, &[&submit[..], &["--key", "ops-key"]].concat()));
+    let mut with_key = muster(base);
+    with_key.env("MUSTER_API_KEY", "ops-key");
+    let mut follower = Follower::start_with(with_key, &id);
+    follower.expect_line("stdout hello from the agent");
+    let (code, err) = follower.wait();
+    assert_eq!(code, Some(0), "{err}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &agent.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "muster agent did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "muster agent exited with {status}");
+}
