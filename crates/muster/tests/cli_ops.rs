@@ -672,6 +672,9 @@ params = { text = "[a-z ]+" }
     follower.expect_line("stdout hello from the agent");
     let (code, err) = follower.wait();
     assert_eq!(code, Some(0), "{err}");
+    let task = ok_json(base, &["task", "show", &id, "--key", "ops-key"]);
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(task["result"]["exit_code"], 0, "{task}");
 
     let status = Command::new("kill")
         .args(["-TERM", &agent.0.id().to_string()])

@@ -75,3 +75,59 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// A `muster agent --config FILE` child process.
+pub(crate) struct AgentProcess {
+    pub(crate) child: Child,
+}
+
+impl AgentProcess {
+    pub(crate) fn start(base: &str, config: &Path) -> AgentProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_muster"))
+            .args(["agent", "--config"])
+            .arg(config)
+            .args(["--url", base])
+            .env_remove("MUSTER_API_KEY")
+            .env_remove("MUSTER_AGENT_KEY")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("muster agent starts");
+        AgentProcess { child }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub(crate) fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "muster agent did not exit in time"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,174 @@
+//! Real `muster agent` processes against a real `muster serve`: an agent killed with SIGKILL
+//! mid-task has its task run again on another agent (and its late report refused), and an
+//! agent sent SIGTERM finishes its running task without claiming another.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{AgentProcess, Served};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn write_config(dir: &Path, agent_id: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{agent_id}.toml"));
+    let config = format!(
+        r#"
+[agent]
+id = "{agent_id}"
+heartbeat_s = 1
+
+[[actions]]
+name = "work"
+argv = ["sh", "-c", "echo started; sleep $0; echo finished", "{{seconds}}"]
+params = {{ seconds = "[0-9]+" }}
+capability = "work"
+"#
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls the task until `done` holds (bounded).
+async fn wait_task(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let task = get(client, format!("{base}/api/v1/tasks/{id}")).await;
+        if done(&task) {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task never reached the expected state: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_registered(client: &reqwest::Client, base: &str, agent_id: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while client
+        .get(format!("{base}/api/v1/agents/{agent_id}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "{agent_id} never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit(client: &reqwest::Client, base: &str, seconds: u32) -> String {
+    let body = json!({"kind": "action", "capabilities": ["work"], "max_retries": 2,
+                      "payload": {"action": "work", "params": {"seconds": seconds.to_string()}}});
+    let task: Value = client
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    task["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_s_task_runs_again_elsewhere_and_its_late_report_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &dir.path().join("m.db"),
+        &[
+            ("HEARTBEAT_TIMEOUT", "2s"),
+            ("LEASE", "2s"),
+            ("SWEEP_INTERVAL", "100ms"),
+        ],
+    );
+    let base = served.base.clone();
+    let client = reqwest::Client::new();
+
+    let mut first = AgentProcess::start(&base, &write_config(dir.path(), "first"));
+    wait_registered(&client, &base, "first").await;
+    let id = submit(&client, &base, 3).await;
+    let running = wait_task(&client, &base, &id, |t| t["state"] == "running").await;
+    assert_eq!(running["agent_id"], "first");
+
+    let _second = AgentProcess::start(&base, &write_config(dir.path(), "second"));
+    wait_registered(&client, &base, "second").await;
+    first.signal("-KILL");
+    first.wait_exit(DEADLINE);
+
+    let done = wait_task(&client, &base, &id, |t| t["state"] == "completed").await;
+    assert_eq!(done["agent_id"], "second", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["attempts"][0]["agent_id"], "first");
+    assert_eq!(done["attempts"][0]["outcome"], "lost", "{done}");
+    assert_eq!(done["attempts"][1]["outcome"], "completed");
+    let agent = get(&client, format!("{base}/api/v1/agents/first")).await;
+    assert_eq!(agent["status"], "offline");
+
+    // The first attempt's report, arriving late, is refused and changes nothing.
+    let late = client
+        .post(format!("{base}/api/v1/tasks/{id}/complete"))
+        .json(&json!({"attempt": 1, "result": {"from": "the dead"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+    let after = get(&client, format!("{base}/api/v1/tasks/{id}")).await;
+    assert_eq!(after["result"], done["result"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.clone();
+    let client = reqwest::Client::new();
+
+    let mut agent = AgentProcess::start(&base, &write_config(dir.path(), "drainer"));
+    wait_registered(&client, &base, "drainer").await;
+    let running = submit(&client, &base, 2).await;
+    wait_task(&client, &base, &running, |t| t["state"] == "running").await;
+    agent.signal("-TERM");
+    let later = submit(&client, &base, 0).await;
+
+    let status = agent.wait_exit(DEADLINE);
+    assert!(status.success(), "exit status {status}");
+    let finished = get(&client, format!("{base}/api/v1/tasks/{running}")).await;
+    assert_eq!(
+        finished["state"], "completed",
+        "the running task was not finished: {finished}"
+    );
+    let logs = get(&client, format!("{base}/api/v1/tasks/{running}/logs")).await;
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["text"] == "finished"),
+        "{logs}"
+    );
+    let later = get(&client, format!("{base}/api/v1/tasks/{later}")).await;
+    assert!(
+        later["attempts"].as_array().is_none_or(|a| a.is_empty()),
+        "claimed after SIGTERM: {later}"
+    );
+    assert!(
+        matches!(later["state"].as_str(), Some("queued" | "assigned")),
+        "{later}"
+    );
+}
