@@ -532,17 +532,26 @@ impl Actor {
 
     /// One round: plan, persist, undo what the store refused, wake the chosen agents.
     async fn dispatch_once(&mut self) {
+        // A refused assignment (its task was cancelled meanwhile) gave back the slot or lock it
+        // had booked, so plan again until a round is refused nothing.
+        while self.dispatch_round().await {}
+    }
+
+    /// One round: plan, persist, undo what the store refused, wake the chosen agents. True when
+    /// something was refused and another round may assign more.
+    async fn dispatch_round(&mut self) -> bool {
         let started = Instant::now();
         let now = self.clock.now_ms();
         let planned = self.state.plan(now);
         if planned.is_empty() {
-            return;
+            return false;
         }
         let orders: Vec<AssignOrder> = planned.iter().map(|p| p.order.clone()).collect();
+        let mut refused = false;
         match self.store.assign(orders, now).await {
             Ok(applied) => {
                 for (p, applied) in planned.into_iter().zip(applied) {
-                    if let Some(task_id) = applied {
+                    if let Some((task_id, attempt)) = applied {
                         self.registry.wake(&p.order.agent_id);
                         self.metrics
                             .transitions
@@ -553,11 +562,12 @@ impl Actor {
                             task_id,
                             state: muster_api::TaskState::Assigned,
                             agent_id: Some(p.order.agent_id),
-                            attempt: 0,
+                            attempt,
                         });
                     } else {
                         // Cancelled or changed since it was queued: it no longer belongs here.
                         self.state.undo(p, false);
+                        refused = true;
                     }
                 }
             }
@@ -573,6 +583,7 @@ impl Actor {
         self.metrics
             .dispatch_seconds
             .observe(started.elapsed().as_secs_f64());
+        refused
     }
 }
 

@@ -110,12 +110,11 @@ pub(crate) async fn heartbeat(
         .heartbeat(&agent_id, beat.running, lease_until)
         .await?;
     if status == AgentStatus::Offline {
-        // It was given up on, but it is back: it may take work again.
-        app.store
-            .set_agent_status(&agent_id, AgentStatus::Online, now)
-            .await?;
-        app.agent_status_changed(&agent_id, AgentStatus::Online);
-        status = AgentStatus::Online;
+        // It was given up on, but it is back: it may take work again (unless it was drained).
+        let back = app.registry.status_on_return(&agent_id);
+        app.store.set_agent_status(&agent_id, back, now).await?;
+        app.agent_status_changed(&agent_id, back);
+        status = back;
     }
     app.dispatcher.send(DispatchEvent::AgentLoad {
         agent_id,

@@ -166,8 +166,12 @@ pub trait Store: Send + Sync + 'static {
     // --- tasks
     async fn submit(&self, task: NewTask, now: i64) -> StoreResult<Submitted>;
     /// Applies each order only if its task is still queued and due; per order, the task's id
-    /// when it was applied.
-    async fn assign(&self, orders: Vec<AssignOrder>, now: i64) -> StoreResult<Vec<Option<Uuid>>>;
+    /// and current attempt number when it was applied.
+    async fn assign(
+        &self,
+        orders: Vec<AssignOrder>,
+        now: i64,
+    ) -> StoreResult<Vec<Option<(Uuid, u32)>>>;
     /// The agent's next assigned task becomes running with a new attempt and a lease.
     async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed>;
     async fn append_logs(&self, task_id: Uuid, logs: AppendLogs, now: i64) -> StoreResult<usize>;

@@ -677,23 +677,27 @@ impl Store for SqliteStore {
         self.write(move |conn| insert_task(conn, &task, now)).await
     }
 
-    async fn assign(&self, orders: Vec<AssignOrder>, now: i64) -> StoreResult<Vec<Option<Uuid>>> {
+    async fn assign(
+        &self,
+        orders: Vec<AssignOrder>,
+        now: i64,
+    ) -> StoreResult<Vec<Option<(Uuid, u32)>>> {
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "UPDATE tasks SET state = 'assigned', agent_id = ?2, assigned_at = ?3, \
                  assignment = ?4, updated_at = ?3 \
                  WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
-                 RETURNING id",
+                 RETURNING id, attempt",
             )?;
             let mut applied = Vec::with_capacity(orders.len());
             for order in &orders {
                 let assignment = serde_json::to_string(&order.assignment)?;
-                let id = stmt
+                let row = stmt
                     .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
-                        uuid_col(row, 0)
+                        Ok((uuid_col(row, 0)?, row.get(1)?))
                     })
                     .optional()?;
-                applied.push(id);
+                applied.push(row);
             }
             Ok(applied)
         })
