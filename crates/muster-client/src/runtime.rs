@@ -305,6 +305,12 @@ impl AgentRuntime {
                 Err(err) => break Err(err),
             }
         };
+        // Leaving: first tell the server to assign nothing more here, then finish what runs.
+        if outcome.is_ok()
+            && let Err(err) = shared.client.drain(&shared.options.agent_id).await
+        {
+            tracing::warn!(error = %err, "could not mark this agent draining");
+        }
         drain(&shared, &mut tasks).await;
         heartbeat_stop.cancel();
         let _ = heartbeat.await;

@@ -226,11 +226,13 @@ pub(crate) async fn show(
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/drain", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = Agent, description = "draining: takes no new tasks"),
+    responses((status = 200, body = Agent, description = "draining: takes no new tasks until it registers again"),
               (status = 404, body = muster_api::ErrorBody)))]
+/// Open to the agent key too: an agent that is shutting down drains itself so that no task is
+/// assigned to it while the server still believes it alive.
 pub(crate) async fn drain(
     State(app): State<AppState>,
-    _: AdminAuth,
+    _: AgentAuth,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
     app.store

@@ -345,6 +345,10 @@ async fn keys_guard_the_routes_and_rejected_requests_change_nothing() {
     assert_eq!(status, StatusCode::OK, "{reply}");
     let (status, reply) = t.complete(&claimed, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
+    // An agent that is leaving drains itself with its own key.
+    let (status, reply) = call(Method::POST, "/api/v1/agents/a1/drain", Some("agent"), None).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["status"], "draining");
 
     // Operational routes need no key.
     for path in ["/health", "/metrics", "/api/v1/openapi.json"] {
