@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use commands::agents::AgentsCommand;
+use commands::bench::BenchArgs;
 use commands::connection::ServerArgs;
 use commands::daemons::AgentArgs;
 use commands::task::TaskCommand;
@@ -43,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
+    /// Measure: end-to-end throughput and latency by default, or one figure (see --help).
+    Bench(BenchArgs),
     /// Copy the database to FILE through SQLite's online backup (safe while serving).
     Backup {
         /// Where to write the copy.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Agents { server, command } => commands::operate(server, async |session| {
             commands::agents::run(session, command).await
         }),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Backup { file, db } => commands::daemons::backup(&file, &db),
     };
     outcome.unwrap_or_else(|err| output::report_error(&err))

@@ -1,0 +1,19 @@
+//! muster's measurements. [`lifecycle`] is `muster bench`: simulated agents over real HTTP
+//! drive submit → claim → complete and the summary gives throughput and latency
+//! percentiles. [`figures`] measures the rest of DESIGN.md's table (start-up time, idle memory,
+//! heartbeat cost, queue depth). [`local`] runs the server under test as a child process so its
+//! memory and CPU time can be read from /proc.
+
+pub mod figures;
+pub mod lifecycle;
+pub mod local;
+pub mod stats;
+
+/// Why a measurement could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Client(#[from] muster_client::ClientError),
+}

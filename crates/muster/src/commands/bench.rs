@@ -1,0 +1,157 @@
+//! `muster bench`: the end-to-end load run by default, and one subcommand per other figure.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use muster_bench::{figures, lifecycle, local::this_binary};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    figure: Option<Figure>,
+    /// Benchmark a running server instead of starting one on a temporary SQLite file.
+    #[arg(long, env = "MUSTER_URL")]
+    url: Option<String>,
+    /// The key for `--url` (admin key: the run registers agents and submits tasks).
+    #[arg(long, env = "MUSTER_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Simulated agents.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// Claim loops (and max_concurrency) per agent.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Tasks to push through submit → claim → complete.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Single tasks measured afterwards with every agent idle and waiting.
+    #[arg(long, default_value_t = 200)]
+    probes: usize,
+    /// Print one JSON object instead of the summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Figure {
+    /// Time from exec to the first /health 200 on a fresh database (median of --runs).
+    Startup {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// Resident memory of a started, idle server.
+    IdleMemory {
+        /// How long it idles before the reading.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+    },
+    /// Server CPU share while many agents heartbeat.
+    Heartbeats {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Claim latency and memory as the queue of tasks no agent can take grows.
+    QueueDepth {
+        /// Queue lengths to measure at, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+        levels: Vec<usize>,
+        /// Probe tasks per level.
+        #[arg(long, default_value_t = 50)]
+        probes: usize,
+    },
+}
+
+fn print<T: Serialize>(json: bool, value: &T, line: String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    match args.figure {
+        None => {
+            let options = lifecycle::Options {
+                url: args.url,
+                key: args.key,
+                agents: args.agents,
+                slots: args.slots,
+                tasks: args.tasks,
+                concurrency: args.concurrency,
+                probes: args.probes,
+                progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let report = lifecycle::run(options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            if report.errors > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Some(Figure::Startup { runs }) => {
+            let binary = this_binary()?;
+            let s = tokio::task::spawn_blocking(move || figures::startup(&binary, runs)).await??;
+            let line = format!(
+                "start to first /health 200: median {:.1} ms (min {:.1}, max {:.1}) over {} runs",
+                s.median_ms, s.min_ms, s.max_ms, s.runs
+            );
+            print(json, &s, line)?;
+        }
+        Some(Figure::IdleMemory { idle }) => {
+            let m = figures::idle_memory(&this_binary()?, idle).await?;
+            let line = format!(
+                "idle RSS: {:.1} MiB (peak {:.1} MiB)",
+                m.rss_mib, m.peak_rss_mib
+            );
+            print(json, &m, line)?;
+        }
+        Some(Figure::Heartbeats {
+            agents,
+            interval,
+            duration,
+        }) => {
+            let h = figures::heartbeats(&this_binary()?, agents, interval, duration).await?;
+            let line = format!(
+                "{} agents heartbeating every {:.0} s: server CPU {:.1}% of one core \
+                 ({} beats in {:.0} s, {} errors, RSS {:.1} MiB)",
+                h.agents, h.interval_s, h.cpu_percent, h.heartbeats, h.seconds, h.errors, h.rss_mib
+            );
+            print(json, &h, line)?;
+        }
+        Some(Figure::QueueDepth { levels, probes }) => {
+            let q = figures::queue_depth(&this_binary()?, &levels, probes).await?;
+            let parts: Vec<String> = q
+                .levels
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} queued: claim p50 {:.2} ms p99 {:.2} ms, RSS {:.1} MiB",
+                        l.queued, l.submit_to_claim.p50_ms, l.submit_to_claim.p99_ms, l.rss_mib
+                    )
+                })
+                .collect();
+            let line = format!(
+                "{} (filled at {:.0} tasks/s)",
+                parts.join("; "),
+                q.fill_tasks_per_s
+            );
+            print(json, &q, line)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
