@@ -258,7 +258,7 @@ pub struct SubmitTask {
     /// Every one of these must be among an agent's capabilities for it to take the task.
     #[serde(default)]
     pub capabilities: Vec<String>,
-    /// Higher runs first; default 0.
+    /// Higher runs first; default 0, between -32768 and 32767.
     #[serde(default)]
     pub priority: i32,
     /// Retries after the first attempt; the server's default when absent.

@@ -12,8 +12,7 @@
 //! simply undone here. The actor ends when every [`Dispatcher`] handle is dropped or on
 //! [`Dispatcher::stop`].
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use crate::clock::{Clock, to_utc};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{AssignOrder, DispatchSnapshot, QueuedTask, Released, Store};
+use crate::store::{AssignOrder, DispatchSnapshot, QueuedTask, Released, Store, StoreResult};
 
 /// Candidates kept in an assignment's record (best first).
 const CANDIDATES_KEPT: usize = 8;
@@ -77,19 +76,34 @@ impl Dispatcher {
     }
 }
 
-/// Ordering key of a queued task: priority descending, then age.
-type QueueKey = (Reverse<i32>, i64);
+/// Ordering key of a queued task, priority descending then age, packed into one word so that
+/// a million queued tasks stay small: the top 16 bits are `i16::MAX − priority`, the low 48
+/// bits the task's `seq`.
+type QueueKey = u64;
 
-#[derive(Debug, Clone)]
+const SEQ_BITS: u32 = 48;
+
+fn queue_key(priority: i32, seq: i64) -> QueueKey {
+    let priority = priority.clamp(i32::from(i16::MIN), i32::from(i16::MAX));
+    let rank = (i32::from(i16::MAX) - priority) as u64;
+    (rank << SEQ_BITS) | (seq as u64 & ((1 << SEQ_BITS) - 1))
+}
+
+fn seq_of(key: QueueKey) -> i64 {
+    (key & ((1 << SEQ_BITS) - 1)) as i64
+}
+
+/// Where a queued task belongs: its capability group and its lock key (interned).
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     group: u32,
-    lock: Option<Arc<str>>,
+    lock: Option<u32>,
 }
 
 #[derive(Debug)]
 struct Group {
     capabilities: Vec<String>,
-    ready: BTreeMap<QueueKey, Option<Arc<str>>>,
+    ready: BTreeSet<QueueKey>,
 }
 
 #[derive(Debug)]
@@ -152,9 +166,11 @@ pub struct DispatchState {
     groups: Vec<Group>,
     group_ids: HashMap<Vec<String>, u32>,
     delayed: BinaryHeap<Delayed>,
-    waiting_on_lock: HashMap<Arc<str>, BTreeMap<QueueKey, u32>>,
-    locks_held: HashMap<Arc<str>, u32>,
-    lock_names: HashMap<String, Arc<str>>,
+    /// Lock keys of the ready tasks that have one (most have none, so this stays small).
+    lock_of: HashMap<i64, u32>,
+    waiting_on_lock: HashMap<u32, BTreeMap<QueueKey, u32>>,
+    locks_held: HashMap<u32, u32>,
+    lock_ids: HashMap<String, u32>,
     agents: HashMap<String, Slot>,
     round: u64,
 }
@@ -168,7 +184,9 @@ pub struct Planned {
 }
 
 impl DispatchState {
-    pub fn from_snapshot(snapshot: DispatchSnapshot, now: i64) -> Self {
+    /// Memory rebuilt from the store at start: agents and what they hold. Queued tasks follow
+    /// through [`DispatchState::load_queued`].
+    pub fn from_snapshot(snapshot: DispatchSnapshot) -> Self {
         let mut state = DispatchState::default();
         for agent in snapshot.agents {
             state.upsert_agent(
@@ -187,19 +205,34 @@ impl DispatchState {
                 *state.locks_held.entry(lock).or_default() += 1;
             }
         }
-        for task in snapshot.queued {
-            state.enqueue(task, now);
-        }
         state
     }
 
-    fn intern(&mut self, lock: &str) -> Arc<str> {
-        if let Some(name) = self.lock_names.get(lock) {
-            return name.clone();
+    /// Loads the store's queue, a page at a time.
+    pub async fn load_queued(&mut self, store: &dyn Store, now: i64) -> StoreResult<usize> {
+        const PAGE: usize = 10_000;
+        let mut after = 0;
+        let mut loaded = 0;
+        loop {
+            let page = store.queued(after, PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(loaded);
+            };
+            after = last.seq;
+            loaded += page.len();
+            for task in page {
+                self.enqueue(task, now);
+            }
         }
-        let name: Arc<str> = Arc::from(lock);
-        self.lock_names.insert(lock.to_owned(), name.clone());
-        name
+    }
+
+    fn intern(&mut self, lock: &str) -> u32 {
+        if let Some(id) = self.lock_ids.get(lock) {
+            return *id;
+        }
+        let id = self.lock_ids.len() as u32;
+        self.lock_ids.insert(lock.to_owned(), id);
+        id
     }
 
     fn group_of(&mut self, capabilities: Vec<String>) -> u32 {
@@ -209,7 +242,7 @@ impl DispatchState {
         let id = self.groups.len() as u32;
         self.groups.push(Group {
             capabilities: capabilities.clone(),
-            ready: BTreeMap::new(),
+            ready: BTreeSet::new(),
         });
         self.group_ids.insert(capabilities, id);
         id
@@ -273,7 +306,7 @@ impl DispatchState {
     fn enqueue(&mut self, task: QueuedTask, now: i64) {
         let group = self.group_of(task.capabilities);
         let lock = task.lock_key.as_deref().map(|l| self.intern(l));
-        let key = (Reverse(task.priority), task.seq);
+        let key = queue_key(task.priority, task.seq);
         let entry = Entry { group, lock };
         match task.run_after {
             Some(due) if due > now => self.delayed.push(Delayed { due, key, entry }),
@@ -282,18 +315,26 @@ impl DispatchState {
     }
 
     fn make_ready(&mut self, key: QueueKey, entry: Entry) {
-        if let Some(lock) = &entry.lock
-            && self.locks_held.contains_key(lock)
-        {
-            self.waiting_on_lock
-                .entry(lock.clone())
-                .or_default()
-                .insert(key, entry.group);
-            return;
+        if let Some(lock) = entry.lock {
+            if self.locks_held.contains_key(&lock) {
+                self.waiting_on_lock
+                    .entry(lock)
+                    .or_default()
+                    .insert(key, entry.group);
+                return;
+            }
+            self.lock_of.insert(seq_of(key), lock);
         }
-        self.groups[entry.group as usize]
-            .ready
-            .insert(key, entry.lock);
+        self.groups[entry.group as usize].ready.insert(key);
+    }
+
+    /// Takes a ready task out of its group.
+    fn take_ready(&mut self, group: usize, key: QueueKey) -> Entry {
+        self.groups[group].ready.remove(&key);
+        Entry {
+            group: group as u32,
+            lock: self.lock_of.remove(&seq_of(key)),
+        }
     }
 
     fn release(&mut self, released: Released) {
@@ -302,30 +343,35 @@ impl DispatchState {
         }
         if let Some(lock) = released.lock_key {
             let lock = self.intern(&lock);
-            self.release_lock(&lock);
+            self.release_lock(lock);
         }
     }
 
-    fn release_lock(&mut self, lock: &Arc<str>) {
-        match self.locks_held.get_mut(lock) {
+    fn release_lock(&mut self, lock: u32) {
+        match self.locks_held.get_mut(&lock) {
             Some(n) if *n > 1 => {
                 *n -= 1;
                 return;
             }
             Some(_) => {
-                self.locks_held.remove(lock);
+                self.locks_held.remove(&lock);
             }
             None => return,
         }
         // The next task waiting on this key, in queue order, becomes ready again.
-        if let Some(waiting) = self.waiting_on_lock.get_mut(lock) {
-            if let Some((key, group)) = waiting.pop_first() {
-                self.groups[group as usize]
-                    .ready
-                    .insert(key, Some(lock.clone()));
-            }
+        if let Some(waiting) = self.waiting_on_lock.get_mut(&lock) {
+            let next = waiting.pop_first();
             if waiting.is_empty() {
-                self.waiting_on_lock.remove(lock);
+                self.waiting_on_lock.remove(&lock);
+            }
+            if let Some((key, group)) = next {
+                self.make_ready(
+                    key,
+                    Entry {
+                        group,
+                        lock: Some(lock),
+                    },
+                );
             }
         }
     }
@@ -365,39 +411,35 @@ impl DispatchState {
                 if blocked[g] {
                     continue;
                 }
-                if let Some((key, _)) = group.ready.first_key_value()
+                if let Some(key) = group.ready.first()
                     && best.is_none_or(|(k, _)| *key < k)
                 {
                     best = Some((*key, g));
                 }
             }
             let Some((key, g)) = best else { break };
-            let lock = self.groups[g].ready.get(&key).cloned().flatten();
-            if let Some(lock) = &lock
-                && self.locks_held.contains_key(lock)
+            if let Some(lock) = self.lock_of.get(&seq_of(key)).copied()
+                && self.locks_held.contains_key(&lock)
             {
-                self.groups[g].ready.remove(&key);
-                self.waiting_on_lock
-                    .entry(lock.clone())
-                    .or_default()
-                    .insert(key, g as u32);
+                let entry = self.take_ready(g, key);
+                self.make_ready(key, entry);
                 continue;
             }
             let Some(candidates) = self.candidates(g) else {
                 blocked[g] = true;
                 continue;
             };
-            self.groups[g].ready.remove(&key);
+            let entry = self.take_ready(g, key);
             let chosen = candidates[0].agent_id.clone();
             let slot = self.agents.get_mut(&chosen).expect("candidate exists");
             slot.active += 1;
             slot.last_assigned = self.round * 1_000_000 + planned.len() as u64;
-            if let Some(lock) = &lock {
-                *self.locks_held.entry(lock.clone()).or_default() += 1;
+            if let Some(lock) = entry.lock {
+                *self.locks_held.entry(lock).or_default() += 1;
             }
             planned.push(Planned {
                 order: AssignOrder {
-                    seq: key.1,
+                    seq: seq_of(key),
                     agent_id: chosen.clone(),
                     assignment: Assignment {
                         agent_id: chosen,
@@ -406,10 +448,7 @@ impl DispatchState {
                     },
                 },
                 key,
-                entry: Entry {
-                    group: g as u32,
-                    lock,
-                },
+                entry,
             });
         }
         planned
@@ -452,7 +491,7 @@ impl DispatchState {
         if let Some(slot) = self.agents.get_mut(&planned.order.agent_id) {
             slot.active = (slot.active - 1).max(0);
         }
-        if let Some(lock) = &planned.entry.lock {
+        if let Some(lock) = planned.entry.lock {
             self.release_lock(lock);
         }
         if requeue {
@@ -463,7 +502,7 @@ impl DispatchState {
 
 /// Starts the actor from the store's snapshot and returns its handle.
 pub fn spawn(
-    snapshot: DispatchSnapshot,
+    state: DispatchState,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
@@ -471,7 +510,6 @@ pub fn spawn(
     events: Arc<EventHub>,
 ) -> (Dispatcher, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let state = DispatchState::from_snapshot(snapshot, clock.now_ms());
     let actor = Actor {
         state,
         store,
@@ -682,6 +720,23 @@ mod tests {
         assert!(s.plan(999).is_empty());
         assert_eq!(s.next_due(), Some(1_000));
         assert_eq!(s.plan(1_000).len(), 1);
+    }
+
+    #[test]
+    fn the_packed_key_orders_by_priority_then_age() {
+        let mut keys = [
+            queue_key(0, 7),
+            queue_key(5, 9),
+            queue_key(-3, 1),
+            queue_key(5, 2),
+        ];
+        keys.sort();
+        let order: Vec<i64> = keys.iter().map(|k| seq_of(*k)).collect();
+        assert_eq!(order, [2, 9, 7, 1]);
+        assert_eq!(
+            seq_of(queue_key(i32::from(i16::MAX), (1 << 47) + 5)),
+            (1 << 47) + 5
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::dispatch::{self, DispatchEvent, Dispatcher};
+use crate::dispatch::{self, DispatchEvent, DispatchState, Dispatcher};
 use crate::error::StoreError;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
@@ -132,10 +132,15 @@ impl Server {
             // Agents known before a restart get one heartbeat timeout from now to speak up.
             registry.upsert(&agent.agent_id, agent.status, now, false);
         }
+        let mut state = DispatchState::from_snapshot(snapshot);
+        let queued = state.load_queued(store.as_ref(), now).await?;
+        if queued > 0 {
+            tracing::info!(queued, "queue loaded");
+        }
         let metrics = Metrics::new();
         let events = Arc::new(EventHub::new(now));
         let (dispatcher, dispatcher_task) = dispatch::spawn(
-            snapshot,
+            state,
             store.clone(),
             registry.clone(),
             clock.clone(),

@@ -43,6 +43,12 @@ fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask,
     if let Some(key) = &req.idempotency_key {
         check_text("idempotency_key", key, 500)?;
     }
+    if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
+        return Err(ApiError::invalid(
+            "priority",
+            "must be between -32768 and 32767",
+        ));
+    }
     if req.timeout_s == Some(0) {
         return Err(ApiError::invalid("timeout_s", "must be at least 1"));
     }

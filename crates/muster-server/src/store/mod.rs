@@ -120,11 +120,11 @@ pub struct Stats {
     pub past_lease: u64,
 }
 
-/// Everything the dispatcher rebuilds its memory from at start.
+/// What the dispatcher rebuilds its memory from at start, besides the queue itself (read in
+/// pages through [`Store::queued`] so a long queue never sits in memory twice).
 #[derive(Debug, Clone, Default)]
 pub struct DispatchSnapshot {
     pub agents: Vec<Agent>,
-    pub queued: Vec<QueuedTask>,
     /// Assigned or running tasks: (agent, lock key).
     pub active: Vec<Released>,
 }
@@ -231,6 +231,8 @@ pub trait Store: Send + Sync + 'static {
     async fn agent(&self, agent_id: &str) -> StoreResult<Agent>;
     async fn stats(&self, now: i64) -> StoreResult<Stats>;
     async fn snapshot(&self) -> StoreResult<DispatchSnapshot>;
+    /// Queued tasks with `seq > after`, in `seq` order, at most `limit`.
+    async fn queued(&self, after: i64, limit: usize) -> StoreResult<Vec<QueuedTask>>;
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> StoreResult<()>;
 

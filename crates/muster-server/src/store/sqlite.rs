@@ -176,12 +176,15 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Readers serve lists and logs; the OS page cache backs them, so a small private cache
+        // keeps memory flat however many readers exist.
+        conn.execute_batch("PRAGMA cache_size = -512")?;
         Ok(conn)
     }
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().expect("read pool poisoned");
-        if idle.len() < 8 {
+        if idle.len() < 4 {
             idle.push(conn);
         }
     }
@@ -1282,21 +1285,6 @@ impl Store for SqliteStore {
                 .query_map([], agent_from_row)?
                 .collect::<Result<_, _>>()?;
             let mut stmt = conn.prepare(
-                "SELECT seq, priority, capabilities, lock_key, run_after FROM tasks \
-                 WHERE state = 'queued'",
-            )?;
-            let queued = stmt
-                .query_map([], |row| {
-                    Ok(QueuedTask {
-                        seq: row.get(0)?,
-                        priority: row.get(1)?,
-                        capabilities: json_col(row, 2)?,
-                        lock_key: row.get(3)?,
-                        run_after: row.get(4)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            let mut stmt = conn.prepare(
                 "SELECT agent_id, lock_key FROM tasks \
                  WHERE state IN ('assigned', 'running') AND agent_id IS NOT NULL",
             )?;
@@ -1308,11 +1296,29 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(DispatchSnapshot {
-                agents,
-                queued,
-                active,
-            })
+            Ok(DispatchSnapshot { agents, active })
+        })
+        .await
+    }
+
+    async fn queued(&self, after: i64, limit: usize) -> StoreResult<Vec<QueuedTask>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, priority, capabilities, lock_key, run_after FROM tasks \
+                 WHERE state = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let queued = stmt
+                .query_map(params![after, limit as i64], |row| {
+                    Ok(QueuedTask {
+                        seq: row.get(0)?,
+                        priority: row.get(1)?,
+                        capabilities: json_col(row, 2)?,
+                        lock_key: row.get(3)?,
+                        run_after: row.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(queued)
         })
         .await
     }
