@@ -13,7 +13,9 @@ use muster_api::Event;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-const RING: usize = 4096;
+/// Events kept for resumption (and the live channel's depth): enough for a client that
+/// reconnects within seconds under load, small enough to cost little memory at idle.
+const RING: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Numbered {
@@ -42,9 +44,9 @@ impl EventHub {
     pub fn new(boot: i64) -> Self {
         EventHub {
             boot,
-            ring: Mutex::new((0, VecDeque::with_capacity(RING))),
+            ring: Mutex::new((0, VecDeque::new())),
             events: broadcast::channel(RING).0,
-            task_signals: broadcast::channel(RING).0,
+            task_signals: broadcast::channel(256).0,
         }
     }
 

@@ -1,0 +1,5 @@
+# Shared by the bench scripts: build the stripped release binary once, then run it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cargo build --release -q -p muster --bin muster
+MUSTER=./target/release/muster
