@@ -60,6 +60,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// How long in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// A web UI session unused this long ends.
+    pub session_idle: Duration,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
             body_limit: 1024 * 1024,
             sweep_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            session_idle: Duration::from_secs(12 * 3600),
         }
     }
 
@@ -146,6 +149,7 @@ impl Settings {
         duration("RETRY_BACKOFF_MAX", &mut s.retry_backoff_max)?;
         duration("SWEEP_INTERVAL", &mut s.sweep_interval)?;
         duration("SHUTDOWN_GRACE", &mut s.shutdown_grace)?;
+        duration("SESSION_IDLE", &mut s.session_idle)?;
         if let Some(v) = get("MAX_RETRIES") {
             s.default_max_retries = v
                 .parse()

@@ -36,6 +36,9 @@ impl From<serde_json::Error> for StoreError {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field at fault, when one is: the UI marks it on the form. Not sent on the
+    /// wire, where the message already starts with the field's name.
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -43,12 +46,16 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            field: None,
         }
     }
 
     /// A 422 naming the field at fault.
     pub fn invalid(field: &str, why: impl std::fmt::Display) -> Self {
-        ApiError::new(ErrorCode::InvalidField, format!("{field}: {why}"))
+        ApiError {
+            field: Some(field.to_owned()),
+            ..ApiError::new(ErrorCode::InvalidField, format!("{field}: {why}"))
+        }
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {

@@ -8,6 +8,9 @@
 //! - [`health`]: the loop that marks silent agents offline, expires leases and prunes.
 //! - [`events`]: the live event feed behind SSE.
 //! - [`http`]: the axum router, auth, the v1 handlers, SSE and OpenAPI.
+//! - [`ui`]: the web UI: server-rendered pages, sessions with CSRF tokens, embedded assets.
+//! - [`operator`]: the operator's actions (submit, cancel, retry, drain, remove), shared by the
+//!   API and the UI.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: builds all of the above from settings and a bound listener, and shuts it down.
 
@@ -19,9 +22,11 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod operator;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod ui;
 
 pub use config::Settings;
 pub use server::{App, Server};

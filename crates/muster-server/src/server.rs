@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Change, RetryPolicy, Store};
+use crate::ui::session::Sessions;
 
 /// Shared state of a running server; handlers receive it as `Arc<App>`.
 pub struct App {
@@ -28,6 +29,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     pub events: Arc<EventHub>,
     pub metrics: Metrics,
+    /// Web UI sessions (in memory; a restart logs everyone out).
+    pub sessions: Sessions,
     /// Cancelled when shutdown begins: streams and long-polls end on it.
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -147,8 +150,10 @@ impl Server {
             metrics.clone(),
             events.clone(),
         );
+        let sessions = Sessions::new(settings.session_idle);
         let app = Arc::new(App {
             settings,
+            sessions,
             store,
             clock,
             registry,

@@ -14,6 +14,7 @@ use muster_api::{
 use super::{AdminAuth, AgentAuth, ApiJson, AppState, QueryPairs};
 use crate::dispatch::{DispatchEvent, agent_event};
 use crate::error::ApiError;
+use crate::operator;
 
 /// Longest long-poll a client may ask for, in seconds.
 const MAX_WAIT_S: u64 = 120;
@@ -204,11 +205,9 @@ pub(crate) async fn list(
     State(app): State<AppState>,
     _: AdminAuth,
 ) -> Result<Json<AgentList>, ApiError> {
-    let mut agents = app.store.agents().await?;
-    for agent in &mut agents {
-        app.registry.decorate(agent);
-    }
-    Ok(Json(AgentList { agents }))
+    Ok(Json(AgentList {
+        agents: operator::agents(&app).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents",
@@ -219,9 +218,7 @@ pub(crate) async fn show(
     _: AdminAuth,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    let mut agent = app.store.agent(&agent_id).await?;
-    app.registry.decorate(&mut agent);
-    Ok(Json(agent))
+    Ok(Json(operator::agent(&app, &agent_id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/drain", tag = "agents",
@@ -235,13 +232,7 @@ pub(crate) async fn drain(
     _: AgentAuth,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    app.store
-        .set_agent_status(&agent_id, AgentStatus::Draining, app.now_ms())
-        .await?;
-    app.agent_status_changed(&agent_id, AgentStatus::Draining);
-    let mut agent = app.store.agent(&agent_id).await?;
-    app.registry.decorate(&mut agent);
-    Ok(Json(agent))
+    Ok(Json(operator::drain(&app, &agent_id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
@@ -253,20 +244,6 @@ pub(crate) async fn remove(
     _: AdminAuth,
     Path(agent_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let changes = app
-        .store
-        .release_agent(&agent_id, true, app.now_ms())
-        .await?;
-    app.registry.remove(&agent_id);
-    app.dispatcher.send(DispatchEvent::AgentRemoved {
-        agent_id: agent_id.clone(),
-    });
-    for change in changes {
-        app.apply(change);
-    }
-    app.events.publish(Event::Agent {
-        agent_id,
-        status: None,
-    });
+    operator::remove(&app, &agent_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

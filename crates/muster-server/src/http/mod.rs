@@ -1,10 +1,11 @@
 //! The HTTP edge: the router, authentication, request extraction with errors in the API's one
-//! envelope, and request metrics. Handlers live in [`agents`], [`tasks`] and [`sse`].
+//! envelope, and request metrics. Handlers live in [`agents`], [`tasks`] and [`sse`]; the web
+//! UI's routes come from [`crate::ui::router`].
 
 mod agents;
 pub mod openapi;
 mod sse;
-mod tasks;
+pub(crate) mod tasks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub fn router(app: AppState) -> Router {
             post(tasks::append_logs).get(sse::logs),
         )
         .route("/api/v1/events", get(sse::events))
+        .merge(crate::ui::router(app.clone()))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -164,7 +166,36 @@ impl FromRequestParts<AppState> for AgentAuth {
     }
 }
 
-fn same_key(key: &Secret, presented: &str) -> bool {
+/// Proof that the request may read the live streams (the event feed, a task's logs): the
+/// admin key, or a web UI session. The browser's `EventSource` cannot send an Authorization
+/// header, and the UI must never hold the key, so these two read-only routes also accept the
+/// session cookie. Routes that change state never do: there the cookie alone would make them
+/// forgeable from another site.
+pub struct ReaderAuth;
+
+impl FromRequestParts<AppState> for ReaderAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        match AdminAuth::from_request_parts(parts, app).await {
+            Ok(AdminAuth) => Ok(ReaderAuth),
+            Err(refused) => {
+                if app
+                    .sessions
+                    .from_headers(&parts.headers, app.now_ms())
+                    .is_some()
+                {
+                    Ok(ReaderAuth)
+                } else {
+                    Err(refused)
+                }
+            }
+        }
+    }
+}
+
+/// Compares a presented key with the configured one in constant time.
+pub(crate) fn same_key(key: &Secret, presented: &str) -> bool {
     key.expose().as_bytes().ct_eq(presented.as_bytes()).into()
 }
 

@@ -14,7 +14,7 @@ use muster_api::{LogPage, TaskState};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AdminAuth, AppState, QueryPairs, task_id};
+use super::{AppState, QueryPairs, ReaderAuth, task_id};
 use crate::error::ApiError;
 use crate::events::Resume;
 
@@ -51,7 +51,7 @@ fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
               (status = 404, body = muster_api::ErrorBody)))]
 pub(crate) async fn logs(
     State(app): State<AppState>,
-    _: AdminAuth,
+    _: ReaderAuth,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: QueryPairs,
@@ -164,7 +164,7 @@ async fn wait_for_signal(
         when that is not possible")))]
 pub(crate) async fn events(
     State(app): State<AppState>,
-    _: AdminAuth,
+    _: ReaderAuth,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers);

@@ -10,70 +10,42 @@ use muster_api::{
 };
 
 use super::{AdminAuth, AgentAuth, ApiJson, AppState, QueryPairs, task_id};
-use crate::dispatch::DispatchEvent;
 use crate::error::ApiError;
-use crate::store::{NewTask, TaskFilter};
+use crate::operator;
+use crate::store::TaskFilter;
+
+/// Reads the filters and paging of a task list from a query string, naming a field at fault.
+pub(crate) fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
+    let state = match query.get("state") {
+        None => None,
+        Some(raw) => Some(TaskState::parse(raw).ok_or_else(|| {
+            let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(
+                "state",
+                format!("{raw:?} is not one of {}", names.join(", ")),
+            )
+        })?),
+    };
+    let limit = query.parse::<usize>("limit")?.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(TaskFilter {
+        state,
+        kind: query.get("kind").map(str::to_owned),
+        agent_id: query.get("agent_id").map(str::to_owned),
+        limit,
+        before_seq: query.parse::<i64>("cursor")?,
+    })
+}
 
 /// Largest page of `GET /api/v1/tasks`.
 const MAX_PAGE: usize = 500;
 /// Most lines one log post may carry.
 const MAX_LINES: usize = 10_000;
-
-fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
-    }
-    if value.len() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask, ApiError> {
-    check_text("kind", &req.kind, 200)?;
-    for (i, cap) in req.capabilities.iter().enumerate() {
-        check_text(&format!("capabilities[{i}]"), cap, 200)?;
-    }
-    if let Some(key) = &req.lock_key {
-        check_text("lock_key", key, 500)?;
-    }
-    if let Some(key) = &req.idempotency_key {
-        check_text("idempotency_key", key, 500)?;
-    }
-    if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
-        return Err(ApiError::invalid(
-            "priority",
-            "must be between -32768 and 32767",
-        ));
-    }
-    if req.timeout_s == Some(0) {
-        return Err(ApiError::invalid("timeout_s", "must be at least 1"));
-    }
-    if let Some(n) = req.max_retries
-        && n > 1000
-    {
-        return Err(ApiError::invalid("max_retries", "must be at most 1000"));
-    }
-    let mut capabilities = req.capabilities;
-    capabilities.sort();
-    capabilities.dedup();
-    Ok(NewTask {
-        id: uuid::Uuid::now_v7(),
-        kind: req.kind,
-        payload: req.payload,
-        capabilities,
-        priority: req.priority,
-        max_retries: req.max_retries.unwrap_or(default_max_retries),
-        timeout_s: req.timeout_s,
-        lock_key: req.lock_key,
-        idempotency_key: req.idempotency_key,
-        run_after: req.run_after.map(|t| t.timestamp_millis()),
-        labels: req.labels,
-    })
-}
 
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = SubmitTask,
     responses((status = 201, body = Task, description = "queued"),
@@ -84,18 +56,7 @@ pub(crate) async fn submit(
     _: AdminAuth,
     ApiJson(req): ApiJson<SubmitTask>,
 ) -> Result<Response, ApiError> {
-    let new = validate_submit(req, app.settings.default_max_retries)?;
-    let submitted = app.store.submit(new, app.now_ms()).await?;
-    if let Some(queued) = submitted.queued {
-        app.dispatcher.send(DispatchEvent::Queued(queued));
-        app.metrics.transitions.with_label_values(&["queued"]).inc();
-        app.events.publish(muster_api::Event::Task {
-            task_id: submitted.task.id,
-            state: TaskState::Queued,
-            agent_id: None,
-            attempt: 0,
-        });
-    }
+    let submitted = operator::submit(&app, req).await?;
     let status = if submitted.created {
         StatusCode::CREATED
     } else {
@@ -116,33 +77,7 @@ pub(crate) async fn list(
     _: AdminAuth,
     query: QueryPairs,
 ) -> Result<Json<TaskList>, ApiError> {
-    let state = match query.get("state") {
-        None => None,
-        Some(raw) => Some(TaskState::parse(raw).ok_or_else(|| {
-            let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::invalid(
-                "state",
-                format!("{raw:?} is not one of {}", names.join(", ")),
-            )
-        })?),
-    };
-    let limit = query.parse::<usize>("limit")?.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let page = app
-        .store
-        .tasks(TaskFilter {
-            state,
-            kind: query.get("kind").map(str::to_owned),
-            agent_id: query.get("agent_id").map(str::to_owned),
-            limit,
-            before_seq: query.parse::<i64>("cursor")?,
-        })
-        .await?;
+    let page = app.store.tasks(filter_from_query(&query)?).await?;
     Ok(Json(TaskList {
         tasks: page.tasks,
         next_cursor: page.next_before.map(|seq| seq.to_string()),
@@ -170,9 +105,7 @@ pub(crate) async fn cancel(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    let changed = app.store.cancel(task_id(&id)?, app.now_ms()).await?;
-    app.apply(changed.change);
-    Ok(Json(changed.task))
+    Ok(Json(operator::cancel(&app, task_id(&id)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
@@ -184,9 +117,7 @@ pub(crate) async fn retry(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    let changed = app.store.retry(task_id(&id)?, app.now_ms()).await?;
-    app.apply(changed.change);
-    Ok(Json(changed.task))
+    Ok(Json(operator::retry(&app, task_id(&id)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks", request_body = AppendLogs,

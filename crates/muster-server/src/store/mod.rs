@@ -230,6 +230,8 @@ pub trait Store: Send + Sync + 'static {
     async fn agents(&self) -> StoreResult<Vec<Agent>>;
     async fn agent(&self, agent_id: &str) -> StoreResult<Agent>;
     async fn stats(&self, now: i64) -> StoreResult<Stats>;
+    /// How many tasks reached each final state at or after `since` (throughput figures).
+    async fn finished_since(&self, since: i64) -> StoreResult<Vec<(TaskState, u64)>>;
     async fn snapshot(&self) -> StoreResult<DispatchSnapshot>;
     /// Queued tasks with `seq > after`, in `seq` order, at most `limit`.
     async fn queued(&self, after: i64, limit: usize) -> StoreResult<Vec<QueuedTask>>;

@@ -1278,6 +1278,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn finished_since(&self, since: i64) -> StoreResult<Vec<(TaskState, u64)>> {
+        self.read(move |conn| {
+            // The range on finished_at uses the partial index tasks_by_finished.
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, count(*) FROM tasks WHERE finished_at >= ?1 GROUP BY state",
+            )?;
+            let counts = stmt
+                .query_map([since], |row| {
+                    Ok((enum_col(row, 0, TaskState::parse)?, row.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn snapshot(&self) -> StoreResult<DispatchSnapshot> {
         self.read(|conn| {
             let mut stmt = conn.prepare(&format!("{AGENT_SELECT} ORDER BY a.agent_id"))?;

@@ -1,0 +1,154 @@
+//! The operator's actions on tasks and agents: submit, cancel, retry, drain and remove. The v1
+//! API handlers and the web UI both call these, so a task submitted from a form is validated,
+//! stored, dispatched and announced exactly like one submitted as JSON.
+
+use muster_api::{Agent, AgentStatus, Event, SubmitTask, Task, TaskState};
+use uuid::Uuid;
+
+use crate::dispatch::DispatchEvent;
+use crate::error::ApiError;
+use crate::server::App;
+use crate::store::NewTask;
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a submission and normalises it (capabilities sorted and unique); errors name the field.
+pub fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask, ApiError> {
+    check_text("kind", &req.kind, 200)?;
+    for (i, cap) in req.capabilities.iter().enumerate() {
+        check_text(&format!("capabilities[{i}]"), cap, 200)?;
+    }
+    if let Some(key) = &req.lock_key {
+        check_text("lock_key", key, 500)?;
+    }
+    if let Some(key) = &req.idempotency_key {
+        check_text("idempotency_key", key, 500)?;
+    }
+    if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
+        return Err(ApiError::invalid(
+            "priority",
+            "must be between -32768 and 32767",
+        ));
+    }
+    if req.timeout_s == Some(0) {
+        return Err(ApiError::invalid("timeout_s", "must be at least 1"));
+    }
+    if let Some(n) = req.max_retries
+        && n > 1000
+    {
+        return Err(ApiError::invalid("max_retries", "must be at most 1000"));
+    }
+    let mut capabilities = req.capabilities;
+    capabilities.sort();
+    capabilities.dedup();
+    Ok(NewTask {
+        id: Uuid::now_v7(),
+        kind: req.kind,
+        payload: req.payload,
+        capabilities,
+        priority: req.priority,
+        max_retries: req.max_retries.unwrap_or(default_max_retries),
+        timeout_s: req.timeout_s,
+        lock_key: req.lock_key,
+        idempotency_key: req.idempotency_key,
+        run_after: req.run_after.map(|t| t.timestamp_millis()),
+        labels: req.labels,
+    })
+}
+
+/// A submitted task, and whether it is new (false: its idempotency key named an existing one).
+#[derive(Debug)]
+pub struct SubmitOutcome {
+    pub task: Task,
+    pub created: bool,
+}
+
+/// Validates, persists (durable before it returns) and queues a task.
+pub async fn submit(app: &App, req: SubmitTask) -> Result<SubmitOutcome, ApiError> {
+    let new = validate_submit(req, app.settings.default_max_retries)?;
+    let submitted = app.store.submit(new, app.now_ms()).await?;
+    if let Some(queued) = submitted.queued {
+        app.dispatcher.send(DispatchEvent::Queued(queued));
+        app.metrics.transitions.with_label_values(&["queued"]).inc();
+        app.events.publish(Event::Task {
+            task_id: submitted.task.id,
+            state: TaskState::Queued,
+            agent_id: None,
+            attempt: 0,
+        });
+    }
+    Ok(SubmitOutcome {
+        task: submitted.task,
+        created: submitted.created,
+    })
+}
+
+/// Cancels a queued or assigned task at once; a running one's agent is told to stop.
+pub async fn cancel(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
+    let changed = app.store.cancel(task_id, app.now_ms()).await?;
+    app.apply(changed.change);
+    Ok(changed.task)
+}
+
+/// Queues a failed or cancelled task again.
+pub async fn retry(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
+    let changed = app.store.retry(task_id, app.now_ms()).await?;
+    app.apply(changed.change);
+    Ok(changed.task)
+}
+
+/// Every agent with its live fields (status, last heartbeat, load) filled in.
+pub async fn agents(app: &App) -> Result<Vec<Agent>, ApiError> {
+    let mut agents = app.store.agents().await?;
+    for agent in &mut agents {
+        app.registry.decorate(agent);
+    }
+    Ok(agents)
+}
+
+/// One agent with its live fields filled in.
+pub async fn agent(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
+    let mut agent = app.store.agent(agent_id).await?;
+    app.registry.decorate(&mut agent);
+    Ok(agent)
+}
+
+/// The agent takes no new tasks until it registers again; its running tasks go on.
+pub async fn drain(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
+    app.store
+        .set_agent_status(agent_id, AgentStatus::Draining, app.now_ms())
+        .await?;
+    app.agent_status_changed(agent_id, AgentStatus::Draining);
+    agent(app, agent_id).await
+}
+
+/// Forgets the agent; its assigned and running tasks go back to the queue.
+pub async fn remove(app: &App, agent_id: &str) -> Result<(), ApiError> {
+    let changes = app
+        .store
+        .release_agent(agent_id, true, app.now_ms())
+        .await?;
+    app.registry.remove(agent_id);
+    app.dispatcher.send(DispatchEvent::AgentRemoved {
+        agent_id: agent_id.to_owned(),
+    });
+    for change in changes {
+        app.apply(change);
+    }
+    app.events.publish(Event::Agent {
+        agent_id: agent_id.to_owned(),
+        status: None,
+    });
+    Ok(())
+}

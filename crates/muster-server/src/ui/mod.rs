@@ -1,0 +1,132 @@
+//! The web UI: server-rendered pages (maud), a small stylesheet and script of our own embedded
+//! in the binary, sessions with CSRF tokens. Mounted at `/` beside `/api/v1/*`, `/health` and
+//! `/metrics`, which it leaves alone.
+//!
+//! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
+//!   security headers of every UI response.
+//! - [`session`]: the in-memory session table.
+//! - [`layout`]: the page shell and shared pieces.
+//! - [`overview`], [`agents`], [`tasks`], [`submit`]: the pages.
+//! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
+//!
+//! Pages read through the [`crate::store::Store`] trait and change things only through
+//! [`crate::operator`], the functions the API handlers call too. Live updates come from the
+//! API's own SSE routes, which accept the session cookie for reading (see
+//! [`crate::http::ReaderAuth`]); the script refetches the page and swaps its `data-live`
+//! regions when an event concerns it.
+
+mod agents;
+mod assets;
+mod auth;
+mod layout;
+mod overview;
+pub mod session;
+mod submit;
+mod tasks;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::html;
+
+use crate::error::ApiError;
+use crate::http::AppState;
+use layout::{Page, Section, shell};
+use session::Session;
+
+/// Every UI route. Pages and forms sit behind the session middleware; the login page and the
+/// assets do not.
+pub fn router(app: AppState) -> Router<AppState> {
+    let behind_session = Router::new()
+        .route("/", get(overview::page))
+        .route("/agents", get(agents::page))
+        .route("/agents/{id}/drain", post(agents::drain))
+        .route("/agents/{id}/remove", post(agents::remove))
+        .route("/tasks", get(tasks::list).post(submit::submit))
+        .route("/tasks/new", get(submit::form))
+        .route("/tasks/{id}", get(tasks::show))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/logout", post(auth::logout))
+        .route_layer(middleware::from_fn_with_state(app, auth::require_session));
+    Router::new()
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/assets/{file}", get(assets::serve))
+        .merge(behind_session)
+        .route_layer(middleware::from_fn(auth::security_headers))
+}
+
+/// Percent-encodes text for a path segment or a query value (agent ids may hold spaces).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What every page handler needs for the shell.
+fn page_for<'a>(
+    app: &AppState,
+    session: &'a Session,
+    title: &'a str,
+    section: Option<Section>,
+    live: layout::Live,
+) -> Page<'a> {
+    Page {
+        title,
+        section,
+        live,
+        session: Some(session),
+        login_enabled: app.settings.api_key.is_some(),
+    }
+}
+
+/// An error on a UI route, shown as a page rather than the API's JSON envelope.
+#[derive(Debug)]
+pub struct UiError(ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(err: ApiError) -> Self {
+        UiError(err)
+    }
+}
+
+impl From<crate::error::StoreError> for UiError {
+    fn from(err: crate::error::StoreError) -> Self {
+        UiError(err.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let title = match status {
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Not possible now",
+            _ => "Something went wrong",
+        };
+        let page = Page {
+            title,
+            section: None,
+            live: layout::Live::Off,
+            session: None,
+            login_enabled: false,
+        };
+        let body = shell(
+            &page,
+            html! {
+                h1 { (title) }
+                p.notice.error { (self.0.message) }
+                p { a href="/" { "Back to the overview" } }
+            },
+        );
+        (status, body).into_response()
+    }
+}

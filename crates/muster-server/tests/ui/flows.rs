@@ -1,0 +1,306 @@
+//! What an operator does in a real browser: log in, watch agents and logs arrive live, submit
+//! and cancel tasks. Each test leaves a screenshot in `target/ui-screenshots/`.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::browser::Browser;
+use crate::helpers::{TestApp, secret};
+use crate::web::{KEY, Web};
+
+async fn with_key() -> TestApp {
+    TestApp::spawn_with(|s| s.api_key = secret(KEY)).await
+}
+
+/// Logs in through the form, as a person would.
+async fn log_in(b: &Browser, t: &TestApp) {
+    b.goto(&t.url("/")).await;
+    b.wait_path("/login").await;
+    b.fill("#key", KEY).await;
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_text("main h1", "Overview").await;
+}
+
+/// A running task on agent `runner`; returns the task as claimed (with its attempt).
+async fn running_task(t: &TestApp, kind: &str) -> serde_json::Value {
+    t.register("runner", &["shell"], 2).await;
+    t.submit(json!({"kind": kind, "capabilities": ["shell"], "payload": {"n": 1}}))
+        .await;
+    t.settle().await;
+    t.claim("runner", 5).await.expect("the task is claimed")
+}
+
+#[tokio::test]
+async fn logging_in_with_the_key_opens_the_overview() {
+    let t = with_key().await;
+    let Some(b) = Browser::start("login").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    assert_eq!(b.path().await, "/");
+    let source = b.client.source().await.unwrap();
+    assert!(!source.contains(KEY), "the key is not in the page");
+    let cookie = b.client.get_named_cookie("muster_session").await.unwrap();
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
+    b.wait_live().await;
+    b.screenshot("login").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused_at_login() {
+    let t = with_key().await;
+    let Some(b) = Browser::start("wrong-key").await else {
+        return;
+    };
+    b.goto(&t.url("/agents")).await;
+    b.wait_path("/login").await;
+    b.fill("#key", "not-the-key").await;
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_text(".form-error", "not valid").await;
+    assert_eq!(b.path().await, "/login");
+    assert!(
+        b.client.get_named_cookie("muster_session").await.is_err(),
+        "no session for a wrong key"
+    );
+    b.screenshot("wrong-key").await;
+    // Still nothing to see without logging in.
+    b.goto(&t.url("/agents")).await;
+    b.wait_path("/login").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_registered_agent_shows_online_and_new_ones_appear_live() {
+    let t = with_key().await;
+    t.register("nas", &["docker", "ansible"], 4).await;
+    t.heartbeat("nas", json!({"cpu_percent": 12.0, "memory_percent": 40.0}))
+        .await;
+    let Some(b) = Browser::start("agents").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.goto(&t.url("/agents")).await;
+    b.wait_text("#agent-nas .badge", "online").await;
+    b.wait_text("#agent-nas", "docker").await;
+    b.wait_live().await;
+    b.mark_document().await;
+
+    // An agent that registers now shows up without a reload.
+    t.register("pi-kitchen", &["docker"], 1).await;
+    b.wait_text("#agent-pi-kitchen .badge", "online").await;
+    assert!(b.still_marked().await, "the page was not reloaded");
+    b.screenshot("agents").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn submitting_a_task_from_the_form() {
+    let t = with_key().await;
+    let Some(b) = Browser::start("submit").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.click("nav a[href='/tasks/new']").await;
+    b.wait_text("main h1", "Submit a task").await;
+    b.fill("#kind", "restart").await;
+    b.fill("#capabilities", "docker").await;
+    b.fill("#payload", "{\"container\": ").await;
+    b.click("form.submit-form button[type=submit]").await;
+    // A mistake comes back on the form, by the field, with what was typed kept.
+    let error = b.wait_text("#payload-error", "payload").await;
+    assert!(error.contains("not valid JSON"), "{error}");
+    let kind = b
+        .client
+        .find(fantoccini::Locator::Id("kind"))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind.prop("value").await.unwrap().as_deref(),
+        Some("restart")
+    );
+    b.screenshot("submit-error").await;
+
+    b.fill("#payload", "{\"container\": \"jellyfin\"}").await;
+    b.fill("#priority", "5").await;
+    b.click("form.submit-form button[type=submit]").await;
+    b.wait_text("main h1", "queued").await;
+    let path = b.path().await;
+    let id = path.strip_prefix("/tasks/").expect("the task's page");
+    let task = t.task(id).await;
+    assert_eq!(task["kind"], "restart");
+    assert_eq!(task["payload"], json!({"container": "jellyfin"}));
+    assert_eq!(task["capabilities"], json!(["docker"]));
+    assert_eq!(task["priority"], 5);
+    b.screenshot("submit").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn log_lines_appear_without_reloading() {
+    let t = with_key().await;
+    let claimed = running_task(&t, "backup").await;
+    let id = claimed["id"].as_str().unwrap().to_owned();
+    let Some(b) = Browser::start("logs").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.goto(&t.url(&format!("/tasks/{id}"))).await;
+    b.wait_text("main h1", "running").await;
+    b.wait_live().await;
+    b.mark_document().await;
+
+    for (n, text) in ["dumping the database", "uploading 3 files"]
+        .iter()
+        .enumerate()
+    {
+        // Posted as the agent would, over HTTP.
+        let (status, body) = t
+            .post(
+                &format!("/api/v1/tasks/{id}/logs"),
+                json!({"attempt": claimed["attempt"],
+                       "lines": [{"text": text, "stream": if n == 0 { "stdout" } else { "stderr" }}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        b.wait_text("#log", text).await;
+    }
+    assert!(b.still_marked().await, "the lines came without a reload");
+
+    // The end of the task shows too: the log stream ends and the state changes in place.
+    let (status, _) = t.complete(&claimed, json!({"files": 3})).await;
+    assert_eq!(status, StatusCode::OK);
+    b.wait_text("#log-status", "completed").await;
+    b.wait_text("main h1", "completed").await;
+    assert!(b.still_marked().await);
+    b.screenshot("logs").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_task_from_its_page() {
+    let t = with_key().await;
+    let claimed = running_task(&t, "deploy").await;
+    let id = claimed["id"].as_str().unwrap().to_owned();
+    let Some(b) = Browser::start("cancel").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.goto(&t.url(&format!("/tasks/{id}"))).await;
+    b.wait_text("main h1", "running").await;
+    b.click(&format!("form[action='/tasks/{id}/cancel'] button"))
+        .await;
+    b.wait_text("#task-head", "Cancel requested").await;
+    assert_eq!(t.task(&id).await["cancel_requested"], true);
+    // The agent hears it in its next heartbeat, stops, and reports; the page follows live.
+    let (_, ack) = t
+        .heartbeat("runner", json!({"cpu_percent": 1.0, "memory_percent": 1.0}))
+        .await;
+    assert_eq!(ack["cancel"], json!([id]));
+    b.wait_live().await;
+    t.fail(&claimed, "stopped on request", false).await;
+    b.wait_text("main h1", "cancelled").await;
+    assert_eq!(t.task(&id).await["state"], "cancelled");
+    b.screenshot("cancel").await;
+
+    // Retry from the same page: the task runs again, and its new attempt's lines show live.
+    b.click(&format!("form[action='/tasks/{id}/retry'] button"))
+        .await;
+    b.wait_text("#task-head", "Cancel").await;
+    b.wait_live().await;
+    b.mark_document().await;
+    t.settle().await;
+    let again = t.claim("runner", 5).await.expect("claimed again");
+    assert_eq!(again["attempt"], 2);
+    let (status, _) = t
+        .post(
+            &format!("/api/v1/tasks/{id}/logs"),
+            json!({"attempt": 2, "lines": [{"text": "second attempt"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    b.wait_text("#log", "second attempt").await;
+    b.wait_text("main h1", "running").await;
+    assert!(b.still_marked().await);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_post_without_the_csrf_token_is_refused_with_the_browsers_session() {
+    let t = with_key().await;
+    let task = t
+        .submit(json!({"kind": "waits", "capabilities": ["nobody"]}))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let Some(b) = Browser::start("csrf").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    let cookie = b.client.get_named_cookie("muster_session").await.unwrap();
+
+    // The browser's own session, but a request that did not come from one of its forms.
+    let mut web = Web::new(&t);
+    web.cookie = Some(format!("muster_session={}", cookie.value()));
+    assert_eq!(
+        web.get("/").await.status,
+        StatusCode::OK,
+        "the cookie is live"
+    );
+    let refused = web.post_form(&format!("/tasks/{id}/cancel"), &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(t.task(&id).await["state"], "queued", "nothing changed");
+
+    b.goto(&t.url(&format!("/tasks/{id}"))).await;
+    b.wait_text("main h1", "queued").await;
+    b.screenshot("csrf").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_overview_shows_agents_queue_throughput_and_failures() {
+    let t = with_key().await;
+    for (agent, caps, cpu, mem) in [
+        ("nas", vec!["docker", "ansible"], 23.0, 41.0),
+        ("pi-kitchen", vec!["docker"], 61.0, 72.0),
+        ("llm-box", vec!["llm"], 88.0, 64.0),
+    ] {
+        t.register(agent, &caps, 2).await;
+        t.heartbeat(agent, json!({"cpu_percent": cpu, "memory_percent": mem}))
+            .await;
+    }
+    for (kind, cap) in [
+        ("restart", "docker"),
+        ("ansible", "ansible"),
+        ("prompt", "llm"),
+        ("backup", "docker"),
+        ("restart", "docker"),
+    ] {
+        t.submit(json!({"kind": kind, "capabilities": [cap], "payload": {}}))
+            .await;
+    }
+    t.submit(json!({"kind": "deploy", "capabilities": ["k8s"]}))
+        .await;
+    t.settle().await;
+    let done = t.claim("nas", 1).await.expect("work for nas");
+    t.complete(&done, json!({"ok": true})).await;
+    let failed = t.claim("llm-box", 1).await.expect("work for llm-box");
+    t.fail(&failed, "model not loaded: qwen2.5:7b", false).await;
+    t.claim("pi-kitchen", 1).await.expect("work for pi-kitchen");
+    let Some(b) = Browser::start("overview").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.wait_text("#overview-agents", "pi-kitchen").await;
+    b.wait_text("#overview-failures", "model not loaded").await;
+    let figures = b.wait_text("#overview-figures", "online").await;
+    assert!(figures.contains('3'), "{figures}");
+    b.wait_live().await;
+    b.screenshot("overview").await;
+
+    // A phone's width: the same page, one column.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.wait_text("main h1", "Overview").await;
+    b.screenshot("overview-phone").await;
+    b.close().await;
+}

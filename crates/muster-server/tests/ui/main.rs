@@ -1,0 +1,16 @@
+//! Tests of the web UI against a real server on 127.0.0.1:0: plain HTTP checks of the pages,
+//! sessions, CSRF and assets (`pages`), and flows in a real headless Chromium (`flows`,
+//! skipped loudly unless `MUSTER_TEST_BROWSER` is set).
+
+// Test helpers are `pub` for the modules of this one test binary, not for the world.
+#![allow(unreachable_pub)]
+
+// The API tests' `TestApp`, shared rather than copied; this binary uses part of it.
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+mod browser;
+mod flows;
+mod pages;
+mod web;
