@@ -65,8 +65,39 @@ pub fn router(app: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(refuse_cross_origin_writes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Refuses a state-changing request a browser sent on behalf of another origin. Without a key
+/// (loopback), a page on any site could otherwise post to `127.0.0.1:8000` (drain an agent,
+/// cancel a task) from the operator's browser. Browsers say where a request comes from in
+/// `Sec-Fetch-Site` or `Origin`; agents, curl and the CLI send neither and are unaffected.
+async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let foreign = match (header("sec-fetch-site"), header("origin")) {
+        (Some(site), _) => !matches!(site, "same-origin" | "none"),
+        (None, Some(origin)) => {
+            let host = header("host").unwrap_or_default();
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+        }
+        (None, None) => false,
+    };
+    if foreign {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "cross-origin requests may not change anything here",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Records each request's latency by its route template (not the raw path, which would let

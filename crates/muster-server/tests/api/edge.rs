@@ -759,3 +759,44 @@ async fn open_streams_end_at_shutdown() {
     logs.expect_finished().await;
     feed.expect_finished().await;
 }
+
+#[tokio::test]
+async fn a_page_on_another_site_cannot_change_anything() {
+    // No key (loopback): only the origin check stands between a hostile page and the API.
+    let t = TestApp::spawn().await;
+    t.register("nas", &[], 1).await;
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+    ] {
+        let (status, reply) = TestApp::send(
+            t.request(reqwest::Method::POST, "/api/v1/agents/nas/drain")
+                .header(name, value),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {value}: {reply}");
+        assert_eq!(reply["error"]["code"], "forbidden");
+    }
+    let (_, agent) = t.get("/api/v1/agents/nas").await;
+    assert_eq!(
+        agent["status"], "online",
+        "a refused request changed the agent"
+    );
+    // The server's own pages (same origin) and clients that send no origin still work.
+    let host = t.base.trim_start_matches("http://").to_owned();
+    let (status, reply) = TestApp::send(
+        t.request(reqwest::Method::POST, "/api/v1/agents/nas/drain")
+            .header("origin", format!("http://{host}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    // Reading is not refused: a cross-site GET cannot change anything.
+    let (status, _) = TestApp::send(
+        t.request(reqwest::Method::GET, "/api/v1/agents")
+            .header("sec-fetch-site", "cross-site"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
