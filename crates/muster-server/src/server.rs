@@ -116,7 +116,6 @@ impl Server {
         }
         .check_exposure()?;
         let policy = RetryPolicy {
-            default_max_retries: settings.default_max_retries,
             backoff_base_ms: settings.retry_backoff.as_millis() as i64,
             backoff_max_ms: settings.retry_backoff_max.as_millis() as i64,
         };

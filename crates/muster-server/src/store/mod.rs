@@ -132,7 +132,6 @@ pub struct DispatchSnapshot {
 /// How failures are retried; fixed for a store's life.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    pub default_max_retries: u32,
     pub backoff_base_ms: i64,
     pub backoff_max_ms: i64,
 }
