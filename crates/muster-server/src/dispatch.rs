@@ -1,6 +1,7 @@
-//! The dispatcher: decides which agent runs which queued task.
+//! Dispatch: which agent runs which queued task. [`DispatchState`] is the pure, in-memory
+//! index and its planning; [`crate::dispatcher`] is the actor that owns it and persists plans.
 //!
-//! It is one actor task that owns an in-memory index of the queue and of agent capacity, fed by
+//! The actor owns an in-memory index of the queue and of agent capacity, fed by
 //! events from the handlers and the health loop (a submit, a finished task, a registration, a
 //! heartbeat). Queued tasks are indexed by their capability set ("group"; homelabs have few),
 //! parked by lock key while that key is held, and held in a timer heap while `run_after` is in
@@ -9,20 +10,14 @@
 //!
 //! The store stays the source of truth: every decision is applied by a conditional update
 //! (`state = 'queued'`), and one that no longer holds (the task was cancelled meanwhile) is
-//! simply undone here. The actor ends when every [`Dispatcher`] handle is dropped or on
-//! [`Dispatcher::stop`].
+//! simply undone here.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use muster_api::{Agent, AgentStatus, Assignment, Candidate};
+use muster_api::{AgentStatus, Assignment, Candidate};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::{Clock, to_utc};
-use crate::events::EventHub;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::clock::to_utc;
 use crate::store::{AssignOrder, DispatchSnapshot, QueuedTask, Released, Store, StoreResult};
 
 /// Candidates kept in an assignment's record (best first).
@@ -63,6 +58,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A handle and the receiving end the actor ([`crate::dispatcher::spawn`]) reads.
+    pub fn channel() -> (Dispatcher, mpsc::UnboundedReceiver<DispatchEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Dispatcher { tx }, rx)
+    }
+
     pub fn send(&self, event: DispatchEvent) {
         // The actor only stops at shutdown; an event sent after that has nothing left to affect.
         let _ = self.tx.send(event);
@@ -497,141 +498,6 @@ impl DispatchState {
         if requeue {
             self.make_ready(planned.key, planned.entry);
         }
-    }
-}
-
-/// Starts the actor from the store's snapshot and returns its handle.
-pub fn spawn(
-    state: DispatchState,
-    store: Arc<dyn Store>,
-    registry: Arc<Registry>,
-    clock: Arc<dyn Clock>,
-    metrics: Metrics,
-    events: Arc<EventHub>,
-) -> (Dispatcher, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let actor = Actor {
-        state,
-        store,
-        registry,
-        clock,
-        metrics,
-        events,
-    };
-    let handle = tokio::spawn(actor.run(rx));
-    (Dispatcher { tx }, handle)
-}
-
-struct Actor {
-    state: DispatchState,
-    store: Arc<dyn Store>,
-    registry: Arc<Registry>,
-    clock: Arc<dyn Clock>,
-    metrics: Metrics,
-    events: Arc<EventHub>,
-}
-
-impl Actor {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<DispatchEvent>) {
-        // Something may already be assignable from the snapshot.
-        self.dispatch_once().await;
-        loop {
-            let mut settled = Vec::new();
-            let sleep = self.state.next_due().map(|due| {
-                let wait = (due - self.clock.now_ms()).max(0) as u64;
-                tokio::time::sleep(Duration::from_millis(wait))
-            });
-            tokio::select! {
-                event = rx.recv() => match event {
-                    Some(event) => self.absorb(event, &mut settled),
-                    None => return,
-                },
-                _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
-            }
-            // Everything already queued is applied before one round, which amortises a round
-            // over a burst of submits.
-            while let Ok(event) = rx.try_recv() {
-                self.absorb(event, &mut settled);
-            }
-            self.dispatch_once().await;
-            for done in settled {
-                let _ = done.send(());
-            }
-        }
-    }
-
-    fn absorb(&mut self, event: DispatchEvent, settled: &mut Vec<oneshot::Sender<()>>) {
-        if let DispatchEvent::Settle(done) = event {
-            settled.push(done);
-        } else {
-            self.state.apply(event, self.clock.now_ms());
-        }
-    }
-
-    /// One round: plan, persist, undo what the store refused, wake the chosen agents.
-    async fn dispatch_once(&mut self) {
-        // A refused assignment (its task was cancelled meanwhile) gave back the slot or lock it
-        // had booked, so plan again until a round is refused nothing.
-        while self.dispatch_round().await {}
-    }
-
-    /// One round: plan, persist, undo what the store refused, wake the chosen agents. True when
-    /// something was refused and another round may assign more.
-    async fn dispatch_round(&mut self) -> bool {
-        let started = Instant::now();
-        let now = self.clock.now_ms();
-        let planned = self.state.plan(now);
-        if planned.is_empty() {
-            return false;
-        }
-        let orders: Vec<AssignOrder> = planned.iter().map(|p| p.order.clone()).collect();
-        let mut refused = false;
-        match self.store.assign(orders, now).await {
-            Ok(applied) => {
-                for (p, applied) in planned.into_iter().zip(applied) {
-                    if let Some((task_id, attempt)) = applied {
-                        self.registry.wake(&p.order.agent_id);
-                        self.metrics
-                            .transitions
-                            .with_label_values(&["assigned"])
-                            .inc();
-                        self.events.signal_task(task_id);
-                        self.events.publish(muster_api::Event::Task {
-                            task_id,
-                            state: muster_api::TaskState::Assigned,
-                            agent_id: Some(p.order.agent_id),
-                            attempt,
-                        });
-                    } else {
-                        // Cancelled or changed since it was queued: it no longer belongs here.
-                        self.state.undo(p, false);
-                        refused = true;
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "could not persist assignments; will retry");
-                for p in planned {
-                    self.state.undo(p, true);
-                }
-                // Without a pause a broken store would spin this loop.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        self.metrics
-            .dispatch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        refused
-    }
-}
-
-/// Loads an agent into the dispatcher as the store reported it.
-pub fn agent_event(agent: &Agent) -> DispatchEvent {
-    DispatchEvent::AgentChanged {
-        agent_id: agent.agent_id.clone(),
-        capabilities: agent.capabilities.clone(),
-        max_concurrency: agent.max_concurrency,
-        status: agent.status,
     }
 }
 

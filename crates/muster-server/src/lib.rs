@@ -1,32 +1,42 @@
 //! muster's control plane.
 //!
-//! Map of the crate:
-//! - [`config`]: settings read from the environment, secrets that never print.
+//! Map of the crate, from the edges down:
+//! - [`http`]: the axum router, the v1 handlers, SSE and OpenAPI; [`ui`]: the web UI's pages.
+//!   Both call the verbs and share [`auth`] (keys, sessions) and [`extract`] (request parsing
+//!   with errors in the API's envelope); neither imports the other's handlers.
+//! - [`operator`]: the operator's verbs (submit, cancel, retry, drain, remove);
+//!   [`protocol`]: the agent's verbs (register, heartbeat, claim, reports).
+//! - [`sweeper`]: the loop that marks silent agents offline, expires leases and prunes.
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.
-//! - [`dispatch`]: the actor that matches queued tasks to agents.
-//! - [`registry`]: live agent state (last heartbeat, load, long-poll wake-ups).
-//! - [`health`]: the loop that marks silent agents offline, expires leases and prunes.
-//! - [`events`]: the live event feed behind SSE.
-//! - [`http`]: the axum router, auth, the v1 handlers, SSE and OpenAPI.
-//! - [`ui`]: the web UI: server-rendered pages, sessions with CSRF tokens, embedded assets.
-//! - [`operator`]: the operator's actions (submit, cancel, retry, drain, remove), shared by the
-//!   API and the UI.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`server`]: builds all of the above from settings and a bound listener, and shuts it down.
+//! - [`changes`]: the one fan-out of a committed change to the [`dispatcher`] (the actor over
+//!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
+//!   [`metrics`].
+//! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
+//!   listener, runs it and shuts it down.
+//! - [`config`]: settings, secrets that never print; [`sessions`]: web UI sessions;
+//!   [`clock`]: time; [`error`]: the store's and the API's error types.
 
+pub mod app;
+pub mod auth;
+pub mod changes;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
+pub mod dispatcher;
 pub mod error;
 pub mod events;
-pub mod health;
+pub mod extract;
 pub mod http;
 pub mod metrics;
 pub mod operator;
+pub mod protocol;
 pub mod registry;
 pub mod server;
+pub mod sessions;
 pub mod store;
+pub mod sweeper;
 pub mod ui;
 
+pub use app::App;
 pub use config::Settings;
-pub use server::{App, Server};
+pub use server::Server;

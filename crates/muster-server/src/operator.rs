@@ -2,12 +2,12 @@
 //! API handlers and the web UI both call these, so a task submitted from a form is validated,
 //! stored, dispatched and announced exactly like one submitted as JSON.
 
-use muster_api::{Agent, AgentStatus, Event, SubmitTask, Task, TaskState};
+use muster_api::{Agent, AgentStatus, SubmitTask, Task};
 use uuid::Uuid;
 
-use crate::dispatch::DispatchEvent;
+use crate::app::App;
+use crate::changes::AgentChange;
 use crate::error::ApiError;
-use crate::server::App;
 use crate::store::NewTask;
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
@@ -76,17 +76,10 @@ pub struct SubmitOutcome {
 
 /// Validates, persists (durable before it returns) and queues a task.
 pub async fn submit(app: &App, req: SubmitTask) -> Result<SubmitOutcome, ApiError> {
-    let new = validate_submit(req, app.settings.default_max_retries)?;
+    let new = validate_submit(req, app.settings().default_max_retries)?;
     let submitted = app.store.submit(new, app.now_ms()).await?;
-    if let Some(queued) = submitted.queued {
-        app.dispatcher.send(DispatchEvent::Queued(queued));
-        app.metrics.transitions.with_label_values(&["queued"]).inc();
-        app.events.publish(Event::Task {
-            task_id: submitted.task.id,
-            state: TaskState::Queued,
-            agent_id: None,
-            attempt: 0,
-        });
+    if let Some(change) = submitted.change {
+        app.changes.task(change);
     }
     Ok(SubmitOutcome {
         task: submitted.task,
@@ -97,14 +90,14 @@ pub async fn submit(app: &App, req: SubmitTask) -> Result<SubmitOutcome, ApiErro
 /// Cancels a queued or assigned task at once; a running one's agent is told to stop.
 pub async fn cancel(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
     let changed = app.store.cancel(task_id, app.now_ms()).await?;
-    app.apply(changed.change);
+    app.changes.task(changed.change);
     Ok(changed.task)
 }
 
 /// Queues a failed or cancelled task again.
 pub async fn retry(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
     let changed = app.store.retry(task_id, app.now_ms()).await?;
-    app.apply(changed.change);
+    app.changes.task(changed.change);
     Ok(changed.task)
 }
 
@@ -129,7 +122,10 @@ pub async fn drain(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
     app.store
         .set_agent_status(agent_id, AgentStatus::Draining, app.now_ms())
         .await?;
-    app.agent_status_changed(agent_id, AgentStatus::Draining);
+    app.changes.agent(AgentChange::Status {
+        agent_id: agent_id.to_owned(),
+        status: AgentStatus::Draining,
+    });
     agent(app, agent_id).await
 }
 
@@ -139,16 +135,11 @@ pub async fn remove(app: &App, agent_id: &str) -> Result<(), ApiError> {
         .store
         .release_agent(agent_id, true, app.now_ms())
         .await?;
-    app.registry.remove(agent_id);
-    app.dispatcher.send(DispatchEvent::AgentRemoved {
-        agent_id: agent_id.to_owned(),
-    });
     for change in changes {
-        app.apply(change);
+        app.changes.task(change);
     }
-    app.events.publish(Event::Agent {
+    app.changes.agent(AgentChange::Removed {
         agent_id: agent_id.to_owned(),
-        status: None,
     });
     Ok(())
 }

@@ -3,81 +3,20 @@
 //! loops, then flush and close the store.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use muster_api::{AgentStatus, Event};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
+use crate::app::App;
+use crate::changes::Changes;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::dispatch::{self, DispatchEvent, DispatchState, Dispatcher};
+use crate::dispatch::{DispatchState, Dispatcher};
 use crate::error::StoreError;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Change, RetryPolicy, Store};
-use crate::ui::session::Sessions;
-
-/// Shared state of a running server; handlers receive it as `Arc<App>`.
-pub struct App {
-    pub settings: Settings,
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
-    pub registry: Arc<Registry>,
-    pub dispatcher: Dispatcher,
-    pub events: Arc<EventHub>,
-    pub metrics: Metrics,
-    /// Web UI sessions (in memory; a restart logs everyone out).
-    pub sessions: Sessions,
-    /// Cancelled when shutdown begins: streams and long-polls end on it.
-    pub shutdown: CancellationToken,
-    pub started: Instant,
-}
-
-impl App {
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
-    }
-
-    /// Tells the rest of the server about a committed task change.
-    pub fn apply(&self, change: Change) {
-        if let Some(released) = change.released {
-            self.dispatcher.send(DispatchEvent::Released(released));
-        }
-        if let Some(queued) = change.requeued {
-            self.dispatcher.send(DispatchEvent::Queued(queued));
-        }
-        if let Some(agent) = &change.wake_agent {
-            self.registry.wake(agent);
-        }
-        self.metrics
-            .transitions
-            .with_label_values(&[change.state.as_str()])
-            .inc();
-        self.events.signal_task(change.task_id);
-        self.events.publish(Event::Task {
-            task_id: change.task_id,
-            state: change.state,
-            agent_id: change.agent_id,
-            attempt: change.attempt,
-        });
-    }
-
-    /// Records an agent's new status everywhere it is kept in memory.
-    pub fn agent_status_changed(&self, agent_id: &str, status: AgentStatus) {
-        self.registry.set_status(agent_id, status);
-        self.events.publish(Event::Agent {
-            agent_id: agent_id.to_owned(),
-            status: Some(status),
-        });
-        self.dispatcher.send(DispatchEvent::AgentStatus {
-            agent_id: agent_id.to_owned(),
-            status,
-        });
-    }
-}
+use crate::store::{RetryPolicy, Store};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,27 +80,16 @@ impl Server {
         }
         let metrics = Metrics::new();
         let events = Arc::new(EventHub::new(now));
-        let (dispatcher, dispatcher_task) = dispatch::spawn(
+        let (dispatcher, dispatch_events) = Dispatcher::channel();
+        let changes = Changes::new(dispatcher, registry.clone(), events, metrics);
+        let dispatcher_task = crate::dispatcher::spawn(
             state,
+            dispatch_events,
             store.clone(),
-            registry.clone(),
             clock.clone(),
-            metrics.clone(),
-            events.clone(),
+            changes.clone(),
         );
-        let sessions = Sessions::new(settings.session_idle);
-        let app = Arc::new(App {
-            settings,
-            sessions,
-            store,
-            clock,
-            registry,
-            dispatcher,
-            events,
-            metrics,
-            shutdown: CancellationToken::new(),
-            started: Instant::now(),
-        });
+        let app = Arc::new(App::new(settings, store, clock, registry, changes));
         Ok(Server {
             app,
             listener,
@@ -186,7 +114,7 @@ impl Server {
             listener,
             dispatcher_task,
         } = self;
-        let health = tokio::spawn(crate::health::run(app.clone()));
+        let health = tokio::spawn(crate::sweeper::run(app.clone()));
         let router = crate::http::router(app.clone());
         let shutdown = app.shutdown.clone();
         let begin = shutdown.clone();
@@ -195,7 +123,7 @@ impl Server {
             tracing::info!("shutting down: finishing in-flight requests");
             begin.cancel();
         });
-        let grace = app.settings.shutdown_grace;
+        let grace = app.settings().shutdown_grace;
         tokio::select! {
             result = serve => {
                 if let Err(err) = result {

@@ -14,9 +14,11 @@ use muster_api::{LogPage, TaskState};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AppState, QueryPairs, ReaderAuth, task_id};
+use crate::app::AppState;
+use crate::auth::ReaderAuth;
 use crate::error::ApiError;
 use crate::events::Resume;
+use crate::extract::{QueryPairs, task_id};
 
 const PAGE: usize = 500;
 
@@ -78,7 +80,7 @@ pub(crate) async fn logs(
         return Ok(Json(LogPage { lines, next_after }).into_response());
     }
     // Subscribe before the first read so no line falls between reading and waiting.
-    let mut signals = app.events.task_signals();
+    let mut signals = app.changes.events.task_signals();
     app.store.task_state(id).await?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -168,7 +170,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers);
-    let (mut live, resume) = app.events.subscribe(last.as_deref());
+    let (mut live, resume) = app.changes.events.subscribe(last.as_deref());
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let to_sse = |id: Option<&str>, event: &muster_api::Event| {

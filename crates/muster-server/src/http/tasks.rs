@@ -5,47 +5,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use muster_api::{
-    AppendLogs, CompleteTask, ErrorCode, FailTask, LogsAccepted, SubmitTask, Task, TaskList,
-    TaskState,
+    AppendLogs, CompleteTask, FailTask, LogsAccepted, SubmitTask, Task, TaskList, TaskState,
 };
 
-use super::{AdminAuth, AgentAuth, ApiJson, AppState, QueryPairs, task_id};
+use crate::app::AppState;
+use crate::auth::{AdminAuth, AgentAuth};
 use crate::error::ApiError;
-use crate::operator;
-use crate::store::TaskFilter;
-
-/// Reads the filters and paging of a task list from a query string, naming a field at fault.
-pub(crate) fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
-    let state = match query.get("state") {
-        None => None,
-        Some(raw) => Some(TaskState::parse(raw).ok_or_else(|| {
-            let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::invalid(
-                "state",
-                format!("{raw:?} is not one of {}", names.join(", ")),
-            )
-        })?),
-    };
-    let limit = query.parse::<usize>("limit")?.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    Ok(TaskFilter {
-        state,
-        kind: query.get("kind").map(str::to_owned),
-        agent_id: query.get("agent_id").map(str::to_owned),
-        limit,
-        before_seq: query.parse::<i64>("cursor")?,
-    })
-}
-
-/// Largest page of `GET /api/v1/tasks`.
-const MAX_PAGE: usize = 500;
-/// Most lines one log post may carry.
-const MAX_LINES: usize = 10_000;
+use crate::extract::{ApiJson, QueryPairs, filter_from_query, task_id};
+use crate::{operator, protocol};
 
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = SubmitTask,
     responses((status = 201, body = Task, description = "queued"),
@@ -130,15 +97,7 @@ pub(crate) async fn append_logs(
     Path(id): Path<String>,
     ApiJson(logs): ApiJson<AppendLogs>,
 ) -> Result<Json<LogsAccepted>, ApiError> {
-    let id = task_id(&id)?;
-    if logs.lines.len() > MAX_LINES {
-        return Err(ApiError::invalid(
-            "lines",
-            format!("at most {MAX_LINES} lines per post"),
-        ));
-    }
-    let accepted = app.store.append_logs(id, logs, app.now_ms()).await?;
-    app.events.signal_task(id);
+    let accepted = protocol::append_logs(&app, task_id(&id)?, logs).await?;
     Ok(Json(LogsAccepted { accepted }))
 }
 
@@ -152,18 +111,7 @@ pub(crate) async fn complete(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<CompleteTask>,
 ) -> Result<Json<Task>, ApiError> {
-    let changed = app
-        .store
-        .complete(
-            task_id(&id)?,
-            req.attempt,
-            req.result,
-            req.usage,
-            app.now_ms(),
-        )
-        .await?;
-    app.apply(changed.change);
-    Ok(Json(changed.task))
+    Ok(Json(protocol::complete(&app, task_id(&id)?, req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks", request_body = FailTask,
@@ -176,22 +124,5 @@ pub(crate) async fn fail(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<FailTask>,
 ) -> Result<Json<Task>, ApiError> {
-    if req.error.len() > 64 * 1024 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "error: must be at most 65536 bytes",
-        ));
-    }
-    let changed = app
-        .store
-        .fail(
-            task_id(&id)?,
-            req.attempt,
-            req.error,
-            req.retryable,
-            app.now_ms(),
-        )
-        .await?;
-    app.apply(changed.change);
-    Ok(Json(changed.task))
+    Ok(Json(protocol::fail(&app, task_id(&id)?, req).await?))
 }

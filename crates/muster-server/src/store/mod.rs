@@ -64,6 +64,30 @@ pub struct Change {
     pub wake_agent: Option<String>,
 }
 
+impl Change {
+    /// A change that only says where a task now stands; the constructors below add what the
+    /// rest of the server must do about it.
+    pub fn new(task_id: Uuid, state: TaskState, attempt: u32, agent_id: Option<String>) -> Self {
+        Change {
+            task_id,
+            state,
+            attempt,
+            agent_id,
+            released: None,
+            requeued: None,
+            wake_agent: None,
+        }
+    }
+
+    /// The dispatcher assigned the task: its agent must hear at once.
+    pub fn assigned(task_id: Uuid, attempt: u32, agent_id: String) -> Self {
+        Change {
+            wake_agent: Some(agent_id.clone()),
+            ..Change::new(task_id, TaskState::Assigned, attempt, Some(agent_id))
+        }
+    }
+}
+
 /// The answer of a task operation: the task as it now stands and what changed.
 #[derive(Debug, Clone)]
 pub struct Changed {
@@ -76,7 +100,8 @@ pub struct Submitted {
     pub task: Task,
     /// False when the idempotency key named an existing task.
     pub created: bool,
-    pub queued: Option<QueuedTask>,
+    /// The task entering the queue; none when it already existed.
+    pub change: Option<Change>,
 }
 
 /// The dispatcher's decision for one task.
@@ -90,6 +115,8 @@ pub struct AssignOrder {
 #[derive(Debug, Clone, Default)]
 pub struct Claimed {
     pub task: Option<Task>,
+    /// The claimed task becoming `running`.
+    pub change: Option<Change>,
     /// Running tasks of this agent that it must stop.
     pub cancel: Vec<Uuid>,
 }

@@ -489,7 +489,7 @@ fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitte
             return Ok(Submitted {
                 task,
                 created: false,
-                queued: None,
+                change: None,
             });
         }
     }
@@ -538,16 +538,18 @@ fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitte
         assignment: None,
         attempts: Vec::new(),
     };
+    let mut change = Change::new(t.id, TaskState::Queued, 0, None);
+    change.requeued = Some(QueuedTask {
+        seq,
+        priority: t.priority,
+        capabilities: t.capabilities.clone(),
+        lock_key: t.lock_key.clone(),
+        run_after: t.run_after,
+    });
     Ok(Submitted {
         task,
         created: true,
-        queued: Some(QueuedTask {
-            seq,
-            priority: t.priority,
-            capabilities: t.capabilities.clone(),
-            lock_key: t.lock_key.clone(),
-            run_after: t.run_after,
-        }),
+        change: Some(change),
     })
 }
 
@@ -746,7 +748,14 @@ impl Store for SqliteStore {
                  AND cancel_requested = 1",
                 &[&agent_id],
             )?;
-            Ok(Claimed { task, cancel })
+            let change = task
+                .as_ref()
+                .map(|t| Change::new(t.id, TaskState::Running, t.attempt, t.agent_id.clone()));
+            Ok(Claimed {
+                task,
+                change,
+                cancel,
+            })
         })
         .await
     }

@@ -11,10 +11,10 @@ use muster_api::{Agent, AgentStatus, Task, TaskState};
 
 use super::auth::see_other;
 use super::layout::{self, Live, Section};
-use super::session::Session;
 use super::{UiError, page_for, percent_encode};
-use crate::http::AppState;
+use crate::app::AppState;
 use crate::operator;
+use crate::sessions::Session;
 use crate::store::TaskFilter;
 
 /// Active tasks read for the page; an agent runs at most its `max_concurrency`, so this covers

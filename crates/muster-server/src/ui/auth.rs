@@ -20,8 +20,9 @@ use serde::Deserialize;
 
 use super::layout::{Page, shell};
 use super::percent_encode;
-use super::session::{self, Session};
-use crate::http::{AppState, same_key};
+use crate::app::AppState;
+use crate::auth::same_key;
+use crate::sessions::{self, Session};
 
 /// Behind a TLS-terminating proxy the cookie is marked Secure.
 fn came_over_https(headers: &HeaderMap) -> bool {
@@ -97,7 +98,7 @@ pub(super) async fn require_session(
         None if !reading => {
             return forbidden("Your session has ended; reload the page and try again.");
         }
-        None if app.settings.api_key.is_some() => {
+        None if app.settings().api_key.is_some() => {
             let path = req
                 .uri()
                 .path_and_query()
@@ -107,14 +108,14 @@ pub(super) async fn require_session(
         }
         None => {
             let session = app.sessions.create(now);
-            let cookie = session::set_cookie(&session, came_over_https(req.headers()));
+            let cookie = sessions::set_cookie(&session, came_over_https(req.headers()));
             (session, Some(cookie))
         }
     };
     let mut req = if reading {
         req
     } else {
-        match check_csrf(req, &session, app.settings.body_limit).await {
+        match check_csrf(req, &session, app.settings().body_limit).await {
             Ok(req) => req,
             Err(response) => return response,
         }
@@ -219,7 +220,8 @@ pub(super) async fn login_form(
     headers: HeaderMap,
 ) -> Response {
     let next = local_path(query.next.as_deref());
-    if app.settings.api_key.is_none() || app.sessions.from_headers(&headers, app.now_ms()).is_some()
+    if app.settings().api_key.is_none()
+        || app.sessions.from_headers(&headers, app.now_ms()).is_some()
     {
         return see_other(next);
     }
@@ -244,7 +246,8 @@ pub(super) async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = local_path(form.next.as_deref()).to_owned();
-    let Some(key) = &app.settings.api_key else {
+    let settings = app.settings();
+    let Some(key) = &settings.api_key else {
         return see_other(&next);
     };
     if !same_key(key, form.key.trim()) {
@@ -255,13 +258,13 @@ pub(super) async fn login(
             Some("That key is not valid."),
         );
     }
-    if let Some(old) = session::session_cookie(&headers) {
+    if let Some(old) = sessions::session_cookie(&headers) {
         app.sessions.end(&old);
     }
     let session = app.sessions.create(app.now_ms());
     with_cookie(
         see_other(&next),
-        &session::set_cookie(&session, came_over_https(&headers)),
+        &sessions::set_cookie(&session, came_over_https(&headers)),
     )
 }
 
@@ -271,12 +274,12 @@ pub(super) async fn logout(
     axum::Extension(session): axum::Extension<Session>,
 ) -> Response {
     app.sessions.end(&session.id);
-    let to = if app.settings.api_key.is_some() {
+    let to = if app.settings().api_key.is_some() {
         "/login"
     } else {
         "/"
     };
-    with_cookie(see_other(to), &session::clear_cookie())
+    with_cookie(see_other(to), &sessions::clear_cookie())
 }
 
 #[cfg(test)]

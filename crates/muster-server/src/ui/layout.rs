@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::assets;
-use super::session::Session;
+use crate::sessions::Session;
 
 /// The sections in the navigation. Later pages (deployments, repairs, LLM usage, schedules,
 /// audit) add a variant here and an entry in [`NAV`]; the bar wraps on a phone.

@@ -4,7 +4,6 @@
 //!
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
-//! - [`session`]: the in-memory session table.
 //! - [`layout`]: the page shell and shared pieces.
 //! - [`overview`], [`agents`], [`tasks`], [`submit`]: the pages.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
@@ -12,7 +11,7 @@
 //! Pages read through the [`crate::store::Store`] trait and change things only through
 //! [`crate::operator`], the functions the API handlers call too. Live updates come from the
 //! API's own SSE routes, which accept the session cookie for reading (see
-//! [`crate::http::ReaderAuth`]); the script refetches the page and swaps its `data-live`
+//! [`crate::auth::ReaderAuth`]); the script refetches the page and swaps its `data-live`
 //! regions when an event concerns it.
 
 mod agents;
@@ -20,7 +19,6 @@ mod assets;
 mod auth;
 mod layout;
 mod overview;
-pub mod session;
 mod submit;
 mod tasks;
 
@@ -31,10 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::html;
 
+use crate::app::AppState;
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::sessions::Session;
 use layout::{Page, Section, shell};
-use session::Session;
 
 /// Every UI route. Pages and forms sit behind the session middleware; the login page and the
 /// assets do not.
@@ -83,7 +81,7 @@ fn page_for<'a>(
         section,
         live,
         session: Some(session),
-        login_enabled: app.settings.api_key.is_some(),
+        login_enabled: app.settings().api_key.is_some(),
     }
 }
 

@@ -6,10 +6,10 @@ use maud::{Markup, html};
 use muster_api::{Agent, AgentStatus, TaskState};
 
 use super::layout::{self, Live, Section};
-use super::session::Session;
 use super::{UiError, page_for};
-use crate::http::AppState;
+use crate::app::AppState;
 use crate::operator;
+use crate::sessions::Session;
 use crate::store::TaskFilter;
 
 const MINUTE_MS: i64 = 60 * 1000;

@@ -14,11 +14,11 @@ use serde::Deserialize;
 
 use super::auth::see_other;
 use super::layout::{self, Live, Section};
-use super::session::Session;
 use super::{UiError, page_for};
+use crate::app::AppState;
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::operator;
+use crate::sessions::Session;
 
 /// The form as typed; every field is text so that nothing is lost when one is wrong.
 #[derive(Debug, Default, Deserialize)]
@@ -178,7 +178,7 @@ fn render(
     form: &SubmitForm,
     error: Option<&FieldError>,
 ) -> Markup {
-    let default_retries = app.settings.default_max_retries;
+    let default_retries = app.settings().default_max_retries;
     let invalid = |field: &str| error.is_some_and(|e| e.field == field);
     let message = |field: &str| -> Markup {
         html! {

@@ -9,11 +9,11 @@ use muster_api::{Assignment, LogLine, Task, TaskState};
 
 use super::auth::see_other;
 use super::layout::{self, Live, Section};
-use super::session::Session;
 use super::{UiError, page_for, percent_encode};
-use crate::http::tasks::filter_from_query;
-use crate::http::{AppState, QueryPairs, task_id};
+use crate::app::AppState;
+use crate::extract::{QueryPairs, filter_from_query, task_id};
 use crate::operator;
+use crate::sessions::Session;
 
 /// Log lines rendered with the page; the script follows on from the last of them.
 const FIRST_LOG_LINES: usize = 1000;

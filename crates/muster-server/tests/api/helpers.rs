@@ -177,7 +177,7 @@ impl TestApp {
 
     /// Waits until the dispatcher has processed everything sent so far.
     pub async fn settle(&self) {
-        self.app.dispatcher.settle().await;
+        self.app.changes.dispatcher().settle().await;
     }
 
     /// Moves the server's clock forward.
@@ -186,8 +186,8 @@ impl TestApp {
     }
 
     /// One health sweep at the server's current time, then lets the dispatcher catch up.
-    pub async fn sweep(&self) -> muster_server::health::Swept {
-        let swept = muster_server::health::sweep_once(&self.app)
+    pub async fn sweep(&self) -> muster_server::sweeper::Swept {
+        let swept = muster_server::sweeper::sweep_once(&self.app)
             .await
             .expect("sweep");
         self.settle().await;

@@ -350,7 +350,7 @@ async fn a_waiting_claim_returns_a_task_submitted_while_it_waits() {
 #[tokio::test]
 async fn an_assignment_not_claimed_in_time_goes_back_to_the_queue() {
     let t = TestApp::spawn().await;
-    let assign_timeout = t.app.settings.assign_timeout;
+    let assign_timeout = t.app.settings().assign_timeout;
     t.register("a1", &["shell"], 1).await;
     let task = t
         .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
@@ -395,7 +395,7 @@ async fn an_assignment_not_claimed_in_time_goes_back_to_the_queue() {
 async fn an_agent_that_stops_heartbeating_goes_offline_and_its_task_runs_elsewhere() {
     // A long backoff keeps the lost task visibly queued until the test moves the clock.
     let t = TestApp::spawn_with(|s| s.retry_backoff = Duration::from_secs(30)).await;
-    let heartbeat_timeout = t.app.settings.heartbeat_timeout;
+    let heartbeat_timeout = t.app.settings().heartbeat_timeout;
     t.register("a1", &["shell"], 1).await;
     let task = t
         .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
@@ -1059,7 +1059,7 @@ async fn a_drain_outlasts_a_lapse_in_heartbeats() {
     let t = TestApp::spawn().await;
     t.register("a1", &["shell"], 2).await;
     drain(&t, "a1").await;
-    t.advance(t.app.settings.heartbeat_timeout + Duration::from_secs(1));
+    t.advance(t.app.settings().heartbeat_timeout + Duration::from_secs(1));
     let swept = t.sweep().await;
     assert_eq!(swept.agents_offline, ["a1"]);
     let (_, shown) = agent(&t, "a1").await;

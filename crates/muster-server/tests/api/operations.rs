@@ -28,11 +28,11 @@ async fn finished_tasks_and_their_logs_are_pruned_after_the_retention_period() {
 
     // Nothing is pruned inside the retention period.
     t.advance(Duration::from_secs(6 * 86400));
-    let pruned = muster_server::health::prune_once(&t.app).await.unwrap();
+    let pruned = muster_server::sweeper::prune_once(&t.app).await.unwrap();
     assert_eq!(pruned.tasks, 0);
 
     t.advance(Duration::from_secs(2 * 86400));
-    let pruned = muster_server::health::prune_once(&t.app).await.unwrap();
+    let pruned = muster_server::sweeper::prune_once(&t.app).await.unwrap();
     assert_eq!((pruned.tasks, pruned.log_lines), (1, 1));
     let (status, _) = t
         .get(&format!("/api/v1/tasks/{}", old["id"].as_str().unwrap()))

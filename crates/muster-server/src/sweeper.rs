@@ -1,4 +1,4 @@
-//! The health loop: marks agents offline when their heartbeats lapse and hands their tasks
+//! The sweeper: marks agents offline when their heartbeats lapse and hands their tasks
 //! back, expires unclaimed assignments, lapsed leases and attempts past their timeout, and
 //! prunes finished tasks past the retention period. [`sweep_once`] is one step; [`run`] only
 //! adds the waiting. It ends when the server shuts down.
@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use muster_api::AgentStatus;
 
-use crate::server::App;
+use crate::app::App;
+use crate::changes::AgentChange;
 use crate::store::{ExpiryRules, Pruned, StoreResult};
 
 /// What one sweep did.
@@ -18,7 +19,7 @@ pub struct Swept {
 }
 
 pub async fn run(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.settings.sweep_interval);
+    let mut tick = tokio::time::interval(app.settings().sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<i64> = None;
     loop {
@@ -52,7 +53,7 @@ pub async fn run(app: Arc<App>) {
 pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
     let now = app.now_ms();
     let mut swept = Swept::default();
-    let cutoff = now - app.settings.heartbeat_timeout.as_millis() as i64;
+    let cutoff = now - app.settings().heartbeat_timeout.as_millis() as i64;
     for agent_id in app.registry.lapsed(cutoff) {
         match app.store.release_agent(&agent_id, false, now).await {
             Ok(changes) => {
@@ -62,9 +63,12 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
                     "agent stopped heartbeating; offline"
                 );
                 swept.tasks_changed += changes.len();
-                app.agent_status_changed(&agent_id, AgentStatus::Offline);
+                app.changes.agent(AgentChange::Status {
+                    agent_id: agent_id.clone(),
+                    status: AgentStatus::Offline,
+                });
                 for change in changes {
-                    app.apply(change);
+                    app.changes.task(change);
                 }
                 swept.agents_offline.push(agent_id);
             }
@@ -73,19 +77,19 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
         }
     }
     let rules = ExpiryRules {
-        assign_timeout_ms: app.settings.assign_timeout.as_millis() as i64,
+        assign_timeout_ms: app.settings().assign_timeout.as_millis() as i64,
     };
     let changes = app.store.expire(now, rules).await?;
     swept.tasks_changed += changes.len();
     for change in changes {
-        app.apply(change);
+        app.changes.task(change);
     }
     Ok(swept)
 }
 
 /// Deletes finished tasks older than the retention period, in batches.
 pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
-    let cutoff = app.now_ms() - app.settings.retention.as_millis() as i64;
+    let cutoff = app.now_ms() - app.settings().retention.as_millis() as i64;
     let mut total = Pruned::default();
     loop {
         let p = app.store.prune(cutoff).await?;

@@ -1,0 +1,77 @@
+//! The shared state of a running server. It sits at the bottom of the module graph: the edges
+//! (HTTP, UI), the verbs (operator, agent protocol) and the loops receive an `Arc<App>`, and
+//! this module imports none of them.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::changes::Changes;
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::registry::Registry;
+use crate::sessions::Sessions;
+use crate::store::Store;
+
+/// What handlers receive from axum.
+pub type AppState = Arc<App>;
+
+/// Shared state of a running server.
+pub struct App {
+    /// The current settings; a reload (SIGHUP) swaps them whole, so a reader always sees one
+    /// consistent version. Read through [`App::settings`].
+    settings: RwLock<Arc<Settings>>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Live agent state (last heartbeat, load, long-poll wake-ups). Read it here; change it
+    /// through [`App::changes`].
+    pub registry: Arc<Registry>,
+    /// The one fan-out of committed changes to the dispatcher, wake-ups, events and metrics.
+    pub changes: Changes,
+    /// Web UI sessions (in memory; a restart logs everyone out).
+    pub sessions: Sessions,
+    /// Cancelled when shutdown begins: streams and long-polls end on it.
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+}
+
+impl App {
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        registry: Arc<Registry>,
+        changes: Changes,
+    ) -> Self {
+        let sessions = Sessions::new(settings.session_idle);
+        App {
+            settings: RwLock::new(Arc::new(settings)),
+            store,
+            clock,
+            registry,
+            changes,
+            sessions,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .expect("settings lock poisoned")
+            .clone()
+    }
+
+    /// Puts reloaded settings in force. The listen address and the database cannot change
+    /// while serving; the caller keeps them (see the settings' reload rules).
+    pub fn replace_settings(&self, settings: Settings) {
+        *self.settings.write().expect("settings lock poisoned") = Arc::new(settings);
+    }
+}

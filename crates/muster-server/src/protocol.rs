@@ -1,0 +1,217 @@
+//! The agent protocol's verbs: register, heartbeat, claim (the long-poll), and the reports of
+//! a running attempt (logs, complete, fail). The HTTP handlers only parse and answer; what an
+//! agent's message means is decided here, beside [`crate::operator`]'s verbs.
+
+use std::time::Duration;
+
+use muster_api::{
+    Agent, AgentStatus, AppendLogs, CompleteTask, ErrorCode, FailTask, Heartbeat, HeartbeatAck,
+    RegisterAgent, Task,
+};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::changes::AgentChange;
+use crate::error::ApiError;
+
+/// Longest long-poll a client may ask for, in seconds.
+pub const MAX_WAIT_S: u64 = 120;
+/// Most lines one log post may carry.
+pub const MAX_LINES: usize = 10_000;
+/// Longest error text a failure report may carry.
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+fn not_registered(agent_id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("agent {agent_id} is not registered; register again"),
+    )
+}
+
+fn validate_registration(reg: &RegisterAgent) -> Result<(), ApiError> {
+    let id = reg.agent_id.trim();
+    if id.is_empty() || id.len() > 200 {
+        return Err(ApiError::invalid("agent_id", "must be 1 to 200 characters"));
+    }
+    if id.contains('/') || id.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "agent_id",
+            "must not contain '/' or control characters",
+        ));
+    }
+    if let Some(n) = reg.max_concurrency
+        && !(1..=10_000).contains(&n)
+    {
+        return Err(ApiError::invalid(
+            "max_concurrency",
+            "must be between 1 and 10000",
+        ));
+    }
+    if let Some(i) = reg.capabilities.iter().position(|c| c.trim().is_empty()) {
+        return Err(ApiError::invalid(
+            &format!("capabilities[{i}]"),
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+/// A registration: the agent as it now stands, and whether it is new.
+pub struct Registered {
+    pub agent: Agent,
+    pub created: bool,
+}
+
+/// Records (or refreshes) an agent; it may take work at once.
+pub async fn register(app: &App, reg: RegisterAgent) -> Result<Registered, ApiError> {
+    validate_registration(&reg)?;
+    let now = app.now_ms();
+    let (agent, created) = app.store.register_agent(reg, now).await?;
+    app.changes.agent(AgentChange::Registered {
+        agent: agent.clone(),
+        at_ms: now,
+    });
+    let mut agent = agent;
+    app.registry.decorate(&mut agent);
+    Ok(Registered { agent, created })
+}
+
+/// A heartbeat: the agent is alive, its load is this, and (when it lists them) these are the
+/// attempts it runs. Answers its status and the tasks it must stop.
+pub async fn heartbeat(
+    app: &App,
+    agent_id: &str,
+    beat: Heartbeat,
+) -> Result<HeartbeatAck, ApiError> {
+    for (field, value) in [
+        ("cpu_percent", beat.cpu_percent),
+        ("memory_percent", beat.memory_percent),
+    ] {
+        if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+            return Err(ApiError::invalid(field, "must be between 0 and 100"));
+        }
+    }
+    let now = app.now_ms();
+    let mut status = app
+        .registry
+        .heartbeat(agent_id, now, beat.cpu_percent, beat.memory_percent)
+        .ok_or_else(|| not_registered(agent_id))?;
+    let lease_until = now + app.settings().lease.as_millis() as i64;
+    let cancel = app
+        .store
+        .heartbeat(agent_id, beat.running, lease_until)
+        .await?;
+    if status == AgentStatus::Offline {
+        // It was given up on, but it is back: it may take work again (unless it was drained).
+        let back = app.registry.status_on_return(agent_id);
+        app.store.set_agent_status(agent_id, back, now).await?;
+        app.changes.agent(AgentChange::Status {
+            agent_id: agent_id.to_owned(),
+            status: back,
+        });
+        status = back;
+    }
+    app.changes.agent(AgentChange::Load {
+        agent_id: agent_id.to_owned(),
+        cpu_percent: beat.cpu_percent,
+        memory_percent: beat.memory_percent,
+    });
+    Ok(HeartbeatAck { status, cancel })
+}
+
+/// What a claim hands the agent: a task now running (or none), and running tasks to stop.
+pub struct Claim {
+    pub task: Option<Task>,
+    pub cancel: Vec<Uuid>,
+}
+
+/// Waits up to `wait_s` for a task assigned to the agent and starts its next attempt. Returns
+/// early, without a task, when one of the agent's running tasks must be cancelled or the
+/// server shuts down.
+pub async fn claim(app: &App, agent_id: &str, wait_s: u64) -> Result<Claim, ApiError> {
+    if wait_s > MAX_WAIT_S {
+        return Err(ApiError::invalid(
+            "wait",
+            format!("must be at most {MAX_WAIT_S} seconds"),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+    let waker = app
+        .registry
+        .waker(agent_id)
+        .ok_or_else(|| not_registered(agent_id))?;
+    let mut woken = false;
+    loop {
+        app.registry
+            .touch(agent_id, app.now_ms())
+            .ok_or_else(|| not_registered(agent_id))?;
+        // Enabled before the claim so that an assignment landing in between still wakes us.
+        let notified = waker.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = app.now_ms();
+        let lease_until = now + app.settings().lease.as_millis() as i64;
+        let claimed = app.store.claim(agent_id, now, lease_until).await?;
+        if let Some(change) = claimed.change {
+            app.changes.task(change);
+        }
+        if claimed.task.is_some() {
+            return Ok(Claim {
+                task: claimed.task,
+                cancel: claimed.cancel,
+            });
+        }
+        let nothing = Claim {
+            task: None,
+            cancel: claimed.cancel,
+        };
+        // A wake-up without a task means a cancel for this agent: answer at once.
+        if (woken && !nothing.cancel.is_empty()) || tokio::time::Instant::now() >= deadline {
+            return Ok(nothing);
+        }
+        tokio::select! {
+            _ = notified => woken = true,
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = app.shutdown.cancelled() => return Ok(nothing),
+        }
+    }
+}
+
+/// Stores log lines of the running attempt; refused (409) for an attempt that is not current.
+pub async fn append_logs(app: &App, task_id: Uuid, logs: AppendLogs) -> Result<usize, ApiError> {
+    if logs.lines.len() > MAX_LINES {
+        return Err(ApiError::invalid(
+            "lines",
+            format!("at most {MAX_LINES} lines per post"),
+        ));
+    }
+    let accepted = app.store.append_logs(task_id, logs, app.now_ms()).await?;
+    app.changes.logs_appended(task_id);
+    Ok(accepted)
+}
+
+/// The attempt succeeded.
+pub async fn complete(app: &App, task_id: Uuid, req: CompleteTask) -> Result<Task, ApiError> {
+    let changed = app
+        .store
+        .complete(task_id, req.attempt, req.result, req.usage, app.now_ms())
+        .await?;
+    app.changes.task(changed.change);
+    Ok(changed.task)
+}
+
+/// The attempt failed; the lifecycle rules decide between a retry and the end.
+pub async fn fail(app: &App, task_id: Uuid, req: FailTask) -> Result<Task, ApiError> {
+    if req.error.len() > MAX_ERROR_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            format!("error: must be at most {MAX_ERROR_BYTES} bytes"),
+        ));
+    }
+    let changed = app
+        .store
+        .fail(task_id, req.attempt, req.error, req.retryable, app.now_ms())
+        .await?;
+    app.changes.task(changed.change);
+    Ok(changed.task)
+}
