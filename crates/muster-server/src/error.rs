@@ -19,12 +19,6 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(err: rusqlite::Error) -> Self {
-        StoreError::Unavailable(err.to_string())
-    }
-}
-
 impl From<serde_json::Error> for StoreError {
     fn from(err: serde_json::Error) -> Self {
         StoreError::Unavailable(format!("stored JSON is unreadable: {err}"))

@@ -27,6 +27,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
 pub mod protocol;

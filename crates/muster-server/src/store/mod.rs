@@ -156,25 +156,9 @@ pub struct DispatchSnapshot {
     pub active: Vec<Released>,
 }
 
-/// How failures are retried; fixed for a store's life.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub backoff_base_ms: i64,
-    pub backoff_max_ms: i64,
-}
+pub use crate::lifecycle::RetryPolicy;
 
-impl RetryPolicy {
-    /// Exponential backoff with jitter: base × 2^(n−1), capped, times a factor in [0.5, 1.5).
-    pub fn delay_ms(&self, retry_number: u32) -> i64 {
-        let exp = retry_number.saturating_sub(1).min(30);
-        let raw = self.backoff_base_ms.saturating_mul(1i64 << exp);
-        let capped = raw.min(self.backoff_max_ms).max(0);
-        let factor: f64 = 0.5 + rand::random::<f64>();
-        (capped as f64 * factor) as i64
-    }
-}
-
-/// Timings the health loop's sweep applies.
+/// Timings the sweeper applies.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryRules {
     pub assign_timeout_ms: i64,

@@ -1,0 +1,477 @@
+//! The SQLite backend: WAL with `synchronous=FULL`, one writer thread that group-commits every
+//! operation queued while the previous commit was syncing, and a small pool of read connections.
+//! This file holds the writer, the readers, migrations and backup; [`tasks`] and [`agents`]
+//! hold the operations (each a plain function of a connection, which the `Store` impl below
+//! runs on the writer or a reader), and [`rows`] maps rows to types by column name. The
+//! lifecycle rules they apply live in [`crate::lifecycle`].
+//!
+//! Ownership: [`SqliteStore`] owns the writer thread through its channel; [`Store::close`] sends
+//! a stop message, the writer finishes what was queued before it, checkpoints and exits. Each
+//! operation runs inside its own savepoint, so one failing operation never undoes the others in
+//! its batch, and its caller is answered only after the batch's COMMIT returned.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use muster_api::{
+    Agent, AgentStatus, AppendLogs, LogLine, RegisterAgent, RunningTask, Task, TaskState,
+};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{
+    AssignOrder, Change, Changed, Claimed, DispatchSnapshot, ExpiryRules, NewTask, Pruned,
+    QueuedTask, RetryPolicy, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
+};
+use crate::error::StoreError;
+
+mod agents;
+mod rows;
+mod tasks;
+
+/// Embedded migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// Upper bound of operations in one transaction, so one commit never holds callers too long.
+const MAX_BATCH: usize = 1024;
+
+/// A queued write: run inside the batch's transaction, then told how the commit went.
+trait WriteJob: Send {
+    fn run(&mut self, conn: &Connection);
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+struct Op<R, F> {
+    op: Option<F>,
+    result: Option<StoreResult<R>>,
+    reply: oneshot::Sender<StoreResult<R>>,
+}
+
+impl<R, F> WriteJob for Op<R, F>
+where
+    R: Send,
+    F: FnOnce(&Connection) -> StoreResult<R> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(op) = self.op.take() {
+            self.result = Some(in_savepoint(conn, op));
+        }
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match committed {
+            Ok(()) => self
+                .result
+                .unwrap_or_else(|| Err(StoreError::Unavailable("operation did not run".into()))),
+            Err(err) => Err(err),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+enum Msg {
+    Job(Box<dyn WriteJob>),
+    Stop(oneshot::Sender<()>),
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> StoreResult<R>,
+) -> StoreResult<R> {
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+    match op(conn) {
+        Ok(value) => {
+            conn.prepare_cached("RELEASE op")?.execute([])?;
+            Ok(value)
+        }
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            Err(err)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+    let mut stop = None;
+    while stop.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
+        match first {
+            Msg::Job(job) => jobs.push(job),
+            Msg::Stop(done) => stop = Some(done),
+        }
+        // Group commit: everything that queued up while the last commit synced goes together.
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => jobs.push(job),
+                Ok(Msg::Stop(done)) => {
+                    stop = Some(done);
+                    rx.close();
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, jobs);
+    }
+    // Operations queued before the stop still run; nothing acknowledged is dropped.
+    rx.close();
+    let mut rest: Vec<Box<dyn WriteJob>> = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Job(job) = msg {
+            rest.push(job);
+        }
+    }
+    run_batch(&conn, rest);
+    if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %err, "checkpoint at shutdown failed");
+    }
+    drop(conn);
+    if let Some(done) = stop {
+        let _ = done.send(());
+    }
+}
+
+fn run_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>) {
+    if jobs.is_empty() {
+        return;
+    }
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::from(err);
+        for job in jobs {
+            job.finish(Err(err.clone()));
+        }
+        return;
+    }
+    for job in jobs.iter_mut() {
+        job.run(conn);
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for job in jobs {
+        job.finish(committed.clone());
+    }
+}
+
+/// Idle read connections, opened on demand.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(conn) = self.idle.lock().expect("read pool poisoned").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Readers serve lists and logs; the OS page cache backs them, so a small private cache
+        // keeps memory flat however many readers exist.
+        conn.execute_batch("PRAGMA cache_size = -512")?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("read pool poisoned");
+        if idle.len() < 4 {
+            idle.push(conn);
+        }
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: mpsc::Sender<Msg>,
+    readers: Arc<ReadPool>,
+    retry: RetryPolicy,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies migrations and starts the
+    /// writer thread.
+    pub fn open(path: &Path, retry: RetryPolicy) -> StoreResult<Self> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL lets readers run beside the writer; FULL syncs the WAL at every commit, so an
+        // acknowledged task survives power loss, not only a crash.
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{} cannot use WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel(8192);
+        std::thread::Builder::new()
+            .name("muster-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(ReadPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            retry,
+        })
+    }
+
+    async fn write<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Op {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        self.writer
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    async fn read<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = op(&conn);
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+/// Copies the live database at `from` into `to` through SQLite's online backup, which is safe
+/// while a server writes to it.
+pub fn backup(from: &Path, to: &Path) -> StoreResult<()> {
+    if !from.exists() {
+        return Err(StoreError::NotFound(format!("database {}", from.display())));
+    }
+    let src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut dst = Connection::open(to)?;
+    let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+    backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {current}, newer than this build knows ({}); \
+             upgrade muster",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = index + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))
+        .map_err(|e| StoreError::Unavailable(format!("migration {version} failed: {e}")))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, task: NewTask, now: i64) -> StoreResult<Submitted> {
+        self.write(move |conn| tasks::submit(conn, task, now)).await
+    }
+
+    async fn assign(
+        &self,
+        orders: Vec<AssignOrder>,
+        now: i64,
+    ) -> StoreResult<Vec<Option<(Uuid, u32)>>> {
+        self.write(move |conn| tasks::assign(conn, orders, now))
+            .await
+    }
+
+    async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |conn| tasks::claim(conn, &agent_id, now, lease_until))
+            .await
+    }
+
+    async fn append_logs(&self, task_id: Uuid, logs: AppendLogs, now: i64) -> StoreResult<usize> {
+        self.write(move |conn| tasks::append_logs(conn, task_id, logs, now))
+            .await
+    }
+
+    async fn complete(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        result: Value,
+        usage: Option<Value>,
+        now: i64,
+    ) -> StoreResult<Changed> {
+        self.write(move |conn| tasks::complete(conn, task_id, attempt, result, usage, now))
+            .await
+    }
+
+    async fn fail(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+        now: i64,
+    ) -> StoreResult<Changed> {
+        let policy = self.retry.clone();
+        self.write(move |conn| tasks::fail(conn, task_id, attempt, error, retryable, now, &policy))
+            .await
+    }
+
+    async fn cancel(&self, task_id: Uuid, now: i64) -> StoreResult<Changed> {
+        self.write(move |conn| tasks::cancel(conn, task_id, now))
+            .await
+    }
+
+    async fn retry(&self, task_id: Uuid, now: i64) -> StoreResult<Changed> {
+        self.write(move |conn| tasks::retry(conn, task_id, now))
+            .await
+    }
+
+    async fn expire(&self, now: i64, rules: ExpiryRules) -> StoreResult<Vec<Change>> {
+        let policy = self.retry.clone();
+        self.write(move |conn| tasks::expire(conn, now, rules, &policy))
+            .await
+    }
+
+    async fn prune(&self, finished_before: i64) -> StoreResult<Pruned> {
+        self.write(move |conn| tasks::prune(conn, finished_before))
+            .await
+    }
+
+    async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<(Agent, bool)> {
+        self.write(move |conn| agents::register_agent(conn, reg, now))
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        running: Option<Vec<RunningTask>>,
+        lease_until: i64,
+    ) -> StoreResult<Vec<Uuid>> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |conn| agents::heartbeat(conn, &agent_id, running, lease_until))
+            .await
+    }
+
+    async fn set_agent_status(
+        &self,
+        agent_id: &str,
+        status: AgentStatus,
+        now: i64,
+    ) -> StoreResult<()> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |conn| agents::set_agent_status(conn, &agent_id, status, now))
+            .await
+    }
+
+    async fn release_agent(
+        &self,
+        agent_id: &str,
+        delete: bool,
+        now: i64,
+    ) -> StoreResult<Vec<Change>> {
+        let agent_id = agent_id.to_owned();
+        let policy = self.retry.clone();
+        self.write(move |conn| agents::release_agent(conn, &agent_id, delete, now, &policy))
+            .await
+    }
+
+    async fn task(&self, task_id: Uuid) -> StoreResult<Task> {
+        self.read(move |conn| tasks::task(conn, task_id)).await
+    }
+
+    async fn task_state(&self, task_id: Uuid) -> StoreResult<TaskState> {
+        self.read(move |conn| tasks::task_state(conn, task_id))
+            .await
+    }
+
+    async fn tasks(&self, filter: TaskFilter) -> StoreResult<TaskPage> {
+        self.read(move |conn| tasks::tasks(conn, filter)).await
+    }
+
+    async fn logs(&self, task_id: Uuid, after: i64, limit: usize) -> StoreResult<Vec<LogLine>> {
+        self.read(move |conn| tasks::logs(conn, task_id, after, limit))
+            .await
+    }
+
+    async fn agents(&self) -> StoreResult<Vec<Agent>> {
+        self.read(agents::agents).await
+    }
+
+    async fn agent(&self, agent_id: &str) -> StoreResult<Agent> {
+        let agent_id = agent_id.to_owned();
+        self.read(move |conn| agents::agent(conn, &agent_id)).await
+    }
+
+    async fn stats(&self, now: i64) -> StoreResult<Stats> {
+        self.read(move |conn| tasks::stats(conn, now)).await
+    }
+
+    async fn finished_since(&self, since: i64) -> StoreResult<Vec<(TaskState, u64)>> {
+        self.read(move |conn| tasks::finished_since(conn, since))
+            .await
+    }
+
+    async fn snapshot(&self) -> StoreResult<DispatchSnapshot> {
+        self.read(agents::snapshot).await
+    }
+
+    async fn queued(&self, after: i64, limit: usize) -> StoreResult<Vec<QueuedTask>> {
+        self.read(move |conn| tasks::queued(conn, after, limit))
+            .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.writer.send(Msg::Stop(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError::Unavailable(err.to_string())
+    }
+}

@@ -1,0 +1,610 @@
+//! Task operations on SQLite: submit, assign, claim, reports, cancel, retry, expiry, pruning,
+//! and the reads of tasks and logs. Each decides through [`crate::lifecycle`] and applies the
+//! decision as one update conditional on the task's state (and attempt).
+
+use muster_api::{
+    AppendLogs, Assignment, Attempt, AttemptOutcome, LogLine, LogStream, Task, TaskState,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::rows::{
+    Current, TASK_COLS, current_by_id, currents_where, enum_col, json_col, opt_json_col,
+    task_by_id, task_from_row, task_ids, uuid_col,
+};
+use crate::clock::to_utc;
+use crate::error::StoreError;
+use crate::lifecycle::{self, CancelPlan, Ending};
+use crate::store::{
+    AssignOrder, Change, Changed, Claimed, ExpiryRules, NewTask, Pruned, QueuedTask, RetryPolicy,
+    Stats, StoreResult, Submitted, TaskFilter, TaskPage,
+};
+
+/// Finished tasks deleted per retention transaction.
+const PRUNE_BATCH: usize = 500;
+
+fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitted> {
+    if let Some(key) = &t.idempotency_key {
+        let existing = conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE idempotency_key = ?1"
+            ))?
+            .query_row([key], task_from_row)
+            .optional()?;
+        if let Some(task) = existing {
+            return Ok(Submitted {
+                task,
+                created: false,
+                change: None,
+            });
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO tasks (id, kind, state, payload, capabilities, priority, max_retries, \
+         timeout_s, lock_key, idempotency_key, run_after, labels, created_at, updated_at) \
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+    )?
+    .execute(params![
+        t.id.to_string(),
+        t.kind,
+        serde_json::to_string(&t.payload)?,
+        serde_json::to_string(&t.capabilities)?,
+        t.priority,
+        t.max_retries,
+        t.timeout_s,
+        t.lock_key,
+        t.idempotency_key,
+        t.run_after,
+        serde_json::to_string(&t.labels)?,
+        now,
+    ])?;
+    let seq = conn.last_insert_rowid();
+    let task = Task {
+        id: t.id,
+        kind: t.kind.clone(),
+        state: TaskState::Queued,
+        payload: t.payload.clone(),
+        capabilities: t.capabilities.clone(),
+        priority: t.priority,
+        max_retries: t.max_retries,
+        timeout_s: t.timeout_s,
+        lock_key: t.lock_key.clone(),
+        idempotency_key: t.idempotency_key.clone(),
+        run_after: t.run_after.map(to_utc),
+        labels: t.labels.clone(),
+        attempt: 0,
+        agent_id: None,
+        cancel_requested: false,
+        created_at: to_utc(now),
+        updated_at: to_utc(now),
+        finished_at: None,
+        result: None,
+        usage: None,
+        error: None,
+        assignment: None,
+        attempts: Vec::new(),
+    };
+    let mut change = Change::new(t.id, TaskState::Queued, 0, None);
+    change.requeued = Some(QueuedTask {
+        seq,
+        priority: t.priority,
+        capabilities: t.capabilities.clone(),
+        lock_key: t.lock_key.clone(),
+        run_after: t.run_after,
+    });
+    Ok(Submitted {
+        task,
+        created: true,
+        change: Some(change),
+    })
+}
+
+/// Puts an assigned (never claimed) task back in the queue; no attempt is spent.
+pub(super) fn unassign(conn: &Connection, cur: &Current, now: i64) -> StoreResult<Option<Change>> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 'queued', agent_id = NULL, assigned_at = NULL, \
+             updated_at = ?2 WHERE seq = ?1 AND state = 'assigned'",
+        )?
+        .execute(params![cur.seq, now])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let mut change = cur.change(TaskState::Queued);
+    change.released = cur.released();
+    change.requeued = Some(cur.queued(cur.run_after));
+    Ok(Some(change))
+}
+
+/// Ends the running attempt of `cur` as the lifecycle rules say `ending` must end it: queued
+/// again after a backoff, failed, or cancelled. Conditional on the attempt still being current;
+/// `None` when it no longer was.
+pub(super) fn end_attempt(
+    conn: &Connection,
+    policy: &RetryPolicy,
+    cur: &Current,
+    ending: Ending,
+    error: &str,
+    now: i64,
+) -> StoreResult<Option<Change>> {
+    let after = lifecycle::after_attempt(&cur.facts(), ending);
+    let state = after.state;
+    let run_after = after.retry_number.map(|n| now + policy.delay_ms(n));
+    let finished_at = (state != TaskState::Queued).then_some(now);
+    let agent_after = if state == TaskState::Queued {
+        None
+    } else {
+        cur.agent_id.clone()
+    };
+    let changed = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?3, run_after = ?4, finished_at = ?5, error = ?6, \
+             agent_id = ?7, lease_until = NULL, assigned_at = NULL, updated_at = ?8 \
+             WHERE seq = ?1 AND state = 'running' AND attempt = ?2",
+        )?
+        .execute(params![
+            cur.seq,
+            cur.attempt,
+            state.as_str(),
+            run_after,
+            finished_at,
+            error,
+            agent_after,
+            now
+        ])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let outcome = after.outcome;
+    conn.prepare_cached(
+        "UPDATE attempts SET outcome = ?3, ended_at = ?4, error = ?5 \
+         WHERE task_seq = ?1 AND attempt = ?2",
+    )?
+    .execute(params![cur.seq, cur.attempt, outcome.as_str(), now, error])?;
+    let mut change = cur.change(state);
+    change.released = cur.released();
+    change.agent_id = agent_after;
+    if state == TaskState::Queued {
+        change.requeued = Some(cur.queued(run_after));
+    }
+    Ok(Some(change))
+}
+
+fn changed(conn: &Connection, change: Change) -> StoreResult<Changed> {
+    Ok(Changed {
+        task: task_by_id(conn, change.task_id)?,
+        change,
+    })
+}
+
+pub(super) fn submit(conn: &Connection, task: NewTask, now: i64) -> StoreResult<Submitted> {
+    insert_task(conn, &task, now)
+}
+
+pub(super) fn assign(
+    conn: &Connection,
+    orders: Vec<AssignOrder>,
+    now: i64,
+) -> StoreResult<Vec<Option<(Uuid, u32)>>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE tasks SET state = 'assigned', agent_id = ?2, assigned_at = ?3, \
+         assignment = ?4, updated_at = ?3 \
+         WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
+         RETURNING id, attempt",
+    )?;
+    let mut applied = Vec::with_capacity(orders.len());
+    for order in &orders {
+        let assignment = serde_json::to_string(&order.assignment)?;
+        let row = stmt
+            .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
+                Ok((uuid_col(row, "id")?, row.get("attempt")?))
+            })
+            .optional()?;
+        applied.push(row);
+    }
+    Ok(applied)
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    agent_id: &str,
+    now: i64,
+    lease_until: i64,
+) -> StoreResult<Claimed> {
+    let claimed = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'running', attempt = attempt + 1, started_at = ?2, \
+             lease_until = ?3, updated_at = ?2 \
+             WHERE seq = (SELECT seq FROM tasks WHERE agent_id = ?1 AND state = 'assigned' \
+                          ORDER BY priority DESC, seq LIMIT 1) \
+             RETURNING {TASK_COLS}, seq"
+        ))?
+        .query_row(params![agent_id, now, lease_until], |row| {
+            Ok((task_from_row(row)?, row.get::<_, i64>("seq")?))
+        })
+        .optional()?;
+    let task = match claimed {
+        Some((task, seq)) => {
+            conn.prepare_cached(
+                "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome, \
+                 assignment) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+            )?
+            .execute(params![
+                seq,
+                task.attempt,
+                agent_id,
+                now,
+                task.assignment
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?
+            ])?;
+            Some(task)
+        }
+        None => None,
+    };
+    let cancel = task_ids(
+        conn,
+        "SELECT id FROM tasks WHERE agent_id = ?1 AND state = 'running' \
+         AND cancel_requested = 1",
+        &[&agent_id],
+    )?;
+    let change = task
+        .as_ref()
+        .map(|t| Change::new(t.id, TaskState::Running, t.attempt, t.agent_id.clone()));
+    Ok(Claimed {
+        task,
+        change,
+        cancel,
+    })
+}
+
+pub(super) fn append_logs(
+    conn: &Connection,
+    task_id: Uuid,
+    logs: AppendLogs,
+    now: i64,
+) -> StoreResult<usize> {
+    let cur = current_by_id(conn, task_id)?;
+    lifecycle::check_report(&cur.id.to_string(), &cur.facts(), logs.attempt)?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO task_logs (task_seq, attempt, ts, stream, text) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for line in &logs.lines {
+        let ts = line.ts.map(|t| t.timestamp_millis()).unwrap_or(now);
+        stmt.execute(params![
+            cur.seq,
+            logs.attempt,
+            ts,
+            line.stream.as_str(),
+            line.text
+        ])?;
+    }
+    Ok(logs.lines.len())
+}
+
+pub(super) fn complete(
+    conn: &Connection,
+    task_id: Uuid,
+    attempt: u32,
+    result: Value,
+    usage: Option<Value>,
+    now: i64,
+) -> StoreResult<Changed> {
+    let cur = current_by_id(conn, task_id)?;
+    lifecycle::check_report(&cur.id.to_string(), &cur.facts(), attempt)?;
+    conn.prepare_cached(
+        "UPDATE tasks SET state = 'completed', result = ?3, usage = ?4, finished_at = ?5, \
+         updated_at = ?5, lease_until = NULL WHERE seq = ?1 AND attempt = ?2 \
+         AND state = 'running'",
+    )?
+    .execute(params![
+        cur.seq,
+        attempt,
+        serde_json::to_string(&result)?,
+        usage.as_ref().map(serde_json::to_string).transpose()?,
+        now
+    ])?;
+    conn.prepare_cached(
+        "UPDATE attempts SET outcome = 'completed', ended_at = ?3 \
+         WHERE task_seq = ?1 AND attempt = ?2",
+    )?
+    .execute(params![cur.seq, attempt, now])?;
+    let mut change = cur.change(TaskState::Completed);
+    change.released = cur.released();
+    changed(conn, change)
+}
+
+pub(super) fn fail(
+    conn: &Connection,
+    task_id: Uuid,
+    attempt: u32,
+    error: String,
+    retryable: bool,
+    now: i64,
+    policy: &RetryPolicy,
+) -> StoreResult<Changed> {
+    let cur = current_by_id(conn, task_id)?;
+    lifecycle::check_report(&cur.id.to_string(), &cur.facts(), attempt)?;
+    let change = end_attempt(
+        conn,
+        policy,
+        &cur,
+        Ending::Failed { retryable },
+        &error,
+        now,
+    )?
+    .ok_or_else(|| StoreError::Conflict(format!("task {task_id} changed meanwhile")))?;
+    changed(conn, change)
+}
+
+pub(super) fn cancel(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<Changed> {
+    let cur = current_by_id(conn, task_id)?;
+    let change = match lifecycle::on_cancel(&task_id.to_string(), &cur.facts())? {
+        CancelPlan::Now => {
+            conn.prepare_cached(
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?2, updated_at = ?2, \
+                 assigned_at = NULL WHERE seq = ?1 AND state IN ('queued', 'assigned')",
+            )?
+            .execute(params![cur.seq, now])?;
+            let mut change = cur.change(TaskState::Cancelled);
+            change.released = cur.released();
+            change
+        }
+        CancelPlan::AskAgent => {
+            conn.prepare_cached(
+                "UPDATE tasks SET cancel_requested = 1, updated_at = ?2 \
+                 WHERE seq = ?1 AND state = 'running'",
+            )?
+            .execute(params![cur.seq, now])?;
+            let mut change = cur.change(TaskState::Running);
+            change.wake_agent = cur.agent_id.clone();
+            change
+        }
+    };
+    changed(conn, change)
+}
+
+pub(super) fn retry(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<Changed> {
+    let cur = current_by_id(conn, task_id)?;
+    lifecycle::on_retry(&task_id.to_string(), &cur.facts())?;
+    conn.prepare_cached(
+        "UPDATE tasks SET state = 'queued', retry_floor = attempt, run_after = NULL, \
+         finished_at = NULL, error = NULL, result = NULL, usage = NULL, \
+         cancel_requested = 0, agent_id = NULL, updated_at = ?2 \
+         WHERE seq = ?1 AND state IN ('failed', 'cancelled')",
+    )?
+    .execute(params![cur.seq, now])?;
+    let mut change = cur.change(TaskState::Queued);
+    change.agent_id = None;
+    change.requeued = Some(cur.queued(None));
+    changed(conn, change)
+}
+
+pub(super) fn expire(
+    conn: &Connection,
+    now: i64,
+    rules: ExpiryRules,
+    policy: &RetryPolicy,
+) -> StoreResult<Vec<Change>> {
+    let mut changes = Vec::new();
+    for cur in currents_where(
+        conn,
+        "state = 'assigned' AND assigned_at <= ?1",
+        &[&(now - rules.assign_timeout_ms)],
+    )? {
+        changes.extend(unassign(conn, &cur, now)?);
+    }
+    for cur in currents_where(conn, "state = 'running' AND lease_until < ?1", &[&now])? {
+        let why = format!(
+            "lease expired: no heartbeat from agent {}",
+            cur.agent_id.as_deref().unwrap_or("?")
+        );
+        changes.extend(end_attempt(conn, policy, &cur, Ending::Lost, &why, now)?);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, timeout_s FROM tasks WHERE state = 'running' \
+         AND timeout_s IS NOT NULL AND started_at + timeout_s * 1000 <= ?1",
+    )?;
+    let timed_out: Vec<(Uuid, u32)> = stmt
+        .query_map([now], |row| {
+            Ok((uuid_col(row, "id")?, row.get("timeout_s")?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, timeout_s) in timed_out {
+        let cur = current_by_id(conn, id)?;
+        let why = format!("timed out after {timeout_s}s");
+        changes.extend(end_attempt(
+            conn,
+            policy,
+            &cur,
+            Ending::TimedOut,
+            &why,
+            now,
+        )?);
+    }
+    Ok(changes)
+}
+
+pub(super) fn prune(conn: &Connection, finished_before: i64) -> StoreResult<Pruned> {
+    let seqs: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+             LIMIT ?2",
+        )?
+        .query_map(params![finished_before, PRUNE_BATCH], |row| row.get("seq"))?
+        .collect::<Result<_, _>>()?;
+    let mut pruned = Pruned::default();
+    for seq in seqs {
+        pruned.log_lines += conn
+            .prepare_cached("DELETE FROM task_logs WHERE task_seq = ?1")?
+            .execute([seq])? as u64;
+        conn.prepare_cached("DELETE FROM attempts WHERE task_seq = ?1")?
+            .execute([seq])?;
+        pruned.tasks += conn
+            .prepare_cached("DELETE FROM tasks WHERE seq = ?1")?
+            .execute([seq])? as u64;
+    }
+    Ok(pruned)
+}
+
+pub(super) fn task(conn: &Connection, task_id: Uuid) -> StoreResult<Task> {
+    let mut task = task_by_id(conn, task_id)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.attempt, a.agent_id, a.started_at, a.ended_at, a.outcome, a.error, \
+         a.assignment FROM attempts a JOIN tasks t ON t.seq = a.task_seq \
+         WHERE t.id = ?1 ORDER BY a.attempt",
+    )?;
+    task.attempts = stmt
+        .query_map([task_id.to_string()], |row| {
+            Ok(Attempt {
+                attempt: row.get("attempt")?,
+                agent_id: row.get("agent_id")?,
+                started_at: to_utc(row.get("started_at")?),
+                ended_at: row.get::<_, Option<i64>>("ended_at")?.map(to_utc),
+                outcome: enum_col(row, "outcome", AttemptOutcome::parse)?,
+                error: row.get("error")?,
+                assignment: opt_json_col::<Assignment>(row, "assignment")?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(task)
+}
+
+pub(super) fn task_state(conn: &Connection, task_id: Uuid) -> StoreResult<TaskState> {
+    conn.prepare_cached("SELECT state FROM tasks WHERE id = ?1")?
+        .query_row([task_id.to_string()], |row| {
+            enum_col(row, "state", TaskState::parse)
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))
+}
+
+pub(super) fn tasks(conn: &Connection, filter: TaskFilter) -> StoreResult<TaskPage> {
+    let mut conditions = Vec::new();
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(state) = filter.state {
+        args.push(Box::new(state.as_str()));
+        conditions.push(format!("state = ?{}", args.len()));
+    }
+    if let Some(kind) = filter.kind {
+        args.push(Box::new(kind));
+        conditions.push(format!("kind = ?{}", args.len()));
+    }
+    if let Some(agent) = filter.agent_id {
+        args.push(Box::new(agent));
+        conditions.push(format!("agent_id = ?{}", args.len()));
+    }
+    if let Some(before) = filter.before_seq {
+        args.push(Box::new(before));
+        conditions.push(format!("seq < ?{}", args.len()));
+    }
+    let where_clause = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    args.push(Box::new(filter.limit as i64 + 1));
+    let sql = format!(
+        "SELECT {TASK_COLS}, seq FROM tasks {where_clause} ORDER BY seq DESC LIMIT ?{}",
+        args.len()
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let refs: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+    let mut rows: Vec<(Task, i64)> = stmt
+        .query_map(refs.as_slice(), |row| {
+            Ok((task_from_row(row)?, row.get("seq")?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let next_before = if rows.len() > filter.limit {
+        rows.truncate(filter.limit);
+        rows.last().map(|(_, seq)| *seq)
+    } else {
+        None
+    };
+    Ok(TaskPage {
+        tasks: rows.into_iter().map(|(t, _)| t).collect(),
+        next_before,
+    })
+}
+
+pub(super) fn logs(
+    conn: &Connection,
+    task_id: Uuid,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<LogLine>> {
+    let seq: i64 = conn
+        .prepare_cached("SELECT seq FROM tasks WHERE id = ?1")?
+        .query_row([task_id.to_string()], |row| row.get("seq"))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, attempt, ts, stream, text FROM task_logs \
+         WHERE task_seq = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let lines = stmt
+        .query_map(params![seq, after, limit as i64], |row| {
+            Ok(LogLine {
+                id: row.get("id")?,
+                attempt: row.get("attempt")?,
+                ts: to_utc(row.get("ts")?),
+                stream: enum_col(row, "stream", LogStream::parse)?,
+                text: row.get("text")?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(lines)
+}
+
+pub(super) fn stats(conn: &Connection, now: i64) -> StoreResult<Stats> {
+    let mut stmt = conn.prepare_cached("SELECT state, count(*) AS n FROM tasks GROUP BY state")?;
+    let by_state = stmt
+        .query_map([], |row| {
+            Ok((enum_col(row, "state", TaskState::parse)?, row.get("n")?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let past_lease = conn
+        .prepare_cached(
+            "SELECT count(*) AS n FROM tasks WHERE state = 'running' AND lease_until < ?1",
+        )?
+        .query_row([now], |row| row.get("n"))?;
+    Ok(Stats {
+        by_state,
+        past_lease,
+    })
+}
+
+pub(super) fn finished_since(conn: &Connection, since: i64) -> StoreResult<Vec<(TaskState, u64)>> {
+    // The range on finished_at uses the partial index tasks_by_finished.
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, count(*) AS n FROM tasks WHERE finished_at >= ?1 GROUP BY state",
+    )?;
+    let counts = stmt
+        .query_map([since], |row| {
+            Ok((enum_col(row, "state", TaskState::parse)?, row.get("n")?))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(counts)
+}
+
+pub(super) fn queued(conn: &Connection, after: i64, limit: usize) -> StoreResult<Vec<QueuedTask>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, priority, capabilities, lock_key, run_after FROM tasks \
+         WHERE state = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let queued = stmt
+        .query_map(params![after, limit as i64], |row| {
+            Ok(QueuedTask {
+                seq: row.get("seq")?,
+                priority: row.get("priority")?,
+                capabilities: json_col(row, "capabilities")?,
+                lock_key: row.get("lock_key")?,
+                run_after: row.get("run_after")?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(queued)
+}
