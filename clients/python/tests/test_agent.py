@@ -169,7 +169,9 @@ def test_an_agent_with_the_agent_key(start_server: Any) -> None:
         agent.stop()
         assert agent.wait_stopped(10)
     # Leaving, the agent drained itself with its own key, so nothing more is assigned to it.
-    assert admin.get_agent("keyed").status is AgentStatus.DRAINING
+    leaving = admin.get_agent("keyed")
+    assert leaving.status is AgentStatus.DRAINING and leaving.drained_by == "agent"
+    assert leaving.instance_id == agent.instance_id
 
 
 def test_a_key_the_server_refuses_makes_run_raise(start_server: Any) -> None:

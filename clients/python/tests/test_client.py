@@ -72,8 +72,14 @@ def test_agent_registry_round_trip(client: Client) -> None:
     assert sorted(a.agent_id for a in client.list_agents()) == ["nas", "pi"]
 
     drained = client.drain_agent("nas")
-    assert drained.status is AgentStatus.DRAINING
+    assert drained.status is AgentStatus.DRAINING and drained.drained_by == "operator"
     assert client.heartbeat("nas").status is AgentStatus.DRAINING
+    # An operator's drain outlasts a registration; undrain ends it.
+    client.register("nas", host="10.0.0.6", capabilities=["docker"], instance_id="p2")
+    assert client.get_agent("nas").status is AgentStatus.DRAINING
+    undrained = client.undrain_agent("nas")
+    assert undrained.status is AgentStatus.ONLINE and undrained.drained_by is None
+    assert undrained.instance_id == "p2"
 
     client.remove_agent("nas")
     with pytest.raises(NotFound) as err:

@@ -177,6 +177,21 @@ pub struct RegisterAgent {
     pub labels: Labels,
     #[serde(default)]
     pub version: Option<String>,
+    /// A random id the agent process draws at start. A registration with a new one means a
+    /// new process: the previous one's tasks are given back at once. An agent presents it to
+    /// drain itself.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+/// `POST /api/v1/agents/{id}/drain`. With the key of an agent, `instance_id` must name the
+/// agent's current process (it drains itself, until it next starts); without one the drain is
+/// an operator's and lasts until undrained.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainAgent {
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 /// One agent as the registry knows it.
@@ -192,6 +207,13 @@ pub struct Agent {
     pub labels: Labels,
     pub version: Option<String>,
     pub status: AgentStatus,
+    /// The process that registered last, when the agent sends one.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Who drained it, while it is drained: `operator` (until undrained, across restarts and
+    /// registrations) or `agent` (it drained itself; a new process undoes it).
+    #[serde(default)]
+    pub drained_by: Option<String>,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub cpu_percent: Option<f64>,

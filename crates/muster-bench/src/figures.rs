@@ -148,6 +148,7 @@ pub async fn heartbeats(
                     max_concurrency: Some(1),
                     labels: Default::default(),
                     version: None,
+                    instance_id: None,
                 };
                 if client.register(&reg).await.is_ok() {
                     registered.fetch_add(1, Ordering::Relaxed);
@@ -244,6 +245,7 @@ pub async fn queue_depth(
             max_concurrency: Some(1),
             labels: Default::default(),
             version: None,
+            instance_id: None,
         })
         .await?;
     let mut queued = 0usize;

@@ -123,6 +123,7 @@ pub async fn run(opts: Options) -> Result<Report, BenchError> {
                 max_concurrency: Some(opts.slots),
                 labels: Default::default(),
                 version: None,
+                instance_id: None,
             })
             .await?;
     }

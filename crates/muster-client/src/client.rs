@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use muster_api::{
-    Agent, AgentList, AppendLogs, CANCEL_HEADER, CompleteTask, ErrorBody, ErrorCode, FailTask,
-    Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, RegisterAgent, SubmitTask,
-    Task, TaskList, TaskState,
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, CompleteTask, DrainAgent, ErrorBody, ErrorCode,
+    FailTask, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, RegisterAgent,
+    SubmitTask, Task, TaskList, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -272,8 +272,32 @@ impl Client {
             .await
     }
 
+    /// An operator's drain: the agent takes no new tasks until undrained (admin key).
     pub async fn drain(&self, agent_id: &str) -> Result<Agent, ClientError> {
         self.json(self.request(Method::POST, &format!("/api/v1/agents/{agent_id}/drain")))
+            .await
+    }
+
+    /// An agent process drains itself, proving it is the agent's current process; the drain
+    /// ends when the agent next starts.
+    pub async fn drain_self(
+        &self,
+        agent_id: &str,
+        instance_id: &str,
+    ) -> Result<Agent, ClientError> {
+        let body = DrainAgent {
+            instance_id: Some(instance_id.to_owned()),
+        };
+        self.json(
+            self.request(Method::POST, &format!("/api/v1/agents/{agent_id}/drain"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Ends an operator's drain: the agent takes tasks again.
+    pub async fn undrain(&self, agent_id: &str) -> Result<Agent, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/v1/agents/{agent_id}/undrain")))
             .await
     }
 

@@ -141,6 +141,9 @@ struct Shared {
     handlers: HashMap<String, Arc<dyn Handler>>,
     running: Mutex<HashMap<Uuid, Running>>,
     draining: AtomicBool,
+    /// Drawn once per process: the server tells a restart from a re-registration by it, and
+    /// lets this process (and no other holder of the agent key) drain this agent.
+    instance_id: String,
 }
 
 impl Shared {
@@ -169,6 +172,7 @@ impl Shared {
             max_concurrency: Some(o.max_concurrency),
             labels: o.labels.clone(),
             version: o.version.clone(),
+            instance_id: Some(self.instance_id.clone()),
         }
     }
 
@@ -230,6 +234,7 @@ impl AgentRuntime {
                 handlers: HashMap::new(),
                 running: Mutex::new(HashMap::new()),
                 draining: AtomicBool::new(false),
+                instance_id: uuid::Uuid::now_v7().to_string(),
             }),
         }
     }
@@ -307,7 +312,10 @@ impl AgentRuntime {
         };
         // Leaving: first tell the server to assign nothing more here, then finish what runs.
         if outcome.is_ok()
-            && let Err(err) = shared.client.drain(&shared.options.agent_id).await
+            && let Err(err) = shared
+                .client
+                .drain_self(&shared.options.agent_id, &shared.instance_id)
+                .await
         {
             tracing::warn!(error = %err, "could not mark this agent draining");
         }

@@ -15,7 +15,10 @@ use crate::error::ApiError;
 pub struct AdminAuth;
 
 /// Proof that the request carries the agent key or the admin key (or that none is configured).
-pub struct AgentAuth;
+pub struct AgentAuth {
+    /// The caller holds the admin key, or no key is configured.
+    pub admin: bool,
+}
 
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
@@ -31,7 +34,8 @@ impl FromRequestParts<AppState> for AgentAuth {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let s = app.settings();
-        authorize(parts, s.api_key.as_ref(), s.agent_key.as_ref(), false).map(|_| AgentAuth)
+        authorize(parts, s.api_key.as_ref(), s.agent_key.as_ref(), false)
+            .map(|admin| AgentAuth { admin })
     }
 }
 
@@ -73,14 +77,14 @@ fn authorize(
     admin: Option<&Secret>,
     agent: Option<&Secret>,
     needs_admin: bool,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let required = if needs_admin {
         admin.is_some()
     } else {
         admin.is_some() || agent.is_some()
     };
     if !required {
-        return Ok(());
+        return Ok(true);
     }
     let presented = parts
         .headers
@@ -98,8 +102,8 @@ fn authorize(
     let is_admin = admin.is_some_and(|k| same_key(k, presented));
     let is_agent = agent.is_some_and(|k| same_key(k, presented));
     match (is_admin, is_agent) {
-        (true, _) => Ok(()),
-        (false, true) if !needs_admin => Ok(()),
+        (true, _) => Ok(true),
+        (false, true) if !needs_admin => Ok(false),
         (false, true) => Err(ApiError::new(
             ErrorCode::Forbidden,
             "the agent key cannot use admin routes; use API_KEY",

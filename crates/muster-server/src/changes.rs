@@ -17,7 +17,7 @@ use crate::store::Change;
 #[derive(Debug, Clone)]
 pub enum AgentChange {
     /// It registered (new or again): its capabilities and concurrency may have changed.
-    Registered { agent: Agent, at_ms: i64 },
+    Registered { agent: Box<Agent>, at_ms: i64 },
     /// Its status changed (online, draining, offline).
     Status {
         agent_id: String,
@@ -107,6 +107,7 @@ impl Changes {
                     agent_id: agent.agent_id.clone(),
                     status: Some(agent.status),
                 });
+                let agent = *agent;
                 self.dispatcher.send(DispatchEvent::AgentChanged {
                     agent_id: agent.agent_id,
                     capabilities: agent.capabilities,

@@ -58,6 +58,27 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// An optional JSON body: `None` when the body is empty, else parsed like [`ApiJson`].
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let has_body = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|len| len.trim() != "0")
+            && req.headers().contains_key(axum::http::header::CONTENT_TYPE);
+        if !has_body {
+            return Ok(OptionalJson(None));
+        }
+        let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
+        Ok(OptionalJson(Some(value)))
+    }
+}
+
 /// The raw query string as pairs; each handler parses its fields so errors name them.
 pub struct QueryPairs(pub HashMap<String, String>);
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::changes::AgentChange;
 use crate::error::ApiError;
-use crate::store::NewTask;
+use crate::store::{DrainBy, NewTask};
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {
@@ -117,24 +117,39 @@ pub async fn agent(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
     Ok(agent)
 }
 
-/// The agent takes no new tasks until it registers again; its running tasks go on.
+/// An operator's drain: the agent takes no new tasks until undrained, across heartbeat
+/// lapses, restarts and registrations; its running tasks go on.
 pub async fn drain(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
-    app.store
-        .set_agent_status(agent_id, AgentStatus::Draining, app.now_ms())
+    let agent = app
+        .store
+        .drain_agent(agent_id, DrainBy::Operator, app.now_ms())
         .await?;
+    announce_status(app, &agent);
+    self::agent(app, agent_id).await
+}
+
+/// Ends a drain: the agent takes tasks again.
+pub async fn undrain(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
+    let agent = app.store.undrain_agent(agent_id, app.now_ms()).await?;
+    announce_status(app, &agent);
+    self::agent(app, agent_id).await
+}
+
+/// Tells the rest of the server the status the store now holds for the agent (an offline
+/// agent stays offline in memory until it is heard from).
+pub(crate) fn announce_status(app: &App, agent: &Agent) {
+    if app.registry.status(&agent.agent_id) == Some(AgentStatus::Offline) {
+        return;
+    }
     app.changes.agent(AgentChange::Status {
-        agent_id: agent_id.to_owned(),
-        status: AgentStatus::Draining,
+        agent_id: agent.agent_id.clone(),
+        status: agent.status,
     });
-    agent(app, agent_id).await
 }
 
 /// Forgets the agent; its assigned and running tasks go back to the queue.
 pub async fn remove(app: &App, agent_id: &str) -> Result<(), ApiError> {
-    let changes = app
-        .store
-        .release_agent(agent_id, true, app.now_ms())
-        .await?;
+    let changes = app.store.remove_agent(agent_id, app.now_ms()).await?;
     for change in changes {
         app.changes.task(change);
     }

@@ -13,6 +13,8 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::changes::AgentChange;
 use crate::error::ApiError;
+use crate::operator;
+use crate::store::DrainBy;
 
 /// Longest long-poll a client may ask for, in seconds.
 pub const MAX_WAIT_S: u64 = 120;
@@ -28,7 +30,20 @@ fn not_registered(agent_id: &str) -> ApiError {
     )
 }
 
+fn validate_instance_id(instance_id: &Option<String>) -> Result<(), ApiError> {
+    if let Some(id) = instance_id
+        && (id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "instance_id",
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_registration(reg: &RegisterAgent) -> Result<(), ApiError> {
+    validate_instance_id(&reg.instance_id)?;
     let id = reg.agent_id.trim();
     if id.is_empty() || id.len() > 200 {
         return Err(ApiError::invalid("agent_id", "must be 1 to 200 characters"));
@@ -66,9 +81,21 @@ pub struct Registered {
 pub async fn register(app: &App, reg: RegisterAgent) -> Result<Registered, ApiError> {
     validate_registration(&reg)?;
     let now = app.now_ms();
-    let (agent, created) = app.store.register_agent(reg, now).await?;
+    let registered = app.store.register_agent(reg, now).await?;
+    let agent = registered.agent;
+    let created = registered.created;
+    if !registered.changes.is_empty() {
+        tracing::warn!(
+            agent_id = %agent.agent_id,
+            tasks = registered.changes.len(),
+            "agent started again as a new process; its earlier tasks go back to the queue"
+        );
+    }
+    for change in registered.changes {
+        app.changes.task(change);
+    }
     app.changes.agent(AgentChange::Registered {
-        agent: agent.clone(),
+        agent: Box::new(agent.clone()),
         at_ms: now,
     });
     let mut agent = agent;
@@ -103,8 +130,7 @@ pub async fn heartbeat(
         .await?;
     if status == AgentStatus::Offline {
         // It was given up on, but it is back: it may take work again (unless it was drained).
-        let back = app.registry.status_on_return(agent_id);
-        app.store.set_agent_status(agent_id, back, now).await?;
+        let back = app.store.agent_back(agent_id, now).await?;
         app.changes.agent(AgentChange::Status {
             agent_id: agent_id.to_owned(),
             status: back,
@@ -214,4 +240,16 @@ pub async fn fail(app: &App, task_id: Uuid, req: FailTask) -> Result<Task, ApiEr
         .await?;
     app.changes.task(changed.change);
     Ok(changed.task)
+}
+
+/// An agent process drains itself on its way out, naming its `instance_id`: no task is
+/// assigned to it while the server still believes it alive. Its next process undoes it.
+pub async fn drain_self(app: &App, agent_id: &str, instance_id: String) -> Result<Agent, ApiError> {
+    validate_instance_id(&Some(instance_id.clone()))?;
+    let agent = app
+        .store
+        .drain_agent(agent_id, DrainBy::Instance(instance_id), app.now_ms())
+        .await?;
+    operator::announce_status(app, &agent);
+    operator::agent(app, agent_id).await
 }

@@ -15,8 +15,6 @@ use crate::clock::to_utc;
 #[derive(Debug)]
 struct Live {
     status: AgentStatus,
-    /// An operator drained it; a lapse and return must not undo that (a re-register does).
-    drained: bool,
     last_seen_ms: i64,
     heard_from: bool,
     cpu_percent: f64,
@@ -39,7 +37,6 @@ impl Registry {
         let mut agents = self.lock();
         let live = agents.entry(agent_id.to_owned()).or_insert_with(|| Live {
             status,
-            drained: false,
             last_seen_ms: now_ms,
             heard_from,
             cpu_percent: 0.0,
@@ -47,7 +44,6 @@ impl Registry {
             wake: Arc::new(Notify::new()),
         });
         live.status = status;
-        live.drained = status == AgentStatus::Draining;
         live.last_seen_ms = now_ms;
         live.heard_from |= heard_from;
     }
@@ -81,17 +77,6 @@ impl Registry {
     pub fn set_status(&self, agent_id: &str, status: AgentStatus) {
         if let Some(live) = self.lock().get_mut(agent_id) {
             live.status = status;
-            if status == AgentStatus::Draining {
-                live.drained = true;
-            }
-        }
-    }
-
-    /// The status an agent that was offline returns to: draining if an operator drained it.
-    pub fn status_on_return(&self, agent_id: &str) -> AgentStatus {
-        match self.lock().get(agent_id) {
-            Some(live) if live.drained => AgentStatus::Draining,
-            _ => AgentStatus::Online,
         }
     }
 

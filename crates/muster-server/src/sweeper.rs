@@ -55,7 +55,7 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
     let mut swept = Swept::default();
     let cutoff = now - app.settings().heartbeat_timeout.as_millis() as i64;
     for agent_id in app.registry.lapsed(cutoff) {
-        match app.store.release_agent(&agent_id, false, now).await {
+        match app.store.agent_offline(&agent_id, now).await {
             Ok(changes) => {
                 tracing::warn!(
                     agent_id,

@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TypeVar, Union
@@ -276,6 +277,9 @@ class Agent:
         self.backoff_cap = float(backoff_cap)
         self.report_retry_for = float(report_retry_for)
         self.drain_on_stop = drain_on_stop
+        # Drawn once per process: the server tells a restart from a re-registration by it,
+        # and only this process may drain the agent with the agent key.
+        self.instance_id = uuid.uuid4().hex
 
         self._handlers: Dict[str, Handler] = {}
         self._load = LoadSampler()
@@ -446,6 +450,7 @@ class Agent:
                 max_concurrency=self.max_concurrency,
                 labels=self.labels,
                 version=self.version,
+                instance_id=self.instance_id,
             )
             self._registered.set()
         self._beat_now.set()  # tell the server our load and running attempts right away
@@ -802,10 +807,11 @@ class Agent:
     def _announce_drain(self) -> None:
         """Best effort: marks the agent draining, so the server stops assigning it tasks it
         would no longer claim (they would wait out ASSIGN_TIMEOUT, again and again until
-        HEARTBEAT_TIMEOUT). The agent key may drain its own agent; if the server refuses
+        HEARTBEAT_TIMEOUT). The agent key may drain its own process, named by its instance id;
+        its next process starts undrained. If the server refuses
         anyway, it learns of the departure when heartbeats stop."""
         try:
-            self.client.drain_agent(self.agent_id)
+            self.client.drain_agent(self.agent_id, instance_id=self.instance_id)
         except (Forbidden, Unauthorized) as exc:
             log.debug("cannot mark agent %s draining with this key: %s", self.agent_id, exc)
         except MusterError as exc:

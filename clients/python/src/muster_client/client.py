@@ -112,8 +112,11 @@ class Client:
         max_concurrency: Optional[int] = None,
         labels: Optional[Mapping[str, str]] = None,
         version: Optional[str] = None,
+        instance_id: Optional[str] = None,
     ) -> Agent:
-        """`POST /api/v1/agents/register`; registering again updates the agent."""
+        """`POST /api/v1/agents/register`; registering again updates the agent. `instance_id`
+        is a random id drawn once per agent process: a registration with a new one tells the
+        server the agent restarted, so its earlier tasks go back to the queue at once."""
         body: Dict[str, Any] = {
             "agent_id": agent_id,
             "host": host,
@@ -127,6 +130,8 @@ class Client:
             body["max_concurrency"] = max_concurrency
         if version is not None:
             body["version"] = version
+        if instance_id is not None:
+            body["instance_id"] = instance_id
         return Agent.from_json(
             self._http.request("POST", "/api/v1/agents/register", body=body).json()
         )
@@ -208,9 +213,17 @@ class Client:
             self._http.request("GET", f"/api/v1/agents/{segment(agent_id)}").json()
         )
 
-    def drain_agent(self, agent_id: str) -> Agent:
-        """`POST /api/v1/agents/{id}/drain`: the agent keeps its tasks but takes no new ones."""
+    def drain_agent(self, agent_id: str, *, instance_id: Optional[str] = None) -> Agent:
+        """`POST /api/v1/agents/{id}/drain`: the agent keeps its tasks but takes no new ones.
+        Without `instance_id` it is an operator's drain (admin key), lasting until undrained;
+        an agent process drains itself by naming its own `instance_id` (agent key)."""
         path = f"/api/v1/agents/{segment(agent_id)}/drain"
+        body = {"instance_id": instance_id} if instance_id is not None else None
+        return Agent.from_json(self._http.request("POST", path, body=body).json())
+
+    def undrain_agent(self, agent_id: str) -> Agent:
+        """`POST /api/v1/agents/{id}/undrain`: a drained agent takes tasks again."""
+        path = f"/api/v1/agents/{segment(agent_id)}/undrain"
         return Agent.from_json(self._http.request("POST", path).json())
 
     def remove_agent(self, agent_id: str) -> None:

@@ -360,6 +360,10 @@ class Agent:
     memory_percent: Optional[float]
     #: Tasks assigned to or running on this agent, by the server's own count.
     active_tasks: int
+    #: The process that registered last, when the agent sends one.
+    instance_id: Optional[str] = None
+    #: While drained: "operator" (until undrained) or "agent" (its own, until it restarts).
+    drained_by: Optional[str] = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Agent:
@@ -378,6 +382,8 @@ class Agent:
             cpu_percent=d.get("cpu_percent"),
             memory_percent=d.get("memory_percent"),
             active_tasks=int(d.get("active_tasks", 0)),
+            instance_id=d.get("instance_id"),
+            drained_by=d.get("drained_by"),
         )
 
 

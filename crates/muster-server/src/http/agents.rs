@@ -4,12 +4,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use muster_api::{Agent, AgentList, CANCEL_HEADER, Heartbeat, HeartbeatAck, RegisterAgent};
+use muster_api::{
+    Agent, AgentList, CANCEL_HEADER, DrainAgent, ErrorCode, Heartbeat, HeartbeatAck, RegisterAgent,
+};
 
 use crate::app::AppState;
 use crate::auth::{AdminAuth, AgentAuth};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, QueryPairs};
+use crate::extract::{ApiJson, OptionalJson, QueryPairs};
 use crate::{operator, protocol};
 
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents", request_body = RegisterAgent,
@@ -93,17 +95,44 @@ pub(crate) async fn show(
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/drain", tag = "agents",
+    request_body(content = Option<DrainAgent>, description = "an agent draining itself names its current instance_id; an operator sends no body"),
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = Agent, description = "draining: takes no new tasks until it registers again"),
-              (status = 404, body = muster_api::ErrorBody)))]
-/// Open to the agent key too: an agent that is shutting down drains itself so that no task is
-/// assigned to it while the server still believes it alive.
+    responses((status = 200, body = Agent, description = "draining: takes no new tasks"),
+              (status = 403, body = muster_api::ErrorBody, description = "the agent key without the agent's current instance_id"),
+              (status = 404, body = muster_api::ErrorBody),
+              (status = 409, body = muster_api::ErrorBody, description = "instance_id is not the agent's current process")))]
+/// An operator's drain (admin key) lasts until undrained. An agent process may drain itself
+/// with the agent key by naming its `instance_id`, so that nothing is assigned to it while
+/// it leaves; no other holder of the agent key can drain it.
 pub(crate) async fn drain(
     State(app): State<AppState>,
-    _: AgentAuth,
+    auth: AgentAuth,
+    Path(agent_id): Path<String>,
+    OptionalJson(body): OptionalJson<DrainAgent>,
+) -> Result<Json<Agent>, ApiError> {
+    match body.and_then(|b| b.instance_id) {
+        Some(instance_id) => Ok(Json(
+            protocol::drain_self(&app, &agent_id, instance_id).await?,
+        )),
+        None if auth.admin => Ok(Json(operator::drain(&app, &agent_id).await?)),
+        None => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the agent key may drain only its own current process: send {\"instance_id\": …}; \
+             an operator's drain needs API_KEY",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/undrain", tag = "agents",
+    params(("id" = String, Path, description = "agent id")),
+    responses((status = 200, body = Agent, description = "takes tasks again"),
+              (status = 404, body = muster_api::ErrorBody)))]
+pub(crate) async fn undrain(
+    State(app): State<AppState>,
+    _: AdminAuth,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(operator::drain(&app, &agent_id).await?))
+    Ok(Json(operator::undrain(&app, &agent_id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",

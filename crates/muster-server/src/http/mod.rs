@@ -34,6 +34,7 @@ pub fn router(app: AppState) -> Router {
             get(agents::show).delete(agents::remove),
         )
         .route("/api/v1/agents/{id}/drain", post(agents::drain))
+        .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
         .route("/api/v1/agents/{id}/heartbeat", post(agents::heartbeat))
         .route("/api/v1/agents/{id}/tasks/next", get(agents::claim))
         .route("/api/v1/tasks", post(tasks::submit).get(tasks::list))

@@ -15,6 +15,7 @@ use utoipa::OpenApi;
         super::agents::list,
         super::agents::show,
         super::agents::drain,
+        super::agents::undrain,
         super::agents::remove,
         super::tasks::submit,
         super::tasks::list,

@@ -104,6 +104,25 @@ pub struct Submitted {
     pub change: Option<Change>,
 }
 
+/// A registration as stored, and what it changed.
+#[derive(Debug, Clone)]
+pub struct AgentRegistered {
+    pub agent: Agent,
+    /// False when the agent was known.
+    pub created: bool,
+    /// Tasks of the agent's previous process, given back because a new one registered.
+    pub changes: Vec<Change>,
+}
+
+/// Who drains an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainBy {
+    /// An operator: lasts until undrained.
+    Operator,
+    /// The agent's process with this instance id, on its way out.
+    Instance(String),
+}
+
 /// The dispatcher's decision for one task.
 #[derive(Debug, Clone)]
 pub struct AssignOrder {
@@ -208,8 +227,8 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, finished_before: i64) -> StoreResult<Pruned>;
 
     // --- agents
-    /// Inserts or updates; true when the agent is new.
-    async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<(Agent, bool)>;
+    /// Inserts or updates; a new process's registration gives its predecessor's tasks back.
+    async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<AgentRegistered>;
     /// Extends the leases of the agent's running tasks (only those in `running` when the agent
     /// lists them); answers which tasks it must stop.
     async fn heartbeat(
@@ -218,19 +237,16 @@ pub trait Store: Send + Sync + 'static {
         running: Option<Vec<RunningTask>>,
         lease_until: i64,
     ) -> StoreResult<Vec<Uuid>>;
-    async fn set_agent_status(
-        &self,
-        agent_id: &str,
-        status: AgentStatus,
-        now: i64,
-    ) -> StoreResult<()>;
-    /// Marks the agent offline (or deletes it) and hands its tasks back to the queue.
-    async fn release_agent(
-        &self,
-        agent_id: &str,
-        delete: bool,
-        now: i64,
-    ) -> StoreResult<Vec<Change>>;
+    /// The agent takes no new tasks: until undrained (operator), or until its next process
+    /// registers (the agent's own, which must name its current instance).
+    async fn drain_agent(&self, agent_id: &str, by: DrainBy, now: i64) -> StoreResult<Agent>;
+    async fn undrain_agent(&self, agent_id: &str, now: i64) -> StoreResult<Agent>;
+    /// An offline agent was heard from: online again, or draining if it is drained.
+    async fn agent_back(&self, agent_id: &str, now: i64) -> StoreResult<AgentStatus>;
+    /// Marks a silent agent offline and hands its tasks back to the queue.
+    async fn agent_offline(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>>;
+    /// Forgets the agent and hands its tasks back to the queue.
+    async fn remove_agent(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>>;
 
     // --- reads
     async fn task(&self, task_id: Uuid) -> StoreResult<Task>;

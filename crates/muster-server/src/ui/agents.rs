@@ -103,7 +103,9 @@ fn card(session: &Session, agent: &Agent, tasks: &[Task]) -> Markup {
                 }
             }
             footer.card-actions {
-                @if agent.status != AgentStatus::Draining && agent.status != AgentStatus::Offline {
+                @if agent.drained_by.is_some() {
+                    (layout::post_button(session, &format!("/agents/{encoded}/undrain"), "Undrain", "", None))
+                } @else if agent.status != AgentStatus::Offline {
                     (layout::post_button(session, &format!("/agents/{encoded}/drain"), "Drain", "", None))
                 }
                 (layout::post_button(session, &format!("/agents/{encoded}/remove"), "Remove", "danger",
@@ -120,6 +122,15 @@ pub(super) async fn drain(
     Path(agent_id): Path<String>,
 ) -> Result<Response, UiError> {
     operator::drain(&app, &agent_id).await?;
+    Ok(see_other("/agents"))
+}
+
+/// `POST /agents/{id}/undrain`.
+pub(super) async fn undrain(
+    State(app): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Response, UiError> {
+    operator::undrain(&app, &agent_id).await?;
     Ok(see_other("/agents"))
 }
 

@@ -41,6 +41,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/", get(overview::page))
         .route("/agents", get(agents::page))
         .route("/agents/{id}/drain", post(agents::drain))
+        .route("/agents/{id}/undrain", post(agents::undrain))
         .route("/agents/{id}/remove", post(agents::remove))
         .route("/tasks", get(tasks::list).post(submit::submit))
         .route("/tasks/new", get(submit::form))

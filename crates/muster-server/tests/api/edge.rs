@@ -246,7 +246,7 @@ async fn keys_guard_the_routes_and_rejected_requests_change_nothing() {
     })
     .await;
     let task_body = json!({"kind": "echo", "capabilities": ["shell"]});
-    let register_body = json!({"agent_id": "a1", "capabilities": ["shell"]});
+    let register_body = json!({"agent_id": "a1", "capabilities": ["shell"], "instance_id": "p1"});
     let call = |method: Method, path: &str, key: Option<&str>, body: Option<&Value>| {
         let mut req = t.client.request(method, t.url(path));
         if let Some(key) = key {
@@ -345,10 +345,37 @@ async fn keys_guard_the_routes_and_rejected_requests_change_nothing() {
     assert_eq!(status, StatusCode::OK, "{reply}");
     let (status, reply) = t.complete(&claimed, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    // An agent that is leaving drains itself with its own key.
+    // The agent key alone cannot drain an agent (any agent could drain every other) …
     let (status, reply) = call(Method::POST, "/api/v1/agents/a1/drain", Some("agent"), None).await;
+    error_message(status, &reply, StatusCode::FORBIDDEN, "forbidden");
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/agents/a1/drain",
+        Some("agent"),
+        Some(&json!({"instance_id": "someone-else"})),
+    )
+    .await;
+    error_message(status, &reply, StatusCode::CONFLICT, "conflict");
+    // … but an agent that is leaving drains itself, naming its current process.
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/agents/a1/drain",
+        Some("agent"),
+        Some(&json!({"instance_id": "p1"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["status"], "draining");
+    assert_eq!(reply["drained_by"], "agent");
+    // Undrain is the operator's.
+    let (status, reply) = call(
+        Method::POST,
+        "/api/v1/agents/a1/undrain",
+        Some("agent"),
+        None,
+    )
+    .await;
+    error_message(status, &reply, StatusCode::FORBIDDEN, "forbidden");
 
     // Operational routes need no key.
     for path in ["/health", "/metrics", "/api/v1/openapi.json"] {
@@ -499,6 +526,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/agents", &["get"]),
     ("/api/v1/agents/{id}", &["get", "delete"]),
     ("/api/v1/agents/{id}/drain", &["post"]),
+    ("/api/v1/agents/{id}/undrain", &["post"]),
     ("/api/v1/agents/{id}/heartbeat", &["post"]),
     ("/api/v1/agents/{id}/tasks/next", &["get"]),
     ("/api/v1/tasks", &["get", "post"]),

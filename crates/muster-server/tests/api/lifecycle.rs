@@ -1074,8 +1074,13 @@ async fn a_drain_outlasts_a_lapse_in_heartbeats() {
     t.settle().await;
     assert!(t.claim("a1", 0).await.is_none());
     assert_eq!(t.task(id(&task)).await["state"], "queued");
-    // Registering again is a fresh start.
+    // An operator's drain outlasts a registration too; undrain ends it.
     t.register("a1", &["shell"], 2).await;
+    t.settle().await;
+    assert!(t.claim("a1", 0).await.is_none());
+    let (status, undrained) = t.post("/api/v1/agents/a1/undrain", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{undrained}");
+    assert_eq!(undrained["status"], "online");
     assert_eq!(
         t.claim("a1", 5).await.expect("online again")["id"],
         task["id"]

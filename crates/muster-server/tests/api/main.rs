@@ -7,6 +7,7 @@
 mod helpers;
 
 mod edge;
+mod identity;
 mod lifecycle;
 mod operations;
 mod streams;

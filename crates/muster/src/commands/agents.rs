@@ -1,4 +1,4 @@
-//! `muster agents …`: the registry as an operator sees it — list, show, drain, remove.
+//! `muster agents …`: the registry as an operator sees it — list, show, drain, undrain, remove.
 
 use std::process::ExitCode;
 
@@ -14,8 +14,10 @@ pub(crate) enum AgentsCommand {
     List,
     /// Show one agent.
     Show { id: String },
-    /// Stop giving an agent new tasks; the ones it runs go on.
+    /// Stop giving an agent new tasks until undrained (across restarts); the ones it runs go on.
     Drain { id: String },
+    /// Let a drained agent take tasks again.
+    Undrain { id: String },
     /// Forget an agent; its unfinished tasks go back to the queue.
     Remove { id: String },
 }
@@ -25,6 +27,7 @@ pub(crate) async fn run(session: &Session, command: AgentsCommand) -> anyhow::Re
         AgentsCommand::List => list(session).await?,
         AgentsCommand::Show { id } => show(session, &id).await?,
         AgentsCommand::Drain { id } => drain(session, &id).await?,
+        AgentsCommand::Undrain { id } => undrain(session, &id).await?,
         AgentsCommand::Remove { id } => remove(session, &id).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -133,6 +136,21 @@ async fn drain(session: &Session, id: &str) -> anyhow::Result<()> {
     output::emit(format!(
         "agent {id} is {}: it takes no new tasks; its {} active task(s) go on",
         agent.status, agent.active_tasks
+    ))
+}
+
+async fn undrain(session: &Session, id: &str) -> anyhow::Result<()> {
+    let agent = session
+        .client
+        .undrain(id)
+        .await
+        .map_err(|err| session.explain(err, "undrain", &format!("agent {id}")))?;
+    if session.json {
+        return output::emit_json(&agent);
+    }
+    output::emit(format!(
+        "agent {id} is {}: it takes tasks again",
+        agent.status
     ))
 }
 

@@ -2,34 +2,62 @@
 //! requests), status, release (offline or removed, with their tasks handed back), and reads.
 
 use muster_api::{Agent, AgentStatus, RegisterAgent, RunningTask, TaskState};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::rows::{AGENT_SELECT, agent_by_id, agent_from_row, currents_where, task_ids};
 use super::tasks::{end_attempt, unassign};
 use crate::error::StoreError;
 use crate::lifecycle::Ending;
-use crate::store::{Change, DispatchSnapshot, Released, RetryPolicy, StoreResult};
+use crate::store::{
+    AgentRegistered, Change, DispatchSnapshot, DrainBy, Released, RetryPolicy, StoreResult,
+};
 
+/// Inserts or updates the agent. A registration from a new process (a different
+/// `instance_id`) gives the previous process's tasks back at once, and undoes a drain that
+/// process made of itself; an operator's drain stays.
 pub(super) fn register_agent(
     conn: &Connection,
     reg: RegisterAgent,
     now: i64,
-) -> StoreResult<(Agent, bool)> {
-    let existed = conn
-        .prepare_cached("SELECT 1 FROM agents WHERE agent_id = ?1")?
-        .exists([&reg.agent_id])?;
+    policy: &RetryPolicy,
+) -> StoreResult<AgentRegistered> {
+    let before: Option<(Option<String>, Option<String>)> = conn
+        .prepare_cached("SELECT instance_id, drained_by FROM agents WHERE agent_id = ?1")?
+        .query_row([&reg.agent_id], |row| {
+            Ok((row.get("instance_id")?, row.get("drained_by")?))
+        })
+        .optional()?;
+    let created = before.is_none();
+    let (old_instance, mut drained_by) = before.unwrap_or_default();
+    let new_process =
+        matches!((&old_instance, &reg.instance_id), (Some(old), Some(new)) if old != new);
+    let mut changes = Vec::new();
+    if new_process {
+        let why = format!("agent {} started again (a new process)", reg.agent_id);
+        changes = give_back_tasks(conn, &reg.agent_id, &why, now, policy)?;
+        if drained_by.as_deref() == Some(DRAINED_BY_AGENT) {
+            drained_by = None;
+        }
+    }
+    let status = if drained_by.is_some() {
+        AgentStatus::Draining
+    } else {
+        AgentStatus::Online
+    };
     let mut capabilities = reg.capabilities.clone();
     capabilities.sort();
     capabilities.dedup();
     conn.prepare_cached(
         "INSERT INTO agents (agent_id, host, port, capabilities, mcp_servers, \
-         max_concurrency, labels, version, status, registered_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'online', ?9, ?9) \
+         max_concurrency, labels, version, status, instance_id, drained_by, registered_at, \
+         updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
          ON CONFLICT (agent_id) DO UPDATE SET host = excluded.host, port = excluded.port, \
          capabilities = excluded.capabilities, mcp_servers = excluded.mcp_servers, \
          max_concurrency = excluded.max_concurrency, labels = excluded.labels, \
-         version = excluded.version, status = 'online', updated_at = excluded.updated_at",
+         version = excluded.version, status = excluded.status, \
+         instance_id = excluded.instance_id, drained_by = excluded.drained_by, \
+         updated_at = excluded.updated_at",
     )?
     .execute(params![
         reg.agent_id,
@@ -40,9 +68,67 @@ pub(super) fn register_agent(
         reg.max_concurrency.unwrap_or(1),
         serde_json::to_string(&reg.labels)?,
         reg.version,
+        status.as_str(),
+        reg.instance_id,
+        drained_by,
         now
     ])?;
-    Ok((agent_by_id(conn, &reg.agent_id)?, !existed))
+    Ok(AgentRegistered {
+        agent: agent_by_id(conn, &reg.agent_id)?,
+        created,
+        changes,
+    })
+}
+
+const DRAINED_BY_AGENT: &str = "agent";
+const DRAINED_BY_OPERATOR: &str = "operator";
+
+/// Drains the agent: by an operator (until undrained), or by the agent's current process
+/// itself, which must name its `instance_id`.
+pub(super) fn drain_agent(
+    conn: &Connection,
+    agent_id: &str,
+    by: DrainBy,
+    now: i64,
+) -> StoreResult<Agent> {
+    let current: Option<String> = conn
+        .prepare_cached("SELECT instance_id FROM agents WHERE agent_id = ?1")?
+        .query_row([agent_id], |row| row.get("instance_id"))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("agent {agent_id}")))?;
+    let drained_by = match &by {
+        DrainBy::Operator => DRAINED_BY_OPERATOR,
+        DrainBy::Instance(instance) => {
+            if current.as_deref() != Some(instance.as_str()) {
+                return Err(StoreError::Conflict(format!(
+                    "instance_id {instance:?} is not the current process of agent {agent_id}"
+                )));
+            }
+            DRAINED_BY_AGENT
+        }
+    };
+    // An operator's drain is never weakened into an agent's own.
+    conn.prepare_cached(
+        "UPDATE agents SET drained_by = CASE WHEN drained_by = 'operator' THEN 'operator' \
+         ELSE ?2 END, status = CASE WHEN status = 'offline' THEN 'offline' ELSE 'draining' END, \
+         updated_at = ?3 WHERE agent_id = ?1",
+    )?
+    .execute(params![agent_id, drained_by, now])?;
+    agent_by_id(conn, agent_id)
+}
+
+/// Ends a drain, whoever made it.
+pub(super) fn undrain_agent(conn: &Connection, agent_id: &str, now: i64) -> StoreResult<Agent> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE agents SET drained_by = NULL, status = CASE WHEN status = 'offline' \
+             THEN 'offline' ELSE 'online' END, updated_at = ?2 WHERE agent_id = ?1",
+        )?
+        .execute(params![agent_id, now])?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("agent {agent_id}")));
+    }
+    agent_by_id(conn, agent_id)
 }
 
 pub(super) fn heartbeat(
@@ -87,34 +173,28 @@ pub(super) fn heartbeat(
     Ok(cancel)
 }
 
-pub(super) fn set_agent_status(
-    conn: &Connection,
-    agent_id: &str,
-    status: AgentStatus,
-    now: i64,
-) -> StoreResult<()> {
+/// An agent that was offline is heard from again: online, or draining if it is drained.
+pub(super) fn agent_back(conn: &Connection, agent_id: &str, now: i64) -> StoreResult<AgentStatus> {
     let n = conn
-        .prepare_cached("UPDATE agents SET status = ?2, updated_at = ?3 WHERE agent_id = ?1")?
-        .execute(params![agent_id, status.as_str(), now])?;
+        .prepare_cached(
+            "UPDATE agents SET status = CASE WHEN drained_by IS NULL THEN 'online' \
+             ELSE 'draining' END, updated_at = ?2 WHERE agent_id = ?1",
+        )?
+        .execute(params![agent_id, now])?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("agent {agent_id}")));
     }
-    Ok(())
+    Ok(agent_by_id(conn, agent_id)?.status)
 }
 
-pub(super) fn release_agent(
+/// Hands the agent's assigned tasks back to the queue and ends its running attempts as lost.
+fn give_back_tasks(
     conn: &Connection,
     agent_id: &str,
-    delete: bool,
+    why: &str,
     now: i64,
     policy: &RetryPolicy,
 ) -> StoreResult<Vec<Change>> {
-    let exists = conn
-        .prepare_cached("SELECT 1 FROM agents WHERE agent_id = ?1")?
-        .exists([&agent_id])?;
-    if !exists {
-        return Err(StoreError::NotFound(format!("agent {agent_id}")));
-    }
     let mut changes = Vec::new();
     for cur in currents_where(
         conn,
@@ -124,23 +204,52 @@ pub(super) fn release_agent(
         if cur.state == TaskState::Assigned {
             changes.extend(unassign(conn, &cur, now)?);
         } else {
-            let why = if delete {
-                format!("agent {agent_id} was removed")
-            } else {
-                format!("agent {agent_id} went offline")
-            };
-            changes.extend(end_attempt(conn, policy, &cur, Ending::Lost, &why, now)?);
+            changes.extend(end_attempt(conn, policy, &cur, Ending::Lost, why, now)?);
         }
     }
-    if delete {
-        conn.prepare_cached("DELETE FROM agents WHERE agent_id = ?1")?
-            .execute([&agent_id])?;
+    Ok(changes)
+}
+
+fn require_agent(conn: &Connection, agent_id: &str) -> StoreResult<()> {
+    if conn
+        .prepare_cached("SELECT 1 FROM agents WHERE agent_id = ?1")?
+        .exists([agent_id])?
+    {
+        Ok(())
     } else {
-        conn.prepare_cached(
-            "UPDATE agents SET status = 'offline', updated_at = ?2 WHERE agent_id = ?1",
-        )?
-        .execute(params![agent_id, now])?;
+        Err(StoreError::NotFound(format!("agent {agent_id}")))
     }
+}
+
+/// The agent stopped heartbeating: offline (a drain is kept), its tasks handed back.
+pub(super) fn agent_offline(
+    conn: &Connection,
+    agent_id: &str,
+    now: i64,
+    policy: &RetryPolicy,
+) -> StoreResult<Vec<Change>> {
+    require_agent(conn, agent_id)?;
+    let why = format!("agent {agent_id} went offline");
+    let changes = give_back_tasks(conn, agent_id, &why, now, policy)?;
+    conn.prepare_cached(
+        "UPDATE agents SET status = 'offline', updated_at = ?2 WHERE agent_id = ?1",
+    )?
+    .execute(params![agent_id, now])?;
+    Ok(changes)
+}
+
+/// An operator removed the agent: forgotten, its tasks handed back.
+pub(super) fn remove_agent(
+    conn: &Connection,
+    agent_id: &str,
+    now: i64,
+    policy: &RetryPolicy,
+) -> StoreResult<Vec<Change>> {
+    require_agent(conn, agent_id)?;
+    let why = format!("agent {agent_id} was removed");
+    let changes = give_back_tasks(conn, agent_id, &why, now, policy)?;
+    conn.prepare_cached("DELETE FROM agents WHERE agent_id = ?1")?
+        .execute([agent_id])?;
     Ok(changes)
 }
 

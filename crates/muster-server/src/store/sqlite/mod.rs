@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AssignOrder, Change, Changed, Claimed, DispatchSnapshot, ExpiryRules, NewTask, Pruned,
-    QueuedTask, RetryPolicy, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
+    AgentRegistered, AssignOrder, Change, Changed, Claimed, DispatchSnapshot, DrainBy, ExpiryRules,
+    NewTask, Pruned, QueuedTask, RetryPolicy, Stats, Store, StoreResult, Submitted, TaskFilter,
+    TaskPage,
 };
 use crate::error::StoreError;
 
@@ -33,7 +34,10 @@ mod rows;
 mod tasks;
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_agent_identity.sql"),
+];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
 const MAX_BATCH: usize = 1024;
@@ -370,8 +374,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<(Agent, bool)> {
-        self.write(move |conn| agents::register_agent(conn, reg, now))
+    async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<AgentRegistered> {
+        let policy = self.retry.clone();
+        self.write(move |conn| agents::register_agent(conn, reg, now, &policy))
             .await
     }
 
@@ -386,26 +391,35 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn set_agent_status(
-        &self,
-        agent_id: &str,
-        status: AgentStatus,
-        now: i64,
-    ) -> StoreResult<()> {
+    async fn drain_agent(&self, agent_id: &str, by: DrainBy, now: i64) -> StoreResult<Agent> {
         let agent_id = agent_id.to_owned();
-        self.write(move |conn| agents::set_agent_status(conn, &agent_id, status, now))
+        self.write(move |conn| agents::drain_agent(conn, &agent_id, by, now))
             .await
     }
 
-    async fn release_agent(
-        &self,
-        agent_id: &str,
-        delete: bool,
-        now: i64,
-    ) -> StoreResult<Vec<Change>> {
+    async fn undrain_agent(&self, agent_id: &str, now: i64) -> StoreResult<Agent> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |conn| agents::undrain_agent(conn, &agent_id, now))
+            .await
+    }
+
+    async fn agent_back(&self, agent_id: &str, now: i64) -> StoreResult<AgentStatus> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |conn| agents::agent_back(conn, &agent_id, now))
+            .await
+    }
+
+    async fn agent_offline(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>> {
         let agent_id = agent_id.to_owned();
         let policy = self.retry.clone();
-        self.write(move |conn| agents::release_agent(conn, &agent_id, delete, now, &policy))
+        self.write(move |conn| agents::agent_offline(conn, &agent_id, now, &policy))
+            .await
+    }
+
+    async fn remove_agent(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>> {
+        let agent_id = agent_id.to_owned();
+        let policy = self.retry.clone();
+        self.write(move |conn| agents::remove_agent(conn, &agent_id, now, &policy))
             .await
     }
 

@@ -209,6 +209,8 @@ pub(super) fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
         labels: json_col(row, "labels")?,
         version: row.get("version")?,
         status: enum_col(row, "status", AgentStatus::parse)?,
+        instance_id: row.get("instance_id")?,
+        drained_by: row.get("drained_by")?,
         registered_at: to_utc(row.get("registered_at")?),
         last_heartbeat_at: None,
         cpu_percent: None,
@@ -218,7 +220,8 @@ pub(super) fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
 }
 
 pub(super) const AGENT_SELECT: &str = "SELECT a.agent_id, a.host, a.port, a.capabilities, a.mcp_servers, \
-    a.max_concurrency, a.labels, a.version, a.status, a.registered_at, \
+    a.max_concurrency, a.labels, a.version, a.status, a.instance_id, a.drained_by, \
+    a.registered_at, \
     (SELECT count(*) FROM tasks t WHERE t.agent_id = a.agent_id \
        AND t.state IN ('assigned', 'running')) AS active_tasks FROM agents a";
 
