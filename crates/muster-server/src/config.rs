@@ -1,9 +1,21 @@
-//! Settings: one typed tree read from the environment, with defaults an operator expects.
-//! Only the binary reads the environment; tests build [`Settings`] directly.
+//! Settings: one typed tree built in layers (defaults, then the TOML file named by
+//! `MUSTER_CONFIG` or `muster serve --config`, then the environment, then flags), and the
+//! reload a SIGHUP asks for. A bad value stops the start with the file, line and field (or the
+//! variable, or the flag) at fault and the form expected, with an example.
+//!
+//! Only this module knows the server's variable names: the binary passes the environment in
+//! through [`Sources`], so tests never touch the real one. One table, `FIELDS`, describes every
+//! setting; loading, `muster config show`, `muster serve --help` and the README's table are all
+//! drawn from it, so they cannot disagree.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
 
 /// A secret that never prints: `{:?}` and `{}` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,11 +43,92 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    /// The form expected, worded to follow `NAME="value" is invalid: `.
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            _ => Err("expected json or pretty".to_owned()),
+        }
+    }
+}
+
+/// The address people and forges reach the server at (`PUBLIC_URL`): `http` or `https`, a
+/// host, an optional port and path; no query, fragment or credentials; no trailing slash, so
+/// links are built as `format!("{url}/tasks/{id}")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    text: String,
+    authority: String,
+}
+
+impl PublicUrl {
+    /// Checks and normalises `value`; the error is the form expected, with an example.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        const FORM: &str = "expected http(s)://host[:port][/path] such as \
+                            https://muster.example.com or http://192.168.1.10:8000";
+        let url = url::Url::parse(value.trim()).map_err(|_| FORM.to_owned())?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{FORM} (the scheme must be http or https)"));
+        }
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err(format!("{FORM} (the host is missing)"));
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{FORM}, without a query (?…) or fragment (#…)"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // It ends up in notifications and pages; a password there would leak.
+            return Err(format!("{FORM}, without a user or password"));
+        }
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        Ok(PublicUrl {
+            text: url.as_str().trim_end_matches('/').to_owned(),
+            authority,
+        })
+    }
+
+    /// The URL without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// `host[:port]` as a browser sends it in `Host` (the port only when it is not the
+    /// scheme's default), for the Host check.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+impl fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Everything `muster serve` is configured by.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub addr: SocketAddr,
     pub db_path: PathBuf,
+    /// Where people and forges reach the server: links in notifications and commit statuses,
+    /// the `Host` check. None until an operator sets it.
+    pub public_url: Option<PublicUrl>,
     /// Admin key; with none set the server only binds loopback addresses.
     pub api_key: Option<Secret>,
     /// Key agents present; defaults to `api_key`.
@@ -64,12 +157,983 @@ pub struct Settings {
     pub session_idle: Duration,
 }
 
+/// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
+pub struct Sources<E> {
+    /// `--config FILE`; when `None`, `MUSTER_CONFIG` in `env` names the file, if set.
+    pub file: Option<PathBuf>,
+    /// The environment: the binary passes `std::env::var`, tests a map.
+    pub env: E,
+    /// Flags, the highest layer.
+    pub flags: Overrides,
+}
+
+/// The settings `muster serve` also takes as flags; each wins over its variable and the file.
+/// Kept as text so a bad flag is reported in the same words as a bad variable.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--addr`
+    pub addr: Option<String>,
+    /// `--db`
+    pub db_path: Option<String>,
+}
+
+/// When a changed setting takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    /// A SIGHUP re-reads it and the running server uses the new value.
+    OnReload,
+    /// Taken once at start (the socket, the database, the log subscriber, and the loops and
+    /// layers the server builds at start); a SIGHUP keeps the running value and says so.
+    OnRestart,
+}
+
+/// One setting as operators meet it: its variable, its key under `[server]`, its flag, its
+/// documented default and meaning, and when a change takes effect.
+struct Field {
+    var: &'static str,
+    file_key: Option<&'static str>,
+    flag: Option<Flag>,
+    default: &'static str,
+    meaning: &'static str,
+    applies: Applies,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+struct Flag {
+    name: &'static str,
+    get: fn(&Overrides) -> Option<&str>,
+}
+
+enum Kind {
+    /// A value taken from the flag, else the variable, else the file key, else the default.
+    Value {
+        set: fn(&mut Settings, &str) -> Result<(), String>,
+        show: fn(&Settings) -> Option<String>,
+        keep: fn(&mut Settings, &Settings),
+    },
+    /// A key: from the variable, else from the variable the file's `*_env` key names. Keys are
+    /// never written in the file, which is often committed or world-readable.
+    Secret {
+        slot: fn(&mut Settings) -> &mut Option<Secret>,
+        get: fn(&Settings) -> Option<&Secret>,
+    },
+    /// Read by [`Settings::load`] itself before the settings (the file's name, `DATABASE_URL`);
+    /// listed for the documentation only.
+    Source,
+}
+
+/// A plain setting kept in `Settings::$field`, parsed by `$parse` and shown by `$show`.
+macro_rules! value {
+    ($field:ident, $parse:expr, $show:expr) => {
+        Kind::Value {
+            set: |s, text| {
+                s.$field = $parse(text)?;
+                Ok(())
+            },
+            show: |s| $show(&s.$field),
+            keep: |s, from| s.$field = Clone::clone(&from.$field),
+        }
+    };
+}
+
+macro_rules! secret {
+    ($field:ident) => {
+        Kind::Secret {
+            slot: |s| &mut s.$field,
+            get: |s| s.$field.as_ref(),
+        }
+    };
+}
+
+/// Every setting, in the order the documentation lists them.
+static FIELDS: &[Field] = &[
+    Field {
+        var: "ADDR",
+        file_key: Some("addr"),
+        flag: Some(Flag {
+            name: "--addr",
+            get: |o| o.addr.as_deref(),
+        }),
+        default: "127.0.0.1:8000",
+        meaning: "listen address, IP:PORT; a non-loopback address requires API_KEY",
+        applies: Applies::OnRestart,
+        kind: value!(addr, socket_addr, shown),
+    },
+    Field {
+        var: "DB_PATH",
+        file_key: Some("db_path"),
+        flag: Some(Flag {
+            name: "--db",
+            get: |o| o.db_path.as_deref(),
+        }),
+        default: "muster.db",
+        meaning: "the SQLite file",
+        applies: Applies::OnRestart,
+        kind: value!(db_path, file_path, shown_path),
+    },
+    Field {
+        var: "PUBLIC_URL",
+        file_key: Some("public_url"),
+        flag: None,
+        default: "none",
+        meaning: "the address people and forges use, http(s)://host[:port][/path]: links in \
+                  notifications and commit statuses, the Host check",
+        applies: Applies::OnReload,
+        kind: value!(public_url, public_url, shown_url),
+    },
+    Field {
+        var: "API_KEY",
+        file_key: Some("api_key_env"),
+        flag: None,
+        default: "none",
+        meaning: "admin key (Authorization: Bearer …), works on every route; in the file, \
+                  api_key_env names the variable that holds it",
+        applies: Applies::OnReload,
+        kind: secret!(api_key),
+    },
+    Field {
+        var: "AGENT_KEY",
+        file_key: Some("agent_key_env"),
+        flag: None,
+        default: "API_KEY",
+        meaning: "key for agent routes (register, heartbeat, claim, reports); in the file, \
+                  agent_key_env names the variable that holds it",
+        applies: Applies::OnReload,
+        kind: secret!(agent_key),
+    },
+    Field {
+        var: "LOG_FORMAT",
+        file_key: Some("log_format"),
+        flag: None,
+        default: "pretty",
+        meaning: "pretty or json (RUST_LOG filters, default info)",
+        applies: Applies::OnRestart,
+        kind: value!(log_format, log_format, shown),
+    },
+    Field {
+        var: "HEARTBEAT_TIMEOUT",
+        file_key: Some("heartbeat_timeout"),
+        flag: None,
+        default: "90s",
+        meaning: "silence after which an agent is offline",
+        applies: Applies::OnReload,
+        kind: value!(heartbeat_timeout, duration, shown_duration),
+    },
+    Field {
+        var: "ASSIGN_TIMEOUT",
+        file_key: Some("assign_timeout"),
+        flag: None,
+        default: "30s",
+        meaning: "an assigned task not claimed by then is queued again",
+        applies: Applies::OnReload,
+        kind: value!(assign_timeout, duration, shown_duration),
+    },
+    Field {
+        var: "LEASE",
+        file_key: Some("lease"),
+        flag: None,
+        default: "60s",
+        meaning: "how long a claim holds without a heartbeat",
+        applies: Applies::OnReload,
+        kind: value!(lease, duration, shown_duration),
+    },
+    Field {
+        var: "RETENTION",
+        file_key: Some("retention"),
+        flag: None,
+        default: "30d",
+        meaning: "finished tasks and their logs are pruned after this",
+        applies: Applies::OnReload,
+        kind: value!(retention, duration, shown_duration),
+    },
+    Field {
+        var: "MAX_RETRIES",
+        file_key: Some("max_retries"),
+        flag: None,
+        default: "3",
+        meaning: "retries of a task that sets no max_retries",
+        applies: Applies::OnReload,
+        kind: value!(default_max_retries, retries, shown),
+    },
+    // The retry policy, the body limit layer, the sweep loop's interval, the session store and
+    // the shutdown grace are built or read once when the server starts, so a reload cannot
+    // reach them.
+    Field {
+        var: "RETRY_BACKOFF",
+        file_key: Some("retry_backoff"),
+        flag: None,
+        default: "1s",
+        meaning: "first retry delay, doubling on each retry up to RETRY_BACKOFF_MAX",
+        applies: Applies::OnRestart,
+        kind: value!(retry_backoff, duration, shown_duration),
+    },
+    Field {
+        var: "RETRY_BACKOFF_MAX",
+        file_key: Some("retry_backoff_max"),
+        flag: None,
+        default: "10m",
+        meaning: "the longest retry delay",
+        applies: Applies::OnRestart,
+        kind: value!(retry_backoff_max, duration, shown_duration),
+    },
+    Field {
+        var: "BODY_LIMIT",
+        file_key: Some("body_limit"),
+        flag: None,
+        default: "1048576",
+        meaning: "largest request body in bytes (413 beyond)",
+        applies: Applies::OnRestart,
+        kind: value!(body_limit, bytes, shown),
+    },
+    Field {
+        var: "SWEEP_INTERVAL",
+        file_key: Some("sweep_interval"),
+        flag: None,
+        default: "1s",
+        meaning: "how often heartbeats, leases and timeouts are checked",
+        applies: Applies::OnRestart,
+        kind: value!(sweep_interval, duration, shown_duration),
+    },
+    Field {
+        var: "SHUTDOWN_GRACE",
+        file_key: Some("shutdown_grace"),
+        flag: None,
+        default: "10s",
+        meaning: "how long requests may finish after SIGTERM/SIGINT",
+        applies: Applies::OnRestart,
+        kind: value!(shutdown_grace, duration, shown_duration),
+    },
+    Field {
+        var: "SESSION_IDLE",
+        file_key: Some("session_idle"),
+        flag: None,
+        default: "12h",
+        meaning: "a web UI session unused this long ends",
+        applies: Applies::OnRestart,
+        kind: value!(session_idle, duration, shown_duration),
+    },
+    Field {
+        var: "MUSTER_CONFIG",
+        file_key: None,
+        flag: Some(Flag {
+            name: "--config",
+            get: |_| None,
+        }),
+        default: "none",
+        meaning: "the TOML config file (see examples/muster.toml); SIGHUP re-reads it",
+        applies: Applies::OnRestart,
+        kind: Kind::Source,
+    },
+    Field {
+        var: "DATABASE_URL",
+        file_key: None,
+        flag: None,
+        default: "none",
+        meaning: "a postgres:// URL selects PostgreSQL (a later release; refused for now)",
+        applies: Applies::OnRestart,
+        kind: Kind::Source,
+    },
+];
+
+impl Field {
+    fn same(&self, a: &Settings, b: &Settings) -> bool {
+        match &self.kind {
+            Kind::Value { show, .. } => show(a) == show(b),
+            Kind::Secret { get, .. } => get(a) == get(b),
+            Kind::Source => true,
+        }
+    }
+
+    /// The value as `config show` prints it; keys print as `[redacted]`.
+    fn show(&self, settings: &Settings) -> Option<String> {
+        match &self.kind {
+            Kind::Value { show, .. } => show(settings),
+            Kind::Secret { get, .. } => get(settings).map(|key| format!("{key:?}")),
+            Kind::Source => None,
+        }
+    }
+}
+
+const DURATION_FORM: &str = "expected a duration such as 90s, 5m or 12h";
+
+fn duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Err(format!("must be more than zero; {DURATION_FORM}")),
+        Ok(d) => Ok(d),
+        Err(_) => Err(DURATION_FORM.to_owned()),
+    }
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        "expected IP:PORT such as 127.0.0.1:8000 or 0.0.0.0:8000 (a host name is not accepted)"
+            .to_owned()
+    })
+}
+
+fn file_path(text: &str) -> Result<PathBuf, String> {
+    if text.trim().is_empty() {
+        return Err("expected a file path such as /var/lib/muster/muster.db".to_owned());
+    }
+    Ok(PathBuf::from(text))
+}
+
+fn public_url(text: &str) -> Result<Option<PublicUrl>, String> {
+    PublicUrl::parse(text).map(Some)
+}
+
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    text.parse()
+}
+
+fn retries(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected a whole number such as 3".to_owned())
+}
+
+fn bytes(text: &str) -> Result<usize, String> {
+    const FORM: &str = "expected a number of bytes such as 1048576";
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(format!("must be more than zero; {FORM}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(FORM.to_owned()),
+    }
+}
+
+fn shown(value: &impl fmt::Display) -> Option<String> {
+    Some(value.to_string())
+}
+
+fn shown_path(path: &Path) -> Option<String> {
+    Some(path.display().to_string())
+}
+
+fn shown_url(url: &Option<PublicUrl>) -> Option<String> {
+    url.as_ref().map(PublicUrl::to_string)
+}
+
+fn shown_duration(d: &Duration) -> Option<String> {
+    Some(duration_text(*d))
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A duration in the largest unit that divides it (`90s`, `10m`, `30d`), as operators write
+/// them, so `config show` prints values that can be pasted back.
+fn duration_text(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    let secs = d.as_secs();
+    if secs != 0 {
+        for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if secs.is_multiple_of(size) {
+                return format!("{}{unit}", secs / size);
+            }
+        }
+    }
+    format!("{secs}s")
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Which layer a value came from, for `muster config show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Default,
+    /// `AGENT_KEY` unset: the admin key serves agents too.
+    SameAs(&'static str),
+    File {
+        line: usize,
+    },
+    Env(&'static str),
+    /// A key from the variable a file's `*_env` key names.
+    EnvNamedInFile {
+        var: String,
+        line: usize,
+    },
+    Flag(&'static str),
+}
+
+impl Origin {
+    fn describe(&self, file: Option<&Path>) -> String {
+        let file = file.map(|p| p.display().to_string()).unwrap_or_default();
+        match self {
+            Origin::Default => "default".to_owned(),
+            Origin::SameAs(var) => format!("default (same as {var})"),
+            Origin::File { line } => format!("file {file}:{line}"),
+            Origin::Env(var) => format!("env {var}"),
+            Origin::EnvNamedInFile { var, line } => format!("env {var} (named at {file}:{line})"),
+            Origin::Flag(flag) => format!("flag {flag}"),
+        }
+    }
+}
+
+/// The config file as written. Each top-level section is one field: the sections of later
+/// releases (`[[git.sources]]`, `[[notify.channels]]`, `[[actions]]`, …) join here as fields
+/// with their own typed structs. Until then an unknown section is refused, never ignored, so a
+/// typo cannot silently drop a setting.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTree {
+    /// `[server]`: the variables' settings in snake_case. Kept as spanned pairs and checked
+    /// against `FIELDS`, so the list of keys lives in one place.
+    #[serde(default)]
+    server: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+/// A config file read and checked: where it is, and each `[server]` value with its line.
+struct ConfigFile {
+    path: PathBuf,
+    server: Vec<FileEntry>,
+}
+
+struct FileEntry {
+    var: &'static str,
+    key: &'static str,
+    line: usize,
+    /// The value as text, as the variable would carry it.
+    text: String,
+    /// The value as written, for messages.
+    shown: String,
+}
+
+impl ConfigFile {
+    fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            ))
+        })?;
+        ConfigFile::parse(path, &text)
+    }
+
+    /// Parses and checks every value, so a bad file is refused whole even where the
+    /// environment would override a value.
+    fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+        let tree: FileTree = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        let mut pairs: Vec<_> = tree.server.into_iter().collect();
+        pairs.sort_by_key(|(key, _)| key.span().start);
+        let mut scratch = Settings::new("muster.db");
+        let mut server = Vec::new();
+        for (key, value) in pairs {
+            let name = key.get_ref().as_str();
+            let at = |span: std::ops::Range<usize>| {
+                format!(
+                    "{}:{}: server.{name}",
+                    path.display(),
+                    line_of(text, span.start)
+                )
+            };
+            let Some(field) = FIELDS.iter().find(|f| f.file_key == Some(name)) else {
+                return Err(ConfigError::new(format!(
+                    "{}: {}",
+                    at(key.span()),
+                    unknown_server_key(name)
+                )));
+            };
+            let (value_text, shown) = scalar(value.get_ref());
+            let wrong = |why: String| {
+                ConfigError::new(format!("{}: {shown} is invalid: {why}", at(value.span())))
+            };
+            match &field.kind {
+                Kind::Value { set, .. } => set(&mut scratch, &value_text).map_err(wrong)?,
+                Kind::Secret { .. } => {
+                    if !value.get_ref().is_str() || !is_variable_name(&value_text) {
+                        return Err(wrong(format!(
+                            "expected the name of an environment variable such as MUSTER_{}",
+                            field.var
+                        )));
+                    }
+                }
+                // A source has no file key, so the search above never finds one.
+                Kind::Source => {}
+            }
+            server.push(FileEntry {
+                var: field.var,
+                key: name_of(field),
+                line: line_of(text, value.span().start),
+                text: value_text,
+                shown,
+            });
+        }
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            server,
+        })
+    }
+
+    fn entry(&self, field: &Field) -> Option<&FileEntry> {
+        self.server.iter().find(|e| e.var == field.var)
+    }
+
+    fn at(&self, entry: &FileEntry) -> String {
+        format!(
+            "{}:{}: server.{}",
+            self.path.display(),
+            entry.line,
+            entry.key
+        )
+    }
+}
+
+fn name_of(field: &Field) -> &'static str {
+    field.file_key.unwrap_or(field.var)
+}
+
+/// Why a `[server]` key is refused, and what to write instead.
+fn unknown_server_key(name: &str) -> String {
+    if let Some(field) = FIELDS.iter().find(|f| {
+        matches!(f.kind, Kind::Secret { .. })
+            && f.file_key.and_then(|k| k.strip_suffix("_env")) == Some(name)
+    }) {
+        let key = name_of(field);
+        return format!(
+            "keys are never written in the config file (it is often committed or readable by \
+             others); keep the key in an environment variable and name it here, e.g. \
+             {key} = \"MUSTER_{var}\", or set {var}",
+            var = field.var
+        );
+    }
+    if let Some(field) = FIELDS
+        .iter()
+        .find(|f| f.var.eq_ignore_ascii_case(name) && f.file_key.is_some())
+    {
+        return format!(
+            "unknown key; file keys are snake_case: write {} instead",
+            name_of(field)
+        );
+    }
+    let known: Vec<&str> = FIELDS.iter().filter_map(|f| f.file_key).collect();
+    format!("unknown key; [server] takes {}", known.join(", "))
+}
+
+/// A TOML value as text (what the variable would hold) and as written (for messages).
+fn scalar(value: &toml::Value) -> (String, String) {
+    match value {
+        toml::Value::String(s) => (s.clone(), format!("{s:?}")),
+        other => (other.to_string(), other.to_string()),
+    }
+}
+
+/// The line (from 1) holding byte `pos` of `text`.
+fn line_of(text: &str, pos: usize) -> usize {
+    let end = pos.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// A parse or shape error from the toml crate, as `file:line: field: message`.
+fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let file = path.display();
+    let message = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return ConfigError::new(format!("{file}: {message}"));
+    };
+    let line = line_of(text, span.start);
+    let key = key_path_at(text, span.start).or_else(|| bare_key_at(text, span));
+    ConfigError::new(match key {
+        Some(key) if !key.contains('.') && message.starts_with("unknown field") => format!(
+            "{file}:{line}: {key}: unknown section or top-level key; server settings go under \
+             [server], the only section this version reads"
+        ),
+        Some(key) => format!("{file}:{line}: {key}: {message}"),
+        None => format!("{file}:{line}: {message}"),
+    })
+}
+
+/// The key a span covers, under the nearest table header above it: for errors (a duplicate
+/// key) that leave the key out of the parsed tree.
+fn bare_key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let key = text.get(span.clone())?;
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return None;
+    }
+    let header = text.get(..span.start)?.lines().rev().find_map(|line| {
+        let inner = line.trim().strip_prefix('[')?;
+        let inner = inner.strip_prefix('[').unwrap_or(inner);
+        Some(inner.split(']').next()?.trim().to_owned())
+    });
+    Some(match header {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// The dotted path of the innermost key whose name or value covers byte `pos`, so an error
+/// the toml crate reports by position names its field.
+fn key_path_at(text: &str, pos: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+
+    fn walk(table: &DeTable<'_>, pos: usize, path: &mut Vec<String>) {
+        for (key, value) in table.iter() {
+            if key.span().contains(&pos) || value.span().contains(&pos) {
+                path.push(key.get_ref().to_string());
+                descend(value.get_ref(), pos, path);
+                return;
+            }
+        }
+    }
+
+    fn descend(value: &DeValue<'_>, pos: usize, path: &mut Vec<String>) {
+        match value {
+            DeValue::Table(inner) => walk(inner, pos, path),
+            DeValue::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    if item.span().contains(&pos) {
+                        if let Some(last) = path.last_mut() {
+                            last.push_str(&format!("[{index}]"));
+                        }
+                        descend(item.get_ref(), pos, path);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // The recoverable parse still yields the keys around a syntax error or a duplicate key.
+    let (root, _) = DeTable::parse_recoverable(text);
+    let mut path = Vec::new();
+    walk(root.get_ref(), pos, &mut path);
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+/// The settings and where each value came from.
+struct Resolved {
+    settings: Settings,
+    /// One per entry of `FIELDS`.
+    origins: Vec<Origin>,
+    file: Option<(PathBuf, Origin)>,
+}
+
+/// The sources of one load: the flags, the environment, and the config file read and checked.
+struct Layers<'a, E> {
+    sources: &'a Sources<E>,
+    /// The file, and whether `--config` or `MUSTER_CONFIG` named it.
+    file: Option<(ConfigFile, Origin)>,
+}
+
+impl<'a, E: Fn(&str) -> Option<String>> Layers<'a, E> {
+    fn open(sources: &'a Sources<E>) -> Result<Self, ConfigError> {
+        let mut layers = Layers {
+            sources,
+            file: None,
+        };
+        let named = match &sources.file {
+            Some(path) => Some((path.clone(), Origin::Flag("--config"))),
+            None => layers
+                .env("MUSTER_CONFIG")
+                .map(|p| (PathBuf::from(p), Origin::Env("MUSTER_CONFIG"))),
+        };
+        if let Some((path, origin)) = named {
+            layers.file = Some((ConfigFile::read(&path)?, origin));
+        }
+        Ok(layers)
+    }
+
+    /// A variable; an empty one counts as unset, as shells and unit files often leave them.
+    fn env(&self, name: &str) -> Option<String> {
+        (self.sources.env)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Sets `field` in `settings` from the highest layer that has it, and says which.
+    fn apply(&self, field: &Field, settings: &mut Settings) -> Result<Origin, ConfigError> {
+        let from_file = self
+            .file
+            .as_ref()
+            .and_then(|(file, _)| Some((file, file.entry(field)?)));
+        Ok(match &field.kind {
+            Kind::Value { set, .. } => {
+                let flag = field
+                    .flag
+                    .and_then(|flag| Some((flag.name, (flag.get)(&self.sources.flags)?)));
+                if let Some((flag, text)) = flag {
+                    set(settings, text).map_err(|why| ConfigError::flag(flag, text, why))?;
+                    Origin::Flag(flag)
+                } else if let Some(text) = self.env(field.var) {
+                    set(settings, &text).map_err(|why| ConfigError::var(field.var, &text, why))?;
+                    Origin::Env(field.var)
+                } else if let Some((file, entry)) = from_file {
+                    // Checked when the file was read; this only repeats that check.
+                    set(settings, &entry.text).map_err(|why| {
+                        ConfigError::new(format!(
+                            "{}: {} is invalid: {why}",
+                            file.at(entry),
+                            entry.shown
+                        ))
+                    })?;
+                    Origin::File { line: entry.line }
+                } else {
+                    Origin::Default
+                }
+            }
+            Kind::Secret { slot, .. } => {
+                if let Some(key) = self.env(field.var) {
+                    *slot(settings) = Some(Secret::new(key));
+                    Origin::Env(field.var)
+                } else if let Some((file, entry)) = from_file {
+                    let var = &entry.text;
+                    let key = self.env(var).ok_or_else(|| {
+                        ConfigError::new(format!(
+                            "{}: names {var}, which is not set (or is empty); set {var} in the \
+                             server's environment to the key ({}), or remove {}",
+                            file.at(entry),
+                            field.var,
+                            entry.key
+                        ))
+                    })?;
+                    *slot(settings) = Some(Secret::new(key));
+                    Origin::EnvNamedInFile {
+                        var: var.clone(),
+                        line: entry.line,
+                    }
+                } else {
+                    Origin::Default
+                }
+            }
+            Kind::Source => Origin::Default,
+        })
+    }
+}
+
+fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolved, ConfigError> {
+    let layers = Layers::open(sources)?;
+    if let Some(url) = layers.env("DATABASE_URL") {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(ConfigError::new(
+                "DATABASE_URL selects PostgreSQL, which this build does not support yet; unset \
+                 DATABASE_URL to use SQLite (DB_PATH)",
+            ));
+        }
+        // The value is not echoed: a database URL often carries a password.
+        return Err(ConfigError::new(
+            "DATABASE_URL is invalid: expected a postgres:// URL, or unset it to use SQLite \
+             (DB_PATH)",
+        ));
+    }
+    let mut settings = Settings::new("muster.db");
+    let mut origins = Vec::with_capacity(FIELDS.len());
+    for field in FIELDS {
+        origins.push(layers.apply(field, &mut settings)?);
+    }
+    if settings.agent_key.is_none() && settings.api_key.is_some() {
+        settings.agent_key = settings.api_key.clone();
+        if let Some(i) = FIELDS.iter().position(|f| f.var == "AGENT_KEY") {
+            origins[i] = Origin::SameAs("API_KEY");
+        }
+    }
+    settings.check_exposure()?;
+    Ok(Resolved {
+        settings,
+        origins,
+        file: layers.file.map(|(file, origin)| (file.path, origin)),
+    })
+}
+
+/// The database `serve` would open (`--db`, `DB_PATH`, the file's `db_path`, or the default),
+/// without the rest of the settings: `muster backup` must work where, say, the keys' variables
+/// are not set.
+pub fn db_path<E: Fn(&str) -> Option<String>>(
+    sources: &Sources<E>,
+) -> Result<PathBuf, ConfigError> {
+    let layers = Layers::open(sources)?;
+    let mut settings = Settings::new("muster.db");
+    for field in FIELDS.iter().filter(|f| f.var == "DB_PATH") {
+        layers.apply(field, &mut settings)?;
+    }
+    Ok(settings.db_path)
+}
+
+/// A setting as `muster config show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub var: &'static str,
+    pub file_key: Option<&'static str>,
+    /// The value, keys as `[redacted]`; `None` when unset.
+    pub value: Option<String>,
+    /// The layer it came from: `default`, `file muster.toml:7`, `env LEASE`, `flag --addr`, …
+    pub origin: String,
+}
+
+/// The settings after every layer, and how each value got there.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub settings: Settings,
+    /// One row per setting, `MUSTER_CONFIG` first.
+    pub shown: Vec<Shown>,
+}
+
+/// Loads like [`Settings::load`] and says where each value came from, for `muster config show`.
+pub fn effective<E: Fn(&str) -> Option<String>>(
+    sources: &Sources<E>,
+) -> Result<Effective, ConfigError> {
+    let resolved = resolve(sources)?;
+    let file = resolved.file.as_ref().map(|(path, _)| path.as_path());
+    let mut shown = vec![Shown {
+        var: "MUSTER_CONFIG",
+        file_key: None,
+        value: file.map(|p| p.display().to_string()),
+        origin: resolved
+            .file
+            .as_ref()
+            .map_or(Origin::Default, |(_, origin)| origin.clone())
+            .describe(None),
+    }];
+    for (field, origin) in FIELDS.iter().zip(&resolved.origins) {
+        if matches!(field.kind, Kind::Source) {
+            continue;
+        }
+        shown.push(Shown {
+            var: field.var,
+            file_key: field.file_key,
+            value: field.show(&resolved.settings),
+            origin: origin.describe(file),
+        });
+    }
+    Ok(Effective {
+        settings: resolved.settings,
+        shown,
+    })
+}
+
+/// Checks a config file alone, as `muster config check` does: its syntax, its keys and every
+/// value. The environment is not consulted, so a `*_env` key may name a variable that is set
+/// only where the server runs.
+pub fn check_file(path: &Path) -> Result<(), ConfigError> {
+    ConfigFile::read(path).map(drop)
+}
+
+/// What a SIGHUP changes: the settings to run with from now on, and what to tell the operator.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub settings: Settings,
+    /// The variables whose new values `settings` carries (keys by name only).
+    pub changed: Vec<&'static str>,
+    /// One sentence per setting that changed but takes effect only after a restart;
+    /// `settings` keeps the running value of each.
+    pub restart_needed: Vec<String>,
+}
+
+/// The settings to use after a reload: `fresh`, except that what is taken once at start
+/// (`ADDR`, `DB_PATH` and the other settings marked [`Applies::OnRestart`]) keeps its running
+/// value. On an error the caller keeps `current`.
+pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigError> {
+    let mut settings = fresh;
+    let mut changed = Vec::new();
+    let mut restart_needed = Vec::new();
+    for field in FIELDS {
+        if field.same(current, &settings) {
+            continue;
+        }
+        match (&field.kind, field.applies) {
+            (Kind::Value { show, keep, .. }, Applies::OnRestart) => {
+                let old = show(current).unwrap_or_else(|| "none".into());
+                let new = show(&settings).unwrap_or_else(|| "none".into());
+                restart_needed.push(format!(
+                    "{} changed from {old} to {new}, which takes effect only after a restart; \
+                     still using {old}",
+                    field.var
+                ));
+                keep(&mut settings, current);
+            }
+            _ => changed.push(field.var),
+        }
+    }
+    // Keeping the running address while the new load dropped the key would leave a
+    // network-facing server open: refuse that as a start would.
+    settings.check_exposure()?;
+    Ok(Reloaded {
+        settings,
+        changed,
+        restart_needed,
+    })
+}
+
+/// `muster serve --help`'s list of settings, drawn from the same table as loading.
+pub fn help_text() -> String {
+    let mut out = String::from(
+        "Settings, each layer over the one before: defaults, the config file (MUSTER_CONFIG or \
+         --config; keys under [server]), the environment, flags. `muster config show` prints \
+         the result, `muster config check FILE` checks a file. SIGHUP loads the settings \
+         again (the environment is fixed at start, so in practice it re-reads the file); \
+         settings marked [restart] keep their running value until a restart.\n",
+    );
+    for field in FIELDS {
+        let mut names = vec![field.var.to_owned()];
+        names.extend(field.file_key.map(|k| format!("[server] {k}")));
+        names.extend(field.flag.map(|f| f.name.to_owned()));
+        let restart = match field.applies {
+            Applies::OnRestart if !matches!(field.kind, Kind::Source) => " [restart]",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "\n  {}  (default: {}){restart}\n      {}\n",
+            names.join(", "),
+            field.default,
+            field.meaning
+        ));
+    }
+    out
+}
+
+/// The README's table of settings, drawn from the same table as loading; a test checks that
+/// the README carries it verbatim.
+pub fn markdown_table() -> String {
+    let code = |s: &str| format!("`{s}`");
+    let mut out = String::from(
+        "| variable | file key (`[server]`) | flag | default | on SIGHUP | meaning |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for field in FIELDS {
+        let default = match field.default {
+            "none" => "none".to_owned(),
+            other => code(other),
+        };
+        let on_reload = match (&field.kind, field.applies) {
+            (Kind::Source, _) => "—",
+            (_, Applies::OnReload) => "reloads",
+            (_, Applies::OnRestart) => "restart",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {default} | {on_reload} | {} |\n",
+            code(field.var),
+            field.file_key.map_or("—".to_owned(), code),
+            field.flag.map_or("—".to_owned(), |f| code(f.name)),
+            field.meaning
+        ));
+    }
+    out
+}
+
 impl Settings {
     /// Defaults for a server on `db_path`, bound to loopback with no keys.
     pub fn new(db_path: impl Into<PathBuf>) -> Self {
         Settings {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             db_path: db_path.into(),
+            public_url: None,
             api_key: None,
             agent_key: None,
             log_format: LogFormat::Pretty,
@@ -87,81 +1151,74 @@ impl Settings {
         }
     }
 
-    /// Reads the environment over the defaults. A bad value names its variable.
+    /// The one way settings are built: defaults, then the file (`sources.file`, else
+    /// `MUSTER_CONFIG`), then the environment, then flags. An error names the file, line and
+    /// field, the variable or the flag at fault, and the form expected.
+    pub fn load<E: Fn(&str) -> Option<String>>(
+        sources: &Sources<E>,
+    ) -> Result<Settings, ConfigError> {
+        resolve(sources).map(|resolved| resolved.settings)
+    }
+
+    /// Reads the process environment (and the file `MUSTER_CONFIG` names) over the defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Like [`Settings::from_env`], with the variables coming from `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let mut s = Settings::new(get("DB_PATH").unwrap_or_else(|| "muster.db".into()));
-        if let Some(v) = get("ADDR") {
-            s.addr = v.parse().map_err(|e| ConfigError::var("ADDR", &v, e))?;
+        Settings::load(&Sources {
+            file: None,
+            env: lookup,
+            flags: Overrides::default(),
+        })
+    }
+
+    /// Loads again from `sources` and merges with `self` as [`reload`] does; what a SIGHUP runs.
+    pub fn reload_from<E: Fn(&str) -> Option<String>>(
+        &self,
+        sources: &Sources<E>,
+    ) -> Result<Reloaded, ConfigError> {
+        reload(self, Settings::load(sources)?)
+    }
+
+    /// Settings that work but are probably not what the operator wants; `serve` logs each at
+    /// start and after a reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.api_key.is_some() && self.agent_key == self.api_key {
+            out.push(
+                "AGENT_KEY is not set (or equals API_KEY), so agents must present the admin \
+                 key and can do anything an operator can. Give agents a key of their own: set \
+                 AGENT_KEY=$(openssl rand -hex 32) in the server's environment (or name its \
+                 variable with agent_key_env under [server]) and the same value as \
+                 MUSTER_AGENT_KEY on each agent"
+                    .to_owned(),
+            );
         }
-        if let Some(url) = get("DATABASE_URL") {
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                return Err(ConfigError {
-                    message: "DATABASE_URL selects PostgreSQL, which this build does not \
-                              support yet; unset DATABASE_URL to use SQLite (DB_PATH)"
-                        .into(),
-                });
-            }
-            return Err(ConfigError::var(
-                "DATABASE_URL",
-                &url,
-                "expected a postgres:// URL",
+        if self.retry_backoff > self.retry_backoff_max {
+            out.push(format!(
+                "RETRY_BACKOFF ({}) is longer than RETRY_BACKOFF_MAX ({}), so every retry \
+                 waits {}",
+                duration_text(self.retry_backoff),
+                duration_text(self.retry_backoff_max),
+                duration_text(self.retry_backoff_max)
             ));
         }
-        s.api_key = get("API_KEY").map(Secret::new);
-        s.agent_key = get("AGENT_KEY")
-            .map(Secret::new)
-            .or_else(|| s.api_key.clone());
-        if let Some(v) = get("LOG_FORMAT") {
-            s.log_format = match v.as_str() {
-                "json" => LogFormat::Json,
-                "pretty" => LogFormat::Pretty,
-                _ => {
-                    return Err(ConfigError::var(
-                        "LOG_FORMAT",
-                        &v,
-                        "expected json or pretty",
-                    ));
-                }
-            };
+        let shortest = self
+            .heartbeat_timeout
+            .min(self.lease)
+            .min(self.assign_timeout);
+        if self.sweep_interval > shortest {
+            out.push(format!(
+                "SWEEP_INTERVAL ({}) is longer than the shortest of HEARTBEAT_TIMEOUT, LEASE and \
+                 ASSIGN_TIMEOUT ({}), so lapses are noticed up to {} late",
+                duration_text(self.sweep_interval),
+                duration_text(shortest),
+                duration_text(self.sweep_interval)
+            ));
         }
-        let duration = |name: &str, into: &mut Duration| -> Result<(), ConfigError> {
-            if let Some(v) = get(name) {
-                let d = humantime::parse_duration(v.trim())
-                    .map_err(|e| ConfigError::var(name, &v, e))?;
-                if d.is_zero() {
-                    return Err(ConfigError::var(name, &v, "must be more than zero"));
-                }
-                *into = d;
-            }
-            Ok(())
-        };
-        duration("HEARTBEAT_TIMEOUT", &mut s.heartbeat_timeout)?;
-        duration("ASSIGN_TIMEOUT", &mut s.assign_timeout)?;
-        duration("LEASE", &mut s.lease)?;
-        duration("RETENTION", &mut s.retention)?;
-        duration("RETRY_BACKOFF", &mut s.retry_backoff)?;
-        duration("RETRY_BACKOFF_MAX", &mut s.retry_backoff_max)?;
-        duration("SWEEP_INTERVAL", &mut s.sweep_interval)?;
-        duration("SHUTDOWN_GRACE", &mut s.shutdown_grace)?;
-        duration("SESSION_IDLE", &mut s.session_idle)?;
-        if let Some(v) = get("MAX_RETRIES") {
-            s.default_max_retries = v
-                .parse()
-                .map_err(|e| ConfigError::var("MAX_RETRIES", &v, e))?;
-        }
-        if let Some(v) = get("BODY_LIMIT") {
-            s.body_limit = v
-                .parse()
-                .map_err(|e| ConfigError::var("BODY_LIMIT", &v, e))?;
-        }
-        s.check_exposure()?;
-        Ok(s)
+        out
     }
 
     /// Refuses a non-loopback address without a key: the API would be open to the network.
@@ -180,7 +1237,8 @@ impl Settings {
     }
 }
 
-/// A setting that stops the start; the message names the variable and what was wrong.
+/// A setting that stops the start; the message names the file, line and field, the variable
+/// or the flag, and what was wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ConfigError {
@@ -188,9 +1246,21 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+
     fn var(name: &str, value: &str, why: impl std::fmt::Display) -> Self {
         ConfigError {
             message: format!("{name}={value:?} is invalid: {why}"),
+        }
+    }
+
+    fn flag(name: &str, value: &str, why: impl std::fmt::Display) -> Self {
+        ConfigError {
+            message: format!("{name} {value:?} is invalid: {why}"),
         }
     }
 }
@@ -252,5 +1322,537 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("agent-secret"),
             "{shown}"
         );
+        // A key reached through the file's `api_key_env` is just as invisible, in `{:?}` and
+        // in what `muster config show` prints.
+        let (_dir, path) = write_file("[server]\napi_key_env = \"MY_ADMIN_KEY\"\n");
+        let sources = Sources {
+            file: Some(path),
+            env: env_of(&[("MY_ADMIN_KEY", "hunter3")]),
+            flags: Overrides::default(),
+        };
+        let effective = effective(&sources).unwrap();
+        let shown = format!("{effective:?} {:?}", effective.settings);
+        assert!(!shown.contains("hunter3"), "{shown}");
+        assert_eq!(
+            effective.settings.api_key.as_ref().map(Secret::expose),
+            Some("hunter3")
+        );
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    /// Writes `text` to `muster.toml` in a fresh directory, kept alive by the returned guard.
+    fn write_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn load(
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+        flags: Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let written = file.map(write_file);
+        Settings::load(&Sources {
+            file: written.as_ref().map(|(_, path)| path.clone()),
+            env: env_of(vars),
+            flags,
+        })
+    }
+
+    /// The error a file alone gets, named `muster.toml` as an operator would see it.
+    fn file_error(text: &str) -> String {
+        match ConfigFile::parse(Path::new("muster.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(err) => err.message,
+        }
+    }
+
+    fn flags(addr: Option<&str>, db: Option<&str>) -> Overrides {
+        Overrides {
+            addr: addr.map(str::to_owned),
+            db_path: db.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_layer_wins_over_the_one_before() {
+        let file = "[server]\naddr = \"127.0.0.2:1\"\ndb_path = \"file.db\"\nlease = \"2m\"\n\
+                    retention = \"7d\"\n";
+        let s = load(Some(file), &[], Overrides::default()).unwrap();
+        assert_eq!(s.addr.to_string(), "127.0.0.2:1");
+        assert_eq!(s.db_path, PathBuf::from("file.db"));
+        assert_eq!(s.lease, Duration::from_secs(120));
+        assert_eq!(s.heartbeat_timeout, Duration::from_secs(90), "default kept");
+
+        let env = [
+            ("ADDR", "127.0.0.3:1"),
+            ("DB_PATH", "env.db"),
+            ("LEASE", "3m"),
+        ];
+        let s = load(Some(file), &env, Overrides::default()).unwrap();
+        assert_eq!(s.addr.to_string(), "127.0.0.3:1");
+        assert_eq!(s.db_path, PathBuf::from("env.db"));
+        assert_eq!(s.lease, Duration::from_secs(180));
+        assert_eq!(s.retention, Duration::from_secs(7 * 86400), "file kept");
+
+        let s = load(
+            Some(file),
+            &env,
+            flags(Some("127.0.0.4:1"), Some("flag.db")),
+        )
+        .unwrap();
+        assert_eq!(s.addr.to_string(), "127.0.0.4:1");
+        assert_eq!(s.db_path, PathBuf::from("flag.db"));
+        assert_eq!(s.lease, Duration::from_secs(180));
+    }
+
+    #[test]
+    fn show_says_which_layer_each_value_came_from() {
+        let (_dir, path) = write_file("[server]\n\nlease = \"2m\"\naddr = \"127.0.0.2:1\"\n");
+        let effective = effective(&Sources {
+            file: Some(path.clone()),
+            env: env_of(&[("ADDR", "127.0.0.3:1")]),
+            flags: flags(None, Some("flag.db")),
+        })
+        .unwrap();
+        let origin = |var: &str| {
+            let row = effective.shown.iter().find(|r| r.var == var).unwrap();
+            (row.value.clone(), row.origin.clone())
+        };
+        assert_eq!(
+            origin("LEASE"),
+            (Some("2m".into()), format!("file {}:3", path.display()))
+        );
+        assert_eq!(
+            origin("ADDR"),
+            (Some("127.0.0.3:1".into()), "env ADDR".into())
+        );
+        assert_eq!(
+            origin("DB_PATH"),
+            (Some("flag.db".into()), "flag --db".into())
+        );
+        assert_eq!(origin("RETENTION"), (Some("30d".into()), "default".into()));
+        assert_eq!(origin("API_KEY"), (None, "default".into()));
+        assert_eq!(
+            origin("MUSTER_CONFIG"),
+            (Some(path.display().to_string()), "flag --config".into())
+        );
+    }
+
+    #[test]
+    fn muster_config_names_the_file_and_the_flag_wins_over_it() {
+        let (_a, by_env) = write_file("[server]\nlease = \"2m\"\n");
+        let (_b, by_flag) = write_file("[server]\nlease = \"4m\"\n");
+        let vars = [("MUSTER_CONFIG", by_env.to_str().unwrap())];
+        let s = Settings::load(&Sources {
+            file: None,
+            env: env_of(&vars),
+            flags: Overrides::default(),
+        })
+        .unwrap();
+        assert_eq!(s.lease, Duration::from_secs(120));
+        let s = Settings::load(&Sources {
+            file: Some(by_flag),
+            env: env_of(&vars),
+            flags: Overrides::default(),
+        })
+        .unwrap();
+        assert_eq!(s.lease, Duration::from_secs(240));
+
+        let err = load(
+            None,
+            &[("MUSTER_CONFIG", "/nonexistent/muster.toml")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("/nonexistent/muster.toml: cannot read the config file"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file_line_and_field() {
+        let err = file_error("# muster\n[server]\nlease_time = \"2m\"\n");
+        assert!(
+            err.starts_with("muster.toml:3: server.lease_time: unknown key; [server] takes addr, "),
+            "{err}"
+        );
+        let err = file_error("[server]\naddr = \"127.0.0.1:8000\"\n\n\n\n\nlease = \"soon\"\n");
+        assert_eq!(
+            err,
+            "muster.toml:7: server.lease: \"soon\" is invalid: expected a duration such as 90s, \
+             5m or 12h"
+        );
+        let err = file_error("[server]\nheartbeat_timeout = 90\n");
+        assert_eq!(
+            err,
+            "muster.toml:2: server.heartbeat_timeout: 90 is invalid: expected a duration such \
+             as 90s, 5m or 12h"
+        );
+        let err = file_error("[server]\nLEASE = \"60s\"\n");
+        assert!(
+            err.contains("server.LEASE: unknown key; file keys are snake_case: write lease"),
+            "{err}"
+        );
+        let err = file_error("[server]\nlease = \"60s\"\n\n[git]\nurl = \"x\"\n");
+        assert!(
+            err.starts_with("muster.toml:4: git: unknown section"),
+            "{err}"
+        );
+        let err = file_error("addr = \"127.0.0.1:8000\"\n");
+        assert!(err.starts_with("muster.toml:1: addr: unknown section or top-level key; server settings go under [server]"), "{err}");
+        let err = file_error("[server]\nlease = \"60s\n");
+        assert!(err.starts_with("muster.toml:2: "), "{err}");
+        let err = file_error("[server]\nlease = \"60s\"\nlease = \"70s\"\n");
+        assert_eq!(err, "muster.toml:3: server.lease: duplicate key");
+        let err = file_error("server = 3\n");
+        assert!(err.starts_with("muster.toml:1: server: "), "{err}");
+    }
+
+    #[test]
+    fn a_key_written_in_the_file_is_refused_with_the_way_to_name_it() {
+        let err = file_error("[server]\napi_key = \"hunter2\"\n");
+        assert!(
+            err.starts_with(
+                "muster.toml:2: server.api_key: keys are never written in the config file"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("api_key_env = \"MUSTER_API_KEY\""), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the refusal must not echo the key: {err}"
+        );
+        let err = file_error("[server]\n\nagent_key = \"s\"\n");
+        assert!(
+            err.starts_with("muster.toml:3: server.agent_key: keys are never written"),
+            "{err}"
+        );
+        assert!(err.contains("agent_key_env"), "{err}");
+        let err = file_error("[server]\napi_key_env = \"not a name\"\n");
+        assert!(
+            err.contains("server.api_key_env: \"not a name\" is invalid: expected the name of an environment variable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_key_env_names_the_variable_that_holds_the_key() {
+        let file = "[server]\napi_key_env = \"MY_ADMIN_KEY\"\nagent_key_env = \"MY_AGENT_KEY\"\n";
+        let s = load(
+            Some(file),
+            &[("MY_ADMIN_KEY", "admin"), ("MY_AGENT_KEY", "agent")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.api_key, Some(Secret::new("admin")));
+        assert_eq!(s.agent_key, Some(Secret::new("agent")));
+
+        // The familiar variable wins over the file, as every other variable does.
+        let s = load(
+            Some(file),
+            &[("API_KEY", "env-admin"), ("MY_AGENT_KEY", "agent")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.api_key, Some(Secret::new("env-admin")));
+
+        // Without an agent key, agents use the admin key.
+        let s = load(
+            Some("[server]\napi_key_env = \"MY_ADMIN_KEY\"\n"),
+            &[("MY_ADMIN_KEY", "admin")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.agent_key, Some(Secret::new("admin")));
+
+        let err = load(
+            Some(file),
+            &[("MY_AGENT_KEY", "agent")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains(
+                "muster.toml:2: server.api_key_env: names MY_ADMIN_KEY, which is not set"
+            ),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("API_KEY"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_database_path_alone_needs_no_keys() {
+        let (_dir, path) = write_file("[server]\ndb_path = \"file.db\"\napi_key_env = \"UNSET\"\n");
+        let sources = |vars: &[(&str, &str)], db: Option<&str>| Sources {
+            file: Some(path.clone()),
+            env: env_of(vars),
+            flags: flags(None, db),
+        };
+        assert!(
+            Settings::load(&sources(&[], None)).is_err(),
+            "UNSET is not set"
+        );
+        assert_eq!(
+            db_path(&sources(&[], None)).unwrap(),
+            PathBuf::from("file.db")
+        );
+        assert_eq!(
+            db_path(&sources(&[("DB_PATH", "env.db")], None)).unwrap(),
+            PathBuf::from("env.db")
+        );
+        assert_eq!(
+            db_path(&sources(&[("DB_PATH", "env.db")], Some("flag.db"))).unwrap(),
+            PathBuf::from("flag.db")
+        );
+    }
+
+    #[test]
+    fn a_weak_value_gets_the_form_expected_with_an_example() {
+        for (var, value, expected) in [
+            (
+                "HEARTBEAT_TIMEOUT",
+                "abc",
+                "HEARTBEAT_TIMEOUT=\"abc\" is invalid: expected a duration such as 90s, 5m or 12h",
+            ),
+            (
+                "ADDR",
+                "localhost:8002",
+                "ADDR=\"localhost:8002\" is invalid: expected IP:PORT such as 127.0.0.1:8000 or \
+                 0.0.0.0:8000 (a host name is not accepted)",
+            ),
+            (
+                "BODY_LIMIT",
+                "1MB",
+                "BODY_LIMIT=\"1MB\" is invalid: expected a number of bytes such as 1048576",
+            ),
+            (
+                "MAX_RETRIES",
+                "many",
+                "MAX_RETRIES=\"many\" is invalid: expected a whole number such as 3",
+            ),
+            (
+                "LEASE",
+                "0s",
+                "LEASE=\"0s\" is invalid: must be more than zero; expected a duration such as \
+                 90s, 5m or 12h",
+            ),
+        ] {
+            assert_eq!(from(&[(var, value)]).unwrap_err().message, expected);
+        }
+        // The file and the flags say the same after their own prefix.
+        let err = file_error("[server]\nbody_limit = \"1MB\"\n");
+        assert_eq!(
+            err,
+            "muster.toml:2: server.body_limit: \"1MB\" is invalid: expected a number of bytes \
+             such as 1048576"
+        );
+        let err = file_error("[server]\naddr = \"localhost:8002\"\n");
+        assert!(err.ends_with("expected IP:PORT such as 127.0.0.1:8000 or 0.0.0.0:8000 (a host name is not accepted)"), "{err}");
+        let err = load(None, &[], flags(Some("localhost:8002"), None)).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("--addr \"localhost:8002\" is invalid: expected IP:PORT"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn public_url_is_checked_and_trimmed() {
+        let s = from(&[("PUBLIC_URL", "https://muster.example.com/")]).unwrap();
+        let url = s.public_url.unwrap();
+        assert_eq!(url.as_str(), "https://muster.example.com");
+        assert_eq!(url.authority(), "muster.example.com");
+        let url = PublicUrl::parse("http://192.168.1.10:8000/muster/").unwrap();
+        assert_eq!(url.as_str(), "http://192.168.1.10:8000/muster");
+        assert_eq!(url.authority(), "192.168.1.10:8000");
+        assert_eq!(PublicUrl::parse("https://h:443").unwrap().authority(), "h");
+        assert_eq!(
+            PublicUrl::parse("http://[::1]:8000").unwrap().authority(),
+            "[::1]:8000"
+        );
+        assert_eq!(from(&[]).unwrap().public_url, None);
+
+        for bad in [
+            "muster.example.com",
+            "ftp://muster.example.com",
+            "https://muster.example.com/?next=1",
+            "https://muster.example.com/#top",
+            "https://admin:pw@muster.example.com",
+            "http://",
+        ] {
+            let err = from(&[("PUBLIC_URL", bad)]).unwrap_err();
+            assert!(
+                err.message.starts_with(&format!("PUBLIC_URL={bad:?} is invalid: expected http(s)://host[:port][/path] such as https://muster.example.com")),
+                "{bad}: {}",
+                err.message
+            );
+        }
+        let err = file_error("[server]\npublic_url = \"https://h/?a=b\"\n");
+        assert!(
+            err.starts_with("muster.toml:2: server.public_url: "),
+            "{err}"
+        );
+        assert!(err.contains("without a query"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_keeps_what_only_a_restart_can_change() {
+        let mut current = Settings::new("old.db");
+        current.api_key = Some(Secret::new("k"));
+        let mut fresh = current.clone();
+        fresh.addr = "127.0.0.1:9000".parse().unwrap();
+        fresh.db_path = "new.db".into();
+        fresh.lease = Duration::from_secs(120);
+        fresh.agent_key = Some(Secret::new("agent"));
+        let reloaded = reload(&current, fresh).unwrap();
+        assert_eq!(reloaded.settings.addr, current.addr);
+        assert_eq!(reloaded.settings.db_path, PathBuf::from("old.db"));
+        assert_eq!(reloaded.settings.lease, Duration::from_secs(120));
+        assert_eq!(reloaded.settings.agent_key, Some(Secret::new("agent")));
+        assert_eq!(reloaded.changed, ["AGENT_KEY", "LEASE"]);
+        assert_eq!(
+            reloaded.restart_needed.len(),
+            2,
+            "{:?}",
+            reloaded.restart_needed
+        );
+        assert!(
+            reloaded.restart_needed[0].starts_with("ADDR changed from 127.0.0.1:8000 to 127.0.0.1:9000, which takes effect only after a restart"),
+            "{:?}",
+            reloaded.restart_needed
+        );
+        assert!(reloaded.restart_needed[1].starts_with("DB_PATH changed from old.db to new.db"));
+        assert!(
+            !format!("{reloaded:?}").contains("agent\""),
+            "keys never print"
+        );
+
+        // Nothing changed: nothing to report.
+        let same = reload(&current, current.clone()).unwrap();
+        assert!(same.changed.is_empty() && same.restart_needed.is_empty());
+    }
+
+    #[test]
+    fn a_reload_cannot_open_a_network_facing_server() {
+        let mut current = Settings::new("m.db");
+        current.addr = "0.0.0.0:8000".parse().unwrap();
+        current.api_key = Some(Secret::new("k"));
+        // The file moved to loopback and dropped the key; the socket stays where it is.
+        let fresh = Settings::new("m.db");
+        let err = reload(&current, fresh).unwrap_err();
+        assert!(
+            err.message.contains("refusing to listen on 0.0.0.0:8000"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_reload_re_reads_the_file() {
+        let (_dir, path) = write_file("[server]\nlease = \"60s\"\n");
+        let sources = Sources {
+            file: Some(path.clone()),
+            env: env_of(&[]),
+            flags: Overrides::default(),
+        };
+        let current = Settings::load(&sources).unwrap();
+        std::fs::write(&path, "[server]\nlease = \"5m\"\naddr = \"127.0.0.1:9\"\n").unwrap();
+        let reloaded = current.reload_from(&sources).unwrap();
+        assert_eq!(reloaded.settings.lease, Duration::from_secs(300));
+        assert_eq!(reloaded.settings.addr, current.addr);
+        assert_eq!(reloaded.changed, ["LEASE"]);
+        std::fs::write(&path, "[server]\nlease = \"later\"\n").unwrap();
+        let err = current.reload_from(&sources).unwrap_err();
+        assert!(
+            err.message.contains("muster.toml:2: server.lease"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn warnings_point_at_an_agent_using_the_admin_key() {
+        assert!(from(&[]).unwrap().warnings().is_empty());
+        let warnings = from(&[("API_KEY", "k")]).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("AGENT_KEY=$(openssl rand -hex 32)"),
+            "{warnings:?}"
+        );
+        assert!(
+            from(&[("API_KEY", "k"), ("AGENT_KEY", "a")])
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
+        let warnings = from(&[("RETRY_BACKOFF", "1h")]).unwrap().warnings();
+        assert!(
+            warnings[0].starts_with("RETRY_BACKOFF (1h) is longer"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let defaults = Settings::new("muster.db");
+        for field in FIELDS {
+            let Kind::Value { set, show, .. } = &field.kind else {
+                continue;
+            };
+            if field.default == "none" {
+                assert_eq!(show(&defaults), None, "{}", field.var);
+                continue;
+            }
+            let mut parsed = Settings::new("elsewhere.db");
+            set(&mut parsed, field.default).unwrap();
+            assert_eq!(show(&parsed), show(&defaults), "{}", field.var);
+        }
+    }
+
+    #[test]
+    fn every_variable_has_a_snake_case_file_key_and_a_help_entry() {
+        let help = help_text();
+        for field in FIELDS {
+            assert!(help.contains(field.var), "{}", field.var);
+            if let (Some(key), Kind::Value { .. }) = (field.file_key, &field.kind) {
+                assert_eq!(key, field.var.to_lowercase());
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_carries_the_settings_table() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's Configuration table differs from config::markdown_table(); paste:\n{table}"
+        );
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        check_file(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/muster.toml"
+        )))
+        .unwrap();
     }
 }

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use commands::agents::AgentsCommand;
 use commands::bench::BenchArgs;
+use commands::config::ConfigCommand;
 use commands::connection::ServerArgs;
-use commands::daemons::AgentArgs;
+use commands::daemons::{AgentArgs, ServeArgs};
 use commands::task::TaskCommand;
 
 #[derive(Parser)]
@@ -26,8 +27,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane (configured by environment variables: ADDR, DB_PATH, API_KEY, …).
-    Serve,
+    /// Run the control plane, configured by a TOML file, environment variables and flags
+    /// (`--help` lists every setting).
+    #[command(after_long_help = muster_server::config::help_text())]
+    Serve(ServeArgs),
     /// Run an agent with the executors described by a TOML file.
     Agent(AgentArgs),
     /// Submit, list, inspect, cancel and retry tasks, and read their logs.
@@ -50,16 +53,22 @@ enum Command {
     Backup {
         /// Where to write the copy.
         file: PathBuf,
-        /// The database to copy; defaults to DB_PATH or muster.db.
-        #[arg(long, env = "DB_PATH", default_value = "muster.db")]
-        db: PathBuf,
+        /// The database to copy; defaults to the one `serve` would open (DB_PATH, the config
+        /// file's db_path, or muster.db).
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
+    /// Show the effective server settings, or check a config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
 }
 
 fn main() -> ExitCode {
     // Usage errors exit with 2 from inside `parse`; everything below exits with 1 on error.
     let outcome = match Cli::parse().command {
-        Command::Serve => commands::daemons::serve(),
+        Command::Serve(args) => commands::daemons::serve(args),
         Command::Agent(args) => commands::daemons::agent(args),
         Command::Task { server, command } => commands::operate(server, async |session| {
             commands::task::run(session, command).await
@@ -68,7 +77,8 @@ fn main() -> ExitCode {
             commands::agents::run(session, command).await
         }),
         Command::Bench(args) => commands::bench::run(args),
-        Command::Backup { file, db } => commands::daemons::backup(&file, &db),
+        Command::Backup { file, db } => commands::daemons::backup(&file, db),
+        Command::Config { command } => commands::config::run(command),
     };
     outcome.unwrap_or_else(|err| output::report_error(&err))
 }

@@ -1,11 +1,12 @@
 //! The long-running subcommands, `serve` and `agent`, with the tracing and stop signal they
-//! share, and `backup`, which works on the server's database file.
+//! share, the SIGHUP reload of `serve`'s settings, and `backup`, which works on the server's
+//! database file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use muster_server::config::LogFormat;
+use muster_server::config::{LogFormat, Overrides, Sources};
 use muster_server::{Server, Settings};
 
 #[derive(clap::Args)]
@@ -22,18 +23,109 @@ pub(crate) struct AgentArgs {
     key: Option<String>,
 }
 
+/// The flags of `muster serve`, the highest layer of the settings; `muster config show` takes
+/// the same ones so it shows what `serve` would run with.
+#[derive(clap::Args, Default)]
+pub(crate) struct ServeArgs {
+    /// Listen address, IP:PORT; wins over ADDR and the file's addr.
+    #[arg(long, value_name = "IP:PORT")]
+    addr: Option<String>,
+    /// The SQLite database file; wins over DB_PATH and the file's db_path.
+    #[arg(long, value_name = "PATH")]
+    db: Option<String>,
+    /// The TOML config file; wins over MUSTER_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The process environment, the one place the binary hands it to the settings.
+pub(crate) fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl ServeArgs {
+    pub(crate) fn sources(&self) -> Sources<fn(&str) -> Option<String>> {
+        Sources {
+            file: self.config.clone(),
+            env: process_env,
+            flags: Overrides {
+                addr: self.addr.clone(),
+                db_path: self.db.clone(),
+            },
+        }
+    }
+}
+
 #[tokio::main]
-pub(crate) async fn serve() -> anyhow::Result<ExitCode> {
-    let settings = Settings::from_env()?;
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let sources = args.sources();
+    let settings = Settings::load(&sources)?;
     init_tracing(settings.log_format);
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    // SIGHUP ends a process that does not handle it, so the handler is in place before the
+    // server starts and before anyone could learn its address.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
-        .with_context(|| format!("cannot listen on {} (ADDR)", settings.addr))?;
+        .with_context(|| format!("cannot listen on {} (ADDR, --addr or addr)", settings.addr))?;
     let db = settings.db_path.clone();
+    let running = settings.clone();
     let server = Server::build(settings, listener).await?;
+    #[cfg(unix)]
+    let reloads = {
+        let apply = |_: Settings| tracing::info!("reloaded"); // wired to App::replace_settings at merge
+        tokio::spawn(reload_loop(apply, hangups, sources, running))
+    };
+    #[cfg(not(unix))]
+    drop((sources, running));
     tracing::info!(addr = %server.local_addr(), db = %db.display(), "muster serving");
     server.run(shutdown_signal()).await;
+    #[cfg(unix)]
+    reloads.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the settings again on every SIGHUP, through the same sources as the start, and hands
+/// the ones to run with to `apply`. A reload that fails is logged (naming the file, line and
+/// field) and changes nothing; settings only a restart can change keep their running values
+/// and are named in the log. Owned by `serve`, which aborts it once the server has stopped.
+#[cfg(unix)]
+async fn reload_loop<E>(
+    apply: impl Fn(Settings) + Send + 'static,
+    mut hangups: tokio::signal::unix::Signal,
+    sources: Sources<E>,
+    mut current: Settings,
+) where
+    E: Fn(&str) -> Option<String> + Send + Sync + 'static,
+{
+    while hangups.recv().await.is_some() {
+        // The file is small and read once per signal, so reading it inline holds a runtime
+        // worker only for a moment; a blocking task would add nothing.
+        let reloaded = match current.reload_from(&sources) {
+            Ok(reloaded) => reloaded,
+            Err(err) => {
+                tracing::error!(error = %err, "reload refused; keeping the running settings");
+                continue;
+            }
+        };
+        for note in &reloaded.restart_needed {
+            tracing::warn!("{note}");
+        }
+        if reloaded.changed.is_empty() {
+            tracing::info!("configuration re-read: nothing to apply");
+            continue;
+        }
+        tracing::info!(changed = ?reloaded.changed, "configuration re-read");
+        for warning in reloaded.settings.warnings() {
+            tracing::warn!("{warning}");
+        }
+        current = reloaded.settings;
+        apply(current.clone());
+    }
 }
 
 #[tokio::main]
@@ -50,19 +142,28 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn backup(file: &Path, db: &Path) -> anyhow::Result<ExitCode> {
+/// Copies the database: `db` when given, else the one `serve` would open (DB_PATH, the
+/// config file's db_path, or muster.db).
+pub(crate) fn backup(file: &Path, db: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let db = match db {
+        Some(db) => db,
+        None => muster_server::config::db_path(&ServeArgs::default().sources())?,
+    };
+    let db = db.as_path();
     muster_server::store::sqlite::backup(db, file)
         .with_context(|| format!("backing up {} to {}", db.display(), file.display()))?;
     eprintln!("backed up {} to {}", db.display(), file.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// `LOG_FORMAT` as `serve` reads it, for the agent, which has no server settings.
+/// The agent's `LOG_FORMAT`, read and worded as `serve` reads it; the agent has no server
+/// settings.
 fn log_format_from_env() -> anyhow::Result<LogFormat> {
-    match std::env::var("LOG_FORMAT").ok().as_deref() {
-        None | Some("") | Some("pretty") => Ok(LogFormat::Pretty),
-        Some("json") => Ok(LogFormat::Json),
-        Some(other) => anyhow::bail!("LOG_FORMAT={other:?}: expected json or pretty"),
+    match process_env("LOG_FORMAT").filter(|v| !v.trim().is_empty()) {
+        None => Ok(LogFormat::Pretty),
+        Some(value) => value
+            .parse()
+            .map_err(|why| anyhow::anyhow!("LOG_FORMAT={value:?} is invalid: {why}")),
     }
 }
 

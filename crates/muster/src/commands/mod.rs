@@ -2,6 +2,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod bench;
+pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod daemons;
 pub(crate) mod task;
