@@ -77,7 +77,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = Server::build(settings, listener).await?;
     #[cfg(unix)]
     let reloads = {
-        let apply = |_: Settings| tracing::info!("reloaded"); // wired to App::replace_settings at merge
+        let app = server.app();
+        let apply = move |new: Settings| app.replace_settings(new);
         tokio::spawn(reload_loop(apply, hangups, sources, running))
     };
     #[cfg(not(unix))]
