@@ -81,3 +81,90 @@ fn processes_start_only_where_they_must() {
         );
     }
 }
+
+/// The top-level module of `crate::…` paths a file of the server names, including inline
+/// paths such as `crate::sweeper::run(…)`.
+fn crate_modules_named(text: &str) -> Vec<String> {
+    let mut named = Vec::new();
+    for (i, _) in text.match_indices("crate::") {
+        // Skip `muster_server::…`-style paths that merely end in "crate".
+        if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &text[i + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            named.push(name);
+        }
+    }
+    named
+}
+
+#[test]
+fn the_servers_modules_import_no_cycle() {
+    // Each file belongs to its top-level module (`store/sqlite/tasks.rs` to `store`); an edge
+    // runs from it to every top-level module it names through `crate::`. A cycle means two
+    // parts of the server cannot be understood, or replaced, one without the other.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../muster-server/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for path in files {
+        let relative = path.strip_prefix(&src).unwrap();
+        let first = relative.components().next().unwrap().as_os_str();
+        let module = Path::new(first)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Doc comments may name any module; only code counts.
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for named in crate_modules_named(&code) {
+            if named != module {
+                edges.entry(module.clone()).or_default().insert(named);
+            }
+        }
+    }
+    assert!(
+        edges.contains_key("app"),
+        "the scan found no imports: {edges:?}"
+    );
+    // Depth-first search for a back edge, reporting the cycle it closes.
+    fn visit(
+        node: &str,
+        edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) {
+        if done.contains(node) {
+            return;
+        }
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_owned());
+            panic!("module cycle in muster-server: {}", cycle.join(" -> "));
+        }
+        path.push(node.to_owned());
+        for next in edges.get(node).into_iter().flatten() {
+            visit(next, edges, path, done);
+        }
+        path.pop();
+        done.insert(node.to_owned());
+    }
+    let mut done = Default::default();
+    for node in edges.keys() {
+        visit(node, &edges, &mut Vec::new(), &mut done);
+    }
+}
