@@ -177,6 +177,12 @@ pub struct DispatchSnapshot {
 
 pub use crate::lifecycle::RetryPolicy;
 
+/// Copies the database at `db` into `to` while a server may be writing to it, through the
+/// backend's own online backup. Callers (the CLI) never reach into a backend module.
+pub fn backup(db: &std::path::Path, to: &std::path::Path) -> StoreResult<()> {
+    sqlite::backup(db, to)
+}
+
 /// Timings the sweeper applies.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryRules {

@@ -151,7 +151,7 @@ pub(crate) fn backup(file: &Path, db: Option<PathBuf>) -> anyhow::Result<ExitCod
         None => muster_server::config::db_path(&ServeArgs::default().sources())?,
     };
     let db = db.as_path();
-    muster_server::store::sqlite::backup(db, file)
+    muster_server::store::backup(db, file)
         .with_context(|| format!("backing up {} to {}", db.display(), file.display()))?;
     eprintln!("backed up {} to {}", db.display(), file.display());
     Ok(ExitCode::SUCCESS)
