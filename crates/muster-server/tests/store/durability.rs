@@ -15,10 +15,7 @@ async fn everything_committed_survives_close_and_reopen() {
             .append_logs(done.id, logs(1, &["kept"]), T0 + 1)
             .await
             .expect("logs");
-        b.store
-            .complete(done.id, 1, json!({"ok": true}), None, T0 + 2)
-            .await
-            .expect("complete");
+        complete(&b, done.id, 1, json!({"ok": true}), None, T0 + 2).await;
         let live = running(&b, new_task(0), "a1", T0).await;
         let mut keyed = new_task(0);
         keyed.idempotency_key = Some("k".into());

@@ -20,7 +20,7 @@ use muster_server::clock::to_utc;
 use muster_server::error::StoreError;
 use muster_server::lifecycle::is_legal;
 use muster_server::store::sqlite::SqliteStore;
-use muster_server::store::{AssignOrder, Change, NewTask, RetryPolicy, Store, Submitted};
+use muster_server::store::{AssignOrder, Change, Changed, NewTask, RetryPolicy, Store, Submitted};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -265,4 +265,40 @@ pub fn assert_not_found<T: std::fmt::Debug>(b: &Backend, what: &str, got: Result
         Err(StoreError::NotFound(_)) => {}
         other => panic!("[{}] {what}: expected NotFound, got {other:?}", b.name),
     }
+}
+
+/// Completes the running attempt; checks the move is legal.
+pub async fn complete(
+    b: &Backend,
+    id: Uuid,
+    attempt: u32,
+    result: serde_json::Value,
+    usage: Option<serde_json::Value>,
+    now: i64,
+) -> Changed {
+    let done = b
+        .store
+        .complete(id, attempt, result, usage, now)
+        .await
+        .expect("complete");
+    assert_legal(b, TaskState::Running, &done.change).await;
+    done
+}
+
+/// Fails the running attempt; checks the move is legal.
+pub async fn fail(
+    b: &Backend,
+    id: Uuid,
+    attempt: u32,
+    error: String,
+    retryable: bool,
+    now: i64,
+) -> Changed {
+    let failed = b
+        .store
+        .fail(id, attempt, error, retryable, now)
+        .await
+        .expect("fail");
+    assert_legal(b, TaskState::Running, &failed.change).await;
+    failed
 }

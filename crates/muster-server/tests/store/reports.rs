@@ -79,10 +79,7 @@ async fn reports_for_a_stale_attempt_are_conflicts_and_change_nothing() {
         );
 
         // A finished task refuses every report too.
-        b.store
-            .complete(t.id, 2, json!({"ok": true}), None, due + 2)
-            .await
-            .expect("complete");
+        complete(&b, t.id, 2, json!({"ok": true}), None, due + 2).await;
         assert_conflict(
             &b,
             "logs after completion",

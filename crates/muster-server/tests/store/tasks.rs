@@ -347,16 +347,10 @@ async fn cancel_of_a_running_task_asks_the_agent_and_its_end_is_the_cancel() {
 async fn cancel_of_a_finished_task_is_a_conflict() {
     for b in backends().await {
         let t = running(&b, new_task(0), "a1", T0).await;
-        b.store
-            .complete(t.id, 1, json!({}), None, T0 + 1)
-            .await
-            .expect("complete");
+        complete(&b, t.id, 1, json!({}), None, T0 + 1).await;
         assert_conflict(&b, "cancel completed", b.store.cancel(t.id, T0 + 2).await);
         let f = running(&b, new_task(0), "a1", T0).await;
-        b.store
-            .fail(f.id, 1, "no".into(), false, T0 + 1)
-            .await
-            .expect("fail");
+        fail(&b, f.id, 1, "no".into(), false, T0 + 1).await;
         assert_conflict(&b, "cancel failed", b.store.cancel(f.id, T0 + 2).await);
         let q = submit(&b, new_task(0), T0).await;
         b.store.cancel(q.task.id, T0).await.expect("cancel");
@@ -443,11 +437,14 @@ async fn operator_retry_requeues_failed_and_cancelled_tasks_with_retries_renewed
 
         // A cancelled task is retried too, its cancel request forgotten.
         let k = running(&b, new_task(0), "a2", T0).await;
-        b.store.cancel(k.id, T0 + 1).await.expect("cancel");
-        b.store
-            .fail(k.id, 1, "stopped".into(), false, T0 + 2)
-            .await
-            .expect("fail");
+        let c = b.store.cancel(k.id, T0 + 1).await.expect("cancel");
+        assert_eq!(
+            c.change.state,
+            TaskState::Running,
+            "[{}] no move yet",
+            b.name
+        );
+        fail(&b, k.id, 1, "stopped".into(), false, T0 + 2).await;
         let r = b.store.retry(k.id, T0 + 3).await.expect("retry");
         assert_eq!(r.task.state, TaskState::Queued, "[{}]", b.name);
         assert!(!r.task.cancel_requested, "[{}] the cancel is over", b.name);
@@ -464,10 +461,7 @@ async fn operator_retry_requeues_failed_and_cancelled_tasks_with_retries_renewed
         let run = running(&b, new_task(0), "a3", T0).await;
         assert_conflict(&b, "retry running", b.store.retry(run.id, T0 + 1).await);
         assert_eq!(state(&b, run.id).await, TaskState::Running, "[{}]", b.name);
-        b.store
-            .complete(run.id, 1, json!({}), None, T0 + 2)
-            .await
-            .expect("complete");
+        complete(&b, run.id, 1, json!({}), None, T0 + 2).await;
         assert_conflict(&b, "retry completed", b.store.retry(run.id, T0 + 3).await);
         assert_eq!(
             state(&b, run.id).await,
@@ -583,19 +577,13 @@ async fn prune_deletes_old_finished_tasks_with_their_logs_and_keeps_the_rest() {
             .append_logs(old.id, logs(1, &["one", "two"]), T0 + 1)
             .await
             .expect("logs");
-        b.store
-            .complete(old.id, 1, json!({}), None, T0 + 10)
-            .await
-            .expect("complete");
+        complete(&b, old.id, 1, json!({}), None, T0 + 10).await;
         let newer = running(&b, new_task(0), "a1", T0).await;
         b.store
             .append_logs(newer.id, logs(1, &["kept"]), T0 + 1)
             .await
             .expect("logs");
-        b.store
-            .complete(newer.id, 1, json!({}), None, T0 + 1_000)
-            .await
-            .expect("complete");
+        complete(&b, newer.id, 1, json!({}), None, T0 + 1_000).await;
         let unfinished = submit(&b, new_task(0), T0).await;
         let live = running(&b, new_task(0), "a1", T0).await;
 
