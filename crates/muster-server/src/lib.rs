@@ -13,7 +13,8 @@
 //!   [`metrics`].
 //! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
 //!   listener, runs it and shuts it down.
-//! - [`config`]: settings, secrets that never print; [`sessions`]: web UI sessions;
+//! - [`config`]: settings as one typed tree (defaults, file, environment, flags), secrets
+//!   that never print; [`lifecycle`]: the task lifecycle's pure rules; [`sessions`]: web UI sessions;
 //!   [`clock`]: time; [`error`]: the store's and the API's error types.
 
 pub mod app;
