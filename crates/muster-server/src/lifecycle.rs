@@ -19,12 +19,22 @@ pub struct Facts {
     pub max_retries: u32,
     /// An operator asked to cancel the running attempt.
     pub cancel_requested: bool,
+    /// Attempts lost through no fault of the task (its agent went offline or restarted, its
+    /// lease lapsed) since the last operator retry, not counting the current one.
+    pub lost: u32,
 }
 
+/// Attempts a task may lose through no fault of its own before it fails anyway: a task that
+/// kills every agent it touches must still end.
+pub const MAX_LOST_ATTEMPTS: u32 = 5;
+
 impl Facts {
-    /// Retries already spent since the last operator retry, counting the current attempt's.
+    /// Retries already spent since the last operator retry, counting the current attempt's;
+    /// lost attempts are not the task's doing and spend none.
     fn retries_used(&self) -> u32 {
-        self.attempt.saturating_sub(self.retry_floor)
+        self.attempt
+            .saturating_sub(self.retry_floor)
+            .saturating_sub(self.lost)
     }
 }
 
@@ -48,9 +58,13 @@ pub struct AfterAttempt {
     pub outcome: AttemptOutcome,
     /// For a retry: which retry this is (1 for the first), for the backoff.
     pub retry_number: Option<u32>,
+    /// The attempt was lost through no fault of the task: it counts against
+    /// [`MAX_LOST_ATTEMPTS`], not against `max_retries`.
+    pub lost: bool,
 }
 
-/// The end of a running attempt: a cancel asked for wins, then a retry while retries remain,
+/// The end of a running attempt: a cancel asked for wins; a lost attempt runs again (without
+/// spending a retry) until [`MAX_LOST_ATTEMPTS`]; otherwise a retry while retries remain,
 /// else the task fails for good.
 pub fn after_attempt(facts: &Facts, ending: Ending) -> AfterAttempt {
     let outcome = match ending {
@@ -63,18 +77,29 @@ pub fn after_attempt(facts: &Facts, ending: Ending) -> AfterAttempt {
         Ending::Failed { retryable } => retryable,
         Ending::Lost | Ending::TimedOut => true,
     };
-    let used = facts.retries_used();
+    let lost = ending == Ending::Lost;
     let (state, retry_number) = if facts.cancel_requested {
         (TaskState::Cancelled, None)
-    } else if retryable && used <= facts.max_retries {
-        (TaskState::Queued, Some(used))
+    } else if lost {
+        let lost_now = facts.lost + 1;
+        if lost_now <= MAX_LOST_ATTEMPTS {
+            (TaskState::Queued, Some(lost_now))
+        } else {
+            (TaskState::Failed, None)
+        }
     } else {
-        (TaskState::Failed, None)
+        let used = facts.retries_used();
+        if retryable && used <= facts.max_retries {
+            (TaskState::Queued, Some(used))
+        } else {
+            (TaskState::Failed, None)
+        }
     };
     AfterAttempt {
         state,
         outcome,
         retry_number,
+        lost,
     }
 }
 
@@ -173,6 +198,7 @@ mod tests {
             retry_floor: 0,
             max_retries,
             cancel_requested: false,
+            lost: 0,
         }
     }
 
@@ -219,6 +245,36 @@ mod tests {
             (timed_out.state, timed_out.outcome),
             (TaskState::Queued, AttemptOutcome::TimedOut)
         );
+    }
+
+    #[test]
+    fn a_lost_attempt_spends_no_retry_until_the_cap() {
+        // An agent that dies holding a task with no retries: the task runs again.
+        let after = after_attempt(&running(1, 0), Ending::Lost);
+        assert_eq!(after.state, TaskState::Queued);
+        assert!(after.lost);
+        // Its next attempt fails: that one is the task's own, and there are no retries.
+        let facts = Facts {
+            lost: 1,
+            ..running(2, 0)
+        };
+        let after = after_attempt(&facts, Ending::Failed { retryable: true });
+        assert_eq!(after.state, TaskState::Failed);
+        // With a retry left, the lost attempt did not spend it.
+        let facts = Facts {
+            lost: 1,
+            ..running(2, 1)
+        };
+        let after = after_attempt(&facts, Ending::Failed { retryable: true });
+        assert_eq!(after.state, TaskState::Queued);
+        // A task that kills every agent it touches still ends.
+        let facts = Facts {
+            lost: MAX_LOST_ATTEMPTS,
+            ..running(MAX_LOST_ATTEMPTS + 1, 100)
+        };
+        let after = after_attempt(&facts, Ending::Lost);
+        assert_eq!(after.state, TaskState::Failed);
+        assert_eq!(after.outcome, AttemptOutcome::Lost);
     }
 
     #[test]

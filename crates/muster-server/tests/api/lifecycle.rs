@@ -1086,3 +1086,67 @@ async fn a_drain_outlasts_a_lapse_in_heartbeats() {
         task["id"]
     );
 }
+
+#[tokio::test]
+async fn a_lost_attempt_does_not_use_up_a_retry() {
+    let t = TestApp::spawn().await;
+    t.register("a1", &["shell"], 1).await;
+    let task = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"], "max_retries": 0}))
+        .await;
+    let first = t.claim("a1", 5).await.expect("attempt 1");
+    // The agent dies holding it: no fault of the task, which runs again elsewhere.
+    t.advance(t.app.settings().heartbeat_timeout + Duration::from_secs(1));
+    assert_eq!(t.sweep().await.agents_offline, ["a1"]);
+    let after = t.task(id(&task)).await;
+    assert_eq!(
+        after["state"], "queued",
+        "a lost attempt spent the only try: {after}"
+    );
+    assert_eq!(after["attempts"][0]["outcome"], "lost");
+    t.register("a2", &["shell"], 1).await;
+    t.advance(Duration::from_secs(60));
+    t.settle().await;
+    let second = t.claim("a2", 5).await.expect("attempt 2");
+    assert_eq!(second["id"], first["id"]);
+    // A failure of its own is still final with no retries.
+    let (status, body) = t.fail(&second, "broken", true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "failed");
+}
+
+#[tokio::test]
+async fn a_task_that_loses_every_agent_still_ends() {
+    let t = TestApp::spawn().await;
+    let task = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"], "max_retries": 100}))
+        .await;
+    let mut state = String::new();
+    for round in 0..10 {
+        let agent = format!("victim-{round}");
+        t.register(&agent, &["shell"], 1).await;
+        t.advance(Duration::from_secs(3600));
+        t.settle().await;
+        if t.claim(&agent, 5).await.is_none() {
+            break;
+        }
+        t.advance(t.app.settings().heartbeat_timeout + Duration::from_secs(1));
+        t.sweep().await;
+        state = t.task(id(&task)).await["state"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if state == "failed" {
+            break;
+        }
+    }
+    assert_eq!(state, "failed", "a task that loses every agent must end");
+    let stored = t.task(id(&task)).await;
+    let lost = stored["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "lost")
+        .count();
+    assert_eq!(lost, 6, "{stored}");
+}

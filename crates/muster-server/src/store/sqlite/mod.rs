@@ -37,6 +37,7 @@ mod tasks;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_agent_identity.sql"),
+    include_str!("../migrations/0004_lost_attempts.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.

@@ -116,6 +116,7 @@ pub(super) struct Current {
     pub(super) state: TaskState,
     pub(super) attempt: u32,
     pub(super) retry_floor: u32,
+    pub(super) lost_count: u32,
     pub(super) max_retries: u32,
     pub(super) agent_id: Option<String>,
     pub(super) lock_key: Option<String>,
@@ -125,7 +126,7 @@ pub(super) struct Current {
     pub(super) run_after: Option<i64>,
 }
 
-pub(super) const CURRENT_COLS: &str = "seq, id, state, attempt, retry_floor, max_retries, agent_id, \
+pub(super) const CURRENT_COLS: &str = "seq, id, state, attempt, retry_floor, lost_count, max_retries, agent_id, \
     lock_key, cancel_requested, priority, capabilities, run_after";
 
 pub(super) fn current_from_row(row: &Row<'_>) -> rusqlite::Result<Current> {
@@ -135,6 +136,7 @@ pub(super) fn current_from_row(row: &Row<'_>) -> rusqlite::Result<Current> {
         state: enum_col(row, "state", TaskState::parse)?,
         attempt: row.get("attempt")?,
         retry_floor: row.get("retry_floor")?,
+        lost_count: row.get("lost_count")?,
         max_retries: row.get("max_retries")?,
         agent_id: row.get("agent_id")?,
         lock_key: row.get("lock_key")?,
@@ -190,6 +192,7 @@ impl Current {
             retry_floor: self.retry_floor,
             max_retries: self.max_retries,
             cancel_requested: self.cancel_requested,
+            lost: self.lost_count,
         }
     }
 

@@ -140,7 +140,8 @@ pub(super) fn end_attempt(
     let changed = conn
         .prepare_cached(
             "UPDATE tasks SET state = ?3, run_after = ?4, finished_at = ?5, error = ?6, \
-             agent_id = ?7, lease_until = NULL, assigned_at = NULL, updated_at = ?8 \
+             agent_id = ?7, lease_until = NULL, assigned_at = NULL, updated_at = ?8, \
+             lost_count = lost_count + ?9 \
              WHERE seq = ?1 AND state = 'running' AND attempt = ?2",
         )?
         .execute(params![
@@ -151,7 +152,8 @@ pub(super) fn end_attempt(
             finished_at,
             error,
             agent_after,
-            now
+            now,
+            i64::from(after.lost)
         ])?;
     if changed == 0 {
         return Ok(None);
@@ -371,7 +373,7 @@ pub(super) fn retry(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<C
     let cur = current_by_id(conn, task_id)?;
     lifecycle::on_retry(&task_id.to_string(), &cur.facts())?;
     conn.prepare_cached(
-        "UPDATE tasks SET state = 'queued', retry_floor = attempt, run_after = NULL, \
+        "UPDATE tasks SET state = 'queued', retry_floor = attempt, lost_count = 0, run_after = NULL, \
          finished_at = NULL, error = NULL, result = NULL, usage = NULL, \
          cancel_requested = 0, agent_id = NULL, updated_at = ?2 \
          WHERE seq = ?1 AND state IN ('failed', 'cancelled')",
