@@ -68,6 +68,19 @@ impl Server {
         );
         let snapshot = store.snapshot().await?;
         let now = clock.now_ms();
+        // The server may have been away longer than a lease (a reboot, an upgrade): agents
+        // that kept working meanwhile get a full lease from now to heartbeat again, so a
+        // restart never takes running work from healthy agents. Their heartbeats are judged
+        // from now too (the registry below).
+        let granted = store
+            .grant_leases(now + settings.lease.as_millis() as i64)
+            .await?;
+        if granted > 0 {
+            tracing::info!(
+                tasks = granted,
+                "running tasks get a lease from now to report in"
+            );
+        }
         let registry = Arc::new(Registry::default());
         for agent in &snapshot.agents {
             // Agents known before a restart get one heartbeat timeout from now to speak up.

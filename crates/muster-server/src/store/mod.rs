@@ -228,6 +228,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Changed>;
     async fn cancel(&self, task_id: Uuid, now: i64) -> StoreResult<Changed>;
     async fn retry(&self, task_id: Uuid, now: i64) -> StoreResult<Changed>;
+    /// Extends every running task's lease to at least `until`. At start: agents get a full
+    /// lease to speak up, however long the server was away, before any lease is judged.
+    async fn grant_leases(&self, until: i64) -> StoreResult<u64>;
     /// Assign timeouts, lapsed leases and attempts past `timeout_s`.
     async fn expire(&self, now: i64, rules: ExpiryRules) -> StoreResult<Vec<Change>>;
     async fn prune(&self, finished_before: i64) -> StoreResult<Pruned>;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_server::clock::AdjustableClock;
+use muster_server::clock::{AdjustableClock, Clock, SystemClock};
 use muster_server::config::Secret;
 use muster_server::{App, Server, Settings};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -38,6 +38,23 @@ impl TestApp {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        Self::spawn_at(dir, configure, Duration::ZERO).await
+    }
+
+    /// Stops this server and starts another on the same file as if it had been away for
+    /// `outage` (its clock starts that far ahead).
+    pub async fn restart_after(self, outage: Duration) -> TestApp {
+        let ahead =
+            Duration::from_millis(self.clock.now_ms().saturating_sub(SystemClock.now_ms()) as u64);
+        let dir = self.stop().await;
+        Self::spawn_at(dir, |_| {}, ahead + outage).await
+    }
+
+    async fn spawn_at(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Settings),
+        ahead: Duration,
+    ) -> TestApp {
         let mut settings = Settings::new(dir.path().join("muster.db"));
         // Sweeps run when a test asks for them, at the time it set.
         settings.sweep_interval = Duration::from_secs(3600);
@@ -48,6 +65,7 @@ impl TestApp {
             .await
             .expect("bind");
         let clock = Arc::new(AdjustableClock::default());
+        clock.advance(ahead);
         let server = Server::build_with_clock(settings, listener, clock.clone())
             .await
             .expect("server builds");

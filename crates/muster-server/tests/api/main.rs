@@ -10,4 +10,5 @@ mod edge;
 mod identity;
 mod lifecycle;
 mod operations;
+mod restart;
 mod streams;

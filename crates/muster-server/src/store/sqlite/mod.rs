@@ -364,6 +364,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn grant_leases(&self, until: i64) -> StoreResult<u64> {
+        self.write(move |conn| tasks::grant_leases(conn, until))
+            .await
+    }
+
     async fn expire(&self, now: i64, rules: ExpiryRules) -> StoreResult<Vec<Change>> {
         let policy = self.retry.clone();
         self.write(move |conn| tasks::expire(conn, now, rules, &policy))

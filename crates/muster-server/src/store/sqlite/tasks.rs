@@ -385,6 +385,14 @@ pub(super) fn retry(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<C
     changed(conn, change)
 }
 
+pub(super) fn grant_leases(conn: &Connection, until: i64) -> StoreResult<u64> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE tasks SET lease_until = ?1 WHERE state = 'running' AND lease_until < ?1",
+        )?
+        .execute([until])? as u64)
+}
+
 pub(super) fn expire(
     conn: &Connection,
     now: i64,
