@@ -410,6 +410,31 @@ async fn an_exposed_address_without_a_key_is_refused() {
     assert!(server.is_ok(), "with a key the server builds");
 }
 
+#[tokio::test]
+async fn a_second_server_on_the_same_file_refuses_to_start_and_names_the_first() {
+    let t = TestApp::spawn().await;
+    let db = t.app.settings().db_path.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    match Server::build(Settings::new(&db), listener).await {
+        Ok(_) => panic!("two servers share {}", db.display()),
+        Err(err) => {
+            let message = err.to_string();
+            assert!(message.contains(&db.display().to_string()), "{message}");
+            assert!(
+                message.contains(&format!("pid {}", std::process::id())),
+                "{message}"
+            );
+        }
+    }
+    // The first is unharmed, and once it stops the file is free again.
+    t.register("a1", &["shell"], 1).await;
+    let dir = t.stop().await;
+    let t = TestApp::spawn_in(dir, |_| {}).await;
+    assert_eq!(t.get("/api/v1/agents/a1").await.0, StatusCode::OK);
+}
+
 /// The value of one sample line of a Prometheus text exposition, e.g. `muster_tasks{state="queued"}`.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

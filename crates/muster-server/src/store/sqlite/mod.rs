@@ -30,6 +30,7 @@ use super::{
 use crate::error::StoreError;
 
 mod agents;
+mod lock;
 mod rows;
 mod tasks;
 
@@ -99,7 +100,7 @@ fn in_savepoint<R>(
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, lock: lock::DbLock) {
     let mut stop = None;
     while stop.is_none() {
         let Some(first) = rx.blocking_recv() else {
@@ -136,6 +137,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
         tracing::warn!(error = %err, "checkpoint at shutdown failed");
     }
     drop(conn);
+    // Released before `close` returns, so a new store may open the file at once.
+    drop(lock);
     if let Some(done) = stop {
         let _ = done.send(());
     }
@@ -205,6 +208,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and starts the
     /// writer thread.
     pub fn open(path: &Path, retry: RetryPolicy) -> StoreResult<Self> {
+        let lock = lock::DbLock::acquire(path)?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -222,7 +226,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(8192);
         std::thread::Builder::new()
             .name("muster-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, lock))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
