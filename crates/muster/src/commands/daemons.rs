@@ -126,6 +126,7 @@ async fn reload_loop<E>(
         }
         current = reloaded.settings;
         apply(current.clone());
+        tracing::info!(changed = ?reloaded.changed, "settings reloaded and in force");
     }
 }
 
