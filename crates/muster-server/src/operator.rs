@@ -6,6 +6,7 @@ use muster_api::{Agent, AgentStatus, SubmitTask, Task};
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::audit::{Actor, Via};
 use crate::changes::AgentChange;
 use crate::error::ApiError;
 use crate::store::NewTask;
@@ -87,16 +88,23 @@ pub async fn submit(app: &App, req: SubmitTask) -> Result<SubmitOutcome, ApiErro
     })
 }
 
-/// Cancels a queued or assigned task at once; a running one's agent is told to stop.
-pub async fn cancel(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
-    let changed = app.store.cancel(task_id, app.now_ms()).await?;
+/// Cancels a queued or assigned task at once; a running one's agent is told to stop. The audit
+/// log records the operator, acting `via` the API or the UI.
+pub async fn cancel(app: &App, task_id: Uuid, via: Via) -> Result<Task, ApiError> {
+    let changed = app
+        .store
+        .cancel(task_id, Actor::operator(via), app.now_ms())
+        .await?;
     app.changes.task(changed.change);
     Ok(changed.task)
 }
 
-/// Queues a failed or cancelled task again.
-pub async fn retry(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
-    let changed = app.store.retry(task_id, app.now_ms()).await?;
+/// Queues a failed or cancelled task again; audited like [`cancel`].
+pub async fn retry(app: &App, task_id: Uuid, via: Via) -> Result<Task, ApiError> {
+    let changed = app
+        .store
+        .retry(task_id, Actor::operator(via), app.now_ms())
+        .await?;
     app.changes.task(changed.change);
     Ok(changed.task)
 }
