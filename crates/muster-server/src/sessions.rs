@@ -269,7 +269,11 @@ mod tests {
         }
         failed.record("10.0.0.2", 61_000);
         failed.record("10.0.0.1", 120_500);
-        assert_eq!(failed.take_closed(119_999), vec![], "the minute is not over");
+        assert_eq!(
+            failed.take_closed(119_999),
+            vec![],
+            "the minute is not over"
+        );
         let closed = failed.take_closed(120_000);
         assert_eq!(
             closed,
@@ -287,7 +291,11 @@ mod tests {
             ]
         );
         failed.restore(closed);
-        assert_eq!(failed.take_closed(180_000).len(), 3, "restored and the next minute");
+        assert_eq!(
+            failed.take_closed(180_000).len(),
+            3,
+            "restored and the next minute"
+        );
         assert_eq!(failed.take_closed(180_000), vec![]);
     }
 

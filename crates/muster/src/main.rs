@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use commands::agents::AgentsCommand;
+use commands::audit::AuditCommand;
 use commands::bench::BenchArgs;
 use commands::connection::ServerArgs;
 use commands::daemons::AgentArgs;
@@ -54,6 +55,11 @@ enum Command {
         #[arg(long, env = "DB_PATH", default_value = "muster.db")]
         db: PathBuf,
     },
+    /// Check the audit log's hash chain in the database file.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
         }),
         Command::Bench(args) => commands::bench::run(args),
         Command::Backup { file, db } => commands::daemons::backup(&file, &db),
+        Command::Audit { command } => commands::audit::run(command),
     };
     outcome.unwrap_or_else(|err| output::report_error(&err))
 }

@@ -73,9 +73,7 @@ pub(crate) async fn cancel(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(
-        operator::cancel(&app, task_id(&id)?, Via::Api).await?,
-    ))
+    Ok(Json(operator::cancel(&app, task_id(&id)?, Via::Api).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
@@ -87,9 +85,7 @@ pub(crate) async fn retry(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(
-        operator::retry(&app, task_id(&id)?, Via::Api).await?,
-    ))
+    Ok(Json(operator::retry(&app, task_id(&id)?, Via::Api).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks", request_body = AppendLogs,

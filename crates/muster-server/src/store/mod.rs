@@ -344,8 +344,11 @@ pub trait Store: Send + Sync + 'static {
     /// Entries with `seq > after`, oldest first, at most `limit`.
     async fn audit_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEntry>>;
     /// Entries with `seq < before` (all when `None`), newest first, at most `limit`.
-    async fn audit_before(&self, before: Option<i64>, limit: usize)
-    -> StoreResult<Vec<StoredEntry>>;
+    async fn audit_before(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEntry>>;
     /// What pruning left of the entries it deleted, if it deleted any.
     async fn audit_checkpoint(&self) -> StoreResult<Option<Checkpoint>>;
     /// Deletes, oldest first and in one batch, entries from before `before`, after checking

@@ -130,12 +130,7 @@ pub(super) fn read_checkpoint(conn: &Connection) -> StoreResult<Option<Checkpoin
 /// and the chain must lose a prefix only). The entries must still chain from the checkpoint:
 /// pruning never launders a change into a freshly signed checkpoint. The key is read (or, for
 /// the first checkpoint, created) only when there is something to prune.
-pub(super) fn prune(
-    conn: &Connection,
-    before: i64,
-    now: i64,
-    key_path: &Path,
-) -> StoreResult<u64> {
+pub(super) fn prune(conn: &Connection, before: i64, now: i64, key_path: &Path) -> StoreResult<u64> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ENTRY_COLS} FROM audit ORDER BY seq LIMIT ?1"
     ))?;
@@ -286,7 +281,8 @@ mod tests {
                 backoff_base_ms: 1000,
                 backoff_max_ms: 60_000,
             },
-        ).expect("opens");
+        )
+        .expect("opens");
         (store, path)
     }
 
@@ -295,8 +291,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, path) = open(&dir);
         let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-        let batch: Vec<(Uuid, AuditRecord)> =
-            ids.iter().enumerate().map(|(n, id)| (*id, record(1000, n as u32))).collect();
+        let batch: Vec<(Uuid, AuditRecord)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (*id, record(1000, n as u32)))
+            .collect();
         assert_eq!(store.append_audit(batch.clone()).await.unwrap(), 3);
         // A redelivery of the same rows, alone or beside a new one.
         let new = (Uuid::now_v7(), record(1001, 9));
@@ -304,7 +303,10 @@ mod tests {
         again.push(new);
         assert_eq!(store.append_audit(again).await.unwrap(), 1);
         let entries = store.audit_after(0, 100).await.unwrap();
-        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
         assert_eq!(entries[0].id, ids[0].to_string());
         let newest = store.audit_before(None, 2).await.unwrap();
         assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 3]);
@@ -325,12 +327,19 @@ mod tests {
         store.append_audit(new).await.unwrap();
         assert_eq!(store.prune_audit(2000, 9000).await.unwrap(), 3);
         assert_eq!(store.prune_audit(2000, 9000).await.unwrap(), 0);
-        let cp = store.audit_checkpoint().await.unwrap().expect("a checkpoint");
+        let cp = store
+            .audit_checkpoint()
+            .await
+            .unwrap()
+            .expect("a checkpoint");
         assert_eq!((cp.seq, cp.count, cp.at), (3, 3, 9000));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(key_path(&path)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(key_path(&path))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "the key file is the owner's alone");
         }
         // Appends continue the numbering after the checkpoint, even with the table empty.
@@ -351,8 +360,9 @@ mod tests {
     async fn audit_pruning_refuses_a_broken_chain_and_a_missing_key() {
         let dir = tempfile::tempdir().unwrap();
         let (store, path) = open(&dir);
-        let records: Vec<(Uuid, AuditRecord)> =
-            (0..4).map(|n| (Uuid::now_v7(), record(1000 + i64::from(n), n))).collect();
+        let records: Vec<(Uuid, AuditRecord)> = (0..4)
+            .map(|n| (Uuid::now_v7(), record(1000 + i64::from(n), n)))
+            .collect();
         store.append_audit(records).await.unwrap();
         store.prune_audit(1001, 2000).await.unwrap();
         store.close().await;

@@ -100,3 +100,94 @@ pub(super) fn prune(conn: &Connection, delivered_before: i64) -> StoreResult<u64
         .execute(params![delivered_before, PRUNE_BATCH as i64])?;
     Ok(deleted as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use serde_json::json;
+
+    use crate::audit::AuditRecord;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewTask, OutboxFailure, OutboxItem, RetryPolicy, Store};
+
+    fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        let policy = RetryPolicy {
+            backoff_base_ms: 1000,
+            backoff_max_ms: 60_000,
+        };
+        SqliteStore::open(&dir.path().join("outbox.db"), policy).unwrap()
+    }
+
+    fn task() -> NewTask {
+        NewTask {
+            id: uuid::Uuid::now_v7(),
+            kind: "k".into(),
+            payload: json!({}),
+            capabilities: vec![],
+            priority: 0,
+            max_retries: 0,
+            timeout_s: None,
+            lock_key: None,
+            idempotency_key: None,
+            run_after: None,
+            labels: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_wrote_outbox_rows_wakes_the_delivery_loop_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let wake = store.outbox_written();
+        store.submit(task(), 1).await.unwrap();
+        assert!(
+            wake.notified().now_or_never().is_none(),
+            "no row, no wake-up"
+        );
+        let item = OutboxItem::audit(&AuditRecord::config_reloaded(1, json!({})));
+        store.enqueue(vec![item], 1).await.unwrap();
+        assert!(
+            wake.notified().now_or_never().is_some(),
+            "woken after the commit"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn outbox_rows_are_due_until_delivered_and_wait_out_their_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let items: Vec<OutboxItem> = (0..2)
+            .map(|n| OutboxItem::audit(&AuditRecord::config_reloaded(n, json!({"n": n}))))
+            .collect();
+        store.enqueue(items.clone(), 100).await.unwrap();
+        assert!(
+            store.due_outbox(99, 10).await.unwrap().is_empty(),
+            "not due yet"
+        );
+        let due = store.due_outbox(100, 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [items[0].id, items[1].id]
+        );
+        assert_eq!(due[1].payload, items[1].payload);
+
+        store.mark_delivered(vec![items[0].id], 200).await.unwrap();
+        let failure = OutboxFailure {
+            id: items[1].id,
+            error: "consumer down".into(),
+            next_attempt_at: 5_000,
+        };
+        store.mark_failed(vec![failure]).await.unwrap();
+        assert!(store.due_outbox(4_999, 10).await.unwrap().is_empty());
+        let again = store.due_outbox(5_000, 10).await.unwrap();
+        assert_eq!((again.len(), again[0].attempts), (1, 1));
+
+        // Only delivered rows are pruned, and only past the cutoff.
+        assert_eq!(store.prune_outbox(200).await.unwrap(), 0);
+        assert_eq!(store.prune_outbox(201).await.unwrap(), 1);
+        assert_eq!(store.prune_outbox(i64::MAX).await.unwrap(), 0);
+        assert_eq!(store.due_outbox(5_000, 10).await.unwrap().len(), 1);
+        store.close().await;
+    }
+}

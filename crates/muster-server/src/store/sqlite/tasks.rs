@@ -393,8 +393,7 @@ pub(super) fn retry(
 ) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
     lifecycle::on_retry(&task_id.to_string(), &cur.facts())?;
-    let record =
-        AuditRecord::task_retried(now, actor.clone(), task_id, cur.state, cur.attempt);
+    let record = AuditRecord::task_retried(now, actor.clone(), task_id, cur.state, cur.attempt);
     insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     conn.prepare_cached(
         "UPDATE tasks SET state = 'queued', retry_floor = attempt, run_after = NULL, \
