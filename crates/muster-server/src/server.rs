@@ -145,6 +145,9 @@ impl Server {
         let _ = health.await;
         let _ = delivery.await;
         let _ = dispatcher_task.await;
+        if let Err(err) = crate::sweeper::record_failed_logins(&app, i64::MAX).await {
+            tracing::warn!(error = %err, "could not record the last failed logins");
+        }
         app.store.close().await;
         tracing::info!("stopped");
     }

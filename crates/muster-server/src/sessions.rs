@@ -175,7 +175,8 @@ impl FailedLogins {
         *counts.entry(key).or_default() += 1;
     }
 
-    /// Takes the tallies of the minutes that ended by `now_ms`, oldest first.
+    /// Takes the tallies of the minutes that ended by `now_ms` (all of them for `i64::MAX`),
+    /// oldest first.
     pub fn take_closed(&self, now_ms: i64) -> Vec<FailedLoginTally> {
         let mut counts = self.lock();
         let open = counts.split_off(&(now_ms.div_euclid(MINUTE_MS) * MINUTE_MS, String::new()));

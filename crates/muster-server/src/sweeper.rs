@@ -92,9 +92,11 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
     Ok(swept)
 }
 
-/// One audit record per client and minute of failed logins, for the minutes that are over.
-async fn record_failed_logins(app: &App, now: i64) -> StoreResult<()> {
-    let tallies = app.sessions.failed_logins.take_closed(now);
+/// One audit record per client and minute of failed logins, for the minutes over by `until`
+/// (at shutdown, `i64::MAX`: the minute in progress too, rather than forget it).
+pub(crate) async fn record_failed_logins(app: &App, until: i64) -> StoreResult<()> {
+    let now = app.now_ms();
+    let tallies = app.sessions.failed_logins.take_closed(until);
     if tallies.is_empty() {
         return Ok(());
     }

@@ -341,6 +341,29 @@ async fn a_flood_of_wrong_keys_from_one_client_makes_one_entry_with_the_count() 
 }
 
 #[tokio::test]
+async fn failed_logins_of_the_minute_in_progress_are_recorded_at_a_graceful_stop() {
+    let key = "audit-stop-key-77c2";
+    let t = TestApp::spawn_with(|s| s.api_key = secret(key)).await;
+    for _ in 0..3 {
+        let answer = browser()
+            .post(t.url("/login"))
+            .form(&[("key", "wrong")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let dir = t.stop().await;
+    let t = TestApp::spawn_in(dir, |s| s.api_key = secret(key)).await;
+    let entries = audit(&t).await;
+    assert_eq!(
+        actions(&entries),
+        [("login.failed".into(), "system".into())]
+    );
+    assert_eq!(entries[0]["detail"]["count"], 3);
+}
+
+#[tokio::test]
 async fn the_audit_api_pages_and_needs_the_admin_key() {
     let t = TestApp::spawn_with(|s| s.api_key = secret("audit-api-key-5e1a")).await;
     let records: Vec<AuditRecord> = (0..5)

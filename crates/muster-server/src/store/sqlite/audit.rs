@@ -239,8 +239,9 @@ pub fn audit_chain(db: &Path) -> StoreResult<Chain> {
         |row| row.get(0),
     )?;
     if !has_log {
+        // An older schema, or not muster's file: `muster serve` creates the log on start.
         return Err(StoreError::NotFound(format!(
-            "an audit log in {} (a muster database that a current `muster serve` opened)",
+            "audit log in {}",
             db.display()
         )));
     }
