@@ -447,6 +447,39 @@ fn default_true() -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Audit
+
+/// One entry of the hash-chained audit log. `hash` is SHA-256 over `prev_hash` and the entry's
+/// canonical bytes (see the server's `audit` module); `muster audit verify` checks the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Its place in the chain: consecutive, never reused.
+    pub seq: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// `operator:api`, `operator:ui`, `agent:<id>` or `system`.
+    pub actor: String,
+    /// What happened, e.g. `task.cancel`, `agent.drain`, `login.failed`.
+    pub action: String,
+    /// What it happened to, e.g. `task:<id>`, `agent:<id>`, `client:<address>`.
+    pub subject: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    /// The stable id (UUIDv7) of the outbox row that carried it.
+    pub id: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `GET /api/v1/audit`: oldest first after `after`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `after` to read on; absent when the page reached the end.
+    pub next_after: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Events and health
 
 /// What `GET /api/v1/events` streams; the SSE event name is `kind`.

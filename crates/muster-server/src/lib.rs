@@ -6,7 +6,11 @@
 //!   with errors in the API's envelope); neither imports the other's handlers.
 //! - [`operator`]: the operator's verbs (submit, cancel, retry, drain, remove);
 //!   [`protocol`]: the agent's verbs (register, heartbeat, claim, reports).
-//! - [`sweeper`]: the loop that marks silent agents offline, expires leases and prunes.
+//! - [`sweeper`]: the loop that marks silent agents offline, expires leases and prunes;
+//!   [`outbox`]: the loop that delivers outbox rows (written with the change that causes them)
+//!   to their consumers, at least once.
+//! - [`audit`]: the audit log's hash chain as pure logic (records, canonical bytes, checkpoint
+//!   signatures, verification); the outbox's `audit` consumer appends to it.
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.
 //! - [`changes`]: the one fan-out of a committed change to the [`dispatcher`] (the actor over
 //!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
@@ -18,6 +22,7 @@
 //!   [`clock`]: time; [`error`]: the store's and the API's error types.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod changes;
 pub mod clock;
@@ -31,6 +36,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -6,6 +6,7 @@ use muster_api::{Agent, AgentStatus, SubmitTask, Task};
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::audit::{Actor, Via};
 use crate::changes::AgentChange;
 use crate::error::ApiError;
 use crate::store::{DrainBy, NewTask};
@@ -87,16 +88,23 @@ pub async fn submit(app: &App, req: SubmitTask) -> Result<SubmitOutcome, ApiErro
     })
 }
 
-/// Cancels a queued or assigned task at once; a running one's agent is told to stop.
-pub async fn cancel(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
-    let changed = app.store.cancel(task_id, app.now_ms()).await?;
+/// Cancels a queued or assigned task at once; a running one's agent is told to stop. The audit
+/// log records the operator, acting `via` the API or the UI.
+pub async fn cancel(app: &App, task_id: Uuid, via: Via) -> Result<Task, ApiError> {
+    let changed = app
+        .store
+        .cancel(task_id, Actor::operator(via), app.now_ms())
+        .await?;
     app.changes.task(changed.change);
     Ok(changed.task)
 }
 
-/// Queues a failed or cancelled task again.
-pub async fn retry(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
-    let changed = app.store.retry(task_id, app.now_ms()).await?;
+/// Queues a failed or cancelled task again; audited like [`cancel`].
+pub async fn retry(app: &App, task_id: Uuid, via: Via) -> Result<Task, ApiError> {
+    let changed = app
+        .store
+        .retry(task_id, Actor::operator(via), app.now_ms())
+        .await?;
     app.changes.task(changed.change);
     Ok(changed.task)
 }
@@ -119,18 +127,18 @@ pub async fn agent(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
 
 /// An operator's drain: the agent takes no new tasks until undrained, across heartbeat
 /// lapses, restarts and registrations; its running tasks go on.
-pub async fn drain(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
+pub async fn drain(app: &App, agent_id: &str, via: Via) -> Result<Agent, ApiError> {
     let agent = app
         .store
-        .drain_agent(agent_id, DrainBy::Operator, app.now_ms())
+        .drain_agent(agent_id, DrainBy::Operator(via), app.now_ms())
         .await?;
     announce_status(app, &agent);
     self::agent(app, agent_id).await
 }
 
 /// Ends a drain: the agent takes tasks again.
-pub async fn undrain(app: &App, agent_id: &str) -> Result<Agent, ApiError> {
-    let agent = app.store.undrain_agent(agent_id, app.now_ms()).await?;
+pub async fn undrain(app: &App, agent_id: &str, via: Via) -> Result<Agent, ApiError> {
+    let agent = app.store.undrain_agent(agent_id, via, app.now_ms()).await?;
     announce_status(app, &agent);
     self::agent(app, agent_id).await
 }
@@ -148,13 +156,33 @@ pub(crate) fn announce_status(app: &App, agent: &Agent) {
 }
 
 /// Forgets the agent; its assigned and running tasks go back to the queue.
-pub async fn remove(app: &App, agent_id: &str) -> Result<(), ApiError> {
-    let changes = app.store.remove_agent(agent_id, app.now_ms()).await?;
+pub async fn remove(app: &App, agent_id: &str, via: Via) -> Result<(), ApiError> {
+    let changes = app.store.remove_agent(agent_id, via, app.now_ms()).await?;
     for change in changes {
         app.changes.task(change);
     }
     app.changes.agent(AgentChange::Removed {
         agent_id: agent_id.to_owned(),
     });
+    Ok(())
+}
+
+/// Puts reloaded settings in force and records the reload (which fields changed, never their
+/// values, which may be secrets) in the audit log.
+pub async fn reload_settings(
+    app: &App,
+    settings: crate::config::Settings,
+    changed: &[&str],
+) -> Result<(), ApiError> {
+    app.replace_settings(settings);
+    let detail = serde_json::json!({ "changed": changed });
+    crate::outbox::record_audit(
+        app,
+        vec![crate::audit::AuditRecord::config_reloaded(
+            app.now_ms(),
+            detail,
+        )],
+    )
+    .await?;
     Ok(())
 }

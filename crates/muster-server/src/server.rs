@@ -128,10 +128,14 @@ impl Server {
             dispatcher_task,
         } = self;
         let health = tokio::spawn(crate::sweeper::run(app.clone()));
+        let delivery = tokio::spawn(crate::outbox::run(app.clone()));
         let router = crate::http::router(app.clone());
         let shutdown = app.shutdown.clone();
         let begin = shutdown.clone();
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        // The peer's address reaches handlers as `ConnectInfo`: the audit log names the client
+        // of a login.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
             signal.await;
             tracing::info!("shutting down: finishing in-flight requests");
             begin.cancel();
@@ -148,9 +152,15 @@ impl Server {
             }
         }
         health.abort();
+        // Rows it has not delivered stay in the outbox and go out after the next start.
+        delivery.abort();
         dispatcher_task.abort();
         let _ = health.await;
+        let _ = delivery.await;
         let _ = dispatcher_task.await;
+        if let Err(err) = crate::sweeper::record_failed_logins(&app, i64::MAX).await {
+            tracing::warn!(error = %err, "could not record the last failed logins");
+        }
         app.store.close().await;
         tracing::info!("stopped");
     }

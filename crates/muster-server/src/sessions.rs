@@ -5,8 +5,11 @@
 //! logout create and end them. Sessions die with the process: a restart logs everyone out,
 //! which for one operator's control plane is cheaper than storing them. The lock is held only
 //! for map operations, never across an `.await`.
+//!
+//! Failed logins are counted here too ([`FailedLogins`]), per client and minute, so the audit
+//! log gets one entry per client and minute however many wrong keys arrive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,6 +47,8 @@ struct Entry {
 pub struct Sessions {
     entries: Mutex<HashMap<String, Entry>>,
     idle_ms: i64,
+    /// Wrong keys at the login page, counted until their minute is over.
+    pub failed_logins: FailedLogins,
 }
 
 impl Sessions {
@@ -51,6 +56,7 @@ impl Sessions {
         Sessions {
             entries: Mutex::new(HashMap::new()),
             idle_ms: idle.as_millis() as i64,
+            failed_logins: FailedLogins::default(),
         }
     }
 
@@ -130,6 +136,70 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Clients counted at most per minute; the rest share the client `other`, so a flood from many
+/// addresses cannot grow memory (or the audit log) without bound either.
+const MAX_FAILED_LOGIN_CLIENTS: usize = 1024;
+
+const MINUTE_MS: i64 = 60_000;
+
+/// The wrong keys one client sent in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedLoginTally {
+    pub client: String,
+    /// The start of the minute (ms since the epoch).
+    pub minute_ms: i64,
+    pub count: u64,
+}
+
+/// Failed logins counted per client and minute, in memory. The sweeper takes the minutes that
+/// are over and writes one audit record for each, so a flood of guesses costs a counter
+/// increment each, not a write.
+#[derive(Debug, Default)]
+pub struct FailedLogins {
+    counts: Mutex<BTreeMap<(i64, String), u64>>,
+}
+
+impl FailedLogins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(i64, String), u64>> {
+        self.counts.lock().expect("failed-login lock poisoned")
+    }
+
+    /// Counts one wrong key from `client` at `now_ms`.
+    pub fn record(&self, client: &str, now_ms: i64) {
+        let minute = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let mut counts = self.lock();
+        let mut key = (minute, client.to_owned());
+        if !counts.contains_key(&key) && counts.len() >= MAX_FAILED_LOGIN_CLIENTS {
+            key.1 = "other".to_owned();
+        }
+        *counts.entry(key).or_default() += 1;
+    }
+
+    /// Takes the tallies of the minutes that ended by `now_ms` (all of them for `i64::MAX`),
+    /// oldest first.
+    pub fn take_closed(&self, now_ms: i64) -> Vec<FailedLoginTally> {
+        let mut counts = self.lock();
+        let open = counts.split_off(&(now_ms.div_euclid(MINUTE_MS) * MINUTE_MS, String::new()));
+        let closed = std::mem::replace(&mut *counts, open);
+        closed
+            .into_iter()
+            .map(|((minute_ms, client), count)| FailedLoginTally {
+                client,
+                minute_ms,
+                count,
+            })
+            .collect()
+    }
+
+    /// Puts tallies back that could not be recorded, to be taken again later.
+    pub fn restore(&self, tallies: Vec<FailedLoginTally>) {
+        let mut counts = self.lock();
+        for t in tallies {
+            *counts.entry((t.minute_ms, t.client)).or_default() += t.count;
+        }
+    }
+}
+
 /// The session id from the request's `Cookie` headers.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
@@ -190,6 +260,56 @@ mod tests {
             assert!(sessions.touch(&s.id, now).is_some());
         }
         assert!(sessions.touch(&s.id, MAX_LIFETIME_MS + 1).is_none());
+    }
+
+    #[test]
+    fn failed_logins_are_counted_per_client_and_minute() {
+        let failed = FailedLogins::default();
+        for n in 0..50 {
+            failed.record("10.0.0.1", 60_000 + n * 100);
+        }
+        failed.record("10.0.0.2", 61_000);
+        failed.record("10.0.0.1", 120_500);
+        assert_eq!(
+            failed.take_closed(119_999),
+            vec![],
+            "the minute is not over"
+        );
+        let closed = failed.take_closed(120_000);
+        assert_eq!(
+            closed,
+            vec![
+                FailedLoginTally {
+                    client: "10.0.0.1".into(),
+                    minute_ms: 60_000,
+                    count: 50
+                },
+                FailedLoginTally {
+                    client: "10.0.0.2".into(),
+                    minute_ms: 60_000,
+                    count: 1
+                },
+            ]
+        );
+        failed.restore(closed);
+        assert_eq!(
+            failed.take_closed(180_000).len(),
+            3,
+            "restored and the next minute"
+        );
+        assert_eq!(failed.take_closed(180_000), vec![]);
+    }
+
+    #[test]
+    fn failed_logins_from_too_many_clients_share_one_tally() {
+        let failed = FailedLogins::default();
+        for n in 0..MAX_FAILED_LOGIN_CLIENTS + 10 {
+            failed.record(&format!("client-{n}"), 0);
+        }
+        let closed = failed.take_closed(MINUTE_MS);
+        assert_eq!(closed.len(), MAX_FAILED_LOGIN_CLIENTS + 1);
+        let other = closed.iter().find(|t| t.client == "other").unwrap();
+        assert_eq!(other.count, 10);
     }
 
     #[test]

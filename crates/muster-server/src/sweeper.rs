@@ -1,13 +1,15 @@
 //! The sweeper: marks agents offline when their heartbeats lapse and hands their tasks
-//! back, expires unclaimed assignments, lapsed leases and attempts past their timeout, and
-//! prunes finished tasks past the retention period. [`sweep_once`] is one step; [`run`] only
-//! adds the waiting. It ends when the server shuts down.
+//! back, expires unclaimed assignments, lapsed leases and attempts past their timeout, turns
+//! the failed-login tallies of minutes that are over into audit records, and prunes finished
+//! tasks, delivered outbox rows and audit entries past the retention period. [`sweep_once`] is
+//! one step; [`run`] only adds the waiting. It ends when the server shuts down.
 
 use std::sync::Arc;
 
 use muster_api::AgentStatus;
 
 use crate::app::App;
+use crate::audit::AuditRecord;
 use crate::changes::AgentChange;
 use crate::store::{ExpiryRules, Pruned, StoreResult};
 
@@ -35,11 +37,13 @@ pub async fn run(app: Arc<App>) {
         if last_prune.is_none_or(|at| now - at >= 3_600_000) {
             last_prune = Some(now);
             match prune_once(&app).await {
-                Ok(p) if p.tasks > 0 => {
+                Ok(p) if p != Pruned::default() => {
                     tracing::info!(
                         tasks = p.tasks,
                         log_lines = p.log_lines,
-                        "pruned finished tasks"
+                        outbox_rows = p.outbox_rows,
+                        audit_entries = p.audit_entries,
+                        "pruned past the retention period"
                     )
                 }
                 Ok(_) => {}
@@ -84,18 +88,56 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
     for change in changes {
         app.changes.task(change);
     }
+    record_failed_logins(app, now).await?;
     Ok(swept)
 }
 
-/// Deletes finished tasks older than the retention period, in batches.
+/// One audit record per client and minute of failed logins, for the minutes over by `until`
+/// (at shutdown, `i64::MAX`: the minute in progress too, rather than forget it).
+pub(crate) async fn record_failed_logins(app: &App, until: i64) -> StoreResult<()> {
+    let now = app.now_ms();
+    let tallies = app.sessions.failed_logins.take_closed(until);
+    if tallies.is_empty() {
+        return Ok(());
+    }
+    let records = tallies
+        .iter()
+        .map(|t| AuditRecord::logins_failed(now, &t.client, t.minute_ms, t.count))
+        .collect();
+    if let Err(err) = crate::outbox::record_audit(app, records).await {
+        // Counted again at the next sweep rather than lost.
+        app.sessions.failed_logins.restore(tallies);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Deletes what is older than the retention period, in batches: finished tasks with their
+/// logs, delivered outbox rows, and audit entries (which leave a signed checkpoint behind, so
+/// the chain still verifies).
 pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
-    let cutoff = app.now_ms() - app.settings().retention.as_millis() as i64;
+    let now = app.now_ms();
+    let cutoff = now - app.settings().retention.as_millis() as i64;
     let mut total = Pruned::default();
     loop {
         let p = app.store.prune(cutoff).await?;
         total.tasks += p.tasks;
         total.log_lines += p.log_lines;
         if p.tasks == 0 || app.shutdown.is_cancelled() {
+            break;
+        }
+    }
+    loop {
+        let n = app.store.prune_outbox(cutoff).await?;
+        total.outbox_rows += n;
+        if n == 0 || app.shutdown.is_cancelled() {
+            break;
+        }
+    }
+    loop {
+        let n = app.store.prune_audit(cutoff, now).await?;
+        total.audit_entries += n;
+        if n == 0 || app.shutdown.is_cancelled() {
             return Ok(total);
         }
     }

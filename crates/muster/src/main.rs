@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use commands::agents::AgentsCommand;
+use commands::audit::AuditCommand;
 use commands::bench::BenchArgs;
 use commands::config::ConfigCommand;
 use commands::connection::ServerArgs;
@@ -63,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Check the audit log's hash chain in the database file.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Backup { file, db } => commands::daemons::backup(&file, db),
         Command::Config { command } => commands::config::run(command),
+        Command::Audit { command } => commands::audit::run(command),
     };
     outcome.unwrap_or_else(|err| output::report_error(&err))
 }

@@ -1,5 +1,6 @@
 //! The binary's own duties: refusing bad settings with the variable named, checking and showing
-//! the settings, re-reading them on SIGHUP, online backup, and a graceful stop on SIGTERM.
+//! the settings, re-reading them on SIGHUP, online backup, a graceful stop on SIGTERM, and
+//! checking the audit log's chain.
 
 mod common;
 
@@ -465,4 +466,100 @@ fn sighup_rereads_the_file_and_keeps_the_address() {
     assert!(child.try_wait().unwrap().is_none(), "the server stopped");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn audit_verify_passes_on_an_untouched_log_and_names_a_changed_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audited.db");
+    let served = Served::start(&db, &[]);
+    let client = reqwest::Client::new();
+    let task: Value = client
+        .post(format!("{}/api/v1/tasks", served.base))
+        .json(&json!({"kind": "audited", "capabilities": ["nobody-has-this"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    for verb in ["cancel", "retry", "cancel"] {
+        let r = client
+            .post(format!("{}/api/v1/tasks/{id}/{verb}", served.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{verb}");
+    }
+    // The server's delivery loop appends them; wait (bounded) until it has.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let page: Value = client
+                .get(format!("{}/api/v1/audit", served.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if page["entries"].as_array().is_some_and(|e| e.len() == 3) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("three audit entries");
+
+    // Read-only, so it runs beside the server.
+    let out = muster()
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("audit chain ok: 3 entries (no checkpoint"),
+        "{stdout}"
+    );
+    drop(served);
+
+    // Someone with the file rewrites what the second entry says (dropping the trigger that
+    // stops honest mistakes first).
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER audit_append_only; \
+             UPDATE audit SET detail = '{\"attempts_before\":0,\"from\":\"failed\"}' \
+             WHERE seq = 2",
+        )
+        .unwrap();
+    }
+    // DB_PATH is read like `muster backup` reads it.
+    let out = muster()
+        .args(["audit", "verify"])
+        .env("DB_PATH", &db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("entry seq 2 was changed"), "{stderr}");
+
+    let out = muster()
+        .args(["audit", "verify", "--db"])
+        .arg(dir.path().join("absent.db"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absent.db"));
+    assert!(
+        !dir.path().join("absent.db").exists(),
+        "verify creates nothing"
+    );
 }

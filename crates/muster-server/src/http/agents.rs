@@ -9,6 +9,7 @@ use muster_api::{
 };
 
 use crate::app::AppState;
+use crate::audit::Via;
 use crate::auth::{AdminAuth, AgentAuth};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, OptionalJson, QueryPairs};
@@ -114,7 +115,7 @@ pub(crate) async fn drain(
         Some(instance_id) => Ok(Json(
             protocol::drain_self(&app, &agent_id, instance_id).await?,
         )),
-        None if auth.admin => Ok(Json(operator::drain(&app, &agent_id).await?)),
+        None if auth.admin => Ok(Json(operator::drain(&app, &agent_id, Via::Api).await?)),
         None => Err(ApiError::new(
             ErrorCode::Forbidden,
             "the agent key may drain only its own current process: send {\"instance_id\": …}; \
@@ -132,7 +133,7 @@ pub(crate) async fn undrain(
     _: AdminAuth,
     Path(agent_id): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(operator::undrain(&app, &agent_id).await?))
+    Ok(Json(operator::undrain(&app, &agent_id, Via::Api).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
@@ -144,6 +145,6 @@ pub(crate) async fn remove(
     _: AdminAuth,
     Path(agent_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    operator::remove(&app, &agent_id).await?;
+    operator::remove(&app, &agent_id, Via::Api).await?;
     Ok(StatusCode::NO_CONTENT)
 }

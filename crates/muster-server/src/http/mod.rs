@@ -1,8 +1,9 @@
 //! The HTTP edge: the router, the refusal of cross-origin writes and request metrics
-//! (authentication is in [`crate::auth`], extraction in [`crate::extract`]). Handlers live in [`agents`], [`tasks`] and [`sse`]; the web
+//! (authentication is in [`crate::auth`], extraction in [`crate::extract`]). Handlers live in [`agents`], [`tasks`], [`sse`] and [`audit`]; the web
 //! UI's routes come from [`crate::ui::router`].
 
 mod agents;
+pub(crate) mod audit;
 pub mod openapi;
 mod sse;
 pub(crate) mod tasks;
@@ -48,6 +49,7 @@ pub fn router(app: AppState) -> Router {
             post(tasks::append_logs).get(sse::logs),
         )
         .route("/api/v1/events", get(sse::events))
+        .route("/api/v1/audit", get(audit::list))
         .merge(crate::ui::router(app.clone()))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {

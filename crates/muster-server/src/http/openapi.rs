@@ -27,6 +27,7 @@ use utoipa::OpenApi;
         super::tasks::fail,
         super::sse::logs,
         super::sse::events,
+        super::audit::list,
         serve,
     ),
     components(schemas(muster_api::ErrorBody, muster_api::ErrorCode, muster_api::TaskState,

@@ -9,6 +9,7 @@ use muster_api::{
 };
 
 use crate::app::AppState;
+use crate::audit::Via;
 use crate::auth::{AdminAuth, AgentAuth};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, QueryPairs, filter_from_query, task_id};
@@ -72,7 +73,7 @@ pub(crate) async fn cancel(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(operator::cancel(&app, task_id(&id)?).await?))
+    Ok(Json(operator::cancel(&app, task_id(&id)?, Via::Api).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
@@ -84,7 +85,7 @@ pub(crate) async fn retry(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(operator::retry(&app, task_id(&id)?).await?))
+    Ok(Json(operator::retry(&app, task_id(&id)?, Via::Api).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks", request_body = AppendLogs,

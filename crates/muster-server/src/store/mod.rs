@@ -4,14 +4,18 @@
 
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use muster_api::{
     Agent, AgentStatus, AppendLogs, Assignment, LogLine, RegisterAgent, RunningTask, Task,
     TaskState,
 };
 use serde_json::Value;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -118,7 +122,7 @@ pub struct AgentRegistered {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DrainBy {
     /// An operator: lasts until undrained.
-    Operator,
+    Operator(Via),
     /// The agent's process with this instance id, on its way out.
     Instance(String),
 }
@@ -194,6 +198,74 @@ pub struct ExpiryRules {
 pub struct Pruned {
     pub tasks: u64,
     pub log_lines: u64,
+    /// Delivered outbox rows.
+    pub outbox_rows: u64,
+    /// Audit entries folded into the checkpoint.
+    pub audit_entries: u64,
+}
+
+/// Who consumes an outbox row. Stored by name; `notify`, `nats` and `commit_status` join later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// Appended to the hash-chained audit log.
+    Audit,
+}
+
+impl Topic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::Audit => "audit",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Topic> {
+        match text {
+            "audit" => Some(Topic::Audit),
+            _ => None,
+        }
+    }
+}
+
+/// Something that must reach a consumer, written in the same transaction as the change that
+/// causes it (these types live here, beside the other records the store writes, so that the
+/// store does not depend on the delivery loop in [`crate::outbox`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    /// UUIDv7: stable across redeliveries, the consumer's de-duplication key.
+    pub id: Uuid,
+    pub topic: Topic,
+    pub payload: Value,
+}
+
+impl OutboxItem {
+    /// An audit record on its way to the log.
+    pub fn audit(record: &AuditRecord) -> OutboxItem {
+        OutboxItem {
+            id: Uuid::now_v7(),
+            topic: Topic::Audit,
+            payload: serde_json::to_value(record).expect("an audit record is plain data"),
+        }
+    }
+}
+
+/// An undelivered outbox row that is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    /// As stored: a topic this build does not know stays undelivered, retried with backoff.
+    pub topic: String,
+    pub payload: Value,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    pub created_at: i64,
+}
+
+/// A delivery that did not succeed, and when to try again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxFailure {
+    pub id: Uuid,
+    pub error: String,
+    pub next_attempt_at: i64,
 }
 
 #[async_trait]
@@ -226,8 +298,10 @@ pub trait Store: Send + Sync + 'static {
         retryable: bool,
         now: i64,
     ) -> StoreResult<Changed>;
-    async fn cancel(&self, task_id: Uuid, now: i64) -> StoreResult<Changed>;
-    async fn retry(&self, task_id: Uuid, now: i64) -> StoreResult<Changed>;
+    /// Cancels the task and records who did it in the audit outbox, in one transaction.
+    async fn cancel(&self, task_id: Uuid, actor: Actor, now: i64) -> StoreResult<Changed>;
+    /// Queues a failed or cancelled task again, recording who did it like [`Store::cancel`].
+    async fn retry(&self, task_id: Uuid, actor: Actor, now: i64) -> StoreResult<Changed>;
     /// Extends every running task's lease to at least `until`. At start: agents get a full
     /// lease to speak up, however long the server was away, before any lease is judged.
     async fn grant_leases(&self, until: i64) -> StoreResult<u64>;
@@ -249,13 +323,13 @@ pub trait Store: Send + Sync + 'static {
     /// The agent takes no new tasks: until undrained (operator), or until its next process
     /// registers (the agent's own, which must name its current instance).
     async fn drain_agent(&self, agent_id: &str, by: DrainBy, now: i64) -> StoreResult<Agent>;
-    async fn undrain_agent(&self, agent_id: &str, now: i64) -> StoreResult<Agent>;
+    async fn undrain_agent(&self, agent_id: &str, via: Via, now: i64) -> StoreResult<Agent>;
     /// An offline agent was heard from: online again, or draining if it is drained.
     async fn agent_back(&self, agent_id: &str, now: i64) -> StoreResult<AgentStatus>;
     /// Marks a silent agent offline and hands its tasks back to the queue.
     async fn agent_offline(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>>;
     /// Forgets the agent and hands its tasks back to the queue.
-    async fn remove_agent(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>>;
+    async fn remove_agent(&self, agent_id: &str, via: Via, now: i64) -> StoreResult<Vec<Change>>;
 
     // --- reads
     async fn task(&self, task_id: Uuid) -> StoreResult<Task>;
@@ -275,4 +349,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Finishes queued writes and stops; later calls fail with `Unavailable`.
     async fn close(&self);
+
+    // --- outbox and audit
+    /// Notified after a commit that wrote outbox rows, so the delivery loop wakes at once.
+    fn outbox_written(&self) -> Arc<Notify>;
+    /// Writes outbox rows that no other change carries (logins, reloads), due at once.
+    async fn enqueue(&self, items: Vec<OutboxItem>, now: i64) -> StoreResult<()>;
+    /// Undelivered rows due at `now`, oldest first, at most `limit`.
+    async fn due_outbox(&self, now: i64, limit: usize) -> StoreResult<Vec<OutboxRow>>;
+    async fn mark_delivered(&self, ids: Vec<Uuid>, now: i64) -> StoreResult<()>;
+    /// Counts the attempt, keeps the error and schedules the next try.
+    async fn mark_failed(&self, failures: Vec<OutboxFailure>) -> StoreResult<()>;
+    /// Deletes one batch of delivered rows older than `delivered_before`; how many went (0:
+    /// none are left).
+    async fn prune_outbox(&self, delivered_before: i64) -> StoreResult<u64>;
+    /// Appends each record, carried by the outbox row of that id, to the chain; a row whose
+    /// entry exists already (a redelivery) appends nothing. Answers how many were appended.
+    async fn append_audit(&self, records: Vec<(Uuid, AuditRecord)>) -> StoreResult<usize>;
+    /// Entries with `seq > after`, oldest first, at most `limit`.
+    async fn audit_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEntry>>;
+    /// Entries with `seq < before` (all when `None`), newest first, at most `limit`.
+    async fn audit_before(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEntry>>;
+    /// What pruning left of the entries it deleted, if it deleted any.
+    async fn audit_checkpoint(&self) -> StoreResult<Option<Checkpoint>>;
+    /// Deletes, oldest first and in one batch, entries from before `before`, after checking
+    /// that they still chain from the checkpoint; moves the signed checkpoint to the last one
+    /// deleted. Answers how many went (0: nothing left to prune).
+    async fn prune_audit(&self, before: i64, now: i64) -> StoreResult<u64>;
 }

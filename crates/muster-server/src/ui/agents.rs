@@ -13,6 +13,7 @@ use super::auth::see_other;
 use super::layout::{self, Live, Section};
 use super::{UiError, page_for, percent_encode};
 use crate::app::AppState;
+use crate::audit::Via;
 use crate::operator;
 use crate::sessions::Session;
 use crate::store::TaskFilter;
@@ -121,7 +122,7 @@ pub(super) async fn drain(
     State(app): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Response, UiError> {
-    operator::drain(&app, &agent_id).await?;
+    operator::drain(&app, &agent_id, Via::Ui).await?;
     Ok(see_other("/agents"))
 }
 
@@ -130,7 +131,7 @@ pub(super) async fn undrain(
     State(app): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Response, UiError> {
-    operator::undrain(&app, &agent_id).await?;
+    operator::undrain(&app, &agent_id, Via::Ui).await?;
     Ok(see_other("/agents"))
 }
 
@@ -139,6 +140,6 @@ pub(super) async fn remove(
     State(app): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Response, UiError> {
-    operator::remove(&app, &agent_id).await?;
+    operator::remove(&app, &agent_id, Via::Ui).await?;
     Ok(see_other("/agents"))
 }

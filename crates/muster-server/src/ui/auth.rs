@@ -8,9 +8,15 @@
 //!
 //! Every request that is not GET or HEAD must carry the session's CSRF token as the form field
 //! `csrf`; the check sits in the middleware, before any handler, so no form can forget it.
+//!
+//! Logins are audited: a success as one record, failures counted per client and minute
+//! ([`crate::sessions::FailedLogins`]) so that a flood of guesses makes one entry a minute.
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Form, Query, Request, State};
+use axum::extract::{ConnectInfo, Form, Query, Request, State};
 use axum::http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -21,6 +27,7 @@ use serde::Deserialize;
 use super::layout::{Page, shell};
 use super::percent_encode;
 use crate::app::AppState;
+use crate::audit::AuditRecord;
 use crate::auth::same_key;
 use crate::sessions::{self, Session};
 
@@ -242,6 +249,7 @@ pub(super) struct LoginForm {
 /// login could only log the operator in with the one key they already hold.
 pub(super) async fn login(
     State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -250,18 +258,31 @@ pub(super) async fn login(
     let Some(key) = &settings.api_key else {
         return see_other(&next);
     };
+    // The address the connection came from; behind a reverse proxy, the proxy's (a forwarded
+    // header would let a guesser pick a fresh client for every try).
+    let client = peer.map_or_else(
+        || "unknown".to_owned(),
+        |Extension(ConnectInfo(addr))| addr.ip().to_string(),
+    );
+    let now = app.now_ms();
     if !same_key(key, form.key.trim()) {
-        tracing::warn!("UI login with a wrong key");
+        tracing::warn!(client, "UI login with a wrong key");
+        app.sessions.failed_logins.record(&client, now);
         return login_page(
             StatusCode::UNAUTHORIZED,
             &next,
             Some("That key is not valid."),
         );
     }
+    let record = AuditRecord::login_succeeded(now, &client);
+    // No session without its audit record: every login the UI grants is in the log.
+    if let Err(err) = crate::outbox::record_audit(&app, vec![record]).await {
+        return super::UiError::from(err).into_response();
+    }
     if let Some(old) = sessions::session_cookie(&headers) {
         app.sessions.end(&old);
     }
-    let session = app.sessions.create(app.now_ms());
+    let session = app.sessions.create(now);
     with_cookie(
         see_other(&next),
         &sessions::set_cookie(&session, came_over_https(&headers)),

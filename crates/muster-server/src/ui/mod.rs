@@ -5,7 +5,7 @@
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
 //! - [`layout`]: the page shell and shared pieces.
-//! - [`overview`], [`agents`], [`tasks`], [`submit`]: the pages.
+//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`audit`]: the pages.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
 //!
 //! Pages read through the [`crate::store::Store`] trait and change things only through
@@ -16,6 +16,7 @@
 
 mod agents;
 mod assets;
+mod audit;
 mod auth;
 mod layout;
 mod overview;
@@ -48,6 +49,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/tasks/{id}", get(tasks::show))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/audit", get(audit::page))
         .route("/logout", post(auth::logout))
         .route_layer(middleware::from_fn_with_state(app, auth::require_session));
     Router::new()

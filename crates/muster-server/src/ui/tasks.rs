@@ -11,6 +11,7 @@ use super::auth::see_other;
 use super::layout::{self, Live, Section};
 use super::{UiError, page_for, percent_encode};
 use crate::app::AppState;
+use crate::audit::Via;
 use crate::extract::{QueryPairs, filter_from_query, task_id};
 use crate::operator;
 use crate::sessions::Session;
@@ -287,7 +288,7 @@ pub(super) async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
-    let task = operator::cancel(&app, task_id(&id)?).await?;
+    let task = operator::cancel(&app, task_id(&id)?, Via::Ui).await?;
     Ok(see_other(&format!("/tasks/{}", task.id)))
 }
 
@@ -296,6 +297,6 @@ pub(super) async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
-    let task = operator::retry(&app, task_id(&id)?).await?;
+    let task = operator::retry(&app, task_id(&id)?, Via::Ui).await?;
     Ok(see_other(&format!("/tasks/{}", task.id)))
 }

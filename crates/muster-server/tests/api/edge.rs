@@ -270,7 +270,12 @@ async fn keys_guard_the_routes_and_rejected_requests_change_nothing() {
         )
         .await;
         error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
-        for path in ["/api/v1/tasks", "/api/v1/agents", "/api/v1/events"] {
+        for path in [
+            "/api/v1/tasks",
+            "/api/v1/agents",
+            "/api/v1/events",
+            "/api/v1/audit",
+        ] {
             let (status, reply) = call(Method::GET, path, key, None).await;
             error_message(status, &reply, StatusCode::UNAUTHORIZED, "unauthorized");
         }
@@ -293,7 +298,12 @@ async fn keys_guard_the_routes_and_rejected_requests_change_nothing() {
     )
     .await;
     error_message(status, &reply, StatusCode::FORBIDDEN, "forbidden");
-    for path in ["/api/v1/tasks", "/api/v1/agents", "/api/v1/events"] {
+    for path in [
+        "/api/v1/tasks",
+        "/api/v1/agents",
+        "/api/v1/events",
+        "/api/v1/audit",
+    ] {
         let (status, reply) = call(Method::GET, path, Some("agent"), None).await;
         error_message(status, &reply, StatusCode::FORBIDDEN, "forbidden");
     }
@@ -562,6 +572,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/tasks/{id}/fail", &["post"]),
     ("/api/v1/tasks/{id}/logs", &["get", "post"]),
     ("/api/v1/events", &["get"]),
+    ("/api/v1/audit", &["get"]),
 ];
 
 #[tokio::test]

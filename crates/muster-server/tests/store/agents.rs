@@ -5,6 +5,7 @@ use muster_api::{AgentStatus, AttemptOutcome, RunningTask, TaskState};
 use muster_server::store::DrainBy;
 
 use crate::*;
+use muster_server::audit::Via;
 
 #[tokio::test]
 async fn a_heartbeat_listing_its_tasks_extends_only_those_and_names_the_stale_ones() {
@@ -153,13 +154,17 @@ async fn an_agent_going_offline_hands_its_tasks_back() {
 async fn removing_an_agent_hands_its_tasks_back() {
     for b in backends().await {
         let ids = busy(&b, "a1").await;
-        let changes = b.store.remove_agent("a1", T0 + 2).await.expect("remove");
+        let changes = b
+            .store
+            .remove_agent("a1", Via::Api, T0 + 2)
+            .await
+            .expect("remove");
         assert_handed_back(&b, "remove", &changes, ids).await;
         assert_not_found(&b, "the removed agent", b.store.agent("a1").await);
         assert_not_found(
             &b,
             "removal of an unknown agent",
-            b.store.remove_agent("a1", T0 + 3).await,
+            b.store.remove_agent("a1", Via::Api, T0 + 3).await,
         );
     }
 }
@@ -203,7 +208,7 @@ async fn an_operators_drain_lasts_until_undrained() {
             .expect("register");
         let a = b
             .store
-            .drain_agent("a1", DrainBy::Operator, T0 + 1)
+            .drain_agent("a1", DrainBy::Operator(Via::Api), T0 + 1)
             .await
             .expect("drain");
         assert_eq!(a.status, AgentStatus::Draining, "[{}]", b.name);
@@ -248,18 +253,24 @@ async fn an_operators_drain_lasts_until_undrained() {
             .expect("register");
         assert_eq!(again.agent.status, AgentStatus::Draining, "[{}]", b.name);
 
-        let undrained = b.store.undrain_agent("a1", T0 + 7).await.expect("undrain");
+        let undrained = b
+            .store
+            .undrain_agent("a1", Via::Api, T0 + 7)
+            .await
+            .expect("undrain");
         assert_eq!(undrained.status, AgentStatus::Online, "[{}]", b.name);
         assert!(undrained.drained_by.is_none(), "[{}]", b.name);
         assert_not_found(
             &b,
             "drain of an unknown agent",
-            b.store.drain_agent("nobody", DrainBy::Operator, T0).await,
+            b.store
+                .drain_agent("nobody", DrainBy::Operator(Via::Api), T0)
+                .await,
         );
         assert_not_found(
             &b,
             "undrain of an unknown agent",
-            b.store.undrain_agent("nobody", T0).await,
+            b.store.undrain_agent("nobody", Via::Api, T0).await,
         );
     }
 }
@@ -317,7 +328,11 @@ async fn an_agents_own_drain_needs_its_current_instance_and_ends_with_its_proces
             .drain_agent("a1", DrainBy::Instance("i2".into()), T0 + 5)
             .await
             .expect("drain");
-        let undrained = b.store.undrain_agent("a1", T0 + 6).await.expect("undrain");
+        let undrained = b
+            .store
+            .undrain_agent("a1", Via::Api, T0 + 6)
+            .await
+            .expect("undrain");
         assert_eq!(undrained.status, AgentStatus::Online, "[{}]", b.name);
         assert!(undrained.drained_by.is_none(), "[{}]", b.name);
     }

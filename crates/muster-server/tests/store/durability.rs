@@ -21,7 +21,11 @@ async fn everything_committed_survives_close_and_reopen() {
         keyed.idempotency_key = Some("k".into());
         let queued = submit(&b, keyed, T0).await;
         b.store
-            .drain_agent("a1", DrainBy::Operator, T0 + 3)
+            .drain_agent(
+                "a1",
+                DrainBy::Operator(muster_server::audit::Via::Api),
+                T0 + 3,
+            )
             .await
             .expect("drain");
         b.store.close().await;

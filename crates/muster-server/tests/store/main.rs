@@ -24,6 +24,11 @@ use muster_server::store::{AssignOrder, Change, Changed, NewTask, RetryPolicy, S
 use serde_json::json;
 use uuid::Uuid;
 
+/// The actor of the suite's operator verbs.
+pub fn operator() -> muster_server::audit::Actor {
+    muster_server::audit::Actor::operator(muster_server::audit::Via::Api)
+}
+
 /// The one retry policy of the suite: a first retry waits 500..1500 ms.
 pub fn policy() -> RetryPolicy {
     RetryPolicy {

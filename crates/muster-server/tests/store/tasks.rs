@@ -75,7 +75,11 @@ async fn assign_applies_only_to_queued_due_tasks() {
         later.run_after = Some(T0 + 60_000);
         let later = submit(&b, later, T0).await;
         let cancelled = submit(&b, new_task(0), T0).await;
-        let c = b.store.cancel(cancelled.task.id, T0).await.expect("cancel");
+        let c = b
+            .store
+            .cancel(cancelled.task.id, operator(), T0)
+            .await
+            .expect("cancel");
         assert_legal(&b, TaskState::Queued, &c.change).await;
 
         let applied = b
@@ -224,7 +228,7 @@ async fn cancel_of_a_queued_or_assigned_task_is_at_once() {
         let queued = submit(&b, new_task(0), T0).await;
         let c = b
             .store
-            .cancel(queued.task.id, T0 + 1)
+            .cancel(queued.task.id, operator(), T0 + 1)
             .await
             .expect("cancel");
         assert_eq!(c.task.state, TaskState::Cancelled, "[{}]", b.name);
@@ -235,7 +239,7 @@ async fn cancel_of_a_queued_or_assigned_task_is_at_once() {
         assert!(assign(&b, seq(&assigned), "a1", T0 + 1).await.is_some());
         let c = b
             .store
-            .cancel(assigned.task.id, T0 + 2)
+            .cancel(assigned.task.id, operator(), T0 + 2)
             .await
             .expect("cancel");
         assert_eq!(c.task.state, TaskState::Cancelled, "[{}]", b.name);
@@ -273,7 +277,11 @@ async fn cancel_of_a_queued_or_assigned_task_is_at_once() {
 async fn cancel_of_a_running_task_asks_the_agent_and_its_end_is_the_cancel() {
     for b in backends().await {
         let t = running(&b, new_task(5), "a1", T0).await;
-        let c = b.store.cancel(t.id, T0 + 1).await.expect("cancel");
+        let c = b
+            .store
+            .cancel(t.id, operator(), T0 + 1)
+            .await
+            .expect("cancel");
         assert_eq!(
             c.task.state,
             TaskState::Running,
@@ -316,7 +324,11 @@ async fn cancel_of_a_running_task_asks_the_agent_and_its_end_is_the_cancel() {
             b.name
         );
         // Cancelling twice is still a request, not an error.
-        let twice = b.store.cancel(t.id, T0 + 3).await.expect("cancel again");
+        let twice = b
+            .store
+            .cancel(t.id, operator(), T0 + 3)
+            .await
+            .expect("cancel again");
         assert!(twice.task.cancel_requested, "[{}]", b.name);
 
         // The agent stops and reports a (retryable) failure: the end is the cancel.
@@ -348,23 +360,34 @@ async fn cancel_of_a_finished_task_is_a_conflict() {
     for b in backends().await {
         let t = running(&b, new_task(0), "a1", T0).await;
         complete(&b, t.id, 1, json!({}), None, T0 + 1).await;
-        assert_conflict(&b, "cancel completed", b.store.cancel(t.id, T0 + 2).await);
+        assert_conflict(
+            &b,
+            "cancel completed",
+            b.store.cancel(t.id, operator(), T0 + 2).await,
+        );
         let f = running(&b, new_task(0), "a1", T0).await;
         fail(&b, f.id, 1, "no".into(), false, T0 + 1).await;
-        assert_conflict(&b, "cancel failed", b.store.cancel(f.id, T0 + 2).await);
+        assert_conflict(
+            &b,
+            "cancel failed",
+            b.store.cancel(f.id, operator(), T0 + 2).await,
+        );
         let q = submit(&b, new_task(0), T0).await;
-        b.store.cancel(q.task.id, T0).await.expect("cancel");
+        b.store
+            .cancel(q.task.id, operator(), T0)
+            .await
+            .expect("cancel");
         assert_conflict(
             &b,
             "cancel cancelled",
-            b.store.cancel(q.task.id, T0 + 1).await,
+            b.store.cancel(q.task.id, operator(), T0 + 1).await,
         );
         assert_eq!(state(&b, t.id).await, TaskState::Completed, "[{}]", b.name);
         assert_eq!(state(&b, f.id).await, TaskState::Failed, "[{}]", b.name);
         assert_not_found(
             &b,
             "cancel of an unknown task",
-            b.store.cancel(Uuid::now_v7(), T0).await,
+            b.store.cancel(Uuid::now_v7(), operator(), T0).await,
         );
     }
 }
@@ -406,7 +429,11 @@ async fn operator_retry_requeues_failed_and_cancelled_tasks_with_retries_renewed
             b.name
         );
 
-        let r = b.store.retry(t.id, due + 2).await.expect("retry");
+        let r = b
+            .store
+            .retry(t.id, operator(), due + 2)
+            .await
+            .expect("retry");
         assert_eq!(r.task.state, TaskState::Queued, "[{}]", b.name);
         assert!(r.task.error.is_none(), "[{}] the error is cleared", b.name);
         assert!(r.task.run_after.is_none(), "[{}] due at once", b.name);
@@ -437,7 +464,11 @@ async fn operator_retry_requeues_failed_and_cancelled_tasks_with_retries_renewed
 
         // A cancelled task is retried too, its cancel request forgotten.
         let k = running(&b, new_task(0), "a2", T0).await;
-        let c = b.store.cancel(k.id, T0 + 1).await.expect("cancel");
+        let c = b
+            .store
+            .cancel(k.id, operator(), T0 + 1)
+            .await
+            .expect("cancel");
         assert_eq!(
             c.change.state,
             TaskState::Running,
@@ -445,24 +476,40 @@ async fn operator_retry_requeues_failed_and_cancelled_tasks_with_retries_renewed
             b.name
         );
         fail(&b, k.id, 1, "stopped".into(), false, T0 + 2).await;
-        let r = b.store.retry(k.id, T0 + 3).await.expect("retry");
+        let r = b
+            .store
+            .retry(k.id, operator(), T0 + 3)
+            .await
+            .expect("retry");
         assert_eq!(r.task.state, TaskState::Queued, "[{}]", b.name);
         assert!(!r.task.cancel_requested, "[{}] the cancel is over", b.name);
         assert_legal(&b, TaskState::Cancelled, &r.change).await;
 
         // Anything else is a conflict, and nothing changes.
         let q = submit(&b, new_task(0), T0).await;
-        assert_conflict(&b, "retry queued", b.store.retry(q.task.id, T0).await);
+        assert_conflict(
+            &b,
+            "retry queued",
+            b.store.retry(q.task.id, operator(), T0).await,
+        );
         assert_conflict(
             &b,
             "retry the queued retry",
-            b.store.retry(k.id, T0 + 4).await,
+            b.store.retry(k.id, operator(), T0 + 4).await,
         );
         let run = running(&b, new_task(0), "a3", T0).await;
-        assert_conflict(&b, "retry running", b.store.retry(run.id, T0 + 1).await);
+        assert_conflict(
+            &b,
+            "retry running",
+            b.store.retry(run.id, operator(), T0 + 1).await,
+        );
         assert_eq!(state(&b, run.id).await, TaskState::Running, "[{}]", b.name);
         complete(&b, run.id, 1, json!({}), None, T0 + 2).await;
-        assert_conflict(&b, "retry completed", b.store.retry(run.id, T0 + 3).await);
+        assert_conflict(
+            &b,
+            "retry completed",
+            b.store.retry(run.id, operator(), T0 + 3).await,
+        );
         assert_eq!(
             state(&b, run.id).await,
             TaskState::Completed,

@@ -43,6 +43,8 @@ fn pages(task_id: &str) -> Vec<String> {
         "/tasks?state=failed&kind=restart&agent_id=nas".into(),
         "/tasks/new".into(),
         format!("/tasks/{task_id}"),
+        "/audit".into(),
+        "/audit?before=2".into(),
     ]
 }
 
@@ -187,7 +189,7 @@ async fn the_key_never_appears_in_a_page() {
         )
         .await;
     assert!(!rejected.body.contains(KEY));
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 8);
 }
 
 #[tokio::test]

@@ -78,7 +78,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     let reloads = {
         let app = server.app();
-        let apply = move |new: Settings| app.replace_settings(new);
+        let apply = move |new: Settings, changed: Vec<&'static str>| {
+            let app = app.clone();
+            async move {
+                if let Err(err) =
+                    muster_server::operator::reload_settings(&app, new, &changed).await
+                {
+                    tracing::error!(error = %err.message, "the reload is in force but could not be audited");
+                }
+            }
+        };
         tokio::spawn(reload_loop(apply, hangups, sources, running))
     };
     #[cfg(not(unix))]
@@ -95,13 +104,14 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// field) and changes nothing; settings only a restart can change keep their running values
 /// and are named in the log. Owned by `serve`, which aborts it once the server has stopped.
 #[cfg(unix)]
-async fn reload_loop<E>(
-    apply: impl Fn(Settings) + Send + 'static,
+async fn reload_loop<E, F>(
+    apply: impl Fn(Settings, Vec<&'static str>) -> F + Send + 'static,
     mut hangups: tokio::signal::unix::Signal,
     sources: Sources<E>,
     mut current: Settings,
 ) where
     E: Fn(&str) -> Option<String> + Send + Sync + 'static,
+    F: std::future::Future<Output = ()>,
 {
     while hangups.recv().await.is_some() {
         // The file is small and read once per signal, so reading it inline holds a runtime
@@ -125,7 +135,7 @@ async fn reload_loop<E>(
             tracing::warn!("{warning}");
         }
         current = reloaded.settings;
-        apply(current.clone());
+        apply(current.clone(), reloaded.changed.clone()).await;
         tracing::info!(changed = ?reloaded.changed, "settings reloaded and in force");
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one module each, and the runtime the operator commands share.
 
 pub(crate) mod agents;
+pub(crate) mod audit;
 pub(crate) mod bench;
 pub(crate) mod config;
 pub(crate) mod connection;

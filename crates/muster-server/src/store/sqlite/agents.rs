@@ -5,12 +5,15 @@ use muster_api::{Agent, AgentStatus, RegisterAgent, RunningTask, TaskState};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::outbox::insert_outbox;
 use super::rows::{AGENT_SELECT, agent_by_id, agent_from_row, currents_where, task_ids};
 use super::tasks::{end_attempt, unassign};
+use crate::audit::{Actor, AuditRecord, Via};
 use crate::error::StoreError;
 use crate::lifecycle::Ending;
 use crate::store::{
-    AgentRegistered, Change, DispatchSnapshot, DrainBy, Released, RetryPolicy, StoreResult,
+    AgentRegistered, Change, DispatchSnapshot, DrainBy, OutboxItem, Released, RetryPolicy,
+    StoreResult,
 };
 
 /// Inserts or updates the agent. A registration from a new process (a different
@@ -73,6 +76,9 @@ pub(super) fn register_agent(
         drained_by,
         now
     ])?;
+    let record =
+        AuditRecord::agent_registered(now, &reg.agent_id, &reg.host, &capabilities, created);
+    insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     Ok(AgentRegistered {
         agent: agent_by_id(conn, &reg.agent_id)?,
         created,
@@ -96,15 +102,15 @@ pub(super) fn drain_agent(
         .query_row([agent_id], |row| row.get("instance_id"))
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("agent {agent_id}")))?;
-    let drained_by = match &by {
-        DrainBy::Operator => DRAINED_BY_OPERATOR,
+    let (drained_by, actor) = match &by {
+        DrainBy::Operator(via) => (DRAINED_BY_OPERATOR, Actor::operator(*via)),
         DrainBy::Instance(instance) => {
             if current.as_deref() != Some(instance.as_str()) {
                 return Err(StoreError::Conflict(format!(
                     "instance_id {instance:?} is not the current process of agent {agent_id}"
                 )));
             }
-            DRAINED_BY_AGENT
+            (DRAINED_BY_AGENT, Actor::agent(agent_id))
         }
     };
     // An operator's drain is never weakened into an agent's own.
@@ -114,11 +120,18 @@ pub(super) fn drain_agent(
          updated_at = ?3 WHERE agent_id = ?1",
     )?
     .execute(params![agent_id, drained_by, now])?;
+    let record = AuditRecord::agent_drained(now, actor, agent_id);
+    insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     agent_by_id(conn, agent_id)
 }
 
 /// Ends a drain, whoever made it.
-pub(super) fn undrain_agent(conn: &Connection, agent_id: &str, now: i64) -> StoreResult<Agent> {
+pub(super) fn undrain_agent(
+    conn: &Connection,
+    agent_id: &str,
+    via: Via,
+    now: i64,
+) -> StoreResult<Agent> {
     let n = conn
         .prepare_cached(
             "UPDATE agents SET drained_by = NULL, status = CASE WHEN status = 'offline' \
@@ -128,6 +141,8 @@ pub(super) fn undrain_agent(conn: &Connection, agent_id: &str, now: i64) -> Stor
     if n == 0 {
         return Err(StoreError::NotFound(format!("agent {agent_id}")));
     }
+    let record = AuditRecord::agent_undrained(now, Actor::operator(via), agent_id);
+    insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     agent_by_id(conn, agent_id)
 }
 
@@ -242,6 +257,7 @@ pub(super) fn agent_offline(
 pub(super) fn remove_agent(
     conn: &Connection,
     agent_id: &str,
+    via: Via,
     now: i64,
     policy: &RetryPolicy,
 ) -> StoreResult<Vec<Change>> {
@@ -250,6 +266,8 @@ pub(super) fn remove_agent(
     let changes = give_back_tasks(conn, agent_id, &why, now, policy)?;
     conn.prepare_cached("DELETE FROM agents WHERE agent_id = ?1")?
         .execute([agent_id])?;
+    let record = AuditRecord::agent_removed(now, Actor::operator(via), agent_id, changes.len());
+    insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     Ok(changes)
 }
 

@@ -1,8 +1,9 @@
 //! The SQLite backend: WAL with `synchronous=FULL`, one writer thread that group-commits every
 //! operation queued while the previous commit was syncing, and a small pool of read connections.
-//! This file holds the writer, the readers, migrations and backup; [`tasks`] and [`agents`]
-//! hold the operations (each a plain function of a connection, which the `Store` impl below
-//! runs on the writer or a reader), and [`rows`] maps rows to types by column name. The
+//! This file holds the writer, the readers, migrations and backup; [`tasks`], [`agents`],
+//! [`outbox`] and [`audit`] hold the operations (each a plain function of a connection, which
+//! the `Store` impl below runs on the writer or a reader), and [`rows`] maps rows to types by
+//! column name. The
 //! lifecycle rules they apply live in [`crate::lifecycle`].
 //!
 //! Ownership: [`SqliteStore`] owns the writer thread through its channel; [`Store::close`] sends
@@ -19,25 +20,31 @@ use muster_api::{
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
     AgentRegistered, AssignOrder, Change, Changed, Claimed, DispatchSnapshot, DrainBy, ExpiryRules,
-    NewTask, Pruned, QueuedTask, RetryPolicy, Stats, Store, StoreResult, Submitted, TaskFilter,
-    TaskPage,
+    NewTask, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, Stats, Store,
+    StoreResult, Submitted, TaskFilter, TaskPage,
 };
+use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
 
 mod agents;
+mod audit;
 mod lock;
+mod outbox;
 mod rows;
 mod tasks;
+
+pub use audit::{audit_chain, key_path as audit_key_path};
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_agent_identity.sql"),
+    include_str!("../migrations/0003_outbox_audit.sql"),
     include_str!("../migrations/0004_lost_attempts.sql"),
 ];
 
@@ -100,7 +107,12 @@ fn in_savepoint<R>(
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, lock: lock::DbLock) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Msg>,
+    outbox_written: Arc<Notify>,
+    lock: lock::DbLock,
+) {
     let mut stop = None;
     while stop.is_none() {
         let Some(first) = rx.blocking_recv() else {
@@ -122,7 +134,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, lock: lock::DbLock
                 Err(_) => break,
             }
         }
-        run_batch(&conn, jobs);
+        run_batch(&conn, jobs, &outbox_written);
     }
     // Operations queued before the stop still run; nothing acknowledged is dropped.
     rx.close();
@@ -132,7 +144,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, lock: lock::DbLock
             rest.push(job);
         }
     }
-    run_batch(&conn, rest);
+    run_batch(&conn, rest, &outbox_written);
     if let Err(err) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %err, "checkpoint at shutdown failed");
     }
@@ -144,7 +156,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, lock: lock::DbLock
     }
 }
 
-fn run_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>) {
+fn run_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, outbox_written: &Notify) {
     if jobs.is_empty() {
         return;
     }
@@ -161,6 +173,10 @@ fn run_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>) {
     let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
     if committed.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
+    }
+    // Taken whatever the outcome, so a failed batch's flag does not linger into the next.
+    if outbox::take_written() && committed.is_ok() {
+        outbox_written.notify_one();
     }
     for job in jobs {
         job.finish(committed.clone());
@@ -202,6 +218,9 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Msg>,
     readers: Arc<ReadPool>,
     retry: RetryPolicy,
+    outbox_written: Arc<Notify>,
+    /// The file beside the database that holds the key signing audit checkpoints.
+    audit_key: PathBuf,
 }
 
 impl SqliteStore {
@@ -224,9 +243,11 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel(8192);
+        let outbox_written = Arc::new(Notify::new());
+        let signal = outbox_written.clone();
         std::thread::Builder::new()
             .name("muster-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, lock))
+            .spawn(move || writer_loop(conn, rx, signal, lock))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
@@ -235,6 +256,8 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             retry,
+            outbox_written,
+            audit_key: audit::key_path(path),
         })
     }
 
@@ -358,13 +381,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn cancel(&self, task_id: Uuid, now: i64) -> StoreResult<Changed> {
-        self.write(move |conn| tasks::cancel(conn, task_id, now))
+    async fn cancel(&self, task_id: Uuid, actor: Actor, now: i64) -> StoreResult<Changed> {
+        self.write(move |conn| tasks::cancel(conn, task_id, &actor, now))
             .await
     }
 
-    async fn retry(&self, task_id: Uuid, now: i64) -> StoreResult<Changed> {
-        self.write(move |conn| tasks::retry(conn, task_id, now))
+    async fn retry(&self, task_id: Uuid, actor: Actor, now: i64) -> StoreResult<Changed> {
+        self.write(move |conn| tasks::retry(conn, task_id, &actor, now))
             .await
     }
 
@@ -407,9 +430,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn undrain_agent(&self, agent_id: &str, now: i64) -> StoreResult<Agent> {
+    async fn undrain_agent(&self, agent_id: &str, via: Via, now: i64) -> StoreResult<Agent> {
         let agent_id = agent_id.to_owned();
-        self.write(move |conn| agents::undrain_agent(conn, &agent_id, now))
+        self.write(move |conn| agents::undrain_agent(conn, &agent_id, via, now))
             .await
     }
 
@@ -426,10 +449,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn remove_agent(&self, agent_id: &str, now: i64) -> StoreResult<Vec<Change>> {
+    async fn remove_agent(&self, agent_id: &str, via: Via, now: i64) -> StoreResult<Vec<Change>> {
         let agent_id = agent_id.to_owned();
         let policy = self.retry.clone();
-        self.write(move |conn| agents::remove_agent(conn, &agent_id, now, &policy))
+        self.write(move |conn| agents::remove_agent(conn, &agent_id, via, now, &policy))
             .await
     }
 
@@ -491,6 +514,62 @@ impl Store for SqliteStore {
         if self.writer.send(Msg::Stop(done)).await.is_ok() {
             let _ = finished.await;
         }
+    }
+
+    fn outbox_written(&self) -> Arc<Notify> {
+        self.outbox_written.clone()
+    }
+
+    async fn enqueue(&self, items: Vec<OutboxItem>, now: i64) -> StoreResult<()> {
+        self.write(move |conn| outbox::enqueue(conn, items, now))
+            .await
+    }
+
+    async fn due_outbox(&self, now: i64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
+        self.read(move |conn| outbox::due(conn, now, limit)).await
+    }
+
+    async fn mark_delivered(&self, ids: Vec<Uuid>, now: i64) -> StoreResult<()> {
+        self.write(move |conn| outbox::mark_delivered(conn, ids, now))
+            .await
+    }
+
+    async fn mark_failed(&self, failures: Vec<OutboxFailure>) -> StoreResult<()> {
+        self.write(move |conn| outbox::mark_failed(conn, failures))
+            .await
+    }
+
+    async fn prune_outbox(&self, delivered_before: i64) -> StoreResult<u64> {
+        self.write(move |conn| outbox::prune(conn, delivered_before))
+            .await
+    }
+
+    async fn append_audit(&self, records: Vec<(Uuid, AuditRecord)>) -> StoreResult<usize> {
+        self.write(move |conn| audit::append(conn, records)).await
+    }
+
+    async fn audit_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEntry>> {
+        self.read(move |conn| audit::after(conn, after, limit))
+            .await
+    }
+
+    async fn audit_before(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEntry>> {
+        self.read(move |conn| audit::before(conn, before, limit))
+            .await
+    }
+
+    async fn audit_checkpoint(&self) -> StoreResult<Option<Checkpoint>> {
+        self.read(audit::read_checkpoint).await
+    }
+
+    async fn prune_audit(&self, before: i64, now: i64) -> StoreResult<u64> {
+        let key_path = self.audit_key.clone();
+        self.write(move |conn| audit::prune(conn, before, now, &key_path))
+            .await
     }
 }
 

@@ -9,16 +9,18 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::outbox::insert_outbox;
 use super::rows::{
     Current, TASK_COLS, current_by_id, currents_where, enum_col, json_col, opt_json_col,
     task_by_id, task_from_row, task_ids, uuid_col,
 };
+use crate::audit::{Actor, AuditRecord};
 use crate::clock::to_utc;
 use crate::error::StoreError;
 use crate::lifecycle::{self, CancelPlan, Ending};
 use crate::store::{
-    AssignOrder, Change, Changed, Claimed, ExpiryRules, NewTask, Pruned, QueuedTask, RetryPolicy,
-    Stats, StoreResult, Submitted, TaskFilter, TaskPage,
+    AssignOrder, Change, Changed, Claimed, ExpiryRules, NewTask, OutboxItem, Pruned, QueuedTask,
+    RetryPolicy, Stats, StoreResult, Submitted, TaskFilter, TaskPage,
 };
 
 /// Finished tasks deleted per retention transaction.
@@ -342,9 +344,24 @@ pub(super) fn fail(
     changed(conn, change)
 }
 
-pub(super) fn cancel(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<Changed> {
+/// Cancels the task and, in the same transaction, writes the audit record of who did it.
+pub(super) fn cancel(
+    conn: &Connection,
+    task_id: Uuid,
+    actor: &Actor,
+    now: i64,
+) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
-    let change = match lifecycle::on_cancel(&task_id.to_string(), &cur.facts())? {
+    let plan = lifecycle::on_cancel(&task_id.to_string(), &cur.facts())?;
+    let record = AuditRecord::task_cancelled(
+        now,
+        actor.clone(),
+        task_id,
+        cur.state,
+        plan == CancelPlan::AskAgent,
+    );
+    insert_outbox(conn, &OutboxItem::audit(&record), now)?;
+    let change = match plan {
         CancelPlan::Now => {
             conn.prepare_cached(
                 "UPDATE tasks SET state = 'cancelled', finished_at = ?2, updated_at = ?2, \
@@ -369,9 +386,17 @@ pub(super) fn cancel(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<
     changed(conn, change)
 }
 
-pub(super) fn retry(conn: &Connection, task_id: Uuid, now: i64) -> StoreResult<Changed> {
+/// Queues the task again and, in the same transaction, writes the audit record of who did it.
+pub(super) fn retry(
+    conn: &Connection,
+    task_id: Uuid,
+    actor: &Actor,
+    now: i64,
+) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
     lifecycle::on_retry(&task_id.to_string(), &cur.facts())?;
+    let record = AuditRecord::task_retried(now, actor.clone(), task_id, cur.state, cur.attempt);
+    insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     conn.prepare_cached(
         "UPDATE tasks SET state = 'queued', retry_floor = attempt, lost_count = 0, run_after = NULL, \
          finished_at = NULL, error = NULL, result = NULL, usage = NULL, \

@@ -1,0 +1,145 @@
+//! Outbox delivery: takes due rows, hands each to its topic's consumer, and marks it delivered
+//! or schedules a retry with capped exponential backoff, so whatever a committed change must
+//! cause (an audit entry now; notifications, NATS events and commit statuses later) happens at
+//! least once, after a crash too. [`deliver_once`] is one step; [`run`] adds the waiting: it
+//! wakes when a commit wrote outbox rows and polls every second besides, and ends when the
+//! server shuts down.
+//!
+//! The rows and their types belong to the store ([`crate::store::OutboxItem`]): a row is
+//! written inside the transaction of the change that causes it. Consumers de-duplicate by the
+//! row's id, since a crash between a consumer's success and [`Store::mark_delivered`] delivers
+//! the row again.
+//!
+//! [`Store::mark_delivered`]: crate::store::Store::mark_delivered
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::audit::AuditRecord;
+use crate::store::{OutboxFailure, OutboxItem, OutboxRow, RetryPolicy, StoreResult, Topic};
+
+/// Rows taken per step.
+const BATCH: usize = 256;
+
+/// How often the loop looks for due rows when no commit woke it: retries come due this way,
+/// and so do rows another process wrote.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Backoff of a failing delivery: 1 s after the first failure, doubling, at most 5 minutes, with
+/// jitter so rows that failed together spread out. Delivery never gives up: what is in the
+/// outbox must not be lost, and a consumer that is down for a day is retried every 5 minutes.
+pub const BACKOFF: RetryPolicy = RetryPolicy {
+    backoff_base_ms: 1_000,
+    backoff_max_ms: 300_000,
+};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub delivered: usize,
+    pub failed: usize,
+}
+
+pub async fn run(app: Arc<App>) {
+    let wake = app.store.outbox_written();
+    loop {
+        let full = match deliver_once(&app).await {
+            Ok(step) => step.delivered + step.failed == BATCH,
+            Err(err) => {
+                tracing::error!(error = %err, "outbox delivery failed");
+                false
+            }
+        };
+        if full && !app.shutdown.is_cancelled() {
+            continue;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Delivers the rows due at the clock's current time, up to one batch.
+pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
+    let now = app.now_ms();
+    let due = app.store.due_outbox(now, BATCH).await?;
+    if due.is_empty() {
+        return Ok(Delivered::default());
+    }
+    let mut delivered: Vec<Uuid> = Vec::new();
+    let mut failed: Vec<(OutboxRow, String)> = Vec::new();
+    let mut audit: Vec<(OutboxRow, AuditRecord)> = Vec::new();
+    for row in due {
+        match Topic::parse(&row.topic) {
+            Some(Topic::Audit) => match serde_json::from_value(row.payload.clone()) {
+                Ok(record) => audit.push((row, record)),
+                Err(err) => failed.push((row, format!("not an audit record: {err}"))),
+            },
+            None => {
+                let why = format!("no consumer for topic {:?} in this build", row.topic);
+                failed.push((row, why));
+            }
+        }
+    }
+    if !audit.is_empty() {
+        let records = audit.iter().map(|(row, r)| (row.id, r.clone())).collect();
+        match app.store.append_audit(records).await {
+            Ok(_) => delivered.extend(audit.iter().map(|(row, _)| row.id)),
+            Err(err) => {
+                let why = format!("appending to the audit log: {err}");
+                failed.extend(audit.into_iter().map(|(row, _)| (row, why.clone())));
+            }
+        }
+    }
+    let step = Delivered {
+        delivered: delivered.len(),
+        failed: failed.len(),
+    };
+    if !delivered.is_empty() {
+        app.store.mark_delivered(delivered, now).await?;
+    }
+    if !failed.is_empty() {
+        for (row, why) in &failed {
+            tracing::warn!(id = %row.id, topic = row.topic, attempts = row.attempts + 1,
+                error = why, "outbox delivery failed; will retry");
+        }
+        let failures = failed
+            .into_iter()
+            .map(|(row, error)| OutboxFailure {
+                id: row.id,
+                next_attempt_at: now + BACKOFF.delay_ms(row.attempts + 1),
+                error,
+            })
+            .collect();
+        app.store.mark_failed(failures).await?;
+    }
+    Ok(step)
+}
+
+/// Writes audit records that no other change carries (logins, config reloads) to the outbox;
+/// the commit wakes the delivery loop.
+pub async fn record_audit(app: &App, records: Vec<AuditRecord>) -> StoreResult<()> {
+    let items = records.iter().map(OutboxItem::audit).collect();
+    app.store.enqueue(items, app.now_ms()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_backoff_doubles_and_is_capped() {
+        let at = |n| BACKOFF.delay_ms_with(n, 1.0);
+        assert_eq!(at(1), 1_000);
+        assert_eq!(at(2), 2_000);
+        assert_eq!(at(5), 16_000);
+        assert_eq!(at(9), 256_000);
+        assert_eq!(at(10), 300_000);
+        assert_eq!(at(1_000), 300_000);
+    }
+}
