@@ -172,6 +172,8 @@ def test_an_agent_with_the_agent_key(start_server: Any) -> None:
     leaving = admin.get_agent("keyed")
     assert leaving.status is AgentStatus.DRAINING and leaving.drained_by == "agent"
     assert leaving.instance_id == agent.instance_id
+    # It registered the kinds it has handlers for, and only those are routed to it.
+    assert leaving.kinds == ["echo"]
 
 
 def test_a_key_the_server_refuses_makes_run_raise(start_server: Any) -> None:

@@ -182,6 +182,10 @@ pub struct RegisterAgent {
     /// drain itself.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The task kinds it handles; empty or absent: any kind (as the FastAPI command center's
+    /// agents expect). Tasks of other kinds are never routed to it.
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 /// `POST /api/v1/agents/{id}/drain`. With the key of an agent, `instance_id` must name the
@@ -210,6 +214,9 @@ pub struct Agent {
     /// The process that registered last, when the agent sends one.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The task kinds it handles; empty: any.
+    #[serde(default)]
+    pub kinds: Vec<String>,
     /// Who drained it, while it is drained: `operator` (until undrained, across restarts and
     /// registrations) or `agent` (it drained itself; a new process undoes it).
     #[serde(default)]

@@ -149,6 +149,7 @@ pub async fn heartbeats(
                     labels: Default::default(),
                     version: None,
                     instance_id: None,
+                    kinds: Vec::new(),
                 };
                 if client.register(&reg).await.is_ok() {
                     registered.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +247,7 @@ pub async fn queue_depth(
             labels: Default::default(),
             version: None,
             instance_id: None,
+            kinds: Vec::new(),
         })
         .await?;
     let mut queued = 0usize;

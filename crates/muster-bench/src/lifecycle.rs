@@ -124,6 +124,7 @@ pub async fn run(opts: Options) -> Result<Report, BenchError> {
                 labels: Default::default(),
                 version: None,
                 instance_id: None,
+                kinds: Vec::new(),
             })
             .await?;
     }

@@ -173,6 +173,12 @@ impl Shared {
             labels: o.labels.clone(),
             version: o.version.clone(),
             instance_id: Some(self.instance_id.clone()),
+            // Only the kinds it has handlers for are routed to it.
+            kinds: {
+                let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+                kinds.sort();
+                kinds
+            },
         }
     }
 

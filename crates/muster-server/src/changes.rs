@@ -64,11 +64,17 @@ impl Changes {
 
     /// Announces one committed task transition.
     pub fn task(&self, change: Change) {
-        if let Some(released) = change.released {
-            self.dispatcher.send(DispatchEvent::Released(released));
+        match (change.released, change.requeued) {
+            // One event, so the dispatcher never sees the slot free without the task back.
+            (Some(released), Some(queued)) => self
+                .dispatcher
+                .send(DispatchEvent::Requeued { released, queued }),
+            (Some(released), None) => self.dispatcher.send(DispatchEvent::Released(released)),
+            (None, Some(queued)) => self.dispatcher.send(DispatchEvent::Queued(queued)),
+            (None, None) => {}
         }
-        if let Some(queued) = change.requeued {
-            self.dispatcher.send(DispatchEvent::Queued(queued));
+        if let Some(dropped) = change.dropped {
+            self.dispatcher.send(DispatchEvent::Dropped(dropped));
         }
         if let Some(agent) = &change.wake_agent {
             self.registry.wake(agent);
@@ -111,6 +117,7 @@ impl Changes {
                 self.dispatcher.send(DispatchEvent::AgentChanged {
                     agent_id: agent.agent_id,
                     capabilities: agent.capabilities,
+                    kinds: agent.kinds,
                     max_concurrency: agent.max_concurrency,
                     status: agent.status,
                 });

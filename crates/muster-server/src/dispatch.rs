@@ -2,11 +2,15 @@
 //! index and its planning; [`crate::dispatcher`] is the actor that owns it and persists plans.
 //!
 //! The actor owns an in-memory index of the queue and of agent capacity, fed by
-//! events from the handlers and the health loop (a submit, a finished task, a registration, a
-//! heartbeat). Queued tasks are indexed by their capability set ("group"; homelabs have few),
-//! parked by lock key while that key is held, and held in a timer heap while `run_after` is in
-//! the future, so one dispatch round never rescans the queue: a million queued tasks that no
-//! agent can take cost nothing per event.
+//! events from the handlers and the sweeper (a submit, a finished task, a registration, a
+//! heartbeat). Queued tasks are indexed by their capability set and kind ("group"), and each
+//! agent keeps the heads of the groups it can serve, so a round looks only at the heads its
+//! free agents could take: neither a million queued tasks nor twenty thousand distinct
+//! capability sets that no agent can take cost anything per event. Tasks with a lock key wait
+//! in that key's queue in submit order; only its oldest task may run, and only while no task
+//! of the key is assigned or running, so a retried task keeps its place (through its backoff)
+//! and priority never reorders one key's tasks. Tasks whose `run_after` is in the future wait
+//! in a timer heap.
 //!
 //! The store stays the source of truth: every decision is applied by a conditional update
 //! (`state = 'queued'`), and one that no longer holds (the task was cancelled meanwhile) is
@@ -28,10 +32,22 @@ const CANDIDATES_KEPT: usize = 8;
 pub enum DispatchEvent {
     Queued(QueuedTask),
     Released(Released),
+    /// A running task goes back to the queue (a retry): its agent slot is free, and it keeps
+    /// its place at the head of its lock key, atomically, so that no later task of the key
+    /// slips in between.
+    Requeued {
+        released: Released,
+        queued: QueuedTask,
+    },
+    /// A queued task left the queue without running (cancelled): its lock key, if any, passes
+    /// to the next task at once.
+    Dropped(QueuedTask),
     /// An agent registered, changed status or concurrency.
     AgentChanged {
         agent_id: String,
         capabilities: Vec<String>,
+        /// Task kinds it handles; empty: any.
+        kinds: Vec<String>,
         max_concurrency: u32,
         status: AgentStatus,
     },
@@ -94,22 +110,35 @@ fn seq_of(key: QueueKey) -> i64 {
     (key & ((1 << SEQ_BITS) - 1)) as i64
 }
 
-/// Where a queued task belongs: its capability group and its lock key (interned).
+type GroupIx = u32;
+type AgentIx = usize;
+
+/// Where a queued task belongs: its group, and its lock key (interned).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    group: u32,
+    group: GroupIx,
     lock: Option<u32>,
 }
 
+/// Queued tasks that need the same capabilities and are of the same kind.
 #[derive(Debug)]
 struct Group {
     capabilities: Vec<String>,
+    kind: String,
+    /// Tasks that may be assigned now, best first.
     ready: BTreeSet<QueueKey>,
+    /// Agents whose capabilities and kinds cover this group (whatever their load).
+    servers: Vec<AgentIx>,
 }
 
 #[derive(Debug)]
 struct Slot {
+    agent_id: String,
+    /// False once removed; the index stays so that others do not shift.
+    present: bool,
     capabilities: Vec<String>,
+    /// Kinds it handles, sorted; empty: any kind.
+    kinds: Vec<String>,
     max_concurrency: u32,
     active: i64,
     cpu_percent: f64,
@@ -117,15 +146,24 @@ struct Slot {
     status: AgentStatus,
     /// Dispatch round counter at its last assignment; ties go to the least recent.
     last_assigned: u64,
+    /// The head of every non-empty group it serves: its best task is the first.
+    servable: BTreeSet<(QueueKey, GroupIx)>,
 }
 
 impl Slot {
-    fn can_take(&self, capabilities: &[String]) -> bool {
-        self.status == AgentStatus::Online
+    fn has_room(&self) -> bool {
+        self.present
+            && self.status == AgentStatus::Online
             && self.active < i64::from(self.max_concurrency)
-            && capabilities
+    }
+
+    fn serves(&self, group: &Group) -> bool {
+        self.present
+            && group
+                .capabilities
                 .iter()
                 .all(|c| self.capabilities.binary_search(c).is_ok())
+            && (self.kinds.is_empty() || self.kinds.binary_search(&group.kind).is_ok())
     }
 
     /// The design's weighted score: free slots weigh 0.4, spare CPU and memory 0.2.
@@ -134,6 +172,27 @@ impl Slot {
         let load = ((self.cpu_percent + self.memory_percent) / 200.0).clamp(0.0, 1.0);
         0.4 * (1.0 - busy) + 0.2 * (1.0 - load)
     }
+}
+
+/// A task waiting in its lock key's queue.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    key: QueueKey,
+    group: GroupIx,
+    /// Its `run_after`, while in the future when it was queued.
+    due: Option<i64>,
+}
+
+/// One lock key's tasks: at most one of them is ready, assigned or running at a time, and it
+/// is always the oldest.
+#[derive(Debug, Default)]
+struct LockQueue {
+    /// Queued tasks of the key by `seq` (submit order), not yet ready.
+    waiting: BTreeMap<i64, Waiting>,
+    /// The task of the key in its group's ready set, if any.
+    ready: Option<i64>,
+    /// Tasks of the key assigned or running.
+    active: u32,
 }
 
 #[derive(Debug)]
@@ -165,14 +224,14 @@ impl Ord for Delayed {
 #[derive(Debug, Default)]
 pub struct DispatchState {
     groups: Vec<Group>,
-    group_ids: HashMap<Vec<String>, u32>,
+    group_ids: HashMap<(Vec<String>, String), GroupIx>,
     delayed: BinaryHeap<Delayed>,
     /// Lock keys of the ready tasks that have one (most have none, so this stays small).
     lock_of: HashMap<i64, u32>,
-    waiting_on_lock: HashMap<u32, BTreeMap<QueueKey, u32>>,
-    locks_held: HashMap<u32, u32>,
+    locks: HashMap<u32, LockQueue>,
     lock_ids: HashMap<String, u32>,
-    agents: HashMap<String, Slot>,
+    agents: Vec<Slot>,
+    agent_ix: HashMap<String, AgentIx>,
     round: u64,
 }
 
@@ -193,23 +252,24 @@ impl DispatchState {
             state.upsert_agent(
                 &agent.agent_id,
                 agent.capabilities,
+                agent.kinds,
                 agent.max_concurrency,
                 agent.status,
             );
         }
         for active in snapshot.active {
-            if let Some(slot) = state.agents.get_mut(&active.agent_id) {
-                slot.active += 1;
+            if let Some(&a) = state.agent_ix.get(&active.agent_id) {
+                state.agents[a].active += 1;
             }
             if let Some(lock) = active.lock_key {
                 let lock = state.intern(&lock);
-                *state.locks_held.entry(lock).or_default() += 1;
+                state.locks.entry(lock).or_default().active += 1;
             }
         }
         state
     }
 
-    /// Loads the store's queue, a page at a time.
+    /// Loads the store's queue, a page at a time, in submit order.
     pub async fn load_queued(&mut self, store: &dyn Store, now: i64) -> StoreResult<usize> {
         const PAGE: usize = 10_000;
         let mut after = 0;
@@ -236,55 +296,144 @@ impl DispatchState {
         id
     }
 
-    fn group_of(&mut self, capabilities: Vec<String>) -> u32 {
-        if let Some(id) = self.group_ids.get(&capabilities) {
+    fn group_of(&mut self, capabilities: Vec<String>, kind: String) -> GroupIx {
+        let id_key = (capabilities, kind);
+        if let Some(id) = self.group_ids.get(&id_key) {
             return *id;
         }
-        let id = self.groups.len() as u32;
-        self.groups.push(Group {
-            capabilities: capabilities.clone(),
+        let id = self.groups.len() as GroupIx;
+        let (capabilities, kind) = id_key.clone();
+        let mut group = Group {
+            capabilities,
+            kind,
             ready: BTreeSet::new(),
-        });
-        self.group_ids.insert(capabilities, id);
+            servers: Vec::new(),
+        };
+        group.servers = (0..self.agents.len())
+            .filter(|a| self.agents[*a].serves(&group))
+            .collect();
+        self.groups.push(group);
+        self.group_ids.insert(id_key, id);
         id
+    }
+
+    /// Adds or removes one ready task of a group, keeping every server's view of the group's
+    /// head current.
+    fn set_ready(&mut self, group: GroupIx, key: QueueKey, ready: bool) {
+        let g = &mut self.groups[group as usize];
+        let before = g.ready.first().copied();
+        if ready {
+            g.ready.insert(key);
+        } else {
+            g.ready.remove(&key);
+        }
+        let after = g.ready.first().copied();
+        if before == after {
+            return;
+        }
+        for &a in &g.servers {
+            let servable = &mut self.agents[a].servable;
+            if let Some(head) = before {
+                servable.remove(&(head, group));
+            }
+            if let Some(head) = after {
+                servable.insert((head, group));
+            }
+        }
     }
 
     pub fn upsert_agent(
         &mut self,
         agent_id: &str,
         mut capabilities: Vec<String>,
+        mut kinds: Vec<String>,
         max_concurrency: u32,
         status: AgentStatus,
     ) {
         capabilities.sort();
         capabilities.dedup();
-        let slot = self.agents.entry(agent_id.to_owned()).or_insert(Slot {
-            capabilities: Vec::new(),
-            max_concurrency,
-            active: 0,
-            cpu_percent: 0.0,
-            memory_percent: 0.0,
-            status,
-            last_assigned: 0,
-        });
-        slot.capabilities = capabilities;
+        kinds.sort();
+        kinds.dedup();
+        let a = match self.agent_ix.get(agent_id) {
+            Some(&a) => a,
+            None => {
+                self.agents.push(Slot {
+                    agent_id: agent_id.to_owned(),
+                    present: true,
+                    capabilities: Vec::new(),
+                    kinds: Vec::new(),
+                    max_concurrency,
+                    active: 0,
+                    cpu_percent: 0.0,
+                    memory_percent: 0.0,
+                    status,
+                    last_assigned: 0,
+                    servable: BTreeSet::new(),
+                });
+                self.agent_ix
+                    .insert(agent_id.to_owned(), self.agents.len() - 1);
+                self.agents.len() - 1
+            }
+        };
+        let slot = &mut self.agents[a];
+        slot.present = true;
         slot.max_concurrency = max_concurrency;
         slot.status = status;
+        if slot.capabilities != capabilities || slot.kinds != kinds || slot.servable.is_empty() {
+            slot.capabilities = capabilities;
+            slot.kinds = kinds;
+            self.reindex_agent(a);
+        }
+    }
+
+    /// Recomputes which groups an agent serves: once per registration, never per task.
+    fn reindex_agent(&mut self, a: AgentIx) {
+        self.agents[a].servable.clear();
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            group.servers.retain(|s| *s != a);
+            if self.agents[a].serves(group) {
+                group.servers.push(a);
+                if let Some(head) = group.ready.first() {
+                    self.agents[a].servable.insert((*head, g as GroupIx));
+                }
+            }
+        }
+    }
+
+    fn remove_agent(&mut self, agent_id: &str) {
+        let Some(&a) = self.agent_ix.get(agent_id) else {
+            return;
+        };
+        self.agents[a].present = false;
+        self.reindex_agent(a);
     }
 
     pub fn apply(&mut self, event: DispatchEvent, now: i64) {
         match event {
             DispatchEvent::Queued(task) => self.enqueue(task, now),
-            DispatchEvent::Released(released) => self.release(released),
+            DispatchEvent::Released(released) => self.release(released, now),
+            DispatchEvent::Requeued { released, queued } => {
+                // The slot and the lock are freed without handing the key on: the retried
+                // task, the oldest of its key, takes it back as it is queued.
+                self.free_slot(&released.agent_id);
+                if let Some(lock) = released.lock_key {
+                    let lock = self.intern(&lock);
+                    let q = self.locks.entry(lock).or_default();
+                    q.active = q.active.saturating_sub(1);
+                }
+                self.enqueue(queued, now);
+            }
+            DispatchEvent::Dropped(task) => self.drop_queued(task, now),
             DispatchEvent::AgentChanged {
                 agent_id,
                 capabilities,
+                kinds,
                 max_concurrency,
                 status,
-            } => self.upsert_agent(&agent_id, capabilities, max_concurrency, status),
+            } => self.upsert_agent(&agent_id, capabilities, kinds, max_concurrency, status),
             DispatchEvent::AgentStatus { agent_id, status } => {
-                if let Some(slot) = self.agents.get_mut(&agent_id) {
-                    slot.status = status;
+                if let Some(&a) = self.agent_ix.get(&agent_id) {
+                    self.agents[a].status = status;
                 }
             }
             DispatchEvent::AgentLoad {
@@ -292,155 +441,176 @@ impl DispatchState {
                 cpu_percent,
                 memory_percent,
             } => {
-                if let Some(slot) = self.agents.get_mut(&agent_id) {
-                    slot.cpu_percent = cpu_percent;
-                    slot.memory_percent = memory_percent;
+                if let Some(&a) = self.agent_ix.get(&agent_id) {
+                    self.agents[a].cpu_percent = cpu_percent;
+                    self.agents[a].memory_percent = memory_percent;
                 }
             }
-            DispatchEvent::AgentRemoved { agent_id } => {
-                self.agents.remove(&agent_id);
-            }
+            DispatchEvent::AgentRemoved { agent_id } => self.remove_agent(&agent_id),
             DispatchEvent::Settle(_) => {}
         }
     }
 
     fn enqueue(&mut self, task: QueuedTask, now: i64) {
-        let group = self.group_of(task.capabilities);
-        let lock = task.lock_key.as_deref().map(|l| self.intern(l));
+        let group = self.group_of(task.capabilities, task.kind);
         let key = queue_key(task.priority, task.seq);
-        let entry = Entry { group, lock };
-        match task.run_after {
-            Some(due) if due > now => self.delayed.push(Delayed { due, key, entry }),
-            _ => self.make_ready(key, entry),
-        }
-    }
-
-    fn make_ready(&mut self, key: QueueKey, entry: Entry) {
-        if let Some(lock) = entry.lock {
-            if self.locks_held.contains_key(&lock) {
-                self.waiting_on_lock
+        let due = task.run_after.filter(|due| *due > now);
+        match task.lock_key.as_deref().map(|l| self.intern(l)) {
+            None => match due {
+                Some(due) => self.delayed.push(Delayed {
+                    due,
+                    key,
+                    entry: Entry { group, lock: None },
+                }),
+                None => self.set_ready(group, key, true),
+            },
+            Some(lock) => {
+                self.locks
                     .entry(lock)
                     .or_default()
-                    .insert(key, entry.group);
-                return;
+                    .waiting
+                    .insert(task.seq, Waiting { key, group, due });
+                self.promote(lock, now);
             }
-            self.lock_of.insert(seq_of(key), lock);
-        }
-        self.groups[entry.group as usize].ready.insert(key);
-    }
-
-    /// Takes a ready task out of its group.
-    fn take_ready(&mut self, group: usize, key: QueueKey) -> Entry {
-        self.groups[group].ready.remove(&key);
-        Entry {
-            group: group as u32,
-            lock: self.lock_of.remove(&seq_of(key)),
         }
     }
 
-    fn release(&mut self, released: Released) {
-        if let Some(slot) = self.agents.get_mut(&released.agent_id) {
+    /// Makes the oldest task of a lock key ready when no task of the key is ready, assigned
+    /// or running, and it is due; a head still in its backoff holds the key until then.
+    fn promote(&mut self, lock: u32, now: i64) {
+        let Some(q) = self.locks.get_mut(&lock) else {
+            return;
+        };
+        if q.active > 0 || q.ready.is_some() {
+            return;
+        }
+        let Some((&seq, &head)) = q.waiting.first_key_value() else {
+            self.locks.remove(&lock);
+            return;
+        };
+        if let Some(due) = head.due
+            && due > now
+        {
+            self.delayed.push(Delayed {
+                due,
+                key: head.key,
+                entry: Entry {
+                    group: head.group,
+                    lock: Some(lock),
+                },
+            });
+            return;
+        }
+        q.waiting.remove(&seq);
+        q.ready = Some(seq);
+        self.lock_of.insert(seq, lock);
+        self.set_ready(head.group, head.key, true);
+    }
+
+    fn drop_queued(&mut self, task: QueuedTask, now: i64) {
+        // Without a lock key a cancelled task may stay indexed: the store refuses it when
+        // planned, and the plan is undone. With one, it must not hold its key meanwhile.
+        let Some(lock) = task
+            .lock_key
+            .as_deref()
+            .and_then(|l| self.lock_ids.get(l).copied())
+        else {
+            return;
+        };
+        let Some(q) = self.locks.get_mut(&lock) else {
+            return;
+        };
+        q.waiting.remove(&task.seq);
+        if q.ready == Some(task.seq) {
+            q.ready = None;
+            self.lock_of.remove(&task.seq);
+            let group = self.group_ids.get(&(task.capabilities, task.kind)).copied();
+            if let Some(group) = group {
+                self.set_ready(group, queue_key(task.priority, task.seq), false);
+            }
+        }
+        self.promote(lock, now);
+    }
+
+    fn free_slot(&mut self, agent_id: &str) {
+        if let Some(&a) = self.agent_ix.get(agent_id) {
+            let slot = &mut self.agents[a];
             slot.active = (slot.active - 1).max(0);
         }
+    }
+
+    fn release(&mut self, released: Released, now: i64) {
+        self.free_slot(&released.agent_id);
         if let Some(lock) = released.lock_key {
             let lock = self.intern(&lock);
-            self.release_lock(lock);
+            let q = self.locks.entry(lock).or_default();
+            q.active = q.active.saturating_sub(1);
+            self.promote(lock, now);
         }
     }
 
-    fn release_lock(&mut self, lock: u32) {
-        match self.locks_held.get_mut(&lock) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                return;
-            }
-            Some(_) => {
-                self.locks_held.remove(&lock);
-            }
-            None => return,
-        }
-        // The next task waiting on this key, in queue order, becomes ready again.
-        if let Some(waiting) = self.waiting_on_lock.get_mut(&lock) {
-            let next = waiting.pop_first();
-            if waiting.is_empty() {
-                self.waiting_on_lock.remove(&lock);
-            }
-            if let Some((key, group)) = next {
-                self.make_ready(
-                    key,
-                    Entry {
-                        group,
-                        lock: Some(lock),
-                    },
-                );
-            }
-        }
-    }
-
-    /// When the next delayed task falls due.
     pub fn next_due(&self) -> Option<i64> {
         self.delayed.peek().map(|d| d.due)
     }
 
-    /// How many tasks wait in memory (ready, delayed, or parked on a lock).
+    /// Tasks held in memory: ready, delayed, or waiting for their lock key.
     pub fn queued_len(&self) -> usize {
         self.groups.iter().map(|g| g.ready.len()).sum::<usize>()
-            + self.delayed.len()
             + self
-                .waiting_on_lock
-                .values()
-                .map(BTreeMap::len)
-                .sum::<usize>()
+                .delayed
+                .iter()
+                .filter(|d| d.entry.lock.is_none())
+                .count()
+            + self.locks.values().map(|q| q.waiting.len()).sum::<usize>()
     }
 
-    /// Decides assignments for everything that can run now and books them in memory.
+    /// One dispatch round at `now`: the best task any agent with room can take goes to the
+    /// best of the agents that can take it, until no agent with room serves a ready task.
+    /// Each step looks at one head per agent, never at the queue or every group.
     pub fn plan(&mut self, now: i64) -> Vec<Planned> {
         while self.delayed.peek().is_some_and(|d| d.due <= now) {
             let d = self.delayed.pop().expect("peeked");
-            self.make_ready(d.key, d.entry);
+            match d.entry.lock {
+                None => self.set_ready(d.entry.group, d.key, true),
+                Some(lock) => {
+                    if let Some(w) = self
+                        .locks
+                        .get_mut(&lock)
+                        .and_then(|q| q.waiting.get_mut(&seq_of(d.key)))
+                    {
+                        w.due = None;
+                    }
+                    self.promote(lock, now);
+                }
+            }
         }
         self.round += 1;
         let mut planned = Vec::new();
-        // Groups that found no agent with a free slot this round: capacity only shrinks while
-        // planning, so they stay blocked until the next round.
-        let mut blocked = vec![false; self.groups.len()];
         loop {
-            // The best head among the groups that can still make progress keeps the global
-            // order (priority, then age) across capability sets.
-            let mut best: Option<(QueueKey, usize)> = None;
-            for (g, group) in self.groups.iter().enumerate() {
-                if blocked[g] {
-                    continue;
-                }
-                if let Some(key) = group.ready.first()
-                    && best.is_none_or(|(k, _)| *key < k)
-                {
-                    best = Some((*key, g));
-                }
-            }
-            let Some((key, g)) = best else { break };
-            if let Some(lock) = self.lock_of.get(&seq_of(key)).copied()
-                && self.locks_held.contains_key(&lock)
-            {
-                let entry = self.take_ready(g, key);
-                self.make_ready(key, entry);
-                continue;
-            }
-            let Some(candidates) = self.candidates(g) else {
-                blocked[g] = true;
-                continue;
-            };
-            let entry = self.take_ready(g, key);
+            let best = self
+                .agents
+                .iter()
+                .filter(|s| s.has_room())
+                .filter_map(|s| s.servable.first().copied())
+                .min();
+            let Some((key, group)) = best else { break };
+            let candidates = self.candidates(group);
             let chosen = candidates[0].agent_id.clone();
-            let slot = self.agents.get_mut(&chosen).expect("candidate exists");
+            let seq = seq_of(key);
+            self.set_ready(group, key, false);
+            let lock = self.lock_of.remove(&seq);
+            if let Some(lock) = lock {
+                let q = self.locks.entry(lock).or_default();
+                q.ready = None;
+                q.active += 1;
+            }
+            let a = self.agent_ix[&chosen];
+            let slot = &mut self.agents[a];
             slot.active += 1;
             slot.last_assigned = self.round * 1_000_000 + planned.len() as u64;
-            if let Some(lock) = entry.lock {
-                *self.locks_held.entry(lock).or_default() += 1;
-            }
             planned.push(Planned {
                 order: AssignOrder {
-                    seq: seq_of(key),
+                    seq,
                     agent_id: chosen.clone(),
                     assignment: Assignment {
                         agent_id: chosen,
@@ -449,54 +619,66 @@ impl DispatchState {
                     },
                 },
                 key,
-                entry,
+                entry: Entry { group, lock },
             });
         }
         planned
     }
 
-    /// Eligible agents for group `g`, best first; `None` if there is none.
-    fn candidates(&self, g: usize) -> Option<Vec<Candidate>> {
-        let needed = &self.groups[g].capabilities;
-        let mut eligible: Vec<(&String, &Slot)> = self
-            .agents
+    /// The agents with room that serve `group`, best first; never empty when called from
+    /// [`DispatchState::plan`], which picked the group through one of them.
+    fn candidates(&self, group: GroupIx) -> Vec<Candidate> {
+        let mut eligible: Vec<&Slot> = self.groups[group as usize]
+            .servers
             .iter()
-            .filter(|(_, s)| s.can_take(needed))
+            .map(|a| &self.agents[*a])
+            .filter(|s| s.has_room())
             .collect();
-        if eligible.is_empty() {
-            return None;
-        }
-        eligible.sort_by(|(a_id, a), (b_id, b)| {
+        eligible.sort_by(|a, b| {
             b.score()
                 .total_cmp(&a.score())
                 .then(a.last_assigned.cmp(&b.last_assigned))
-                .then(a_id.cmp(b_id))
+                .then(a.agent_id.cmp(&b.agent_id))
         });
-        Some(
-            eligible
-                .into_iter()
-                .take(CANDIDATES_KEPT)
-                .map(|(id, s)| Candidate {
-                    agent_id: id.clone(),
-                    score: (s.score() * 1000.0).round() / 1000.0,
-                    active: s.active.max(0) as u32,
-                    cpu_percent: s.cpu_percent,
-                    memory_percent: s.memory_percent,
-                })
-                .collect(),
-        )
+        eligible
+            .into_iter()
+            .take(CANDIDATES_KEPT)
+            .map(|s| Candidate {
+                agent_id: s.agent_id.clone(),
+                score: (s.score() * 1000.0).round() / 1000.0,
+                active: s.active.max(0) as u32,
+                cpu_percent: s.cpu_percent,
+                memory_percent: s.memory_percent,
+            })
+            .collect()
     }
 
-    /// Takes back a planned assignment the store refused (or could not write).
-    pub fn undo(&mut self, planned: Planned, requeue: bool) {
-        if let Some(slot) = self.agents.get_mut(&planned.order.agent_id) {
-            slot.active = (slot.active - 1).max(0);
-        }
-        if let Some(lock) = planned.entry.lock {
-            self.release_lock(lock);
-        }
-        if requeue {
-            self.make_ready(planned.key, planned.entry);
+    /// Takes back a planned assignment the store refused (`requeue` false: the task is gone)
+    /// or could not persist (`requeue` true: it is still queued).
+    pub fn undo(&mut self, planned: Planned, requeue: bool, now: i64) {
+        self.free_slot(&planned.order.agent_id);
+        let seq = seq_of(planned.key);
+        match planned.entry.lock {
+            None => {
+                if requeue {
+                    self.set_ready(planned.entry.group, planned.key, true);
+                }
+            }
+            Some(lock) => {
+                let q = self.locks.entry(lock).or_default();
+                q.active = q.active.saturating_sub(1);
+                if requeue {
+                    q.waiting.insert(
+                        seq,
+                        Waiting {
+                            key: planned.key,
+                            group: planned.entry.group,
+                            due: None,
+                        },
+                    );
+                }
+                self.promote(lock, now);
+            }
         }
     }
 }
@@ -508,6 +690,7 @@ mod tests {
     fn task(seq: i64, priority: i32, caps: &[&str], lock: Option<&str>) -> QueuedTask {
         QueuedTask {
             seq,
+            kind: "echo".into(),
             priority,
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
             lock_key: lock.map(str::to_owned),
@@ -519,6 +702,7 @@ mod tests {
         state.upsert_agent(
             id,
             caps.iter().map(|c| c.to_string()).collect(),
+            Vec::new(),
             max,
             AgentStatus::Online,
         );
@@ -542,7 +726,8 @@ mod tests {
         agent(&mut s, "busy", &["gpu"], 10);
         agent(&mut s, "idle", &["gpu"], 10);
         agent(&mut s, "incapable", &[], 10);
-        s.agents.get_mut("busy").unwrap().active = 3;
+        let busy = s.agent_ix["busy"];
+        s.agents[busy].active = 3;
         s.enqueue(task(1, 0, &["gpu"], None), 0);
         let plan = s.plan(0);
         assert_eq!(plan[0].order.agent_id, "idle");
@@ -566,10 +751,13 @@ mod tests {
         let plan = s.plan(0);
         assert_eq!(plan.iter().map(|p| p.order.seq).collect::<Vec<_>>(), [1]);
         assert!(s.plan(0).is_empty());
-        s.release(Released {
-            agent_id: "a".into(),
-            lock_key: Some("deploy".into()),
-        });
+        s.release(
+            Released {
+                agent_id: "a".into(),
+                lock_key: Some("deploy".into()),
+            },
+            0,
+        );
         assert_eq!(
             s.plan(0).iter().map(|p| p.order.seq).collect::<Vec<_>>(),
             [2]
@@ -615,5 +803,116 @@ mod tests {
         assert_eq!(s.plan(0).len(), 2);
         assert!(s.plan(0).is_empty());
         assert_eq!(s.queued_len(), 3);
+    }
+
+    fn seqs(plan: &[Planned]) -> Vec<i64> {
+        plan.iter().map(|p| p.order.seq).collect()
+    }
+
+    #[test]
+    fn one_keys_tasks_run_in_submit_order_whatever_their_priority() {
+        let mut s = DispatchState::default();
+        agent(&mut s, "a", &[], 10);
+        s.enqueue(task(1, 0, &[], Some("deploy")), 0);
+        s.enqueue(task(2, 100, &[], Some("deploy")), 0);
+        assert_eq!(seqs(&s.plan(0)), [1], "priority jumped the lock queue");
+    }
+
+    #[test]
+    fn a_retried_lock_holder_keeps_its_place_through_its_backoff() {
+        let mut s = DispatchState::default();
+        agent(&mut s, "a", &[], 10);
+        s.enqueue(task(1, 0, &[], Some("deploy")), 0);
+        s.enqueue(task(2, 0, &[], Some("deploy")), 0);
+        assert_eq!(seqs(&s.plan(0)), [1]);
+        // v1 fails retryably: back in the queue with a backoff, freeing its agent slot.
+        let mut retry = task(1, 0, &[], Some("deploy"));
+        retry.run_after = Some(5_000);
+        s.apply(
+            DispatchEvent::Requeued {
+                released: Released {
+                    agent_id: "a".into(),
+                    lock_key: Some("deploy".into()),
+                },
+                queued: retry,
+            },
+            10,
+        );
+        // v2 must not take the key while v1 waits out its backoff …
+        assert!(s.plan(10).is_empty());
+        assert!(s.plan(4_999).is_empty());
+        // … and v1 runs again before v2.
+        assert_eq!(seqs(&s.plan(5_000)), [1]);
+    }
+
+    #[test]
+    fn a_cancelled_queued_task_hands_its_key_on() {
+        let mut s = DispatchState::default();
+        agent(&mut s, "a", &[], 10);
+        let mut first = task(1, 0, &[], Some("deploy"));
+        first.run_after = Some(60_000);
+        s.enqueue(first.clone(), 0);
+        s.enqueue(task(2, 0, &[], Some("deploy")), 0);
+        assert!(
+            s.plan(0).is_empty(),
+            "the first holds the key through its delay"
+        );
+        s.apply(DispatchEvent::Dropped(first), 1);
+        assert_eq!(seqs(&s.plan(1)), [2]);
+    }
+
+    #[test]
+    fn a_task_goes_only_to_agents_that_handle_its_kind() {
+        let mut s = DispatchState::default();
+        s.upsert_agent(
+            "http-only",
+            vec![],
+            vec!["http".into()],
+            10,
+            AgentStatus::Online,
+        );
+        s.enqueue(task(1, 0, &[], None), 0);
+        assert!(
+            s.plan(0).is_empty(),
+            "an echo task went to an http-only agent"
+        );
+        s.upsert_agent("any", vec![], vec![], 10, AgentStatus::Online);
+        let plan = s.plan(0);
+        assert_eq!(plan[0].order.agent_id, "any");
+        let mut http = task(2, 0, &[], None);
+        http.kind = "http".into();
+        s.enqueue(http, 0);
+        assert_eq!(seqs(&s.plan(0)), [2]);
+    }
+
+    #[test]
+    fn many_distinct_capability_sets_nobody_can_take_cost_nothing_per_round() {
+        let mut s = DispatchState::default();
+        agent(&mut s, "a", &["shell"], 10);
+        for seq in 1..=20_000 {
+            s.enqueue(task(seq, 0, &[&format!("cap-{seq}")], None), 0);
+        }
+        s.enqueue(task(20_001, 0, &["shell"], None), 0);
+        // The agent's view holds only the groups it serves: one head, not twenty thousand.
+        assert_eq!(s.agents[s.agent_ix["a"]].servable.len(), 1);
+        assert_eq!(seqs(&s.plan(0)), [20_001]);
+        assert!(s.agents[s.agent_ix["a"]].servable.is_empty());
+    }
+
+    #[test]
+    fn an_agent_registering_later_sees_the_groups_it_serves() {
+        let mut s = DispatchState::default();
+        s.enqueue(task(1, 0, &["gpu"], None), 0);
+        s.enqueue(task(2, 0, &["cpu"], None), 0);
+        agent(&mut s, "g", &["gpu"], 10);
+        assert_eq!(seqs(&s.plan(0)), [1]);
+        s.apply(
+            DispatchEvent::AgentRemoved {
+                agent_id: "g".into(),
+            },
+            0,
+        );
+        s.enqueue(task(3, 0, &["gpu"], None), 0);
+        assert!(s.plan(0).is_empty(), "a removed agent was given work");
     }
 }

@@ -104,7 +104,7 @@ impl Actor {
                             .task(Change::assigned(task_id, attempt, p.order.agent_id));
                     } else {
                         // Cancelled or changed since it was queued: it no longer belongs here.
-                        self.state.undo(p, false);
+                        self.state.undo(p, false, now);
                         refused = true;
                     }
                 }
@@ -112,7 +112,7 @@ impl Actor {
             Err(err) => {
                 tracing::error!(error = %err, "could not persist assignments; will retry");
                 for p in planned {
-                    self.state.undo(p, true);
+                    self.state.undo(p, true, now);
                 }
                 // Without a pause a broken store would spin this loop.
                 tokio::time::sleep(Duration::from_millis(200)).await;

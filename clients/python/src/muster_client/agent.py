@@ -321,6 +321,13 @@ class Agent:
         self._handlers[kind] = fn
         return self
 
+    def _routed_kinds(self) -> List[str]:
+        """The kinds the server may route here: those with a handler, or any kind (an empty
+        list) when a `"*"` handler takes the rest."""
+        if "*" in self._handlers:
+            return []
+        return sorted(self._handlers)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
@@ -451,6 +458,7 @@ class Agent:
                 labels=self.labels,
                 version=self.version,
                 instance_id=self.instance_id,
+                kinds=self._routed_kinds(),
             )
             self._registered.set()
         self._beat_now.set()  # tell the server our load and running attempts right away

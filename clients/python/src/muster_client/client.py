@@ -113,10 +113,12 @@ class Client:
         labels: Optional[Mapping[str, str]] = None,
         version: Optional[str] = None,
         instance_id: Optional[str] = None,
+        kinds: Iterable[str] = (),
     ) -> Agent:
         """`POST /api/v1/agents/register`; registering again updates the agent. `instance_id`
         is a random id drawn once per agent process: a registration with a new one tells the
-        server the agent restarted, so its earlier tasks go back to the queue at once."""
+        server the agent restarted, so its earlier tasks go back to the queue at once. `kinds`
+        lists the task kinds it handles (none: any); others are never routed to it."""
         body: Dict[str, Any] = {
             "agent_id": agent_id,
             "host": host,
@@ -132,6 +134,9 @@ class Client:
             body["version"] = version
         if instance_id is not None:
             body["instance_id"] = instance_id
+        kinds = list(kinds)
+        if kinds:
+            body["kinds"] = kinds
         return Agent.from_json(
             self._http.request("POST", "/api/v1/agents/register", body=body).json()
         )

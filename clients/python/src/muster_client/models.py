@@ -362,6 +362,8 @@ class Agent:
     active_tasks: int
     #: The process that registered last, when the agent sends one.
     instance_id: Optional[str] = None
+    #: The task kinds it handles; empty: any.
+    kinds: List[str] = field(default_factory=list)
     #: While drained: "operator" (until undrained) or "agent" (its own, until it restarts).
     drained_by: Optional[str] = None
 
@@ -383,6 +385,7 @@ class Agent:
             memory_percent=d.get("memory_percent"),
             active_tasks=int(d.get("active_tasks", 0)),
             instance_id=d.get("instance_id"),
+            kinds=list(d.get("kinds") or []),
             drained_by=d.get("drained_by"),
         )
 

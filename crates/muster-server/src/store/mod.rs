@@ -41,6 +41,7 @@ pub struct NewTask {
 pub struct QueuedTask {
     /// The store's internal, monotonically growing handle of the task (age order).
     pub seq: i64,
+    pub kind: String,
     pub priority: i32,
     pub capabilities: Vec<String>,
     pub lock_key: Option<String>,
@@ -64,6 +65,8 @@ pub struct Change {
     pub released: Option<Released>,
     /// Set when the task (re-)entered the queue.
     pub requeued: Option<QueuedTask>,
+    /// Set when a queued task left the queue without running (cancelled).
+    pub dropped: Option<QueuedTask>,
     /// An agent that must hear about this at once (a cancel of its running task).
     pub wake_agent: Option<String>,
 }
@@ -79,6 +82,7 @@ impl Change {
             agent_id,
             released: None,
             requeued: None,
+            dropped: None,
             wake_agent: None,
         }
     }

@@ -1150,3 +1150,35 @@ async fn a_task_that_loses_every_agent_still_ends() {
         .count();
     assert_eq!(lost, 6, "{stored}");
 }
+
+#[tokio::test]
+async fn a_retried_lock_holder_runs_before_the_next_version() {
+    let t = TestApp::spawn().await;
+    t.register("a1", &["ansible"], 4).await;
+    let deploy = |version: &str, priority: i32| {
+        json!({"kind": "deploy", "capabilities": ["ansible"], "lock_key": "deploy:media",
+               "payload": {"version": version}, "priority": priority, "max_retries": 3})
+    };
+    let v1 = t.submit(deploy("v1", 0)).await;
+    // A later version with a higher priority still waits its turn.
+    let v2 = t.submit(deploy("v2", 50)).await;
+    let first = t.claim("a1", 5).await.expect("v1 runs");
+    assert_eq!(first["id"], v1["id"]);
+    let (status, failed) = t.fail(&first, "network blip", true).await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    assert_eq!(failed["state"], "queued");
+    // During v1's backoff the key stays v1's: v2 must not deploy and be overwritten later.
+    t.settle().await;
+    assert!(
+        t.claim("a1", 0).await.is_none(),
+        "v2 took the lock during v1's backoff"
+    );
+    t.advance(Duration::from_secs(700));
+    t.settle().await;
+    let again = t.claim("a1", 5).await.expect("v1 again");
+    assert_eq!(again["id"], v1["id"]);
+    let (status, _) = t.complete(&again, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let last = t.claim("a1", 5).await.expect("then v2");
+    assert_eq!(last["id"], v2["id"]);
+}

@@ -122,6 +122,7 @@ pub fn registration(agent_id: &str, instance: Option<&str>) -> RegisterAgent {
         labels: Default::default(),
         version: None,
         instance_id: instance.map(str::to_owned),
+        kinds: Vec::new(),
     }
 }
 

@@ -51,15 +51,20 @@ pub(super) fn register_agent(
     let mut capabilities = reg.capabilities.clone();
     capabilities.sort();
     capabilities.dedup();
+    let mut kinds = reg.kinds.clone();
+    kinds.sort();
+    kinds.dedup();
     conn.prepare_cached(
         "INSERT INTO agents (agent_id, host, port, capabilities, mcp_servers, \
-         max_concurrency, labels, version, status, instance_id, drained_by, registered_at, \
-         updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
+         max_concurrency, labels, version, status, instance_id, drained_by, kinds, \
+         registered_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?13, \
+         ?12, ?12) \
          ON CONFLICT (agent_id) DO UPDATE SET host = excluded.host, port = excluded.port, \
          capabilities = excluded.capabilities, mcp_servers = excluded.mcp_servers, \
          max_concurrency = excluded.max_concurrency, labels = excluded.labels, \
          version = excluded.version, status = excluded.status, \
          instance_id = excluded.instance_id, drained_by = excluded.drained_by, \
+         kinds = excluded.kinds, \
          updated_at = excluded.updated_at",
     )?
     .execute(params![
@@ -74,7 +79,8 @@ pub(super) fn register_agent(
         status.as_str(),
         reg.instance_id,
         drained_by,
-        now
+        now,
+        serde_json::to_string(&kinds)?
     ])?;
     let record =
         AuditRecord::agent_registered(now, &reg.agent_id, &reg.host, &capabilities, created);

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_agent_identity.sql"),
     include_str!("../migrations/0003_outbox_audit.sql"),
     include_str!("../migrations/0004_lost_attempts.sql"),
+    include_str!("../migrations/0006_agent_kinds.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.

@@ -124,10 +124,11 @@ pub(super) struct Current {
     pub(super) priority: i32,
     pub(super) capabilities: Vec<String>,
     pub(super) run_after: Option<i64>,
+    pub(super) kind: String,
 }
 
 pub(super) const CURRENT_COLS: &str = "seq, id, state, attempt, retry_floor, lost_count, max_retries, agent_id, \
-    lock_key, cancel_requested, priority, capabilities, run_after";
+    lock_key, cancel_requested, priority, capabilities, run_after, kind";
 
 pub(super) fn current_from_row(row: &Row<'_>) -> rusqlite::Result<Current> {
     Ok(Current {
@@ -144,6 +145,7 @@ pub(super) fn current_from_row(row: &Row<'_>) -> rusqlite::Result<Current> {
         priority: row.get("priority")?,
         capabilities: json_col(row, "capabilities")?,
         run_after: row.get("run_after")?,
+        kind: row.get("kind")?,
     })
 }
 
@@ -170,6 +172,7 @@ impl Current {
     pub(super) fn queued(&self, run_after: Option<i64>) -> QueuedTask {
         QueuedTask {
             seq: self.seq,
+            kind: self.kind.clone(),
             priority: self.priority,
             capabilities: self.capabilities.clone(),
             lock_key: self.lock_key.clone(),
@@ -213,6 +216,7 @@ pub(super) fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
         version: row.get("version")?,
         status: enum_col(row, "status", AgentStatus::parse)?,
         instance_id: row.get("instance_id")?,
+        kinds: json_col(row, "kinds")?,
         drained_by: row.get("drained_by")?,
         registered_at: to_utc(row.get("registered_at")?),
         last_heartbeat_at: None,
@@ -223,7 +227,7 @@ pub(super) fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
 }
 
 pub(super) const AGENT_SELECT: &str = "SELECT a.agent_id, a.host, a.port, a.capabilities, a.mcp_servers, \
-    a.max_concurrency, a.labels, a.version, a.status, a.instance_id, a.drained_by, \
+    a.max_concurrency, a.labels, a.version, a.status, a.instance_id, a.drained_by, a.kinds, \
     a.registered_at, \
     (SELECT count(*) FROM tasks t WHERE t.agent_id = a.agent_id \
        AND t.state IN ('assigned', 'running')) AS active_tasks FROM agents a";

@@ -90,6 +90,7 @@ fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitte
     let mut change = Change::new(t.id, TaskState::Queued, 0, None);
     change.requeued = Some(QueuedTask {
         seq,
+        kind: t.kind.clone(),
         priority: t.priority,
         capabilities: t.capabilities.clone(),
         lock_key: t.lock_key.clone(),
@@ -370,6 +371,9 @@ pub(super) fn cancel(
             .execute(params![cur.seq, now])?;
             let mut change = cur.change(TaskState::Cancelled);
             change.released = cur.released();
+            if cur.state == TaskState::Queued {
+                change.dropped = Some(cur.queued(cur.run_after));
+            }
             change
         }
         CancelPlan::AskAgent => {
@@ -627,13 +631,14 @@ pub(super) fn finished_since(conn: &Connection, since: i64) -> StoreResult<Vec<(
 
 pub(super) fn queued(conn: &Connection, after: i64, limit: usize) -> StoreResult<Vec<QueuedTask>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, priority, capabilities, lock_key, run_after FROM tasks \
+        "SELECT seq, kind, priority, capabilities, lock_key, run_after FROM tasks \
          WHERE state = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let queued = stmt
         .query_map(params![after, limit as i64], |row| {
             Ok(QueuedTask {
                 seq: row.get("seq")?,
+                kind: row.get("kind")?,
                 priority: row.get("priority")?,
                 capabilities: json_col(row, "capabilities")?,
                 lock_key: row.get("lock_key")?,
