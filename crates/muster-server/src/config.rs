@@ -140,6 +140,10 @@ pub struct Settings {
     pub assign_timeout: Duration,
     /// How long a claim holds a task without a heartbeat.
     pub lease: Duration,
+    /// Heartbeats that do not list the agent's running attempts (plain-HTTP agents) extend
+    /// their leases only up to the task's `timeout_s`, or this long after it started: such an
+    /// agent restarting would otherwise keep its forgotten tasks leased forever.
+    pub unlisted_lease_cap: Duration,
     /// Finished tasks and their logs are deleted after this.
     pub retention: Duration,
     /// Retries of a task that does not set `max_retries`.
@@ -337,6 +341,15 @@ static FIELDS: &[Field] = &[
         meaning: "how long a claim holds without a heartbeat",
         applies: Applies::OnReload,
         kind: value!(lease, duration, shown_duration),
+    },
+    Field {
+        var: "UNLISTED_LEASE_CAP",
+        file_key: Some("unlisted_lease_cap"),
+        flag: None,
+        default: "6h",
+        meaning: "longest a task without `timeout_s` stays leased to an agent whose heartbeats do not list what it runs",
+        applies: Applies::OnReload,
+        kind: value!(unlisted_lease_cap, duration, shown_duration),
     },
     Field {
         var: "RETENTION",
@@ -1140,6 +1153,7 @@ impl Settings {
             heartbeat_timeout: Duration::from_secs(90),
             assign_timeout: Duration::from_secs(30),
             lease: Duration::from_secs(60),
+            unlisted_lease_cap: Duration::from_secs(6 * 3600),
             retention: Duration::from_secs(30 * 24 * 3600),
             default_max_retries: 3,
             retry_backoff: Duration::from_secs(1),

@@ -123,10 +123,12 @@ pub async fn heartbeat(
         .registry
         .heartbeat(agent_id, now, beat.cpu_percent, beat.memory_percent)
         .ok_or_else(|| not_registered(agent_id))?;
-    let lease_until = now + app.settings().lease.as_millis() as i64;
+    let settings = app.settings();
+    let lease_until = now + settings.lease.as_millis() as i64;
+    let cap = settings.unlisted_lease_cap.as_millis() as i64;
     let cancel = app
         .store
-        .heartbeat(agent_id, beat.running, lease_until)
+        .heartbeat(agent_id, beat.running, lease_until, cap)
         .await?;
     if status == AgentStatus::Offline {
         // It was given up on, but it is back: it may take work again (unless it was drained).

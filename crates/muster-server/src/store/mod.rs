@@ -317,12 +317,14 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts or updates; a new process's registration gives its predecessor's tasks back.
     async fn register_agent(&self, reg: RegisterAgent, now: i64) -> StoreResult<AgentRegistered>;
     /// Extends the leases of the agent's running tasks (only those in `running` when the agent
-    /// lists them); answers which tasks it must stop.
+    /// lists them; without a list, each only up to its `timeout_s`, or `unlisted_cap_ms`, after
+    /// its start); answers which tasks it must stop.
     async fn heartbeat(
         &self,
         agent_id: &str,
         running: Option<Vec<RunningTask>>,
         lease_until: i64,
+        unlisted_cap_ms: i64,
     ) -> StoreResult<Vec<Uuid>>;
     /// The agent takes no new tasks: until undrained (operator), or until its next process
     /// registers (the agent's own, which must name its current instance).

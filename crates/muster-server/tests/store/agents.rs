@@ -33,6 +33,7 @@ async fn a_heartbeat_listing_its_tasks_extends_only_those_and_names_the_stale_on
                     },
                 ]),
                 T0 + 90_000,
+                UNLISTED_CAP,
             )
             .await
             .expect("heartbeat");
@@ -63,7 +64,7 @@ async fn a_heartbeat_listing_its_tasks_extends_only_those_and_names_the_stale_on
         assert_not_found(
             &b,
             "heartbeat of an unknown agent",
-            b.store.heartbeat("nobody", None, T0).await,
+            b.store.heartbeat("nobody", None, T0, UNLISTED_CAP).await,
         );
     }
 }
@@ -335,5 +336,38 @@ async fn an_agents_own_drain_needs_its_current_instance_and_ends_with_its_proces
             .expect("undrain");
         assert_eq!(undrained.status, AgentStatus::Online, "[{}]", b.name);
         assert!(undrained.drained_by.is_none(), "[{}]", b.name);
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_lists_nothing_keeps_a_task_only_up_to_its_timeout_or_the_cap() {
+    for b in backends().await {
+        let mut timed = new_task(0);
+        timed.timeout_s = Some(600);
+        let timed = running(&b, timed, "a1", T0).await;
+        let open = running(&b, new_task(0), "a1", T0).await;
+        // Heartbeats without a list, long after the timeout and the cap: leases stop there.
+        let late = T0 + UNLISTED_CAP + 3_600_000;
+        b.store
+            .heartbeat("a1", None, late + 60_000, UNLISTED_CAP)
+            .await
+            .expect("heartbeat");
+        let changes = b
+            .store
+            .expire(
+                late,
+                muster_server::store::ExpiryRules {
+                    assign_timeout_ms: 30_000,
+                },
+            )
+            .await
+            .expect("expire");
+        let ended: Vec<_> = changes.iter().map(|c| c.task_id).collect();
+        assert!(
+            ended.contains(&open.id),
+            "[{}] the cap did not end {ended:?}",
+            b.name
+        );
+        assert!(ended.contains(&timed.id), "[{}] {ended:?}", b.name);
     }
 }

@@ -37,6 +37,9 @@ pub fn policy() -> RetryPolicy {
     }
 }
 
+/// The lease cap of agents whose heartbeats list nothing (six hours, the default).
+pub const UNLISTED_CAP: i64 = 6 * 3_600_000;
+
 /// The start of every test's time line (2023-11-14T22:13:20Z), in milliseconds.
 pub const T0: i64 = 1_700_000_000_000;
 

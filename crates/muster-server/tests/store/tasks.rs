@@ -303,7 +303,7 @@ async fn cancel_of_a_running_task_asks_the_agent_and_its_end_is_the_cancel() {
         );
         let hb = b
             .store
-            .heartbeat("a1", None, T0 + 60_000)
+            .heartbeat("a1", None, T0 + 60_000, UNLISTED_CAP)
             .await
             .expect("heartbeat");
         assert_eq!(

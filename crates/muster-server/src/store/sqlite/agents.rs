@@ -157,6 +157,7 @@ pub(super) fn heartbeat(
     agent_id: &str,
     running: Option<Vec<RunningTask>>,
     lease_until: i64,
+    unlisted_cap_ms: i64,
 ) -> StoreResult<Vec<Uuid>> {
     if !conn
         .prepare_cached("SELECT 1 FROM agents WHERE agent_id = ?1")?
@@ -165,10 +166,14 @@ pub(super) fn heartbeat(
         return Err(StoreError::NotFound(format!("agent {agent_id}")));
     }
     if running.is_none() {
+        // It does not say what it runs, so it cannot tell us it forgot a task (a restart):
+        // leases grow only to the task's own timeout, or the cap, after its start.
         conn.prepare_cached(
-            "UPDATE tasks SET lease_until = ?2 WHERE agent_id = ?1 AND state = 'running'",
+            "UPDATE tasks SET lease_until = max(coalesce(lease_until, 0), \
+             min(?2, started_at + coalesce(timeout_s * 1000, ?3))) \
+             WHERE agent_id = ?1 AND state = 'running'",
         )?
-        .execute(params![agent_id, lease_until])?;
+        .execute(params![agent_id, lease_until, unlisted_cap_ms])?;
     }
     let mut cancel = task_ids(
         conn,

@@ -419,10 +419,13 @@ impl Store for SqliteStore {
         agent_id: &str,
         running: Option<Vec<RunningTask>>,
         lease_until: i64,
+        unlisted_cap_ms: i64,
     ) -> StoreResult<Vec<Uuid>> {
         let agent_id = agent_id.to_owned();
-        self.write(move |conn| agents::heartbeat(conn, &agent_id, running, lease_until))
-            .await
+        self.write(move |conn| {
+            agents::heartbeat(conn, &agent_id, running, lease_until, unlisted_cap_ms)
+        })
+        .await
     }
 
     async fn drain_agent(&self, agent_id: &str, by: DrainBy, now: i64) -> StoreResult<Agent> {
