@@ -370,6 +370,11 @@ pub struct Task {
     pub assignment: Option<Assignment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Why a queued task waits, in words (no capable agent online, all capable agents busy,
+    /// its lock held by another task, `run_after` in the future). Only `GET
+    /// /api/v1/tasks/{id}` fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// `GET /api/v1/tasks`: newest first; pass `next_cursor` back as `cursor` for the next page.

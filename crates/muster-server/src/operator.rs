@@ -186,3 +186,79 @@ pub async fn reload_settings(
     .await?;
     Ok(())
 }
+
+/// A task with its attempts and, while it is queued, why it waits.
+pub async fn task(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
+    let mut task = app.store.task(task_id).await?;
+    if task.state == muster_api::TaskState::Queued {
+        task.waiting = Some(why_waiting(app, &task).await?);
+    }
+    Ok(task)
+}
+
+/// Why a queued task is not running, as an operator would want to read it.
+async fn why_waiting(app: &App, task: &Task) -> Result<String, ApiError> {
+    let now = app.now_ms();
+    if let Some(after) = task.run_after
+        && after.timestamp_millis() > now
+    {
+        return Ok(format!(
+            "run_after is {}: it waits until then",
+            after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if let Some(lock) = &task.lock_key
+        && let Some((holder, state)) = app.store.lock_blocker(task.id).await?
+    {
+        let how = if state == muster_api::TaskState::Queued {
+            "is next, queued before it"
+        } else {
+            "holds it"
+        };
+        return Ok(format!(
+            "its lock {lock:?} is taken: task {holder} ({state}) {how}"
+        ));
+    }
+    let agents = agents(app).await?;
+    let capable: Vec<&Agent> = agents
+        .iter()
+        .filter(|a| {
+            task.capabilities.iter().all(|c| a.capabilities.contains(c))
+                && (a.kinds.is_empty() || a.kinds.contains(&task.kind))
+        })
+        .collect();
+    let needs = if task.capabilities.is_empty() {
+        format!("handles kind {:?}", task.kind)
+    } else {
+        format!(
+            "has capabilities [{}] and handles kind {:?}",
+            task.capabilities.join(", "),
+            task.kind
+        )
+    };
+    if capable.is_empty() {
+        return Ok(format!("no registered agent {needs}"));
+    }
+    let online: Vec<&&Agent> = capable
+        .iter()
+        .filter(|a| a.status == AgentStatus::Online)
+        .collect();
+    if online.is_empty() {
+        let named: Vec<String> = capable
+            .iter()
+            .map(|a| format!("{} ({})", a.agent_id, a.status))
+            .collect();
+        return Ok(format!(
+            "no online agent {needs}; capable: {}",
+            named.join(", ")
+        ));
+    }
+    if online.iter().all(|a| a.active_tasks >= a.max_concurrency) {
+        let named: Vec<String> = online
+            .iter()
+            .map(|a| format!("{} ({}/{})", a.agent_id, a.active_tasks, a.max_concurrency))
+            .collect();
+        return Ok(format!("every capable agent is busy: {}", named.join(", ")));
+    }
+    Ok("a capable agent has room: it is about to be assigned".to_owned())
+}

@@ -54,14 +54,14 @@ pub(crate) async fn list(
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = Task, description = "the task with every attempt"),
+    responses((status = 200, body = Task, description = "the task with every attempt and, while queued, why it waits"),
               (status = 404, body = muster_api::ErrorBody)))]
 pub(crate) async fn show(
     State(app): State<AppState>,
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(app.store.task(task_id(&id)?).await?))
+    Ok(Json(operator::task(&app, task_id(&id)?).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",

@@ -340,6 +340,9 @@ pub trait Store: Send + Sync + 'static {
     // --- reads
     async fn task(&self, task_id: Uuid) -> StoreResult<Task>;
     async fn task_state(&self, task_id: Uuid) -> StoreResult<TaskState>;
+    /// The task that keeps this one from its lock key: one of the key assigned or running, or
+    /// an older one still queued.
+    async fn lock_blocker(&self, task_id: Uuid) -> StoreResult<Option<(Uuid, TaskState)>>;
     async fn tasks(&self, filter: TaskFilter) -> StoreResult<TaskPage>;
     async fn logs(&self, task_id: Uuid, after: i64, limit: usize) -> StoreResult<Vec<LogLine>>;
     async fn agents(&self) -> StoreResult<Vec<Agent>>;

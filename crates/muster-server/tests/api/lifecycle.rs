@@ -1182,3 +1182,63 @@ async fn a_retried_lock_holder_runs_before_the_next_version() {
     let last = t.claim("a1", 5).await.expect("then v2");
     assert_eq!(last["id"], v2["id"]);
 }
+
+#[tokio::test]
+async fn a_queued_task_says_why_it_waits() {
+    let t = TestApp::spawn().await;
+    async fn why(t: &TestApp, task: Value) -> String {
+        let shown = t.task(task["id"].as_str().unwrap()).await;
+        assert_eq!(shown["state"], "queued", "{shown}");
+        shown["waiting"].as_str().unwrap_or_default().to_owned()
+    }
+    let task = t
+        .submit(json!({"kind": "render", "capabilities": ["gpu"]}))
+        .await;
+    let reason = why(&t, task.clone()).await;
+    assert!(
+        reason.contains("no registered agent has capabilities [gpu]"),
+        "{reason}"
+    );
+    t.register("g1", &["gpu"], 1).await;
+    t.settle().await;
+    t.claim("g1", 5).await.expect("claimed");
+    let second = t
+        .submit(json!({"kind": "render", "capabilities": ["gpu"]}))
+        .await;
+    t.settle().await;
+    let reason = why(&t, second.clone()).await;
+    assert!(
+        reason.contains("every capable agent is busy: g1 (1/1)"),
+        "{reason}"
+    );
+    t.post("/api/v1/agents/g1/drain", json!({})).await;
+    let reason = why(&t, second).await;
+    assert!(
+        reason.contains("no online agent") && reason.contains("g1 (draining)"),
+        "{reason}"
+    );
+
+    let later = t
+        .submit(json!({"kind": "render", "run_after": "2999-01-01T00:00:00Z"}))
+        .await;
+    assert!(
+        why(&t, later)
+            .await
+            .contains("run_after is 2999-01-01T00:00:00Z")
+    );
+
+    t.register("d1", &["deploy"], 4).await;
+    let holder = t
+        .submit(json!({"kind": "deploy", "capabilities": ["deploy"], "lock_key": "k"}))
+        .await;
+    let next = t
+        .submit(json!({"kind": "deploy", "capabilities": ["deploy"], "lock_key": "k"}))
+        .await;
+    t.settle().await;
+    let reason = why(&t, next).await;
+    let holder_id = holder["id"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("its lock \"k\" is taken: task {holder_id}")),
+        "{reason}"
+    );
+}

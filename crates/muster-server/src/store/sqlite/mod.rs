@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_outbox_audit.sql"),
     include_str!("../migrations/0004_lost_attempts.sql"),
     include_str!("../migrations/0006_agent_kinds.sql"),
+    include_str!("../migrations/0007_lock_index.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -462,6 +463,11 @@ impl Store for SqliteStore {
 
     async fn task(&self, task_id: Uuid) -> StoreResult<Task> {
         self.read(move |conn| tasks::task(conn, task_id)).await
+    }
+
+    async fn lock_blocker(&self, task_id: Uuid) -> StoreResult<Option<(Uuid, TaskState)>> {
+        self.read(move |conn| tasks::lock_blocker(conn, task_id))
+            .await
     }
 
     async fn task_state(&self, task_id: Uuid) -> StoreResult<TaskState> {

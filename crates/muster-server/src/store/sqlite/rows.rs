@@ -98,6 +98,7 @@ pub(super) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         error: row.get("error")?,
         assignment: opt_json_col(row, "assignment")?,
         attempts: Vec::new(),
+        waiting: None,
     })
 }
 

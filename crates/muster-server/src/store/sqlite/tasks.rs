@@ -86,6 +86,7 @@ fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitte
         error: None,
         assignment: None,
         attempts: Vec::new(),
+        waiting: None,
     };
     let mut change = Change::new(t.id, TaskState::Queued, 0, None);
     change.requeued = Some(QueuedTask {
@@ -510,6 +511,26 @@ pub(super) fn task(conn: &Connection, task_id: Uuid) -> StoreResult<Task> {
         })?
         .collect::<Result<_, _>>()?;
     Ok(task)
+}
+
+pub(super) fn lock_blocker(
+    conn: &Connection,
+    task_id: Uuid,
+) -> StoreResult<Option<(Uuid, TaskState)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT b.id, b.state FROM tasks t JOIN tasks b ON b.lock_key = t.lock_key \
+             WHERE t.id = ?1 AND b.seq != t.seq AND (b.state IN ('assigned', 'running') \
+             OR (b.state = 'queued' AND b.seq < t.seq)) \
+             ORDER BY b.state = 'queued', b.seq LIMIT 1",
+        )?
+        .query_row([task_id.to_string()], |row| {
+            Ok((
+                uuid_col(row, "id")?,
+                enum_col(row, "state", TaskState::parse)?,
+            ))
+        })
+        .optional()?)
 }
 
 pub(super) fn task_state(conn: &Connection, task_id: Uuid) -> StoreResult<TaskState> {
