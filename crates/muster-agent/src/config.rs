@@ -92,7 +92,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// URL prefixes a task may call (scheme, host, port and path prefix all checked).
+    /// URL prefixes a task may call: scheme, host and port must match exactly, and the
+    /// normalised path must continue the prefix's path at a segment boundary.
     pub allow: Vec<String>,
     #[serde(default)]
     pub timeout_s: Option<u64>,
@@ -169,8 +170,8 @@ impl AgentConfig {
         }
         if let Some(http) = &self.http {
             for (i, prefix) in http.allow.iter().enumerate() {
-                reqwest::Url::parse(prefix)
-                    .map_err(|e| format!("http.allow[{i}]: {prefix:?} is not a URL: {e}"))?;
+                crate::http_call::parse_prefix(prefix)
+                    .map_err(|e| format!("http.allow[{i}]: {prefix:?}: {e}"))?;
             }
         }
         Ok(Checked {

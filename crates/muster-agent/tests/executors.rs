@@ -228,3 +228,104 @@ async fn actions_run_over_ssh_with_every_argument_quoted() {
     stop.cancel();
     agent.await.unwrap();
 }
+
+/// A plain HTTP/1.1 server on loopback that answers every request `200 ok` and keeps the
+/// request line and headers of each, so a test can see exactly what the executor sent.
+async fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn http_calls_stay_under_the_allowed_prefix_and_keep_their_headers_to_the_agent() {
+    let (port, seen) = recording_server().await;
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("[http]\nallow = [\"http://127.0.0.1:{port}/api/\"]\n");
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), &http));
+    let base = format!("http://127.0.0.1:{port}");
+
+    let ok = plane
+        .submit("http", json!({"url": format!("{base}/api/ok")}))
+        .await;
+    let ok = plane.wait_final(&ok).await;
+    assert_eq!(ok.state, TaskState::Completed, "{ok:?}");
+
+    // Paths that a server may resolve to somewhere outside /api/ never leave the agent.
+    for path in [
+        "/api/..%2fsecret",
+        "/api/..%2Fsecret",
+        "/api/../secret",
+        "/api/%2e%2e/secret",
+        "/api/.%2E/secret",
+        "/api/x/..%2f..%2fsecret",
+    ] {
+        let task = plane
+            .submit("http", json!({"url": format!("{base}{path}")}))
+            .await;
+        let task = plane.wait_final(&task).await;
+        assert_eq!(task.state, TaskState::Failed, "{path}: {task:?}");
+    }
+    // Headers that steer the connection or the framing, or name another host, are the
+    // agent's to set; the error names the header.
+    for header in [
+        "Host",
+        "host",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+    ] {
+        let task = plane
+            .submit(
+                "http",
+                json!({"url": format!("{base}/api/ok"), "headers": {header: "1"}}),
+            )
+            .await;
+        let task = plane.wait_final(&task).await;
+        assert_eq!(task.state, TaskState::Failed, "{header}: {task:?}");
+        let error = task.error.as_deref().unwrap();
+        assert!(error.contains(header), "{header}: {error}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the allowed call may be sent: {seen:#?}"
+    );
+    assert!(seen[0].starts_with("GET /api/ok HTTP/1.1\r\n"), "{seen:?}");
+    stop.cancel();
+    agent.await.unwrap();
+}
