@@ -199,4 +199,39 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("other"), "{err}");
     }
+
+    fn dashes(allow: &str) -> ActionHandler {
+        let config = AgentConfig::parse(&format!(
+            r#"
+            [agent]
+            id = "a"
+            [[actions]]
+            name = "logs"
+            argv = ["docker", "logs", "--since={{since}}", "{{container}}"]
+            params = {{ container = "^[a-z0-9-]+$", since = "^[0-9a-z-]+$" }}
+            {allow}
+            "#
+        ))
+        .unwrap();
+        ActionHandler::new(Arc::new(config))
+    }
+
+    #[test]
+    fn a_value_may_not_start_an_argument_with_a_dash_unless_the_action_allows_it() {
+        let task = |container: &str, since: &str| json!({"action": "logs", "params": {"container": container, "since": since}});
+        for bad in ["--help", "-rf", "--follow"] {
+            let err = dashes("").plan(&task(bad, "5m"), None).unwrap_err();
+            assert!(
+                err.contains("\"container\"") && err.contains("allow_leading_dash"),
+                "{bad}: {err}"
+            );
+        }
+        // Inside an argument a dash is only text: `--since=-5m` is one option's value.
+        let (argv, _) = dashes("").plan(&task("web-1", "-5m"), None).unwrap();
+        assert_eq!(argv, ["docker", "logs", "--since=-5m", "web-1"]);
+        let (argv, _) = dashes("allow_leading_dash = true")
+            .plan(&task("-x", "5m"), None)
+            .unwrap();
+        assert_eq!(argv.last().unwrap(), "-x");
+    }
 }

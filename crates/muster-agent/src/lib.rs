@@ -34,6 +34,9 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 /// Builds the runtime for a checked config: an `action` handler always, an `http` handler when
 /// the config allows URLs.
 pub fn runtime(checked: config::Checked, client: Client) -> Result<AgentRuntime, AgentError> {
+    for warning in &checked.warnings {
+        tracing::warn!("{warning}");
+    }
     let agent = &checked.config.agent;
     let mut options = AgentOptions::new(agent.id.clone());
     options.capabilities = checked.capabilities();
