@@ -73,12 +73,25 @@ impl ActionHandler {
 
 /// The OpenSSH command that runs `argv` on `host`. The remote side always goes through a
 /// shell, so every argument is quoted for it: a parameter stays one word, never a command.
+///
+/// `-tt` forces a terminal on the remote side even though ours has none. Without one, killing
+/// the local `ssh` on a cancel or a timeout sends the remote command nothing: sshd only closes
+/// its pipes, and a command that does not write keeps running. With one, sshd closes the
+/// terminal when the connection ends (however the client died), and the kernel sends SIGHUP
+/// to the remote command's process group. OpenSSH's client cannot send a signal itself, and a
+/// wrapper script on the remote side is what this executor avoids. What the terminal costs:
+/// stdout and stderr arrive merged, as our stdout; lines end in CR LF (the log drops the CR);
+/// and the remote program sees a terminal, so it may colour its output or start a pager (we
+/// send no `TERM` unless the agent has one). `LogLevel=ERROR` keeps the client's own
+/// "Connection closed" notice out of the log.
 pub fn ssh_argv(host: &HostConfig, argv: &[String]) -> Result<Vec<String>, String> {
     let remote = shlex::try_join(argv.iter().map(String::as_str))
         .map_err(|e| format!("cannot quote the command for the remote shell: {e}"))?;
     let mut cmd: Vec<String> = [
         "ssh",
-        "-T",
+        "-tt",
+        "-o",
+        "LogLevel=ERROR",
         "-o",
         "BatchMode=yes",
         "-o",
@@ -169,6 +182,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(argv.last().unwrap(), "echo hi");
+        assert_eq!(
+            argv[1], "-tt",
+            "the remote command must get a hangup when ssh dies"
+        );
         assert!(argv.windows(2).any(|w| w == ["-p", "2222"]));
         assert!(
             argv.windows(2)

@@ -130,6 +130,18 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Waits (bounded) until the process is gone; `what` names it in the failure.
+pub async fn wait_gone(pid: i32, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (pid {pid}) is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn read_pid(path: &Path) -> i32 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
