@@ -14,14 +14,16 @@ use muster_client::{Handler, HandlerError, TaskContext};
 use serde_json::Value;
 
 use crate::config::{Checked, HostConfig};
+use crate::process::Launcher;
 
 pub struct ActionHandler {
     config: Arc<Checked>,
+    launcher: Launcher,
 }
 
 impl ActionHandler {
-    pub fn new(config: Arc<Checked>) -> Self {
-        ActionHandler { config }
+    pub fn new(config: Arc<Checked>, launcher: Launcher) -> Self {
+        ActionHandler { config, launcher }
     }
 
     /// Checks the task against the allow-list and returns the argv to run and its time limit.
@@ -128,7 +130,7 @@ impl Handler for ActionHandler {
         let (argv, timeout) = self
             .plan(&task.payload, task.timeout_s)
             .map_err(HandlerError::Permanent)?;
-        let mut result = crate::process::run(ctx, &argv, timeout).await?;
+        let mut result = crate::process::run(ctx, &self.launcher, &argv, timeout).await?;
         result["action"] = task.payload["action"].clone();
         Ok(result)
     }
@@ -158,7 +160,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        ActionHandler::new(Arc::new(config))
+        ActionHandler::new(Arc::new(config), Launcher::Direct)
     }
 
     #[test]
@@ -230,7 +232,7 @@ mod tests {
             "#
         ))
         .unwrap();
-        ActionHandler::new(Arc::new(config))
+        ActionHandler::new(Arc::new(config), Launcher::Direct)
     }
 
     #[test]

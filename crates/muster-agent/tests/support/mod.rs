@@ -110,7 +110,12 @@ pub fn start_agent(
     config: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let checked = muster_agent::AgentConfig::parse(config).expect("config parses");
-    let runtime = muster_agent::runtime(checked, plane.client.clone()).unwrap();
+    let runtime = muster_agent::runtime(
+        checked,
+        plane.client.clone(),
+        muster_agent::Launcher::Direct,
+    )
+    .unwrap();
     let stop = CancellationToken::new();
     let signal = stop.clone();
     let handle = tokio::spawn(async move {
