@@ -255,7 +255,10 @@ mod tests {
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(!findable(plain.to_str().unwrap()), "a file that is not executable");
+        assert!(
+            !findable(plain.to_str().unwrap()),
+            "a file that is not executable"
+        );
         assert!(!findable("/bin"), "a directory");
     }
 }
