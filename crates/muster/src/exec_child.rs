@@ -15,10 +15,9 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, Stdio};
 
-use tokio::signal::unix::{SignalKind, signal};
-
 use nix::sys::signal::{Signal, killpg, raise};
 use nix::unistd::{getpgrp, getpid};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The name `muster agent` passes to its own executable; hidden from `--help`.
 pub(crate) const SUBCOMMAND: &str = "__exec-child";
