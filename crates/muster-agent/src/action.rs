@@ -14,14 +14,16 @@ use muster_client::{Handler, HandlerError, TaskContext};
 use serde_json::Value;
 
 use crate::config::{Checked, HostConfig};
+use crate::process::Launcher;
 
 pub struct ActionHandler {
     config: Arc<Checked>,
+    launcher: Launcher,
 }
 
 impl ActionHandler {
-    pub fn new(config: Arc<Checked>) -> Self {
-        ActionHandler { config }
+    pub fn new(config: Arc<Checked>, launcher: Launcher) -> Self {
+        ActionHandler { config, launcher }
     }
 
     /// Checks the task against the allow-list and returns the argv to run and its time limit.
@@ -73,12 +75,25 @@ impl ActionHandler {
 
 /// The OpenSSH command that runs `argv` on `host`. The remote side always goes through a
 /// shell, so every argument is quoted for it: a parameter stays one word, never a command.
+///
+/// `-tt` forces a terminal on the remote side even though ours has none. Without one, killing
+/// the local `ssh` on a cancel or a timeout sends the remote command nothing: sshd only closes
+/// its pipes, and a command that does not write keeps running. With one, sshd closes the
+/// terminal when the connection ends (however the client died), and the kernel sends SIGHUP
+/// to the remote command's process group. OpenSSH's client cannot send a signal itself, and a
+/// wrapper script on the remote side is what this executor avoids. What the terminal costs:
+/// stdout and stderr arrive merged, as our stdout; lines end in CR LF (the log drops the CR);
+/// and the remote program sees a terminal, so it may colour its output or start a pager (we
+/// send no `TERM` unless the agent has one). `LogLevel=ERROR` keeps the client's own
+/// "Connection closed" notice out of the log.
 pub fn ssh_argv(host: &HostConfig, argv: &[String]) -> Result<Vec<String>, String> {
     let remote = shlex::try_join(argv.iter().map(String::as_str))
         .map_err(|e| format!("cannot quote the command for the remote shell: {e}"))?;
     let mut cmd: Vec<String> = [
         "ssh",
-        "-T",
+        "-tt",
+        "-o",
+        "LogLevel=ERROR",
         "-o",
         "BatchMode=yes",
         "-o",
@@ -115,7 +130,7 @@ impl Handler for ActionHandler {
         let (argv, timeout) = self
             .plan(&task.payload, task.timeout_s)
             .map_err(HandlerError::Permanent)?;
-        let mut result = crate::process::run(ctx, &argv, timeout).await?;
+        let mut result = crate::process::run(ctx, &self.launcher, &argv, timeout).await?;
         result["action"] = task.payload["action"].clone();
         Ok(result)
     }
@@ -145,7 +160,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        ActionHandler::new(Arc::new(config))
+        ActionHandler::new(Arc::new(config), Launcher::Direct)
     }
 
     #[test]
@@ -169,6 +184,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(argv.last().unwrap(), "echo hi");
+        assert_eq!(
+            argv[1], "-tt",
+            "the remote command must get a hangup when ssh dies"
+        );
         assert!(argv.windows(2).any(|w| w == ["-p", "2222"]));
         assert!(
             argv.windows(2)
@@ -198,5 +217,40 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.contains("other"), "{err}");
+    }
+
+    fn dashes(allow: &str) -> ActionHandler {
+        let config = AgentConfig::parse(&format!(
+            r#"
+            [agent]
+            id = "a"
+            [[actions]]
+            name = "logs"
+            argv = ["docker", "logs", "--since={{since}}", "{{container}}"]
+            params = {{ container = "^[a-z0-9-]+$", since = "^[0-9a-z-]+$" }}
+            {allow}
+            "#
+        ))
+        .unwrap();
+        ActionHandler::new(Arc::new(config), Launcher::Direct)
+    }
+
+    #[test]
+    fn a_value_may_not_start_an_argument_with_a_dash_unless_the_action_allows_it() {
+        let task = |container: &str, since: &str| json!({"action": "logs", "params": {"container": container, "since": since}});
+        for bad in ["--help", "-rf", "--follow"] {
+            let err = dashes("").plan(&task(bad, "5m"), None).unwrap_err();
+            assert!(
+                err.contains("\"container\"") && err.contains("allow_leading_dash"),
+                "{bad}: {err}"
+            );
+        }
+        // Inside an argument a dash is only text: `--since=-5m` is one option's value.
+        let (argv, _) = dashes("").plan(&task("web-1", "-5m"), None).unwrap();
+        assert_eq!(argv, ["docker", "logs", "--since=-5m", "web-1"]);
+        let (argv, _) = dashes("allow_leading_dash = true")
+            .plan(&task("-x", "5m"), None)
+            .unwrap();
+        assert_eq!(argv.last().unwrap(), "-x");
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::template::ArgvTemplate;
+use crate::template::{ArgvTemplate, LeadingDash};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +71,10 @@ pub struct ActionConfig {
     /// Marks actions an operator should approve; kept for the repair workflow.
     #[serde(default)]
     pub risky: bool,
+    /// Lets a parameter's value begin an argument with `-` (refused by default, since the
+    /// program would read it as an option): for programs that take negative numbers, say.
+    #[serde(default)]
+    pub allow_leading_dash: bool,
 }
 
 /// An SSH destination actions may run on, through the system's OpenSSH client.
@@ -92,7 +96,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// URL prefixes a task may call (scheme, host, port and path prefix all checked).
+    /// URL prefixes a task may call: scheme, host and port must match exactly, and the
+    /// normalised path must continue the prefix's path at a segment boundary.
     pub allow: Vec<String>,
     #[serde(default)]
     pub timeout_s: Option<u64>,
@@ -104,6 +109,8 @@ pub struct Checked {
     pub config: AgentConfig,
     pub actions: BTreeMap<String, (ActionConfig, ArgvTemplate)>,
     pub hosts: BTreeMap<String, HostConfig>,
+    /// What loads but is probably not what the author meant, for the log at start.
+    pub warnings: Vec<String>,
 }
 
 impl AgentConfig {
@@ -147,9 +154,27 @@ impl AgentConfig {
             }
         }
         let mut actions = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (i, action) in self.actions.iter().enumerate() {
-            let template = ArgvTemplate::compile(&action.argv, &action.params)
+            let leading_dash = if action.allow_leading_dash {
+                LeadingDash::Allowed
+            } else {
+                LeadingDash::Refused
+            };
+            let template = ArgvTemplate::compile(&action.argv, &action.params, leading_dash)
                 .map_err(|e| format!("actions[{i}] ({}): {e}", action.name))?;
+            for (name, pattern) in &action.params {
+                let classes = crate::template::unicode_classes(pattern);
+                if !classes.is_empty() {
+                    warnings.push(format!(
+                        "actions[{i}] ({}): params.{name}: {pattern:?} uses {}, which match \
+                         Unicode, not only ASCII (\\d matches Arabic-Indic digits such as \
+                         '٣'); write [0-9], [A-Za-z0-9_] or [ \\t] if ASCII is meant",
+                        action.name,
+                        classes.join(", ")
+                    ));
+                }
+            }
             if let Some(host) = &action.host
                 && !hosts.contains_key(host)
             {
@@ -169,14 +194,15 @@ impl AgentConfig {
         }
         if let Some(http) = &self.http {
             for (i, prefix) in http.allow.iter().enumerate() {
-                reqwest::Url::parse(prefix)
-                    .map_err(|e| format!("http.allow[{i}]: {prefix:?} is not a URL: {e}"))?;
+                crate::http_call::parse_prefix(prefix)
+                    .map_err(|e| format!("http.allow[{i}]: {prefix:?}: {e}"))?;
             }
         }
         Ok(Checked {
             config: self,
             actions,
             hosts,
+            warnings,
         })
     }
 }
@@ -236,5 +262,25 @@ mod tests {
         let bad_host = format!("{GOOD}\n[[hosts]]\nname = \"x\"\nssh = \"-oProxyCommand=sh\"\n");
         let err = AgentConfig::parse(&bad_host).unwrap_err();
         assert!(err.contains("hosts[0].ssh"), "{err}");
+    }
+
+    #[test]
+    fn unicode_shorthand_classes_load_with_a_warning_naming_the_parameter() {
+        let checked = AgentConfig::parse(&GOOD.replace("{0,62}$", r"{0,62}$|^\\d+$")).unwrap();
+        assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+        let warning = &checked.warnings[0];
+        assert!(
+            warning.contains("params.container") && warning.contains(r"\d"),
+            "{warning}"
+        );
+        assert!(AgentConfig::parse(GOOD).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn the_example_config_loads_without_warnings() {
+        let example = include_str!("../../../examples/agent.toml");
+        let checked = AgentConfig::parse(example).unwrap();
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+        assert!(checked.actions["renice"].0.allow_leading_dash);
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use muster_client::{AgentOptions, AgentRuntime, Client};
 
 pub use config::AgentConfig;
+pub use process::Launcher;
 
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +32,16 @@ pub enum AgentError {
 /// The server used when neither the flags nor the file name one.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
-/// Builds the runtime for a checked config: an `action` handler always, an `http` handler when
-/// the config allows URLs.
-pub fn runtime(checked: config::Checked, client: Client) -> Result<AgentRuntime, AgentError> {
+/// Builds the runtime for a checked config: an `action` handler always, starting programs the
+/// way `launcher` says, and an `http` handler when the config allows URLs.
+pub fn runtime(
+    checked: config::Checked,
+    client: Client,
+    launcher: Launcher,
+) -> Result<AgentRuntime, AgentError> {
+    for warning in &checked.warnings {
+        tracing::warn!("{warning}");
+    }
     let agent = &checked.config.agent;
     let mut options = AgentOptions::new(agent.id.clone());
     options.capabilities = checked.capabilities();
@@ -44,8 +52,8 @@ pub fn runtime(checked: config::Checked, client: Client) -> Result<AgentRuntime,
     }
     let http = checked.config.http.clone();
     let checked = Arc::new(checked);
-    let mut runtime =
-        AgentRuntime::new(client, options).handle("action", action::ActionHandler::new(checked));
+    let mut runtime = AgentRuntime::new(client, options)
+        .handle("action", action::ActionHandler::new(checked, launcher));
     if let Some(http) = http {
         let timeout = Duration::from_secs(http.timeout_s.unwrap_or(30));
         runtime = runtime.handle(
@@ -57,11 +65,13 @@ pub fn runtime(checked: config::Checked, client: Client) -> Result<AgentRuntime,
 }
 
 /// Runs the agent described by the TOML file at `config_path` until `shutdown` completes,
-/// then drains. `url` and `key` override the file's server settings.
+/// then drains. `url` and `key` override the file's server settings; `launcher` says how
+/// actions start (see [`Launcher`]).
 pub async fn run(
     config_path: &Path,
     url: Option<String>,
     key: Option<String>,
+    launcher: Launcher,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let checked = AgentConfig::load(config_path).map_err(AgentError::Config)?;
@@ -76,11 +86,13 @@ pub async fn run(
         (None, None) => None,
     };
     let client = Client::new(&url, key)?;
-    let runtime = runtime(checked, client)?;
+    let supervised = matches!(launcher, Launcher::Supervised { .. });
+    let runtime = runtime(checked, client, launcher)?;
     tracing::info!(
         agent_id = %runtime.options().agent_id,
         capabilities = ?runtime.options().capabilities,
         server = %url,
+        supervised,
         "agent starting"
     );
     runtime.run(shutdown).await?;

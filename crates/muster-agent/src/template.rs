@@ -1,6 +1,12 @@
 //! Argv templates: `["docker", "restart", "{container}"]` with one pattern per parameter.
 //! Rendering checks every value against its whole-value pattern before anything runs; a value
 //! only ever fills the argument it stands in, it can never add an argument or a command.
+//!
+//! A value that would begin an argument with `-` is refused unless the action allows it: a
+//! pattern written carelessly (`^[a-z0-9-]+$`) would otherwise let `--help` or
+//! `--volumes-from=…` through as an option of the program. Patterns are matched on Unicode
+//! (`\d` matches `٣`), so [`unicode_classes`] finds the classes an author most likely meant
+//! as ASCII, for a warning at load.
 
 use std::collections::BTreeMap;
 
@@ -13,15 +19,50 @@ enum Piece {
     Param(String),
 }
 
+/// Whether a parameter's value may begin an argument with `-`, where a program would read it
+/// as an option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeadingDash {
+    #[default]
+    Refused,
+    Allowed,
+}
+
 /// A compiled, checked template.
 #[derive(Debug, Clone)]
 pub struct ArgvTemplate {
     args: Vec<Vec<Piece>>,
     patterns: BTreeMap<String, Regex>,
+    leading_dash: LeadingDash,
+}
+
+/// The Unicode-aware shorthand classes a pattern uses (`\d`, `\w`, `\s`, or their negations):
+/// each matches far more than ASCII (`\d` matches Arabic-Indic digits, `\w` letters of every
+/// script, `\s` a no-break space), which is seldom what an argv pattern means.
+pub fn unicode_classes(pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            continue;
+        }
+        // The escaped character is consumed either way, so `\\d` is a backslash and a `d`.
+        if let Some(class @ ('d' | 'w' | 's' | 'D' | 'W' | 'S')) = chars.next() {
+            let class = format!("\\{class}");
+            if !found.contains(&class) {
+                found.push(class);
+            }
+        }
+    }
+    found
 }
 
 impl ArgvTemplate {
-    pub fn compile(argv: &[String], params: &BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn compile(
+        argv: &[String],
+        params: &BTreeMap<String, String>,
+        leading_dash: LeadingDash,
+    ) -> Result<Self, String> {
         if argv.is_empty() || argv[0].trim().is_empty() {
             return Err("argv: must name a program".into());
         }
@@ -48,7 +89,11 @@ impl ArgvTemplate {
             }
             args.push(pieces);
         }
-        Ok(ArgvTemplate { args, patterns })
+        Ok(ArgvTemplate {
+            args,
+            patterns,
+            leading_dash,
+        })
     }
 
     /// Fills the template; an error names the parameter at fault and nothing may run.
@@ -81,6 +126,19 @@ impl ArgvTemplate {
             }
             values.insert(name.as_str(), text);
         }
+        if self.leading_dash == LeadingDash::Refused {
+            for pieces in &self.args {
+                if let Some((name, value)) = leading_value(pieces, &values)
+                    && value.starts_with('-')
+                {
+                    return Err(format!(
+                        "parameter {name:?} = {value:?} would begin an argument with '-', which \
+                         the program could read as an option; refused (an action whose \
+                         programs expect such values sets allow_leading_dash = true)"
+                    ));
+                }
+            }
+        }
         Ok(self
             .args
             .iter()
@@ -95,6 +153,27 @@ impl ArgvTemplate {
             })
             .collect())
     }
+}
+
+/// The parameter whose value begins this argument, if a parameter does: the first one with a
+/// non-empty value before any fixed text.
+fn leading_value<'a>(
+    pieces: &'a [Piece],
+    values: &'a BTreeMap<&str, String>,
+) -> Option<(&'a str, &'a str)> {
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) if text.is_empty() => continue,
+            Piece::Text(_) => return None,
+            Piece::Param(name) => {
+                let value = values[name.as_str()].as_str();
+                if !value.is_empty() {
+                    return Some((name, value));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Splits `"--name={container}"` into text and parameters; `{{` and `}}` are literal braces.
@@ -145,7 +224,7 @@ mod tests {
             "[a-z0-9][a-z0-9_.-]{0,62}".to_owned(),
         )]);
         let argv = ["docker", "restart", "--time={{10}}", "{container}"].map(String::from);
-        ArgvTemplate::compile(&argv, &params).unwrap()
+        ArgvTemplate::compile(&argv, &params, LeadingDash::Refused).unwrap()
     }
 
     fn params(v: Value) -> serde_json::Map<String, Value> {
@@ -179,7 +258,12 @@ mod tests {
     #[test]
     fn a_pattern_without_anchors_still_checks_the_whole_value() {
         let params_cfg = BTreeMap::from([("n".to_owned(), "[0-9]+".to_owned())]);
-        let t = ArgvTemplate::compile(&["echo".into(), "{n}".into()], &params_cfg).unwrap();
+        let t = ArgvTemplate::compile(
+            &["echo".into(), "{n}".into()],
+            &params_cfg,
+            LeadingDash::Refused,
+        )
+        .unwrap();
         assert!(t.render(&params(json!({"n": "12; reboot"}))).is_err());
         assert_eq!(t.render(&params(json!({"n": 12}))).unwrap(), ["echo", "12"]);
     }
@@ -187,6 +271,41 @@ mod tests {
     #[test]
     fn the_program_cannot_be_a_parameter() {
         let params_cfg = BTreeMap::from([("p".to_owned(), ".*".to_owned())]);
-        assert!(ArgvTemplate::compile(&["{p}".into()], &params_cfg).is_err());
+        assert!(ArgvTemplate::compile(&["{p}".into()], &params_cfg, LeadingDash::Allowed).is_err());
+    }
+
+    #[test]
+    fn a_leading_dash_is_found_however_the_argument_is_built() {
+        let params_cfg = BTreeMap::from([
+            ("a".to_owned(), "[a-z-]*".to_owned()),
+            ("b".to_owned(), "[a-z-]*".to_owned()),
+        ]);
+        let t = ArgvTemplate::compile(
+            &["ls".into(), "{a}{b}".into(), "x{a}".into()],
+            &params_cfg,
+            LeadingDash::Refused,
+        )
+        .unwrap();
+        // An empty first value leaves the second one at the start of the argument.
+        let err = t.render(&params(json!({"a": "", "b": "-la"}))).unwrap_err();
+        assert!(err.contains("\"b\""), "{err}");
+        assert!(t.render(&params(json!({"a": "-", "b": "x"}))).is_err());
+        assert!(t.render(&params(json!({"a": "a-", "b": "-x"}))).is_ok());
+    }
+
+    #[test]
+    fn unicode_shorthand_classes_are_found() {
+        assert_eq!(unicode_classes(r"^\d+\s\w$"), [r"\d", r"\s", r"\w"]);
+        assert_eq!(unicode_classes(r"^\D\d$"), [r"\D", r"\d"]);
+        assert!(unicode_classes(r"^[0-9]+\\d\.$").is_empty());
+        // What the warning is about: `\d` matches digits of other scripts.
+        let params_cfg = BTreeMap::from([("n".to_owned(), r"\d+".to_owned())]);
+        let t = ArgvTemplate::compile(
+            &["echo".into(), "{n}".into()],
+            &params_cfg,
+            LeadingDash::Refused,
+        )
+        .unwrap();
+        assert!(t.render(&params(json!({"n": "٣"}))).is_ok());
     }
 }

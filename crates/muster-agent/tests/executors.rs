@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use muster_api::{AttemptOutcome, TaskState};
 use serde_json::json;
-use support::{Plane, Sshd, alive, read_pid, sshd_binary, start_agent};
+use support::{Plane, Sshd, alive, read_pid, sshd_binary, start_agent, wait_gone};
 
 fn config(dir: &std::path::Path, hosts: &str) -> String {
     format!(
@@ -36,6 +36,11 @@ params = {{ text = ".*" }}
 [[actions]]
 name = "hang"
 argv = ["sh", "-c", "echo $$ > {dir}/pid; sleep 300 & wait"]
+timeout_s = 300
+
+[[actions]]
+name = "hang_tree"
+argv = ["sh", "-c", "sleep 300 & echo $! > {dir}/child; echo $$ > {dir}/pid; wait"]
 timeout_s = 300
 
 {hosts}
@@ -201,6 +206,19 @@ async fn actions_run_over_ssh_with_every_argument_quoted() {
         plane.log_text(&task).await
     );
     assert!(plane.log_text(&task).await.contains("hello remote"));
+    // Over the forced terminal, stderr arrives merged into stdout; no line keeps its CR, and
+    // the client's own notices stay out of the log.
+    let logs = plane.client.logs(task.id, 0, 100).await.unwrap().lines;
+    assert!(
+        logs.iter()
+            .any(|l| l.text == "oops" && l.stream == muster_api::LogStream::Stdout),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .all(|l| !l.text.contains('\r') && !l.text.contains("Connection to")),
+        "{logs:?}"
+    );
 
     // A value that passes a permissive pattern still reaches the remote side as one word.
     let injected = format!("x; touch {}", marker.display());
@@ -225,6 +243,153 @@ async fn actions_run_over_ssh_with_every_argument_quoted() {
     let task = plane.wait_final(&task).await;
     assert_eq!(task.state, TaskState::Failed);
     assert!(!marker.exists());
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+/// A plain HTTP/1.1 server on loopback that answers every request `200 ok` and keeps the
+/// request line and headers of each, so a test can see exactly what the executor sent.
+async fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn http_calls_stay_under_the_allowed_prefix_and_keep_their_headers_to_the_agent() {
+    let (port, seen) = recording_server().await;
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("[http]\nallow = [\"http://127.0.0.1:{port}/api/\"]\n");
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), &http));
+    let base = format!("http://127.0.0.1:{port}");
+
+    let ok = plane
+        .submit("http", json!({"url": format!("{base}/api/ok")}))
+        .await;
+    let ok = plane.wait_final(&ok).await;
+    assert_eq!(ok.state, TaskState::Completed, "{ok:?}");
+
+    // Paths that a server may resolve to somewhere outside /api/ never leave the agent.
+    for path in [
+        "/api/..%2fsecret",
+        "/api/..%2Fsecret",
+        "/api/../secret",
+        "/api/%2e%2e/secret",
+        "/api/.%2E/secret",
+        "/api/x/..%2f..%2fsecret",
+    ] {
+        let task = plane
+            .submit("http", json!({"url": format!("{base}{path}")}))
+            .await;
+        let task = plane.wait_final(&task).await;
+        assert_eq!(task.state, TaskState::Failed, "{path}: {task:?}");
+    }
+    // Headers that steer the connection or the framing, or name another host, are the
+    // agent's to set; the error names the header.
+    for header in [
+        "Host",
+        "host",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+    ] {
+        let task = plane
+            .submit(
+                "http",
+                json!({"url": format!("{base}/api/ok"), "headers": {header: "1"}}),
+            )
+            .await;
+        let task = plane.wait_final(&task).await;
+        assert_eq!(task.state, TaskState::Failed, "{header}: {task:?}");
+        let error = task.error.as_deref().unwrap();
+        assert!(error.contains(header), "{header}: {error}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the allowed call may be sent: {seen:#?}"
+    );
+    assert!(seen[0].starts_with("GET /api/ok HTTP/1.1\r\n"), "{seen:?}");
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_or_timed_out_action_over_ssh_stops_on_the_remote_host() {
+    let Some(binary) = sshd_binary() else { return };
+    let sshd = Sshd::start(&binary);
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), &sshd.host_config("box")));
+    let (pid_file, child_file) = (dir.path().join("pid"), dir.path().join("child"));
+
+    // Cancelled: the local ssh client is killed, and the remote shell and what it started
+    // (the remote host is this machine, so its pids are visible here) go with it.
+    let task = plane
+        .submit("action", json!({"action": "hang_tree", "host": "box"}))
+        .await;
+    let (pid, child) = (read_pid(&pid_file).await, read_pid(&child_file).await);
+    plane.client.cancel(task.id).await.unwrap();
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
+    wait_gone(pid, "the remote shell of a cancelled action").await;
+    wait_gone(child, "the remote child of a cancelled action").await;
+
+    // Timed out: the same.
+    std::fs::remove_file(&pid_file).unwrap();
+    std::fs::remove_file(&child_file).unwrap();
+    let submit = muster_api::SubmitTask {
+        kind: "action".into(),
+        payload: json!({"action": "hang_tree", "host": "box"}),
+        capabilities: vec![],
+        priority: 0,
+        max_retries: Some(0),
+        timeout_s: Some(2),
+        lock_key: None,
+        idempotency_key: None,
+        run_after: None,
+        labels: Default::default(),
+    };
+    let (task, _) = plane.client.submit(&submit).await.unwrap();
+    let (pid, child) = (read_pid(&pid_file).await, read_pid(&child_file).await);
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    wait_gone(pid, "the remote shell of a timed-out action").await;
+    wait_gone(child, "the remote child of a timed-out action").await;
     stop.cancel();
     agent.await.unwrap();
 }

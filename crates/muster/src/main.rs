@@ -1,8 +1,10 @@
 //! The `muster` binary: a thin CLI over the library crates.
 
 mod commands;
+mod exec_child;
 mod output;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,6 +71,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Internal: how `muster agent` runs an action (see exec_child.rs).
+    #[command(name = exec_child::SUBCOMMAND, hide = true)]
+    ExecChild {
+        #[arg(last = true, required = true)]
+        argv: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +94,7 @@ fn main() -> ExitCode {
         Command::Backup { file, db } => commands::daemons::backup(&file, db),
         Command::Config { command } => commands::config::run(command),
         Command::Audit { command } => commands::audit::run(command),
+        Command::ExecChild { argv } => Ok(exec_child::run(&argv)),
     };
     outcome.unwrap_or_else(|err| output::report_error(&err))
 }

@@ -1,6 +1,7 @@
 //! Real `muster agent` processes against a real `muster serve`: an agent killed with SIGKILL
-//! mid-task has its task run again on another agent (and its late report refused), and an
-//! agent sent SIGTERM finishes its running task without claiming another.
+//! mid-task has its task run again on another agent (and its late report refused) and leaves
+//! none of the action's processes running, and an agent sent SIGTERM finishes its running
+//! task without claiming another.
 
 mod common;
 
@@ -25,7 +26,19 @@ name = "work"
 argv = ["sh", "-c", "echo started; sleep $0; echo finished", "{{seconds}}"]
 params = {{ seconds = "[0-9]+" }}
 capability = "work"
-"#
+
+[[actions]]
+name = "linger"
+argv = ["sh", "-c", "sleep 300 & echo $! > $0/child; echo $$ > $0/pid; wait", "{dir}"]
+capability = "work"
+
+[[actions]]
+name = "signals"
+argv = ["sh", "-c", "grep -E '^Sig(Ign|Blk):' /proc/self/status; exit $0", "{{code}}"]
+params = {{ code = "[0-9]+" }}
+capability = "work"
+"#,
+        dir = dir.display()
     );
     std::fs::write(&path, config).unwrap();
     path
@@ -72,8 +85,23 @@ async fn wait_registered(client: &reqwest::Client, base: &str, agent_id: &str) {
 }
 
 async fn submit(client: &reqwest::Client, base: &str, seconds: u32) -> String {
-    let body = json!({"kind": "action", "capabilities": ["work"], "max_retries": 2,
-                      "payload": {"action": "work", "params": {"seconds": seconds.to_string()}}});
+    submit_action(
+        client,
+        base,
+        json!({"action": "work", "params": {"seconds": seconds.to_string()}}),
+        2,
+    )
+    .await
+}
+
+async fn submit_action(
+    client: &reqwest::Client,
+    base: &str,
+    payload: Value,
+    max_retries: u32,
+) -> String {
+    let body = json!({"kind": "action", "capabilities": ["work"], "max_retries": max_retries,
+                      "payload": payload});
     let task: Value = client
         .post(format!("{base}/api/v1/tasks"))
         .json(&body)
@@ -171,4 +199,103 @@ async fn sigterm_drains_the_agent() {
         matches!(later["state"].as_str(), Some("queued" | "assigned")),
         "{later}"
     );
+}
+
+/// True while a process with this pid exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| rest.split_whitespace().next() != Some("Z")),
+        Err(_) => false,
+    }
+}
+
+async fn read_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_none_of_its_actions_processes_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.clone();
+    let client = reqwest::Client::new();
+
+    let mut agent = AgentProcess::start(&base, &write_config(dir.path(), "doomed"));
+    wait_registered(&client, &base, "doomed").await;
+    submit_action(&client, &base, json!({"action": "linger"}), 0).await;
+    // The shell the agent started, and a process that shell started in turn.
+    let shell = read_pid(&dir.path().join("pid")).await;
+    let child = read_pid(&dir.path().join("child")).await;
+    assert!(alive(shell) && alive(child));
+
+    agent.signal("-KILL");
+    agent.wait_exit(DEADLINE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (pid, what) in [(shell, "the action"), (child, "the action's child")] {
+        while alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} (pid {pid}) outlived the agent killed with SIGKILL"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_starts_with_default_signals_and_its_exit_code_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.clone();
+    let client = reqwest::Client::new();
+
+    let _agent = AgentProcess::start(&base, &write_config(dir.path(), "plain"));
+    wait_registered(&client, &base, "plain").await;
+    let payload = json!({"action": "signals", "params": {"code": "3"}});
+    let id = submit_action(&client, &base, payload, 0).await;
+    let task = wait_task(&client, &base, &id, |t| t["state"] == "failed").await;
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{task}"
+    );
+    let logs = get(&client, format!("{base}/api/v1/tasks/{id}/logs")).await;
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["text"].as_str())
+        .collect();
+    // No standard signal ignored (Rust ignores SIGPIPE in its own processes) and none
+    // blocked. Signals 32 and 33 are glibc's own: its posix_spawn leaves them ignored.
+    for (state, standard_signals) in [("SigIgn", 0x7fff_ffff_u64), ("SigBlk", u64::MAX)] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(state))
+            .unwrap_or_else(|| panic!("no {state} line in {lines:?}"));
+        let mask = u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(
+            mask & standard_signals,
+            0,
+            "the action inherited a signal state: {line}"
+        );
+    }
 }

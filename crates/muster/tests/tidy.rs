@@ -64,18 +64,81 @@ fn no_test_is_switched_off() {
     }
 }
 
+/// Whether `code` can start a process, however it spells it: `Command::new`, a path through
+/// a `process` module to `Command` (`std::process::Command`, `tokio::process::Command as P`),
+/// a glob import of one, or `Command` inside an import group (`use std::process::{Child,
+/// Command};`, over several lines or nested in `std::{…}`).
+fn starts_a_process(code: &str) -> bool {
+    let command = ["Com", "mand"].concat();
+    let process = ["process", "::"].concat();
+    let is_word_char = |c: char| c.is_alphanumeric() || c == '_';
+    let has_word = |text: &str, word: &str| text.split(|c| !is_word_char(c)).any(|w| w == word);
+    let new_call = code
+        .match_indices(&format!("{command}::new"))
+        .any(|(at, _)| !code[..at].ends_with(is_word_char));
+    if new_call
+        || code.contains(&format!("{process}{command}"))
+        || code.contains(&format!("{process}*"))
+    {
+        return true;
+    }
+    code.match_indices(&format!("{process}{{"))
+        .any(|(at, needle)| {
+            // The group runs to its matching brace; groups may nest.
+            let group = &code[at + needle.len()..];
+            let mut depth = 1;
+            let end = group
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(group.len(), |(i, _)| i);
+            has_word(&group[..end], &command)
+        })
+}
+
+#[test]
+fn the_process_rule_sees_every_spelling() {
+    let spellings = [
+        "use std::process::{Child, Command, Stdio};",
+        "use std::process::{\n    Child,\n    Command,\n};",
+        "use std::{io, process::{Command, Stdio}};",
+        "use std::process::{self, Stdio};\nlet c = process::Command::new(\"x\");",
+        "use tokio::process::Command;",
+        "use std::process::Command as Program;",
+        "use std::process::*;",
+        "let c = std::process::Command::new(\"x\");",
+    ];
+    for code in spellings {
+        assert!(starts_a_process(code), "missed: {code}");
+    }
+    let harmless = [
+        "use std::process::{ExitCode, Stdio};",
+        "enum Command { Serve }\nmatch c { Command::Serve => {} }",
+        "use std::process::{ExitCode};\nuse clap::Subcommand;",
+    ];
+    for code in harmless {
+        assert!(!starts_a_process(code), "flagged: {code}");
+    }
+}
+
 #[test]
 fn processes_start_only_where_they_must() {
-    // Only the agent's executor module and the benchmark's server launcher start programs;
-    // tests that run the real binary do.
-    let needle = ["process::", "Command"].concat();
+    // Only the agent's executor module, the supervisor it starts actions through, and the
+    // benchmark's server launcher start programs; tests that run the real binary do.
     for (path, text) in workspace_files() {
         let allowed = path.components().any(|c| c.as_os_str() == "tests")
             || path.ends_with("muster-agent/src/process.rs")
+            || path.ends_with("muster/src/exec_child.rs")
             || path.ends_with("muster-bench/src/local.rs")
             || path.ends_with("muster-bench/src/figures.rs");
         assert!(
-            allowed || !text.contains(&needle),
+            allowed || !starts_a_process(&text),
             "{} starts a process",
             path.display()
         );

@@ -110,7 +110,12 @@ pub fn start_agent(
     config: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let checked = muster_agent::AgentConfig::parse(config).expect("config parses");
-    let runtime = muster_agent::runtime(checked, plane.client.clone()).unwrap();
+    let runtime = muster_agent::runtime(
+        checked,
+        plane.client.clone(),
+        muster_agent::Launcher::Direct,
+    )
+    .unwrap();
     let stop = CancellationToken::new();
     let signal = stop.clone();
     let handle = tokio::spawn(async move {
@@ -127,6 +132,18 @@ pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
         Err(_) => false,
+    }
+}
+
+/// Waits (bounded) until the process is gone; `what` names it in the failure.
+pub async fn wait_gone(pid: i32, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (pid {pid}) is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

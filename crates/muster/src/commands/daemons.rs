@@ -150,7 +150,8 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| std::env::var("MUSTER_API_KEY").ok())
         .filter(|k| !k.is_empty());
     // The agent's errors already name the file, the field or the server at fault.
-    muster_agent::run(&args.config, args.url, key, shutdown_signal()).await?;
+    let launcher = crate::exec_child::launcher();
+    muster_agent::run(&args.config, args.url, key, launcher, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
