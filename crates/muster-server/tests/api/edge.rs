@@ -138,6 +138,26 @@ async fn an_invalid_field_is_a_422_naming_it_and_creates_nothing() {
     );
     assert!(message.contains("colour"), "{message}");
 
+    // A time that is not RFC 3339 is answered with the form expected and an example.
+    let (status, reply) = t
+        .post(
+            "/api/v1/tasks",
+            json!({"kind": "echo", "run_after": "tomorrow"}),
+        )
+        .await;
+    let message = error_message(
+        status,
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert!(
+        message.starts_with("run_after: \"tomorrow\" is not a time")
+            && message.contains("RFC 3339")
+            && message.contains("2026-11-27T09:00:00Z"),
+        "{message}"
+    );
+
     assert_eq!(task_count(&t).await, 0);
 
     // The agent routes name their fields as well, and register nothing.
