@@ -43,7 +43,7 @@ async fn list(session: &Session) -> anyhow::Result<()> {
         return output::emit_json(&list);
     }
     if list.agents.is_empty() {
-        eprintln!("no agents registered");
+        output::note("no agents registered");
         return Ok(());
     }
     let mut table = output::table(&[
@@ -58,19 +58,22 @@ async fn list(session: &Session) -> anyhow::Result<()> {
         "VERSION",
     ]);
     for agent in &list.agents {
-        table.add_row(vec![
-            agent.agent_id.clone(),
-            agent.status.to_string(),
-            address(agent),
-            output::list_or_dash(&agent.capabilities),
-            format!("{}/{}", agent.active_tasks, agent.max_concurrency),
-            output::percent(agent.cpu_percent),
-            output::percent(agent.memory_percent),
-            agent
-                .last_heartbeat_at
-                .map_or_else(|| "never".to_owned(), output::ago),
-            output::or_dash(agent.version.as_deref()),
-        ]);
+        output::add_row(
+            &mut table,
+            vec![
+                agent.agent_id.clone(),
+                agent.status.to_string(),
+                address(agent),
+                output::list_or_dash(&agent.capabilities),
+                format!("{}/{}", agent.active_tasks, agent.max_concurrency),
+                output::percent(agent.cpu_percent),
+                output::percent(agent.memory_percent),
+                agent
+                    .last_heartbeat_at
+                    .map_or_else(|| "never".to_owned(), output::ago),
+                output::or_dash(agent.version.as_deref()),
+            ],
+        );
     }
     output::emit(table.trim_fmt())
 }
