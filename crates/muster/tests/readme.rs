@@ -57,7 +57,8 @@ fn have(name: &str) -> bool {
 
 fn get(base: &str, path: &str) -> Value {
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", &format!("{base}{path}")])
+        .args(["-s", "--noproxy", "*", "--max-time", "10"])
+        .arg(format!("{base}{path}"))
         .output()
         .expect("curl runs");
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
@@ -108,6 +109,9 @@ curl() {{
     let mut child = Command::new("bash")
         .arg(&path)
         .current_dir(dir.path())
+        // A proxy from the environment must not carry requests meant for loopback.
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -184,6 +188,8 @@ fn the_agent_command_needs_no_key_when_the_server_has_none() {
         .env_remove("MUSTER_AGENT_KEY")
         .env_remove("MUSTER_API_KEY")
         .env_remove("MUSTER_URL")
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*")
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
