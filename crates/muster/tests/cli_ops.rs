@@ -893,3 +893,34 @@ fn action_tasks_are_listed_by_their_action() {
     let shown = ok(base, &["task", "show", &id]);
     assert!(shown.contains("restart_container"), "{shown}");
 }
+
+#[tokio::test]
+async fn an_offline_agent_is_listed_without_its_stale_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &dir.path().join("m.db"),
+        &[("HEARTBEAT_TIMEOUT", "1s"), ("SWEEP_INTERVAL", "1s")],
+    );
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "pi-4", &["gpio"]).await;
+    agent
+        .post(
+            "/api/v1/agents/pi-4/heartbeat",
+            json!({"cpu_percent": 87.0, "memory_percent": 64.0}),
+        )
+        .await;
+    let row = ok(base, &["agents", "list"]);
+    assert!(row.contains("87.0%") && row.contains("64.0%"), "{row}");
+
+    let deadline = Instant::now() + DEADLINE;
+    while ok_json(base, &["agents", "show", "pi-4"])["status"] != "offline" {
+        assert!(Instant::now() < deadline, "the agent never went offline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let table = ok(base, &["agents", "list"]);
+    let row = table.lines().find(|l| l.contains("pi-4")).expect("listed");
+    assert!(row.contains("offline"), "{row}");
+    assert!(!row.contains('%'), "no stale load: {row}");
+    let shown = ok(base, &["agents", "show", "pi-4"]);
+    assert!(!shown.contains("87.0%"), "no stale load: {shown}");
+}

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use muster_api::Agent;
+use muster_api::{Agent, AgentStatus};
 
 use super::connection::Session;
 use crate::output;
@@ -66,8 +66,8 @@ async fn list(session: &Session) -> anyhow::Result<()> {
                 address(agent),
                 output::list_or_dash(&agent.capabilities),
                 format!("{}/{}", agent.active_tasks, agent.max_concurrency),
-                output::percent(agent.cpu_percent),
-                output::percent(agent.memory_percent),
+                output::percent(current(agent, agent.cpu_percent)),
+                output::percent(current(agent, agent.memory_percent)),
                 agent
                     .last_heartbeat_at
                     .map_or_else(|| "never".to_owned(), output::ago),
@@ -76,6 +76,11 @@ async fn list(session: &Session) -> anyhow::Result<()> {
         );
     }
     output::emit(table.trim_fmt())
+}
+
+/// A load figure, or none for an offline agent: its last report says nothing about now.
+fn current(agent: &Agent, load: Option<f64>) -> Option<f64> {
+    load.filter(|_| agent.status != AgentStatus::Offline)
 }
 
 /// `host:port`, or the host alone when the agent listens nowhere.
@@ -117,8 +122,11 @@ async fn show(session: &Session, id: &str) -> anyhow::Result<()> {
                 agent.active_tasks, agent.max_concurrency
             ),
         ),
-        ("cpu", output::percent(agent.cpu_percent)),
-        ("memory", output::percent(agent.memory_percent)),
+        ("cpu", output::percent(current(&agent, agent.cpu_percent))),
+        (
+            "memory",
+            output::percent(current(&agent, agent.memory_percent)),
+        ),
         ("labels", output::labels(&agent.labels)),
         ("version", output::or_dash(agent.version.as_deref())),
         ("registered", output::when(agent.registered_at)),
