@@ -14,6 +14,49 @@ use uuid::Uuid;
 /// Labels are free-form string pairs an operator filters and groups by.
 pub type Labels = BTreeMap<String, String>;
 
+/// Times a client sends, read as chrono reads them (RFC 3339) but refused with a message that
+/// shows the form expected: serde's own says only "input contains invalid characters".
+mod time {
+    use chrono::{DateTime, FixedOffset, Utc};
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// What a valid time looks like, for error messages.
+    pub(crate) const EXPECTED: &str = "an RFC 3339 time such as 2026-11-27T09:00:00Z";
+
+    struct Time;
+
+    impl Visitor<'_> for Time {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.parse::<DateTime<FixedOffset>>()
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| E::custom(format!("{text:?} is not a time: expected {EXPECTED}")))
+        }
+    }
+
+    /// One time, as a string.
+    struct Required(DateTime<Utc>);
+
+    impl<'de> Deserialize<'de> for Required {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(Time).map(Required)
+        }
+    }
+
+    /// An optional time: absent or `null` is `None`.
+    pub(crate) fn optional<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Ok(Option::<Required>::deserialize(d)?.map(|Required(t)| t))
+    }
+}
+
 macro_rules! closed_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -302,8 +345,8 @@ pub struct SubmitTask {
     /// A second submit with the same key returns the first task (200) instead of a new one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Not before this time.
-    #[serde(default)]
+    /// Not before this time (RFC 3339, e.g. `2026-11-27T09:00:00Z`).
+    #[serde(default, deserialize_with = "time::optional")]
     pub run_after: Option<DateTime<Utc>>,
     #[serde(default)]
     pub labels: Labels,
@@ -388,7 +431,7 @@ pub struct TaskList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLogLine {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "time::optional")]
     pub ts: Option<DateTime<Utc>>,
     #[serde(default = "default_stream")]
     pub stream: LogStream,
@@ -522,6 +565,37 @@ pub struct Health {
     pub db: String,
     pub version: String,
     pub uptime_s: u64,
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn a_time_that_is_not_rfc_3339_is_refused_with_an_example() {
+        let ok: SubmitTask = serde_json::from_value(serde_json::json!(
+            {"kind": "k", "run_after": "2026-11-27T10:00:00+01:00"}
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.run_after.unwrap().to_rfc3339(),
+            "2026-11-27T09:00:00+00:00"
+        );
+        let none: SubmitTask =
+            serde_json::from_value(serde_json::json!({"kind": "k", "run_after": null})).unwrap();
+        assert!(none.run_after.is_none());
+        for bad in [serde_json::json!("tomorrow"), serde_json::json!(5)] {
+            let err = serde_json::from_value::<SubmitTask>(
+                serde_json::json!({"kind": "k", "run_after": bad}),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("RFC 3339") && err.contains("2026-11-27T09:00:00Z"),
+                "{err}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ enum Command {
     /// (`--help` lists every setting).
     #[command(after_long_help = muster_server::config::help_text())]
     Serve(ServeArgs),
-    /// Run an agent with the executors described by a TOML file.
+    /// Run an agent with the executors described by a TOML file (`--help` describes it).
+    #[command(after_long_help = commands::daemons::AGENT_CONFIG_HELP)]
     Agent(AgentArgs),
     /// Submit, list, inspect, cancel and retry tasks, and read their logs.
     Task {

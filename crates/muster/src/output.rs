@@ -1,12 +1,43 @@
 //! How the CLI prints: plain tables for people, the API's JSON for scripts, times in a form a
-//! person reads at a glance, and errors as one line on standard error.
+//! person reads at a glance, and errors as one line on standard error. Text that comes from
+//! task data or logs never reaches the terminal raw: control characters are shown as escapes
+//! ([`clean`]), so a log line cannot move the cursor, recolour the screen or retitle the window.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Cell, Table, presets};
 use serde::Serialize;
+
+/// `text` with every control character except newline and tab shown as a visible escape
+/// (`\x1b`, `\r`, `\u{9b}`), so that text from task data or logs prints as what it is.
+pub(crate) fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !needs_escape(c) => out.push(c),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// Adds a row of cells to `table`, each [`clean`]ed first so that the columns line up with
+/// what is printed.
+pub(crate) fn add_row(table: &mut Table, cells: Vec<String>) {
+    table.add_row(cells.iter().map(|c| clean(c).into_owned()));
+}
 
 /// A borderless table with a header row, like `kubectl get` or `docker ps`: easy to read and
 /// to `grep`/`awk`. Columns take the width of their content; nothing is cut.
@@ -25,7 +56,7 @@ pub(crate) fn fields(rows: Vec<(&str, String)>) -> Table {
     let mut table = Table::new();
     table.load_style(presets::NOTHING);
     for (name, value) in rows {
-        table.add_row(vec![format!("{name}:"), value]);
+        add_row(&mut table, vec![format!("{name}:"), value]);
     }
     for column in table.column_iter_mut() {
         column.set_padding((0, 2));
@@ -33,11 +64,13 @@ pub(crate) fn fields(rows: Vec<(&str, String)>) -> Table {
     table
 }
 
-/// Writes `text` and a newline to standard output. A closed pipe (`muster task list | head`)
-/// surfaces as an error that [`report_error`] turns into a quiet exit, never a panic.
+/// Writes `text` ([`clean`]ed) and a newline to standard output. A closed pipe
+/// (`muster task list | head`) surfaces as an error that [`report_error`] turns into a quiet
+/// exit, never a panic.
 pub(crate) fn emit(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    let text = text.to_string();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
+    writeln!(out, "{}", clean(&text))?;
     out.flush()?;
     Ok(())
 }
@@ -63,8 +96,16 @@ pub(crate) fn report_error(err: &anyhow::Error) -> ExitCode {
         // Whoever read our output has what they wanted; that is not a failure.
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {err:#}");
+    note(format_args!("error: {err:#}"));
     ExitCode::FAILURE
+}
+
+/// Writes `text` ([`clean`]ed) and a newline to standard error: notes beside the output, such
+/// as how a followed task ended.
+pub(crate) fn note(text: impl std::fmt::Display) {
+    let text = text.to_string();
+    // Nothing sensible is left to do when standard error itself is gone.
+    let _ = writeln!(std::io::stderr().lock(), "{}", clean(&text));
 }
 
 /// `2025-05-01 10:00:03 UTC (5m ago)`.
@@ -151,6 +192,15 @@ mod tests {
         assert_eq!(ago(now - chrono::Duration::hours(3)), "3h ago");
         assert_eq!(ago(now - chrono::Duration::days(12)), "12d ago");
         assert!(ago(now + chrono::Duration::minutes(10)).starts_with("in "));
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(clean("plain\ttext\nnext"), "plain\ttext\nnext");
+        assert_eq!(clean("\u{1b}[31mred\u{1b}[0m"), "\\x1b[31mred\\x1b[0m");
+        assert_eq!(clean("50%\rdone\u{7}"), "50%\\rdone\\x07");
+        assert_eq!(clean("\u{9b}2J\u{7f}"), "\\u{9b}2J\\x7f");
+        assert!(matches!(clean("nothing to do"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -365,6 +365,114 @@ fn serve_help_lists_every_setting() {
     assert!(help.contains("(default: 90s)"), "{help}");
 }
 
+#[test]
+fn a_database_that_cannot_be_opened_is_named_once_with_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("no-such-dir").join("m.db");
+    let out = muster()
+        .arg("serve")
+        .env("DB_PATH", &db)
+        .env("ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: cannot use the database {}", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DB_PATH"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+}
+
+#[test]
+fn logs_written_to_a_pipe_hold_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = muster()
+        .arg("serve")
+        .env("DB_PATH", dir.path().join("m.db"))
+        .env("ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "pretty")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let serving = loop {
+        match receive.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("muster serving") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no \"muster serving\" line within 20s; saw {seen:?}");
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    seen.push(serving);
+    for line in &seen {
+        assert!(!line.contains('\u{1b}'), "an escape sequence in {line:?}");
+    }
+}
+
+#[test]
+fn agent_help_describes_the_config_file() {
+    let out = muster().args(["agent", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "[agent]",
+        "[[actions]]",
+        "[[hosts]]",
+        "[http]",
+        "key_env",
+        "examples/agent.toml",
+    ] {
+        assert!(help.contains(expected), "{expected} missing:\n{help}");
+    }
+}
+
+#[test]
+fn task_logs_help_lists_the_exit_statuses() {
+    let out = muster().args(["task", "logs", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let status = help
+        .split_once("Exit status:")
+        .unwrap_or_else(|| panic!("no exit statuses:\n{help}"))
+        .1;
+    for (code, meaning) in [
+        ("0", "completed"),
+        ("1", "could not be read"),
+        ("2", "usage"),
+        ("3", "failed or was cancelled"),
+    ] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.trim_start().starts_with(code) && l.contains(meaning)),
+            "{code} ({meaning}) missing:\n{help}"
+        );
+    }
+}
+
 /// The JSON log lines of a running `muster serve`, with a deadline on each wait.
 struct LogLines(mpsc::Receiver<Value>);
 

@@ -694,3 +694,233 @@ params = { text = "[a-z ]+" }
     };
     assert!(status.success(), "muster agent exited with {status}");
 }
+
+#[tokio::test]
+async fn a_task_is_named_by_the_start_or_the_end_of_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let first = submitted_id(&ok(base, &["task", "submit", "render", "--cap", "gpu"]));
+    let second = submitted_id(&ok(base, &["task", "submit", "encode", "--cap", "gpu"]));
+    let simple = |id: &str| id.replace('-', "");
+
+    // UUIDv7 ids begin with their time: tasks submitted together share their first
+    // characters, so those name both and the command lists them.
+    let shared: String = first
+        .chars()
+        .zip(second.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    // (Eight characters change every 65 s, so two of them almost always match.)
+    let shared = &shared[..shared.len().min(8)];
+    assert!(!shared.is_empty(), "{first} {second}");
+    let err = fails(base, &["task", "show", shared]);
+    assert!(err.contains("ambiguous: 2 tasks"), "{err}");
+    assert!(err.contains(&first) && err.contains(&second), "{err}");
+    assert!(err.contains("render") && err.contains("encode"), "{err}");
+
+    // Enough of the start names one, with or without its dashes, in either case.
+    let start = &first[..28];
+    assert_eq!(
+        ok_json(base, &["task", "show", start])["id"],
+        first.as_str()
+    );
+    let start = simple(&first)[..24].to_uppercase();
+    assert_eq!(
+        ok_json(base, &["task", "show", &start])["id"],
+        first.as_str()
+    );
+    // So does the end, which the web UI shows as a task's short id.
+    let short = &simple(&second)[24..];
+    assert_eq!(short.len(), 8);
+    let shown = ok(base, &["task", "show", short]);
+    assert!(
+        shown.contains(&second) && shown.contains("encode"),
+        "{shown}"
+    );
+
+    // Every command that takes an id takes a part of one.
+    let out = ok(base, &["task", "cancel", short]);
+    assert!(out.contains(&format!("cancelled task {second}")), "{out}");
+    let out = ok(base, &["task", "retry", short]);
+    assert!(out.contains("queued"), "{out}");
+    let out = run(base, &["task", "logs", short]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let err = fails(base, &["task", "show", "ffff0000ffff"]);
+    assert!(err.contains("no task starts with ffff0000ffff"), "{err}");
+    let out = run(base, &["task", "show", "xyz"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a task id"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn logs_mark_each_line_with_its_attempt_once_a_task_ran_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "runner", &["ansible"]).await;
+    let id = submitted_id(&ok(base, &["task", "submit", "play", "--cap", "ansible"]));
+    let (_, attempt) = agent.claim().await;
+    assert_eq!(attempt, 1);
+    agent
+        .log(&id, attempt, json!([{"text": "first try"}]))
+        .await;
+    // One attempt so far: the lines carry no mark.
+    let out = ok(base, &["task", "logs", &id]);
+    assert!(out.trim_end().ends_with(" stdout first try"), "{out}");
+    agent.fail(&id, attempt, "host unreachable").await;
+    ok(base, &["task", "retry", &id]);
+    let (_, attempt) = agent.claim().await;
+    assert_eq!(attempt, 2);
+
+    let mut follower = Follower::start(base, &id);
+    assert!(
+        follower
+            .expect_line("first try")
+            .ends_with(" stdout [1] first try")
+    );
+    agent
+        .log(
+            &id,
+            attempt,
+            json!([{"stream": "stderr", "text": "second try"}]),
+        )
+        .await;
+    assert!(
+        follower
+            .expect_line("second try")
+            .ends_with(" stderr [2] second try")
+    );
+    agent.complete(&id, attempt).await;
+    let (code, err) = follower.wait();
+    assert_eq!(code, Some(0), "{err}");
+
+    let out = ok(base, &["task", "logs", &id]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].ends_with(" stdout [1] first try"), "{out}");
+    assert!(lines[1].ends_with(" stderr [2] second try"), "{out}");
+}
+
+#[tokio::test]
+async fn escape_sequences_in_task_data_are_shown_not_obeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "nas", &["docker"]).await;
+    let id = submitted_id(&ok(
+        base,
+        &[
+            "task",
+            "submit",
+            "restart",
+            "--cap",
+            "docker",
+            "--label",
+            "note=\u{1b}[5mblink",
+        ],
+    ));
+    let (_, attempt) = agent.claim().await;
+    agent
+        .log(
+            &id,
+            attempt,
+            json!([{"text": "\u{1b}[31mred\u{1b}[0m\r\u{1b}]0;owned\u{7}\ttab"}]),
+        )
+        .await;
+    let mut follower = Follower::start(base, &id);
+    let line = follower.expect_line("red");
+    assert!(
+        line.ends_with(r" stdout \x1b[31mred\x1b[0m\r\x1b]0;owned\x07	tab"),
+        "{line:?}"
+    );
+    agent.fail(&id, attempt, "exit \u{1b}[2J1").await;
+    let (code, err) = follower.wait();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains(r"exit \x1b[2J1"), "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+
+    for args in [
+        vec!["task", "logs", id.as_str()],
+        vec!["task", "show", id.as_str()],
+        vec!["task", "list"],
+    ] {
+        let out = run(base, &args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text.contains('\u{1b}'),
+            "{args:?} printed an escape: {text:?}"
+        );
+        assert!(!text.contains('\r') && !text.contains('\u{7}'), "{text:?}");
+    }
+    let shown = ok(base, &["task", "show", &id]);
+    assert!(shown.contains(r"exit \x1b[2J1"), "{shown}");
+    assert!(shown.contains(r"note=\x1b[5mblink"), "{shown}");
+    // Scripts still get the data exactly, as JSON.
+    let task = ok_json(base, &["task", "show", &id]);
+    assert_eq!(task["error"], "exit \u{1b}[2J1");
+}
+
+#[test]
+fn action_tasks_are_listed_by_their_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("m.db"), &[]);
+    let base = served.base.as_str();
+    let payload = r#"{"action": "restart_container", "params": {"container": "jellyfin"}}"#;
+    let id = submitted_id(&ok(
+        base,
+        &[
+            "task",
+            "submit",
+            "action",
+            "--cap",
+            "docker",
+            "--payload",
+            payload,
+        ],
+    ));
+    let other = submitted_id(&ok(base, &["task", "submit", "backup"]));
+
+    let table = ok(base, &["task", "list"]);
+    assert!(table.lines().next().unwrap().contains("TASK"), "{table}");
+    let row = table.lines().find(|l| l.contains(&id)).expect("listed");
+    assert!(row.contains("restart_container"), "{row}");
+    let row = table.lines().find(|l| l.contains(&other)).expect("listed");
+    assert!(row.contains("backup"), "{row}");
+    let shown = ok(base, &["task", "show", &id]);
+    assert!(shown.contains("restart_container"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_offline_agent_is_listed_without_its_stale_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &dir.path().join("m.db"),
+        &[("HEARTBEAT_TIMEOUT", "1s"), ("SWEEP_INTERVAL", "1s")],
+    );
+    let base = served.base.as_str();
+    let agent = FakeAgent::register(base, "pi-4", &["gpio"]).await;
+    agent
+        .post(
+            "/api/v1/agents/pi-4/heartbeat",
+            json!({"cpu_percent": 87.0, "memory_percent": 64.0}),
+        )
+        .await;
+    let row = ok(base, &["agents", "list"]);
+    assert!(row.contains("87.0%") && row.contains("64.0%"), "{row}");
+
+    let deadline = Instant::now() + DEADLINE;
+    while ok_json(base, &["agents", "show", "pi-4"])["status"] != "offline" {
+        assert!(Instant::now() < deadline, "the agent never went offline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let table = ok(base, &["agents", "list"]);
+    let row = table.lines().find(|l| l.contains("pi-4")).expect("listed");
+    assert!(row.contains("offline"), "{row}");
+    assert!(!row.contains('%'), "no stale load: {row}");
+    let shown = ok(base, &["agents", "show", "pi-4"]);
+    assert!(!shown.contains("87.0%"), "no stale load: {shown}");
+}

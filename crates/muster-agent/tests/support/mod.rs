@@ -186,9 +186,12 @@ pub fn sshd_binary() -> Option<PathBuf> {
     if std::env::var_os("MUSTER_TEST_SSHD").is_some() {
         panic!("MUSTER_TEST_SSHD={} does not exist", path.display());
     }
-    eprintln!(
-        "\n*** SKIPPED: no sshd at {} (install openssh-server or set MUSTER_TEST_SSHD) ***\n",
-        path.display()
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!(
+            "\n*** SKIPPED: no sshd at {} (install openssh-server or set MUSTER_TEST_SSHD) ***\n",
+            path.display()
+        ),
     );
     None
 }

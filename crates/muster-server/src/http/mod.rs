@@ -51,7 +51,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/audit", get(audit::list))
         .merge(crate::ui::router(app.clone()))
-        .fallback(|| async { ApiError::not_found("route") })
+        .fallback_service(crate::ui::fallback())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 ErrorCode::MethodNotAllowed,

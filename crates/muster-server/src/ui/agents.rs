@@ -87,7 +87,7 @@ fn card(session: &Session, agent: &Agent, tasks: &[Task]) -> Markup {
                 dt { "Version" } dd { (agent.version.as_deref().unwrap_or("—")) }
                 dt { "Capabilities" } dd { (layout::chips(&agent.capabilities)) }
                 dt { "Labels" } dd { (layout::labels(&agent.labels)) }
-                dt { "Load" } dd.loads { (layout::load("cpu", agent.cpu_percent)) (layout::load("mem", agent.memory_percent)) }
+                dt { "Load" } dd.loads { (layout::agent_load(agent)) }
                 dt { "Tasks" } dd { (agent.active_tasks) " of " (agent.max_concurrency) }
                 dt { "Last heartbeat" } dd { @match agent.last_heartbeat_at {
                     Some(at) => (layout::time_ago(at)),

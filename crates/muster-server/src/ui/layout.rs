@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{DOCTYPE, Markup, html};
-use muster_api::{AgentStatus, TaskState};
+use muster_api::{Agent, AgentStatus, TaskState};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -203,6 +203,18 @@ pub(super) fn labels(labels: &muster_api::Labels) -> Markup {
             span.muted { "none" }
         } @else {
             ul.chips { @for (k, v) in labels { li { (k) "=" (v) } } }
+        }
+    }
+}
+
+/// An agent's CPU and memory load as meters; none for an offline agent, whose last reported
+/// load says nothing about now.
+pub(super) fn agent_load(agent: &Agent) -> Markup {
+    html! {
+        @if agent.status == AgentStatus::Offline {
+            span.muted.load-offline title="Offline: no current load" { "—" }
+        } @else {
+            (load("cpu", agent.cpu_percent)) (load("mem", agent.memory_percent))
         }
     }
 }

@@ -24,7 +24,7 @@ mod submit;
 mod tasks;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,6 +57,52 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/assets/{file}", get(assets::serve))
         .merge(behind_session)
         .route_layer(middleware::from_fn(auth::security_headers))
+}
+
+/// What answers a path nothing else serves, with the UI's security headers: the
+/// [`not_found_page`] for a browser, the API's JSON envelope (404 `not_found`) for everyone
+/// else. The top-level router in [`crate::http`] sets its own fallback after merging
+/// [`router`] (a fallback set here would be replaced), so it is wired there:
+/// `.fallback_service(crate::ui::fallback())`.
+pub fn fallback() -> Router {
+    Router::new()
+        .fallback(not_found)
+        .layer(middleware::from_fn(auth::security_headers))
+}
+
+/// The answer to an unknown path: [`not_found_page`] when the `Accept` header names
+/// `text/html` (a browser navigating), else the API's JSON error.
+pub async fn not_found(headers: HeaderMap) -> Response {
+    let browser = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| accept.contains("text/html"));
+    if browser {
+        not_found_page()
+    } else {
+        ApiError::not_found("route").into_response()
+    }
+}
+
+/// A 404 page in the UI's shell, for a browser that asked for a page nothing serves.
+pub fn not_found_page() -> Response {
+    let page = Page {
+        title: "Not found",
+        section: None,
+        live: layout::Live::Off,
+        session: None,
+        login_enabled: false,
+    };
+    let body = shell(
+        &page,
+        html! {
+            h1 { "Not found" }
+            p.notice.error { "Nothing is at this address." }
+            p { a href="/" { "Back to the overview" } " · " a href="/tasks" { "Tasks" } " · " a href="/agents" { "Agents" } }
+        },
+    );
+    (StatusCode::NOT_FOUND, body).into_response()
 }
 
 /// Percent-encodes text for a path segment or a query value (agent ids may hold spaces).

@@ -141,7 +141,7 @@ fn agent_row(agent: &Agent) -> Markup {
         tr {
             td.agent-name { a href={ "/agents#agent-" (agent.agent_id) } { (agent.agent_id) } }
             td { (layout::agent_status(agent.status)) }
-            td.loads { (layout::load("cpu", agent.cpu_percent)) (layout::load("mem", agent.memory_percent)) }
+            td.loads { (layout::agent_load(agent)) }
             td.num { (agent.active_tasks) " / " (agent.max_concurrency) }
             td { @match agent.last_heartbeat_at {
                 Some(at) => (layout::time_ago(at)),

@@ -216,13 +216,13 @@ fn outcome(task: &Task) -> Markup {
                 p.empty { "Not started yet." }
             } @else {
                 div.table-scroll {
-                    table {
+                    table.attempts {
                         thead { tr { th.num { "#" } th { "Agent" } th { "Outcome" } th { "Started" } th { "Ended" } } }
                         tbody {
                             @for attempt in &task.attempts {
                                 tr {
                                     td.num { (attempt.attempt) }
-                                    td { (attempt.agent_id) }
+                                    td.agent { (attempt.agent_id) }
                                     td { span class={ "badge outcome-" (attempt.outcome.as_str()) } { (attempt.outcome.as_str()) } }
                                     td { (layout::time(attempt.started_at)) }
                                     td { (layout::optional_time(attempt.ended_at)) }

@@ -138,6 +138,26 @@ async fn an_invalid_field_is_a_422_naming_it_and_creates_nothing() {
     );
     assert!(message.contains("colour"), "{message}");
 
+    // A time that is not RFC 3339 is answered with the form expected and an example.
+    let (status, reply) = t
+        .post(
+            "/api/v1/tasks",
+            json!({"kind": "echo", "run_after": "tomorrow"}),
+        )
+        .await;
+    let message = error_message(
+        status,
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert!(
+        message.starts_with("run_after: \"tomorrow\" is not a time")
+            && message.contains("RFC 3339")
+            && message.contains("2026-11-27T09:00:00Z"),
+        "{message}"
+    );
+
     assert_eq!(task_count(&t).await, 0);
 
     // The agent routes name their fields as well, and register nothing.
@@ -863,4 +883,21 @@ async fn a_page_on_another_site_cannot_change_anything() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_an_html_page_for_a_browser_and_json_for_a_client() {
+    let t = TestApp::spawn().await;
+    let page = t
+        .request(Method::GET, "/no/such/page")
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    let kind = page.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(kind.starts_with("text/html"), "{kind}");
+    let (status, body) = t.get("/no/such/route").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
 }

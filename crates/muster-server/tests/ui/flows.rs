@@ -304,3 +304,77 @@ async fn the_overview_shows_agents_queue_throughput_and_failures() {
     b.screenshot("overview-phone").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn a_task_page_with_several_attempts_fits_a_laptop_screen() {
+    let t = with_key().await;
+    let task = t
+        .submit(
+            json!({"kind": "restart_container", "capabilities": ["docker"],
+                       "payload": {"container": "home-assistant"}, "max_retries": 0}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    for (agent, error) in [
+        (
+            "homelab-nas-01.lan",
+            Some(
+                "docker: Error response from daemon: pull access denied for ghcr.io/home-assistant/home-assistant:2025.5.1, repository does not exist or may require 'docker login'",
+            ),
+        ),
+        (
+            "raspberry-pi-kitchen",
+            Some("exit status 137 (killed: out of memory)"),
+        ),
+        ("media-server-basement", None),
+    ] {
+        t.register(agent, &["docker"], 1).await;
+        t.settle().await;
+        let claimed = t.claim(agent, 5).await.expect("the task is claimed");
+        // Each agent takes the task once: the next one finds it queued with no other taker.
+        let (status, _) = t
+            .post(&format!("/api/v1/agents/{agent}/drain"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        if let Some(error) = error {
+            t.fail(&claimed, error, false).await;
+            let (status, body) = t
+                .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    let Some(b) = Browser::start("task-attempts").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.goto(&t.url(&format!("/tasks/{id}"))).await;
+    b.wait_text("#task-outcome", "media-server-basement").await;
+    b.screenshot("task-attempts").await;
+    let widths = b
+        .client
+        .execute(
+            "const scroll = document.querySelector('#task-outcome .table-scroll'); \
+             return [window.innerWidth, scroll.scrollWidth, scroll.clientWidth, \
+                     document.documentElement.scrollWidth];",
+            vec![],
+        )
+        .await
+        .expect("measure");
+    let widths: Vec<u64> = widths
+        .as_array()
+        .expect("numbers")
+        .iter()
+        .map(|w| w.as_u64().expect("a width"))
+        .collect();
+    let [inner, table, visible, page] = widths[..] else {
+        panic!("{widths:?}")
+    };
+    assert_eq!(inner, 1280, "the window's width");
+    assert!(
+        table <= visible,
+        "the attempts table scrolls sideways at 1280 px: {table} px in {visible} px"
+    );
+    assert!(page <= inner, "the page scrolls sideways: {page} px");
+    b.close().await;
+}

@@ -533,3 +533,105 @@ async fn drain_and_remove_buttons_take_the_apis_path() {
     );
     assert!(again.body.contains("not found"));
 }
+
+#[tokio::test]
+async fn an_offline_agent_shows_no_load() {
+    let t = TestApp::spawn().await;
+    t.register("gone", &[], 1).await;
+    t.register("here", &[], 1).await;
+    let load = json!({"cpu_percent": 87.0, "memory_percent": 64.0});
+    for agent in ["gone", "here"] {
+        let (status, _) = t.heartbeat(agent, load.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    t.advance(t.app.settings().heartbeat_timeout + Duration::from_secs(1));
+    let (status, _) = t.heartbeat("here", load).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(t.sweep().await.agents_offline, ["gone"]);
+
+    let mut web = Web::new(&t);
+    let overview = web.visit("/").await.body;
+    let row = |page: &str, start: &str, end: &str| -> String {
+        let from = page
+            .find(start)
+            .unwrap_or_else(|| panic!("no {start:?} in {page}"));
+        let to = page[from..].find(end).map_or(page.len(), |i| from + i);
+        page[from..to].to_owned()
+    };
+    let gone = row(&overview, r#"href="/agents#agent-gone""#, "</tr>");
+    assert!(!gone.contains("<meter"), "stale load bars: {gone}");
+    assert!(
+        gone.contains("No current load") || gone.contains("no current load"),
+        "{gone}"
+    );
+    let here = row(&overview, r#"href="/agents#agent-here""#, "</tr>");
+    assert!(here.contains("<meter") && here.contains("87%"), "{here}");
+
+    let agents = web.get("/agents").await.body;
+    let gone = row(&agents, r#"id="agent-gone""#, "</article>");
+    assert!(!gone.contains("<meter"), "stale load bars: {gone}");
+    let here = row(&agents, r#"id="agent-here""#, "</article>");
+    assert!(here.contains("<meter"), "{here}");
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_a_page_for_a_browser_and_json_for_a_client() {
+    // `ui::fallback` is what the top-level router answers unknown paths with; served alone
+    // here, as the router in `http` mounts it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, muster_server::ui::fallback())
+            .await
+            .unwrap()
+    });
+    let client = reqwest::Client::new();
+    let browser_accept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for path in ["/nothing-here", "/tasks/x/y/z", "/api/v1/nothing-here"] {
+        let page = client
+            .get(format!("{base}{path}"))
+            .header("accept", browser_accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            page.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(
+            page.headers().contains_key("content-security-policy"),
+            "{path}: the UI's headers"
+        );
+        let body = page.text().await.unwrap();
+        assert!(body.starts_with("<!DOCTYPE html>"), "{body}");
+        assert!(body.contains("<h1>Not found</h1>"), "{body}");
+        assert!(body.contains(r#"href="/""#), "a way back: {body}");
+        assert!(
+            body.contains("/assets/muster."),
+            "the UI's stylesheet: {body}"
+        );
+
+        for accept in [None, Some("application/json"), Some("*/*")] {
+            let mut req = client.get(format!("{base}{path}"));
+            if let Some(accept) = accept {
+                req = req.header("accept", accept);
+            }
+            let answer = req.send().await.unwrap();
+            assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path} {accept:?}");
+            let body: serde_json::Value = answer.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "not_found", "{path} {accept:?}");
+        }
+    }
+    let post = client
+        .post(format!("{base}/nothing-here"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::NOT_FOUND);
+    server.abort();
+}

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use muster_api::Agent;
+use muster_api::{Agent, AgentStatus};
 
 use super::connection::Session;
 use crate::output;
@@ -43,7 +43,7 @@ async fn list(session: &Session) -> anyhow::Result<()> {
         return output::emit_json(&list);
     }
     if list.agents.is_empty() {
-        eprintln!("no agents registered");
+        output::note("no agents registered");
         return Ok(());
     }
     let mut table = output::table(&[
@@ -58,21 +58,29 @@ async fn list(session: &Session) -> anyhow::Result<()> {
         "VERSION",
     ]);
     for agent in &list.agents {
-        table.add_row(vec![
-            agent.agent_id.clone(),
-            agent.status.to_string(),
-            address(agent),
-            output::list_or_dash(&agent.capabilities),
-            format!("{}/{}", agent.active_tasks, agent.max_concurrency),
-            output::percent(agent.cpu_percent),
-            output::percent(agent.memory_percent),
-            agent
-                .last_heartbeat_at
-                .map_or_else(|| "never".to_owned(), output::ago),
-            output::or_dash(agent.version.as_deref()),
-        ]);
+        output::add_row(
+            &mut table,
+            vec![
+                agent.agent_id.clone(),
+                agent.status.to_string(),
+                address(agent),
+                output::list_or_dash(&agent.capabilities),
+                format!("{}/{}", agent.active_tasks, agent.max_concurrency),
+                output::percent(current(agent, agent.cpu_percent)),
+                output::percent(current(agent, agent.memory_percent)),
+                agent
+                    .last_heartbeat_at
+                    .map_or_else(|| "never".to_owned(), output::ago),
+                output::or_dash(agent.version.as_deref()),
+            ],
+        );
     }
     output::emit(table.trim_fmt())
+}
+
+/// A load figure, or none for an offline agent: its last report says nothing about now.
+fn current(agent: &Agent, load: Option<f64>) -> Option<f64> {
+    load.filter(|_| agent.status != AgentStatus::Offline)
 }
 
 /// `host:port`, or the host alone when the agent listens nowhere.
@@ -114,8 +122,11 @@ async fn show(session: &Session, id: &str) -> anyhow::Result<()> {
                 agent.active_tasks, agent.max_concurrency
             ),
         ),
-        ("cpu", output::percent(agent.cpu_percent)),
-        ("memory", output::percent(agent.memory_percent)),
+        ("cpu", output::percent(current(&agent, agent.cpu_percent))),
+        (
+            "memory",
+            output::percent(current(&agent, agent.memory_percent)),
+        ),
         ("labels", output::labels(&agent.labels)),
         ("version", output::or_dash(agent.version.as_deref())),
         ("registered", output::when(agent.registered_at)),

@@ -2,12 +2,40 @@
 //! share, the SIGHUP reload of `serve`'s settings, and `backup`, which works on the server's
 //! database file.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use muster_server::config::{LogFormat, Overrides, Sources};
+use muster_server::error::StoreError;
+use muster_server::server::StartError;
 use muster_server::{Server, Settings};
+
+/// `muster agent --help`'s account of the config file.
+pub(crate) const AGENT_CONFIG_HELP: &str = "\
+The config file (TOML) says who the agent is and what it may run; nothing else runs:
+
+  [server]     url: the control plane (--url and MUSTER_URL win);
+               key_env: the name of a variable holding the agent key, which must then be
+               set (the key itself never goes in the file)
+  [agent]      id (required), capabilities, max_concurrency (default 1), labels,
+               heartbeat_s (default 10)
+  [[actions]]  name, argv (a template: [\"docker\", \"restart\", \"{container}\"]), params (a
+               regular expression per parameter), capability, timeout_s, host
+  [[hosts]]    name, ssh (user@host), port, identity_file, options: where actions may run
+               over SSH
+  [http]       allow (URL prefixes), timeout_s: for tasks of kind \"http\"
+
+A task of kind \"action\" names one and its parameters:
+  muster task submit action --cap docker \\
+    --payload '{\"action\": \"restart_container\", \"params\": {\"container\": \"jellyfin\"}}'
+A parameter that fails its pattern fails the task before anything runs.
+
+examples/agent.toml in muster's repository is a complete, commented example.
+
+Key: --key, else MUSTER_AGENT_KEY, else MUSTER_API_KEY, else the file's key_env; none is
+needed when the server has no AGENT_KEY or API_KEY.";
 
 #[derive(clap::Args)]
 pub(crate) struct AgentArgs {
@@ -18,7 +46,7 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "MUSTER_URL")]
     url: Option<String>,
     /// The agent key (the server's AGENT_KEY); MUSTER_API_KEY is used when MUSTER_AGENT_KEY is
-    /// unset. Overrides the file.
+    /// unset. Overrides the file. Not needed when the server has no key.
     #[arg(long, env = "MUSTER_AGENT_KEY", hide_env_values = true)]
     key: Option<String>,
 }
@@ -74,7 +102,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (ADDR, --addr or addr)", settings.addr))?;
     let db = settings.db_path.clone();
     let running = settings.clone();
-    let server = Server::build(settings, listener).await?;
+    let server = Server::build(settings, listener)
+        .await
+        .map_err(|err| start_error(err, &db))?;
     #[cfg(unix)]
     let reloads = {
         let app = server.app();
@@ -97,6 +127,25 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     reloads.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why `serve` could not start, said once (each error's message already holds its cause, so
+/// its source chain is not repeated) and, for the database, naming the settings that chose
+/// the file.
+fn start_error(err: StartError, db: &Path) -> anyhow::Error {
+    match err {
+        StartError::Store(store) => {
+            let why = match store {
+                StoreError::Unavailable(why) => why,
+                other => other.to_string(),
+            };
+            anyhow::anyhow!(
+                "cannot use the database {} (DB_PATH, --db or the config file's db_path): {why}",
+                db.display()
+            )
+        }
+        other => anyhow::anyhow!("{other}"),
+    }
 }
 
 /// Loads the settings again on every SIGHUP, through the same sources as the start, and hands
@@ -180,10 +229,16 @@ fn log_format_from_env() -> anyhow::Result<LogFormat> {
     }
 }
 
+/// Logs go to standard output; colours only when that is a terminal and `NO_COLOR` is unset,
+/// so a log file or a journal never holds escape sequences.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

@@ -1,5 +1,6 @@
 //! `muster task …`: submit tasks, list and inspect them, cancel and retry them, read and
-//! follow their logs.
+//! follow their logs. A task is named by its whole id or by enough of its start (or of its
+//! end, the short id the web UI shows) to pick out one task.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,8 +24,24 @@ const TASK_DID_NOT_COMPLETE: u8 = 3;
 /// Lines per request when reading stored logs.
 const LOG_PAGE: usize = 1000;
 
-/// Tasks per request when `task list --all` follows the cursors.
+/// Tasks per request when `task list --all` follows the cursors, or a part of an id is
+/// looked up.
 const LIST_PAGE_ALL: usize = 500;
+
+/// Matches listed when a part of an id names several tasks.
+const AMBIGUOUS_SHOWN: usize = 10;
+
+const TASK_ID_HELP: &str = "The task's id, or its first characters (as many as make it \
+    unique), or the 8-character short id the web UI shows";
+
+const LOGS_EXIT_STATUS: &str = "\
+Exit status:
+  0  the lines were printed; with --follow: the task completed
+  1  the logs could not be read (no such task, the server unreachable or refusing the key)
+  2  a usage error (a bad flag or task id)
+  3  with --follow: the task failed or was cancelled
+
+With --follow --json each line is one JSON document, the last one {\"state\": …}.";
 
 #[derive(Subcommand)]
 pub(crate) enum TaskCommand {
@@ -34,28 +51,25 @@ pub(crate) enum TaskCommand {
     List(ListArgs),
     /// Show one task: its fields, its attempts and why it went to its agent.
     Show {
-        #[arg(value_parser = parse_task_id)]
-        id: Uuid,
+        #[arg(value_parser = parse_task_id, help = TASK_ID_HELP)]
+        id: TaskRef,
     },
     /// Cancel a task: a queued one at once, a running one by telling its agent to stop.
     Cancel {
-        #[arg(value_parser = parse_task_id)]
-        id: Uuid,
+        #[arg(value_parser = parse_task_id, help = TASK_ID_HELP)]
+        id: TaskRef,
     },
     /// Queue a failed or cancelled task again.
     Retry {
-        #[arg(value_parser = parse_task_id)]
-        id: Uuid,
+        #[arg(value_parser = parse_task_id, help = TASK_ID_HELP)]
+        id: TaskRef,
     },
-    /// Print a task's log lines as `time stream text`.
-    #[command(
-        after_help = "With --follow the exit status is 0 when the task completed, \
-        3 when it failed or was cancelled, and 1 when the logs could not be read.\n\
-        With --follow --json each line is one JSON document, the last one {\"state\": …}."
-    )]
+    /// Print a task's log lines as `time stream text`; `time stream [N] text` when the task
+    /// ran more than once (N is the attempt).
+    #[command(after_help = LOGS_EXIT_STATUS)]
     Logs {
-        #[arg(value_parser = parse_task_id)]
-        id: Uuid,
+        #[arg(value_parser = parse_task_id, help = TASK_ID_HELP)]
+        id: TaskRef,
         /// Keep printing lines as they come until the task ends, then print its final state.
         #[arg(long, short)]
         follow: bool,
@@ -90,7 +104,7 @@ pub(crate) struct SubmitArgs {
     /// Submitting again with the same key returns the first task instead of a new one.
     #[arg(long, value_name = "K")]
     idempotency_key: Option<String>,
-    /// Not before this time (RFC 3339, e.g. 2025-05-01T22:00:00Z).
+    /// Not before this time (RFC 3339, e.g. 2026-11-27T09:00:00Z).
     #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
     run_after: Option<DateTime<Utc>>,
     /// A label `key=value`; repeat for several.
@@ -121,13 +135,86 @@ pub(crate) async fn run(session: &Session, command: TaskCommand) -> anyhow::Resu
     match command {
         TaskCommand::Submit(args) => submit(session, args).await?,
         TaskCommand::List(args) => list(session, args).await?,
-        TaskCommand::Show { id } => show(session, id).await?,
-        TaskCommand::Cancel { id } => cancel(session, id).await?,
-        TaskCommand::Retry { id } => retry(session, id).await?,
-        TaskCommand::Logs { id, follow: false } => logs(session, id).await?,
-        TaskCommand::Logs { id, follow: true } => return follow_logs(session, id).await,
+        TaskCommand::Show { id } => show(session, resolve(session, id).await?).await?,
+        TaskCommand::Cancel { id } => cancel(session, resolve(session, id).await?).await?,
+        TaskCommand::Retry { id } => retry(session, resolve(session, id).await?).await?,
+        TaskCommand::Logs { id, follow } => {
+            let id = resolve(session, id).await?;
+            if follow {
+                return follow_logs(session, id).await;
+            }
+            logs(session, id).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A task as named on the command line.
+#[derive(Debug, Clone)]
+pub(crate) enum TaskRef {
+    /// A whole id.
+    Id(Uuid),
+    /// Part of one: what was typed, and its hex digits in lower case without dashes.
+    Part { typed: String, digits: String },
+}
+
+/// The task `task` names. A part of an id is looked up by listing the tasks (the API has no
+/// search by id); it must be the start or the end of exactly one task's id.
+async fn resolve(session: &Session, task: TaskRef) -> anyhow::Result<Uuid> {
+    let (typed, digits) = match task {
+        TaskRef::Id(id) => return Ok(id),
+        TaskRef::Part { typed, digits } => (typed, digits),
+    };
+    let mut query = TaskQuery {
+        limit: Some(LIST_PAGE_ALL),
+        ..TaskQuery::default()
+    };
+    let mut found = Vec::new();
+    loop {
+        let page = session
+            .client
+            .tasks(&query)
+            .await
+            .map_err(|err| session.explain(err, "look up", &format!("task {typed}")))?;
+        found.extend(page.tasks.into_iter().filter(|task| {
+            let id = task.id.simple().to_string();
+            id.starts_with(&digits) || id.ends_with(&digits)
+        }));
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    match found.as_slice() {
+        [] => anyhow::bail!(
+            "no task starts with {typed} (nor ends with it, as the web UI's short ids do)"
+        ),
+        [one] => Ok(one.id),
+        many => {
+            let mut listed: Vec<String> = many
+                .iter()
+                .take(AMBIGUOUS_SHOWN)
+                .map(|t| format!("{} ({}, {})", t.id, title(t), t.state))
+                .collect();
+            if many.len() > AMBIGUOUS_SHOWN {
+                listed.push(format!("and {} more", many.len() - AMBIGUOUS_SHOWN));
+            }
+            anyhow::bail!(
+                "ambiguous: {} tasks start or end with {typed}: {}; give more of the id",
+                many.len(),
+                listed.join(", ")
+            )
+        }
+    }
+}
+
+/// What a person calls a task: an action task (`muster agent`'s kind `action`) by the action
+/// it runs, any other by its kind.
+fn title(task: &Task) -> String {
+    match task.payload.get("action").and_then(Value::as_str) {
+        Some(action) if task.kind == "action" && !action.is_empty() => action.to_owned(),
+        _ => task.kind.clone(),
+    }
 }
 
 async fn submit(session: &Session, args: SubmitArgs) -> anyhow::Result<()> {
@@ -204,26 +291,30 @@ async fn list(session: &Session, args: ListArgs) -> anyhow::Result<()> {
         return output::emit_json(&TaskList { tasks, next_cursor });
     }
     if tasks.is_empty() {
-        eprintln!("no tasks");
+        output::note("no tasks");
         return Ok(());
     }
+    // TASK is the kind, or the action an action task runs.
     let mut table = output::table(&[
-        "ID", "KIND", "STATE", "AGENT", "ATTEMPT", "PRIORITY", "CREATED",
+        "ID", "TASK", "STATE", "AGENT", "ATTEMPT", "PRIORITY", "CREATED",
     ]);
     for task in &tasks {
-        table.add_row(vec![
-            task.id.to_string(),
-            task.kind.clone(),
-            state_text(task),
-            output::or_dash(task.agent_id.as_deref()),
-            task.attempt.to_string(),
-            task.priority.to_string(),
-            output::ago(task.created_at),
-        ]);
+        output::add_row(
+            &mut table,
+            vec![
+                task.id.to_string(),
+                title(task),
+                state_text(task),
+                output::or_dash(task.agent_id.as_deref()),
+                task.attempt.to_string(),
+                task.priority.to_string(),
+                output::ago(task.created_at),
+            ],
+        );
     }
     output::emit(table.trim_fmt())?;
     if next_cursor.is_some() {
-        eprintln!("more tasks exist: --all lists them all");
+        output::note("more tasks exist: --all lists them all");
     }
     Ok(())
 }
@@ -256,14 +347,17 @@ async fn show(session: &Session, id: Uuid) -> anyhow::Result<()> {
                 || "-".to_owned(),
                 |end| output::compact_span((end - attempt.started_at).num_seconds().max(0) as u64),
             );
-            attempts.add_row(vec![
-                attempt.attempt.to_string(),
-                attempt.agent_id.clone(),
-                output::ago(attempt.started_at),
-                duration,
-                attempt.outcome.to_string(),
-                output::or_dash(attempt.error.as_deref()),
-            ]);
+            output::add_row(
+                &mut attempts,
+                vec![
+                    attempt.attempt.to_string(),
+                    attempt.agent_id.clone(),
+                    output::ago(attempt.started_at),
+                    duration,
+                    attempt.outcome.to_string(),
+                    output::or_dash(attempt.error.as_deref()),
+                ],
+            );
         }
         output::emit(format!("\nattempts:\n{}", attempts.trim_fmt()))?;
     }
@@ -271,19 +365,22 @@ async fn show(session: &Session, id: Uuid) -> anyhow::Result<()> {
         let mut candidates =
             output::table(&["CANDIDATE", "SCORE", "ACTIVE", "CPU", "MEMORY", "CHOSEN"]);
         for candidate in &assignment.candidates {
-            candidates.add_row(vec![
-                candidate.agent_id.clone(),
-                format!("{:.3}", candidate.score),
-                candidate.active.to_string(),
-                output::percent(Some(candidate.cpu_percent)),
-                output::percent(Some(candidate.memory_percent)),
-                if candidate.agent_id == assignment.agent_id {
-                    "yes"
-                } else {
-                    ""
-                }
-                .to_owned(),
-            ]);
+            output::add_row(
+                &mut candidates,
+                vec![
+                    candidate.agent_id.clone(),
+                    format!("{:.3}", candidate.score),
+                    candidate.active.to_string(),
+                    output::percent(Some(candidate.cpu_percent)),
+                    output::percent(Some(candidate.memory_percent)),
+                    if candidate.agent_id == assignment.agent_id {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                    .to_owned(),
+                ],
+            );
         }
         output::emit(format!(
             "\nassigned to {} at {}, from these candidates:\n{}",
@@ -300,9 +397,11 @@ fn task_fields(task: &Task) -> comfy_table::Table {
         None | Some(Value::Null) => "-".to_owned(),
         Some(v) => v.to_string(),
     };
-    let mut rows = vec![
-        ("id", task.id.to_string()),
-        ("kind", task.kind.clone()),
+    let mut rows = vec![("id", task.id.to_string()), ("kind", task.kind.clone())];
+    if title(task) != task.kind {
+        rows.push(("action", title(task)));
+    }
+    rows.extend([
         ("state", state_text(task)),
         ("agent", output::or_dash(task.agent_id.as_deref())),
         (
@@ -322,7 +421,7 @@ fn task_fields(task: &Task) -> comfy_table::Table {
             task.timeout_s
                 .map_or_else(|| "-".to_owned(), |s| format!("{s}s")),
         ),
-    ];
+    ]);
     if task.run_after.is_some() {
         rows.push(("run after", output::when_opt(task.run_after)));
     }
@@ -372,16 +471,46 @@ async fn retry(session: &Session, id: Uuid) -> anyhow::Result<()> {
     output::emit(format!("task {id} is {} again", task.state))
 }
 
-fn log_text(line: &LogLine) -> String {
-    format!(
-        "{} {} {}",
-        output::log_time(line.ts),
-        line.stream,
-        line.text
-    )
+/// `time stream text`, or `time stream [attempt] text` when `attempts` says the task ran more
+/// than once.
+fn log_text(line: &LogLine, attempts: &mut Attempts) -> String {
+    let time = output::log_time(line.ts);
+    if attempts.several(line) {
+        format!("{time} {} [{}] {}", line.stream, line.attempt, line.text)
+    } else {
+        format!("{time} {} {}", line.stream, line.text)
+    }
+}
+
+/// Whether a task's lines need their attempt: once it has had a second attempt, every line
+/// is marked with the attempt that wrote it.
+struct Attempts {
+    several: bool,
+}
+
+impl Attempts {
+    /// Asks the server how many attempts the task has had so far.
+    async fn of(session: &Session, id: Uuid, doing: &str) -> anyhow::Result<Attempts> {
+        let task = session
+            .client
+            .task(id)
+            .await
+            .map_err(|err| session.explain(err, doing, &format!("task {id}")))?;
+        Ok(Attempts {
+            several: task.attempt > 1,
+        })
+    }
+
+    /// A line of a later attempt shows there have been several (a retry began while
+    /// following).
+    fn several(&mut self, line: &LogLine) -> bool {
+        self.several |= line.attempt > 1;
+        self.several
+    }
 }
 
 async fn logs(session: &Session, id: Uuid) -> anyhow::Result<()> {
+    let mut attempts = Attempts::of(session, id, "read the logs of").await?;
     let mut after = 0;
     // Kept only for --json, which prints one document at the end; tables stream page by page.
     let mut kept = Vec::new();
@@ -396,7 +525,7 @@ async fn logs(session: &Session, id: Uuid) -> anyhow::Result<()> {
             kept.extend(page.lines);
         } else {
             for line in &page.lines {
-                output::emit(log_text(line))?;
+                output::emit(log_text(line, &mut attempts))?;
             }
             printed += page.lines.len();
         }
@@ -411,7 +540,7 @@ async fn logs(session: &Session, id: Uuid) -> anyhow::Result<()> {
             next_after: None,
         })?;
     } else if printed == 0 {
-        eprintln!("no log lines for task {id}");
+        output::note(format_args!("no log lines for task {id}"));
     }
     Ok(())
 }
@@ -419,12 +548,13 @@ async fn logs(session: &Session, id: Uuid) -> anyhow::Result<()> {
 async fn follow_logs(session: &Session, id: Uuid) -> anyhow::Result<ExitCode> {
     let subject = format!("task {id}");
     let explain = |err| session.explain(err, "follow the logs of", &subject);
+    let mut attempts = Attempts::of(session, id, "follow the logs of").await?;
     let stream = session.client.follow_logs(id, 0).await.map_err(explain)?;
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event.map_err(explain)? {
             LogEvent::Line(line) if session.json => output::emit_json_line(&line)?,
-            LogEvent::Line(line) => output::emit(log_text(&line))?,
+            LogEvent::Line(line) => output::emit(log_text(&line, &mut attempts))?,
             LogEvent::End(state) => return finished(session, id, state).await,
         }
     }
@@ -442,8 +572,8 @@ async fn finished(session: &Session, id: Uuid, state: TaskState) -> anyhow::Resu
             _ => None,
         };
         match error {
-            Some(error) => eprintln!("task {id} {state}: {error}"),
-            None => eprintln!("task {id} {state}"),
+            Some(error) => output::note(format_args!("task {id} {state}: {error}")),
+            None => output::note(format_args!("task {id} {state}")),
         }
     }
     Ok(if state == TaskState::Completed {
@@ -455,10 +585,26 @@ async fn finished(session: &Session, id: Uuid, state: TaskState) -> anyhow::Resu
 
 // --- argument parsers: a bad value is a usage error (exit 2) that names the flag.
 
-fn parse_task_id(text: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(text.trim()).map_err(|_| {
-        format!("{text:?} is not a task id (a UUID such as 0196a3c4-5e1f-7b2a-9c3d-4e5f6a7b8c9d)")
-    })
+fn parse_task_id(text: &str) -> Result<TaskRef, String> {
+    let trimmed = text.trim();
+    if let Ok(id) = Uuid::parse_str(trimmed) {
+        return Ok(TaskRef::Id(id));
+    }
+    let digits: String = trimmed
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if !digits.is_empty() && digits.len() < 32 && digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(TaskRef::Part {
+            typed: trimmed.to_owned(),
+            digits,
+        });
+    }
+    Err(format!(
+        "{text:?} is not a task id (a UUID such as 0196a3c4-5e1f-7b2a-9c3d-4e5f6a7b8c9d, \
+         or its first characters)"
+    ))
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
@@ -466,9 +612,14 @@ fn parse_json(text: &str) -> Result<Value, String> {
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
+    DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|err| format!("{err}; expected RFC 3339 such as 2025-05-01T22:00:00Z"))
+        .map_err(|_| {
+            format!(
+                "{text:?} is not a time: expected RFC 3339, a date, T, a time and a zone, \
+                 such as 2026-11-27T09:00:00Z or 2026-11-27T10:00:00+01:00"
+            )
+        })
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -500,6 +651,48 @@ mod tests {
         assert_eq!(parse_label("q=a=b").unwrap(), ("q".into(), "a=b".into()));
         assert!(parse_label("novalue").is_err());
         assert!(parse_label("=v").is_err());
+    }
+
+    #[test]
+    fn a_task_is_named_by_its_id_or_part_of_it() {
+        let id = "0196a3c4-5e1f-7b2a-9c3d-4e5f6a7b8c9d";
+        assert!(matches!(parse_task_id(id), Ok(TaskRef::Id(_))));
+        match parse_task_id("0196A3C4-5e1f") {
+            Ok(TaskRef::Part { typed, digits }) => {
+                assert_eq!(typed, "0196A3C4-5e1f");
+                assert_eq!(digits, "0196a3c45e1f");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["", "-", "not-an-id", "0196a3c4 5e1f", &format!("{id}0")] {
+            let err = parse_task_id(bad).unwrap_err();
+            assert!(err.contains("not a task id"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn action_tasks_are_called_by_their_action() {
+        let mut task: Task = serde_json::from_value(serde_json::json!({
+            "id": "0196a3c4-5e1f-7b2a-9c3d-4e5f6a7b8c9d", "kind": "action",
+            "payload": {"action": "restart_container", "params": {"container": "jellyfin"}},
+            "state": "queued", "capabilities": [], "priority": 0, "max_retries": 3,
+            "labels": {}, "attempt": 0, "cancel_requested": false, "attempts": [],
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        assert_eq!(title(&task), "restart_container");
+        task.kind = "restart".into();
+        assert_eq!(title(&task), "restart");
+    }
+
+    #[test]
+    fn a_bad_time_says_the_form_with_an_example() {
+        assert!(parse_time("2026-11-27T09:00:00Z").is_ok());
+        let err = parse_time("tomorrow").unwrap_err();
+        assert!(
+            err.contains("RFC 3339") && err.contains("2026-11-27T09:00:00Z"),
+            "{err}"
+        );
     }
 
     #[test]
