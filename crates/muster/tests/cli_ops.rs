@@ -297,6 +297,8 @@ fn submit_list_show_cancel_retry() {
         "env=lab",
         r#"{"scene":7}"#,
         "60s",
+        "waiting:",
+        "no registered agent has capabilities [gpu]",
     ] {
         assert!(shown.contains(expected), "{expected} missing from {shown}");
     }

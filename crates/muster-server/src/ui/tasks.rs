@@ -118,7 +118,7 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Markup, UiError> {
     let id = task_id(&id)?;
-    let task = app.store.task(id).await?;
+    let task = operator::task(&app, id).await?;
     let lines = app.store.logs(id, 0, FIRST_LOG_LINES).await?;
     let after = lines.last().map_or(0, |l| l.id);
     let title = format!("{} {}", task.kind, layout::short_id(task.id));
@@ -171,6 +171,9 @@ fn head(session: &Session, task: &Task) -> Markup {
             }
         }
         p.task-id { code { (task.id) } }
+        @if let Some(why) = &task.waiting {
+            p.notice.waiting { "Waiting: " (why) }
+        }
         @if task.cancel_requested && !task.state.is_final() {
             p.notice { "Cancel requested: waiting for " (task.agent_id.as_deref().unwrap_or("the agent")) " to stop it." }
         }

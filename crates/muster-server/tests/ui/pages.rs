@@ -515,6 +515,37 @@ async fn drain_and_remove_buttons_take_the_apis_path() {
     assert_eq!(drained.location(), "/agents");
     let (_, agent) = t.get("/api/v1/agents/nas").await;
     assert_eq!(agent["status"], "draining");
+    // The drained agent's card offers Undrain, which takes the API's path too.
+    let page = web.get("/agents").await;
+    assert!(page.body.contains(r#"action="/agents/nas/undrain""#));
+    let undrained = web
+        .post_form("/agents/nas/undrain", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        undrained.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        undrained.body
+    );
+    let (_, agent) = t.get("/api/v1/agents/nas").await;
+    assert_eq!(agent["status"], "online");
+    // A queued task's page says why it waits.
+    let (_, task) = t
+        .post(
+            "/api/v1/tasks",
+            json!({"kind": "render", "capabilities": ["gpu"]}),
+        )
+        .await;
+    let shown = web
+        .get(&format!("/tasks/{}", task["id"].as_str().unwrap()))
+        .await;
+    assert!(
+        shown
+            .body
+            .contains("Waiting: no registered agent has capabilities [gpu]"),
+        "{}",
+        shown.body
+    );
 
     let removed = web
         .post_form("/agents/pi%20kitchen/remove", &[("csrf", &csrf)])

@@ -401,8 +401,11 @@ fn task_fields(task: &Task) -> comfy_table::Table {
     if title(task) != task.kind {
         rows.push(("action", title(task)));
     }
+    rows.extend([("state", state_text(task))]);
+    if let Some(why) = &task.waiting {
+        rows.push(("waiting", why.clone()));
+    }
     rows.extend([
-        ("state", state_text(task)),
         ("agent", output::or_dash(task.agent_id.as_deref())),
         (
             "attempt",
