@@ -16,7 +16,8 @@
 //!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
 //!   [`metrics`].
 //! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
-//!   listener, runs it and shuts it down.
+//!   listener, runs it and shuts it down; [`connections`]: its accept loop, with the
+//!   connection cap and the idle timeout.
 //! - [`config`]: settings as one typed tree (defaults, file, environment, flags), secrets
 //!   that never print; [`lifecycle`]: the task lifecycle's pure rules; [`sessions`]: web UI sessions;
 //!   [`clock`]: time; [`error`]: the store's and the API's error types.
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod changes;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod dispatcher;
 pub mod error;

@@ -3,9 +3,104 @@
 //! longer or stranger than any real client sends. Raw TCP is used where an HTTP client would
 //! refuse to misbehave.
 
-use reqwest::Method;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::TestApp;
+
+/// How long a test waits for something the server must do before it fails loudly.
+const BOUND: Duration = Duration::from_secs(10);
+
+fn host_of(t: &TestApp) -> String {
+    t.base.trim_start_matches("http://").to_owned()
+}
+
+async fn connect(t: &TestApp) -> TcpStream {
+    TcpStream::connect(host_of(t)).await.expect("connected")
+}
+
+/// Reads until the server closes the connection; fails loudly if it has not within [`BOUND`].
+/// Returns what the server sent before closing.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(BOUND, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open; it sent {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    got
+}
+
+/// Reads one response (head and a `Content-Length` body) without waiting for the connection to
+/// close; fails loudly after [`BOUND`]. Returns the status and the body.
+async fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut got = Vec::new();
+    let response = tokio::time::timeout(BOUND, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    let status = head
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .expect("a status line");
+                    let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]);
+                    return (status, body.to_string());
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!(
+                    "the connection closed before a whole response: {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    response.expect("a response within the bound")
+}
+
+/// One request on a connection of its own that the server closes after answering, so the
+/// connection's slot is free again before this returns.
+async fn one_shot(t: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let mut stream = connect(t).await;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        host_of(t),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let response = read_response(&mut stream).await;
+    read_until_closed(&mut stream).await;
+    response
+}
 
 #[tokio::test]
 async fn made_up_methods_and_paths_never_become_metric_labels() {
@@ -71,4 +166,98 @@ async fn made_up_methods_and_paths_never_become_metric_labels() {
         text.contains(r#"method="other",route="/api/v1/tasks",status="405""#),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_halfway_through_its_headers_is_disconnected() {
+    let t = TestApp::spawn_with(|s| s.idle_timeout = Duration::from_millis(300)).await;
+    let mut slow = connect(&t).await;
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .expect("sent");
+    read_until_closed(&mut slow).await;
+
+    // A connection that never sends anything is closed too …
+    let mut silent = connect(&t).await;
+    read_until_closed(&mut silent).await;
+
+    // … and so is a kept-alive one that has gone idle after its answer.
+    let mut kept = connect(&t).await;
+    let request = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", host_of(&t));
+    kept.write_all(request.as_bytes()).await.expect("sent");
+    let (status, body) = read_response(&mut kept).await;
+    assert_eq!(status, 200, "{body}");
+    read_until_closed(&mut kept).await;
+}
+
+#[tokio::test]
+async fn the_idle_timeout_never_cuts_a_long_poll_or_a_stream() {
+    let t = TestApp::spawn_with(|s| s.idle_timeout = Duration::from_millis(200)).await;
+    t.register("a1", &["shell"], 1).await;
+    // The long-poll waits a second, five idle timeouts, and still answers.
+    let (status, _) = t.get("/api/v1/agents/a1/tasks/next?wait=1").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // A log stream opened before the task ends gets every line and its end, however long the
+    // quiet in between.
+    let task = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    let claimed = t.claim("a1", 5).await.expect("claimed");
+    let mut logs = crate::streams::follow_logs(&t, task["id"].as_str().unwrap(), None).await;
+    let (status, _) = t.get("/api/v1/agents/a1/tasks/next?wait=1").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "a second of quiet passed");
+    let (status, reply) = t
+        .post(
+            &format!("/api/v1/tasks/{}/logs", task["id"].as_str().unwrap()),
+            json!({"attempt": claimed["attempt"], "lines": [{"text": "still here"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let line = logs.expect_event().await;
+    assert!(format!("{line:?}").contains("still here"), "{line:?}");
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_is_refused_at_accept_and_agents_get_back_in() {
+    const CAP: usize = 4;
+    let t = TestApp::spawn_with(|s| {
+        s.max_connections = CAP;
+        s.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (status, body) = one_shot(
+        &t,
+        "POST",
+        "/api/v1/agents/register",
+        Some(json!({"agent_id": "a1", "capabilities": ["shell"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The cap's worth of idle sockets, then one more: that one is refused at once.
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(connect(&t).await);
+    }
+    let mut extra = connect(&t).await;
+    let refused = read_until_closed(&mut extra).await;
+    assert!(
+        refused.starts_with(b"HTTP/1.1 503"),
+        "the connection over the cap was served: {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+
+    // The idle ones time out, and an agent's heartbeat is served again.
+    for stream in &mut idle {
+        read_until_closed(stream).await;
+    }
+    let (status, body) = one_shot(
+        &t,
+        "POST",
+        "/api/v1/agents/a1/heartbeat",
+        Some(json!({"cpu_percent": 1.0, "memory_percent": 1.0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
