@@ -59,9 +59,36 @@ pub fn router(app: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            limit,
+            refuse_declared_oversize,
+        ))
         .layer(middleware::from_fn(refuse_cross_origin_writes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Refuses at once a request whose `Content-Length` is over the body limit. The extractors
+/// would refuse it too, but only after waiting for a body that a client may never send (or
+/// send slowly, holding a connection and a handler); the length says enough.
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than the server accepts ({limit} bytes)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Refuses a state-changing request a browser sent on behalf of another origin. Without a key

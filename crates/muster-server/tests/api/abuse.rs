@@ -261,3 +261,20 @@ async fn a_flood_of_idle_connections_is_refused_at_accept_and_agents_get_back_in
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_declared_oversize_body_is_refused_before_it_is_sent() {
+    let t = TestApp::spawn().await;
+    assert_eq!(t.app.settings().body_limit, 1024 * 1024);
+    let mut stream = connect(&t).await;
+    let head = format!(
+        "POST /api/v1/tasks HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 10000000\r\n\r\n",
+        host_of(&t)
+    );
+    stream.write_all(head.as_bytes()).await.expect("sent");
+    let (status, body) = read_response(&mut stream).await;
+    assert_eq!(status, 413, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("the error envelope");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+}
