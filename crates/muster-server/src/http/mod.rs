@@ -64,8 +64,68 @@ pub fn router(app: AppState) -> Router {
             refuse_declared_oversize,
         ))
         .layer(middleware::from_fn(refuse_cross_origin_writes))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            require_own_host,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Refuses a request whose `Host` names another site, on a server bound to loopback.
+///
+/// DNS rebinding: a page on `evil.example` whose name the attacker then points at 127.0.0.1
+/// is, to the browser, same-origin with its own site, so it may read answers and send
+/// anything, with `Host: evil.example:8000`. Only the name can give it away (the port is the
+/// one the browser dialled either way), so the check is on the name: `localhost`, an address
+/// literal (an attacker cannot make a browser send one for a name it controls), or the host
+/// of `PUBLIC_URL` (a reverse proxy's name). Ports are not compared, so an SSH tunnel or a
+/// container's port map keeps working.
+///
+/// A server bound beyond loopback requires a key, and a rebound page holds neither the key
+/// nor the UI's cookie (it is bound to the real name), so the check is not needed there, and
+/// the names operators use on their networks need not be listed anywhere. A request without
+/// `Host` (HTTP/1.0) is no browser's. `/health` answers any name: probes address the server
+/// by whatever name reaches it, and health tells nothing and changes nothing.
+async fn require_own_host(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let settings = app.settings();
+    if !settings.addr.ip().is_loopback() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let Some(host) = req.headers().get(axum::http::header::HOST) else {
+        return next.run(req).await;
+    };
+    let ours = host
+        .to_str()
+        .is_ok_and(|host| names_this_server(host, settings.public_url.as_ref()));
+    if !ours {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "the Host header names another site; use this server's address (127.0.0.1, \
+             localhost) or set PUBLIC_URL to the name it is reached by",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The name of a `Host` value or an authority: without the port, and without the brackets
+/// of an IPv6 literal.
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(name, _)| name)
+}
+
+/// Whether a `Host` value names this server (see [`require_own_host`]).
+fn names_this_server(host: &str, public_url: Option<&crate::config::PublicUrl>) -> bool {
+    let name = host_name(host.trim());
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || public_url.is_some_and(|url| host_name(url.authority()).eq_ignore_ascii_case(name))
 }
 
 /// Refuses at once a request whose `Content-Length` is over the body limit. The extractors
@@ -182,6 +242,40 @@ fn status_label(status: StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PublicUrl;
+
+    #[test]
+    fn host_names_of_this_server() {
+        let public = PublicUrl::parse("https://muster.example.com").unwrap();
+        for host in [
+            "127.0.0.1:8000",
+            "127.0.0.1",
+            "localhost:8000",
+            "LOCALHOST",
+            "[::1]:8000",
+            "[::1]",
+            "10.0.0.5:8000",
+            "muster.example.com",
+            "muster.example.com:443",
+        ] {
+            assert!(names_this_server(host, Some(&public)), "{host}");
+        }
+        for host in [
+            "evil.example:8000",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8000",
+            "muster.example.com.evil.example",
+            "",
+        ] {
+            assert!(!names_this_server(host, Some(&public)), "{host}");
+        }
+        assert!(!names_this_server("muster.example.com", None));
     }
 }
 

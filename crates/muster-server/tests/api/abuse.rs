@@ -278,3 +278,95 @@ async fn a_declared_oversize_body_is_refused_before_it_is_sent() {
     let body: Value = serde_json::from_str(&body).expect("the error envelope");
     assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
 }
+
+#[tokio::test]
+async fn a_host_header_naming_another_site_is_refused() {
+    // DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 talks to this
+    // server with its own name in Host. Only the name can give it away; the port is the one
+    // the browser dialled either way.
+    let t = TestApp::spawn().await;
+    let port = host_of(&t).rsplit(':').next().unwrap().to_owned();
+    for host in [
+        "evil.example".to_owned(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1.evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+    ] {
+        for path in ["/api/v1/agents", "/", "/metrics"] {
+            let resp = t
+                .client
+                .get(t.url(path))
+                .header("host", &host)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{host} {path}");
+            let body: Value = resp.json().await.expect("the error envelope");
+            assert_eq!(body["error"]["code"], "forbidden", "{host} {path}: {body}");
+        }
+        let resp = t
+            .client
+            .post(t.url("/api/v1/agents/register"))
+            .header("host", &host)
+            .json(&json!({"agent_id": "rebound"}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{host}");
+        // Probes may use any name: /health tells nothing and changes nothing.
+        let resp = t
+            .client
+            .get(t.url("/health"))
+            .header("host", &host)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::OK, "{host} /health");
+    }
+    let (status, _) = t.get("/api/v1/agents/rebound").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was registered");
+
+    // Loopback names and address literals name this server, whatever the port (an SSH tunnel
+    // or a container's port map changes it).
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LocalHost:9000".to_owned(),
+        format!("[::1]:{port}"),
+        "127.0.0.1".to_owned(),
+        "192.168.1.10:8000".to_owned(),
+    ] {
+        let resp = t
+            .client
+            .get(t.url("/api/v1/agents"))
+            .header("host", &host)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn the_public_url_names_this_server_too() {
+    let t = TestApp::spawn_with(|s| {
+        s.public_url =
+            Some(muster_server::config::PublicUrl::parse("https://muster.example.com").unwrap())
+    })
+    .await;
+    for (host, expected) in [
+        ("muster.example.com", StatusCode::OK),
+        ("Muster.Example.com:443", StatusCode::OK),
+        ("other.example.com", StatusCode::FORBIDDEN),
+        ("muster.example.com.evil.example", StatusCode::FORBIDDEN),
+    ] {
+        let resp = t
+            .client
+            .get(t.url("/api/v1/agents"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), expected, "{host}");
+    }
+}
