@@ -37,7 +37,11 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/agents/{id}/drain", post(agents::drain))
         .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
         .route("/api/v1/agents/{id}/heartbeat", post(agents::heartbeat))
-        .route("/api/v1/agents/{id}/tasks/next", get(agents::claim))
+        // A claim is a GET that starts a task, so it is refused from other sites like a write.
+        .route(
+            "/api/v1/agents/{id}/tasks/next",
+            get(agents::claim).route_layer(middleware::from_fn(refuse_cross_origin)),
+        )
         .route("/api/v1/tasks", post(tasks::submit).get(tasks::list))
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
@@ -153,25 +157,21 @@ async fn refuse_declared_oversize(
 
 /// Refuses a state-changing request a browser sent on behalf of another origin. Without a key
 /// (loopback), a page on any site could otherwise post to `127.0.0.1:8000` (drain an agent,
-/// cancel a task) from the operator's browser. Browsers say where a request comes from in
-/// `Sec-Fetch-Site` or `Origin`; agents, curl and the CLI send neither and are unaffected.
+/// cancel a task) from the operator's browser. Reads (GET, HEAD, OPTIONS) pass, except the
+/// routes that change state on a GET, which carry [`refuse_cross_origin`] themselves.
 async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
     use axum::http::Method;
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let headers = req.headers();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let foreign = match (header("sec-fetch-site"), header("origin")) {
-        (Some(site), _) => !matches!(site, "same-origin" | "none"),
-        (None, Some(origin)) => {
-            let host = header("host").unwrap_or_default();
-            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            origin == "null" || !origin_host.eq_ignore_ascii_case(host)
-        }
-        (None, None) => false,
-    };
-    if foreign {
+    refuse_cross_origin(req, next).await
+}
+
+/// Refuses any request a browser sent on behalf of another origin. Browsers say where a
+/// request comes from in `Sec-Fetch-Site` or `Origin`; agents, curl and the CLI send neither
+/// and are unaffected.
+async fn refuse_cross_origin(req: Request, next: Next) -> Response {
+    if from_another_origin(req.headers()) {
         return ApiError::new(
             ErrorCode::Forbidden,
             "cross-origin requests may not change anything here",
@@ -179,6 +179,19 @@ async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(req).await
+}
+
+fn from_another_origin(headers: &axum::http::HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match (header("sec-fetch-site"), header("origin")) {
+        (Some(site), _) => !matches!(site, "same-origin" | "none"),
+        (None, Some(origin)) => {
+            let host = header("host").unwrap_or_default();
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+        }
+        (None, None) => false,
+    }
 }
 
 /// Records each request's latency. Every label comes from a closed set, so no client can add

@@ -370,3 +370,32 @@ async fn the_public_url_names_this_server_too() {
         assert_eq!(resp.status(), expected, "{host}");
     }
 }
+
+#[tokio::test]
+async fn a_page_on_another_site_cannot_claim_an_agents_task() {
+    let t = TestApp::spawn().await;
+    t.register("nas", &["shell"], 1).await;
+    let task = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    t.settle().await;
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+    ] {
+        let (status, reply) = TestApp::send(
+            t.request(Method::GET, "/api/v1/agents/nas/tasks/next?wait=0")
+                .header(name, value),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {value}: {reply}");
+        assert_eq!(reply["error"]["code"], "forbidden");
+    }
+    let stored = t.task(task["id"].as_str().unwrap()).await;
+    assert_ne!(stored["state"], "running", "a refused claim started it");
+    // The agent itself (no browser headers) claims it.
+    let claimed = t.claim("nas", 5).await.expect("claimed");
+    assert_eq!(claimed["id"], task["id"]);
+}
