@@ -2,9 +2,10 @@
 //!
 //! With `API_KEY` set, the login page takes the key (compared in constant time) and hands the
 //! browser a session cookie; the key itself is never written into a page, a URL or a cookie.
-//! With no key (the server then listens on loopback only) every visitor gets a session without
-//! logging in: the session still exists so that its CSRF token can protect the forms from
-//! other sites the operator's browser visits.
+//! Only a login starts a session. With no key (the server then listens on loopback only) there
+//! is no login and no session: each visitor gets a cookie from which its CSRF token is derived
+//! ([`crate::sessions::Sessions::visitor`]), so the forms are still protected from other sites
+//! the operator's browser visits, and page loads store nothing.
 //!
 //! Every request that is not GET or HEAD must carry the session's CSRF token as the form field
 //! `csrf`; the check sits in the middleware, before any handler, so no form can forget it.
@@ -89,8 +90,9 @@ pub(super) async fn security_headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// Finds (or, with no key configured, starts) the request's session and checks the CSRF token
-/// of anything that is not a read. Handlers behind it receive the [`Session`] as an extension.
+/// Finds the request's session (or, with no key configured, the visitor's stand-in for one)
+/// and checks the CSRF token of anything that is not a read. Handlers behind it receive the
+/// [`Session`] as an extension.
 pub(super) async fn require_session(
     State(app): State<AppState>,
     req: Request,
@@ -101,8 +103,8 @@ pub(super) async fn require_session(
     let (session, new_cookie) = match app.sessions.from_headers(req.headers(), now) {
         Some(session) => (session, None),
         // A form needs the token of a session it was rendered in, so a change without a
-        // session is refused, and starts none.
-        None if !reading => {
+        // session is refused.
+        None if !reading && app.settings().api_key.is_some() => {
             return forbidden("Your session has ended; reload the page and try again.");
         }
         None if app.settings().api_key.is_some() => {
@@ -114,9 +116,19 @@ pub(super) async fn require_session(
             return see_other(&format!("/login?next={}", percent_encode(&path)));
         }
         None => {
-            let session = app.sessions.create(now);
-            let cookie = sessions::set_cookie(&session, came_over_https(req.headers()));
-            (session, Some(cookie))
+            let (session, fresh) = app.sessions.visitor(req.headers());
+            match fresh {
+                // A change from a browser without the cookie cannot carry a token of it.
+                Some(_) if !reading => {
+                    return forbidden("Your session has ended; reload the page and try again.");
+                }
+                Some(value) => {
+                    let cookie =
+                        sessions::set_visitor_cookie(&value, came_over_https(req.headers()));
+                    (session, Some(cookie))
+                }
+                None => (session, None),
+            }
         }
     };
     let mut req = if reading {
