@@ -232,6 +232,18 @@ impl FailedLogins {
         *counts.entry(key).or_default() += 1;
     }
 
+    /// Seconds until `client` may try again, when it has sent `limit` wrong keys in the
+    /// minute of `now_ms`; `None` while it may try.
+    pub fn retry_after_s(&self, client: &str, now_ms: i64, limit: u64) -> Option<u64> {
+        let minute = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let count = self
+            .lock()
+            .get(&(minute, client.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        (count >= limit).then(|| ((minute + MINUTE_MS - now_ms) as u64).div_ceil(1000))
+    }
+
     /// Takes the tallies of the minutes that ended by `now_ms` (all of them for `i64::MAX`),
     /// oldest first.
     pub fn take_closed(&self, now_ms: i64) -> Vec<FailedLoginTally> {
@@ -369,6 +381,19 @@ mod tests {
             "restored and the next minute"
         );
         assert_eq!(failed.take_closed(180_000), vec![]);
+    }
+
+    #[test]
+    fn a_client_with_too_many_wrong_keys_waits_for_the_next_minute() {
+        let failed = FailedLogins::default();
+        for n in 0..10 {
+            assert_eq!(failed.retry_after_s("10.0.0.1", 60_000 + n, 10), None);
+            failed.record("10.0.0.1", 60_000 + n);
+        }
+        assert_eq!(failed.retry_after_s("10.0.0.1", 60_500, 10), Some(60));
+        assert_eq!(failed.retry_after_s("10.0.0.1", 119_001, 10), Some(1));
+        assert_eq!(failed.retry_after_s("10.0.0.2", 60_500, 10), None);
+        assert_eq!(failed.retry_after_s("10.0.0.1", 120_000, 10), None);
     }
 
     #[test]

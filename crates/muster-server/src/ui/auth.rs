@@ -12,13 +12,15 @@
 //!
 //! Logins are audited: a success as one record, failures counted per client and minute
 //! ([`crate::sessions::FailedLogins`]) so that a flood of guesses makes one entry a minute.
+//! The same count limits guessing: after [`LOGINS_PER_MINUTE`] wrong keys a client is
+//! answered 429 until its minute is over.
 
 use std::net::SocketAddr;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Form, Query, Request, State};
-use axum::http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
+use axum::http::header::{CACHE_CONTROL, LOCATION, RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -247,6 +249,10 @@ pub(super) async fn login_form(
     login_page(StatusCode::OK, next, None)
 }
 
+/// Wrong keys a client may send in one minute; further tries are refused unread until the
+/// minute is over.
+pub(super) const LOGINS_PER_MINUTE: u64 = 10;
+
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
     #[serde(default)]
@@ -277,6 +283,27 @@ pub(super) async fn login(
         |Extension(ConnectInfo(addr))| addr.ip().to_string(),
     );
     let now = app.now_ms();
+    // Checked before the key, so that a guesser cannot learn from the answer whether a try
+    // over the limit was right.
+    if let Some(wait_s) = app
+        .sessions
+        .failed_logins
+        .retry_after_s(&client, now, LOGINS_PER_MINUTE)
+    {
+        tracing::warn!(client, "UI login refused: too many wrong keys this minute");
+        // Counted with the wrong keys: the audit's tally is of tries that did not log in.
+        app.sessions.failed_logins.record(&client, now);
+        let mut page = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some(&format!(
+                "Too many wrong keys from your address; try again in {wait_s} seconds."
+            )),
+        );
+        page.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(wait_s));
+        return page;
+    }
     if !same_key(key, form.key.trim()) {
         tracing::warn!(client, "UI login with a wrong key");
         app.sessions.failed_logins.record(&client, now);

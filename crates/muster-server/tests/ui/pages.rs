@@ -337,6 +337,34 @@ async fn a_flood_of_cookie_less_visits_cannot_end_the_operators_forms() {
 }
 
 #[tokio::test]
+async fn logins_are_limited_per_client_and_minute() {
+    let t = with_key().await;
+    let mut web = Web::new(&t);
+    for n in 0..10 {
+        let wrong = web.login(&format!("guess-{n}")).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "guess {n}");
+    }
+    // The eleventh try in the minute is refused unread, even with the right key, so guessing
+    // cannot go faster by trying the key last.
+    let limited = web.login(KEY).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(limited.set_cookie().is_none(), "no session");
+    assert!(web.cookie.is_none());
+
+    // The next minute the operator gets in.
+    t.advance(Duration::from_secs(60));
+    let right = web.login(KEY).await;
+    assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.body);
+    assert!(web.cookie.is_some());
+}
+
+#[tokio::test]
 async fn logout_ends_the_session_and_idle_sessions_expire() {
     let t = TestApp::spawn_with(|s| {
         s.api_key = secret(KEY);
