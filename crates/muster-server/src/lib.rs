@@ -5,7 +5,8 @@
 //!   Both call the verbs and share [`auth`] (keys, sessions) and [`extract`] (request parsing
 //!   with errors in the API's envelope); neither imports the other's handlers.
 //! - [`operator`]: the operator's verbs (submit, cancel, retry, drain, remove);
-//!   [`protocol`]: the agent's verbs (register, heartbeat, claim, reports).
+//!   [`protocol`]: the agent's verbs (register, heartbeat, claim, reports); both bound what
+//!   clients send through [`bounds`].
 //! - [`sweeper`]: the loop that marks silent agents offline, expires leases and prunes;
 //!   [`outbox`]: the loop that delivers outbox rows (written with the change that causes them)
 //!   to their consumers, at least once.
@@ -25,6 +26,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod bounds;
 pub mod changes;
 pub mod clock;
 pub mod config;

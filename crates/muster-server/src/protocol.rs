@@ -11,11 +11,14 @@ use muster_api::{
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::bounds;
 use crate::changes::AgentChange;
 use crate::error::ApiError;
 use crate::operator;
 use crate::store::DrainBy;
 
+/// Most tasks one agent may run at once.
+pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Longest long-poll a client may ask for, in seconds.
 pub const MAX_WAIT_S: u64 = 120;
 /// Most lines one log post may carry.
@@ -55,18 +58,19 @@ fn validate_registration(reg: &RegisterAgent) -> Result<(), ApiError> {
         ));
     }
     if let Some(n) = reg.max_concurrency
-        && !(1..=10_000).contains(&n)
+        && !(1..=MAX_CONCURRENCY).contains(&n)
     {
         return Err(ApiError::invalid(
             "max_concurrency",
-            "must be between 1 and 10000",
+            format!("must be between 1 and {MAX_CONCURRENCY}"),
         ));
     }
-    if let Some(i) = reg.capabilities.iter().position(|c| c.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            &format!("capabilities[{i}]"),
-            "must not be empty",
-        ));
+    bounds::text("host", &reg.host, 255)?;
+    bounds::capabilities(&reg.capabilities)?;
+    bounds::mcp_servers(&reg.mcp_servers)?;
+    bounds::labels(&reg.labels)?;
+    if let Some(version) = &reg.version {
+        bounds::text("version", version, 100)?;
     }
     Ok(())
 }
@@ -110,6 +114,10 @@ pub async fn heartbeat(
     agent_id: &str,
     beat: Heartbeat,
 ) -> Result<HeartbeatAck, ApiError> {
+    if let Some(running) = &beat.running {
+        // No agent runs more than the largest max_concurrency.
+        bounds::count("running", running, MAX_CONCURRENCY as usize)?;
+    }
     for (field, value) in [
         ("cpu_percent", beat.cpu_percent),
         ("memory_percent", beat.memory_percent),

@@ -399,3 +399,134 @@ async fn a_page_on_another_site_cannot_claim_an_agents_task() {
     let claimed = t.claim("nas", 5).await.expect("claimed");
     assert_eq!(claimed["id"], task["id"]);
 }
+
+/// Asserts a 422 whose message is exactly `message`.
+fn assert_refused(status: StatusCode, body: &Value, message: &str) {
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_field", "{body}");
+    assert_eq!(body["error"]["message"], message, "{body}");
+}
+
+#[tokio::test]
+async fn every_string_of_a_registration_or_submission_is_bounded() {
+    let t = TestApp::spawn().await;
+    let long = |n: usize| "x".repeat(n);
+    let many = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+    let labels = |n: usize| {
+        (0..n)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let register = |extra: Value| {
+        let mut body = json!({"agent_id": "a1"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, message) in [
+        (
+            json!({"capabilities": ["a", "b", "c", long(201)]}),
+            "capabilities[3]: must be at most 200 bytes",
+        ),
+        (
+            json!({"capabilities": many(101)}),
+            "capabilities: at most 100 entries",
+        ),
+        (
+            json!({"capabilities": ["ok", "new\nline"]}),
+            "capabilities[1]: must not contain control characters",
+        ),
+        (
+            json!({"host": long(256)}),
+            "host: must be at most 255 bytes",
+        ),
+        (
+            json!({"host": "a\u{0}b"}),
+            "host: must not contain control characters",
+        ),
+        (
+            json!({"version": long(101)}),
+            "version: must be at most 100 bytes",
+        ),
+        (json!({"labels": labels(51)}), "labels: at most 50 entries"),
+        (
+            json!({"labels": {long(101): "v"}}),
+            "labels: a key must be at most 100 bytes",
+        ),
+        (
+            json!({"labels": {"team": long(501)}}),
+            "labels.team: must be at most 500 bytes",
+        ),
+        (
+            json!({"mcp_servers": (0..51).map(|i| json!({"name": i})).collect::<Vec<_>>()}),
+            "mcp_servers: at most 50 entries",
+        ),
+        (
+            json!({"mcp_servers": [{"name": "fs"}, {"blob": long(17 * 1024)}]}),
+            "mcp_servers[1]: must be at most 16384 bytes as JSON",
+        ),
+    ] {
+        let (status, body) = t
+            .post("/api/v1/agents/register", register(extra.clone()))
+            .await;
+        assert_refused(status, &body, message);
+    }
+    let (status, body) = t.get("/api/v1/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["agents"], json!([]), "nothing was registered");
+
+    // Heartbeats name every running attempt; a list longer than any agent could run is refused.
+    t.register("a1", &[], 1).await;
+    let running: Vec<Value> = (0..10_001)
+        .map(|_| json!({"task_id": uuid::Uuid::now_v7(), "attempt": 1}))
+        .collect();
+    let (status, body) = t
+        .heartbeat(
+            "a1",
+            json!({"cpu_percent": 1.0, "memory_percent": 1.0, "running": running}),
+        )
+        .await;
+    assert_refused(status, &body, "running: at most 10000 entries");
+
+    for (extra, message) in [
+        (
+            json!({"capabilities": ["a", "b", "c", long(201)]}),
+            "capabilities[3]: must be at most 200 bytes",
+        ),
+        (
+            json!({"capabilities": many(101)}),
+            "capabilities: at most 100 entries",
+        ),
+        (
+            json!({"kind": "deploy\u{1b}[2J"}),
+            "kind: must not contain control characters",
+        ),
+        (
+            json!({"lock_key": "deploy:\nx"}),
+            "lock_key: must not contain control characters",
+        ),
+        (
+            json!({"idempotency_key": "a\tb"}),
+            "idempotency_key: must not contain control characters",
+        ),
+        (json!({"labels": labels(51)}), "labels: at most 50 entries"),
+        (
+            json!({"labels": {"team": long(501)}}),
+            "labels.team: must be at most 500 bytes",
+        ),
+        (
+            json!({"labels": {"": "v"}}),
+            "labels: a key must not be empty",
+        ),
+    ] {
+        let mut body = json!({"kind": "echo"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, reply) = t.post("/api/v1/tasks", body).await;
+        assert_refused(status, &reply, message);
+    }
+    let (_, list) = t.get("/api/v1/tasks").await;
+    assert_eq!(list["tasks"], json!([]), "nothing was submitted");
+}
