@@ -212,6 +212,7 @@ pub async fn claim(app: &App, agent_id: &str, wait_s: u64) -> Result<Claim, ApiE
 }
 
 /// Stores log lines of the running attempt; refused (409) for an attempt that is not current.
+/// Past `LOG_LIMIT` bytes of text per task, lines are counted instead of kept.
 pub async fn append_logs(app: &App, task_id: Uuid, logs: AppendLogs) -> Result<usize, ApiError> {
     if logs.lines.len() > MAX_LINES {
         return Err(ApiError::invalid(
@@ -219,7 +220,11 @@ pub async fn append_logs(app: &App, task_id: Uuid, logs: AppendLogs) -> Result<u
             format!("at most {MAX_LINES} lines per post"),
         ));
     }
-    let accepted = app.store.append_logs(task_id, logs, app.now_ms()).await?;
+    let max_bytes = app.settings().log_limit as u64;
+    let accepted = app
+        .store
+        .append_logs(task_id, logs, max_bytes, app.now_ms())
+        .await?;
     app.changes.logs_appended(task_id);
     Ok(accepted)
 }

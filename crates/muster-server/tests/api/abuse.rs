@@ -530,3 +530,66 @@ async fn every_string_of_a_registration_or_submission_is_bounded() {
     let (_, list) = t.get("/api/v1/tasks").await;
     assert_eq!(list["tasks"], json!([]), "nothing was submitted");
 }
+
+#[tokio::test]
+async fn a_tasks_stored_logs_stop_at_the_limit_and_one_line_counts_the_rest() {
+    let t = TestApp::spawn_with(|s| s.log_limit = 1000).await;
+    t.register("a1", &["shell"], 1).await;
+    let task = t
+        .submit(json!({"kind": "chatty", "capabilities": ["shell"]}))
+        .await;
+    let claimed = t.claim("a1", 5).await.expect("claimed");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tasks/{id}/logs");
+    let post = |from: usize, n: usize| {
+        let lines: Vec<Value> = (from..from + n)
+            .map(|i| json!({"text": format!("{i:03} {}", "x".repeat(96))}))
+            .collect();
+        t.post(
+            &path,
+            json!({"attempt": claimed["attempt"], "lines": lines}),
+        )
+    };
+    // 15 lines of 100 bytes against a limit of 1000: ten are kept.
+    for from in [0, 5, 10] {
+        let (status, reply) = post(from, 5).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let texts = |body: &Value| -> Vec<String> {
+        body["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, logs) = t.get(&path).await;
+    let lines = texts(&logs);
+    assert_eq!(lines.len(), 11, "{lines:?}");
+    assert!(lines[9].starts_with("009 "), "{lines:?}");
+    assert!(
+        lines[10].contains("5 lines dropped") && lines[10].contains("LOG_LIMIT"),
+        "{lines:?}"
+    );
+
+    // More lines only change the count; there is still one marker, and it stays last. A
+    // restart keeps the tally.
+    let dir = t.stop().await;
+    let t = TestApp::spawn_in(dir, |s| s.log_limit = 1000).await;
+    let (status, reply) = t
+        .post(
+            &path,
+            json!({"attempt": claimed["attempt"], "lines": [{"text": "a"}, {"text": "b"}, {"text": "c"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (_, logs) = t.get(&path).await;
+    let lines = texts(&logs);
+    assert_eq!(lines.len(), 11, "{lines:?}");
+    assert!(lines[10].contains("8 lines dropped"), "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("dropped")).count(),
+        1,
+        "{lines:?}"
+    );
+}

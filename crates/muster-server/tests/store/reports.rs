@@ -31,7 +31,7 @@ async fn reports_for_a_stale_attempt_are_conflicts_and_change_nothing() {
                 &b,
                 &format!("logs of attempt {stale}"),
                 b.store
-                    .append_logs(t.id, logs(stale, &["late"]), due + 1)
+                    .append_logs(t.id, logs(stale, &["late"]), u64::MAX, due + 1)
                     .await,
             );
             assert_conflict(
@@ -84,7 +84,7 @@ async fn reports_for_a_stale_attempt_are_conflicts_and_change_nothing() {
             &b,
             "logs after completion",
             b.store
-                .append_logs(t.id, logs(2, &["after"]), due + 3)
+                .append_logs(t.id, logs(2, &["after"]), u64::MAX, due + 3)
                 .await,
         );
         assert_conflict(
@@ -112,7 +112,7 @@ async fn logs_of_the_running_attempt_are_stored() {
         let t = running(&b, new_task(0), "a1", T0).await;
         let n = b
             .store
-            .append_logs(t.id, logs(1, &["a", "b"]), T0 + 1)
+            .append_logs(t.id, logs(1, &["a", "b"]), u64::MAX, T0 + 1)
             .await
             .expect("logs");
         assert_eq!(n, 2, "[{}] two lines accepted", b.name);
