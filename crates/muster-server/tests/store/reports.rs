@@ -128,6 +128,42 @@ async fn logs_of_the_running_attempt_are_stored() {
 }
 
 #[tokio::test]
+async fn logs_past_the_limit_are_dropped_and_counted_in_one_last_line() {
+    for b in backends().await {
+        let t = running(&b, new_task(0), "a1", T0).await;
+        // Ten bytes allowed: "aaaa" and "bbbb" fit, "cccc" would not, so it and every later
+        // line are dropped, "d" included.
+        let n = b
+            .store
+            .append_logs(t.id, logs(1, &["aaaa", "bbbb", "cccc", "d"]), 10, T0 + 1)
+            .await
+            .expect("logs");
+        assert_eq!(n, 2, "[{}] two lines stored", b.name);
+        let n = b
+            .store
+            .append_logs(t.id, logs(1, &["e"]), 10, T0 + 2)
+            .await
+            .expect("logs");
+        assert_eq!(n, 0, "[{}] nothing more stored", b.name);
+        let lines = b.store.logs(t.id, 0, 10).await.expect("logs");
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts.len(), 3, "[{}] {texts:?}", b.name);
+        assert_eq!(texts[..2], ["aaaa", "bbbb"], "[{}]", b.name);
+        assert!(
+            texts[2].starts_with("3 lines dropped"),
+            "[{}] one marker, last, with the count: {texts:?}",
+            b.name
+        );
+        assert_eq!(
+            lines[2].stream,
+            muster_api::LogStream::System,
+            "[{}]",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
 async fn complete_stores_the_result_and_frees_the_agent_and_lock() {
     for b in backends().await {
         let mut locked = new_task(0);
