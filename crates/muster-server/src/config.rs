@@ -159,6 +159,16 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// A web UI session unused this long ends.
     pub session_idle: Duration,
+    /// A connection that has not sent a complete request head this long after it opened or
+    /// after its last response is closed: idle keep-alive sockets and half-sent headers alike.
+    /// Never applies while a response is being sent (long-polls, SSE).
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond it (or beyond the file limit less a reserve) a new
+    /// connection is refused at accept.
+    pub max_connections: usize,
+    /// Bytes of log text stored per task; lines beyond it are dropped and counted in one
+    /// marker line.
+    pub log_limit: usize,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -426,6 +436,38 @@ static FIELDS: &[Field] = &[
         applies: Applies::OnRestart,
         kind: value!(session_idle, duration, shown_duration),
     },
+    // Read for every new connection and every log post, so a reload reaches them.
+    Field {
+        var: "IDLE_TIMEOUT",
+        file_key: Some("idle_timeout"),
+        flag: None,
+        default: "30s",
+        meaning: "a connection that sends no complete request head this long after opening or \
+                  after its last response is closed (idle or half-sent headers); never while a \
+                  response streams",
+        applies: Applies::OnReload,
+        kind: value!(idle_timeout, duration, shown_duration),
+    },
+    Field {
+        var: "MAX_CONNECTIONS",
+        file_key: Some("max_connections"),
+        flag: None,
+        default: "1024",
+        meaning: "connections served at once, also held 64 below the open-file limit (raised \
+                  to its hard limit at start); more are refused at accept with 503",
+        applies: Applies::OnReload,
+        kind: value!(max_connections, count, shown),
+    },
+    Field {
+        var: "LOG_LIMIT",
+        file_key: Some("log_limit"),
+        flag: None,
+        default: "16777216",
+        meaning: "bytes of log text stored per task; later lines are dropped and one marker \
+                  line counts them",
+        applies: Applies::OnReload,
+        kind: value!(log_limit, bytes, shown),
+    },
     Field {
         var: "MUSTER_CONFIG",
         file_key: None,
@@ -508,6 +550,15 @@ fn retries(text: &str) -> Result<u32, String> {
 
 fn bytes(text: &str) -> Result<usize, String> {
     const FORM: &str = "expected a number of bytes such as 1048576";
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(format!("must be more than zero; {FORM}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(FORM.to_owned()),
+    }
+}
+
+fn count(text: &str) -> Result<usize, String> {
+    const FORM: &str = "expected a whole number such as 1024";
     match text.trim().parse::<usize>() {
         Ok(0) => Err(format!("must be more than zero; {FORM}")),
         Ok(n) => Ok(n),
@@ -1162,6 +1213,9 @@ impl Settings {
             sweep_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             session_idle: Duration::from_secs(12 * 3600),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            log_limit: 16 * 1024 * 1024,
         }
     }
 

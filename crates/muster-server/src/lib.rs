@@ -5,7 +5,8 @@
 //!   Both call the verbs and share [`auth`] (keys, sessions) and [`extract`] (request parsing
 //!   with errors in the API's envelope); neither imports the other's handlers.
 //! - [`operator`]: the operator's verbs (submit, cancel, retry, drain, remove);
-//!   [`protocol`]: the agent's verbs (register, heartbeat, claim, reports).
+//!   [`protocol`]: the agent's verbs (register, heartbeat, claim, reports); both bound what
+//!   clients send through [`bounds`].
 //! - [`sweeper`]: the loop that marks silent agents offline, expires leases and prunes;
 //!   [`outbox`]: the loop that delivers outbox rows (written with the change that causes them)
 //!   to their consumers, at least once.
@@ -16,7 +17,8 @@
 //!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
 //!   [`metrics`].
 //! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
-//!   listener, runs it and shuts it down.
+//!   listener, runs it and shuts it down; [`connections`]: its accept loop, with the
+//!   connection cap and the idle timeout.
 //! - [`config`]: settings as one typed tree (defaults, file, environment, flags), secrets
 //!   that never print; [`lifecycle`]: the task lifecycle's pure rules; [`sessions`]: web UI sessions;
 //!   [`clock`]: time; [`error`]: the store's and the API's error types.
@@ -24,9 +26,11 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod bounds;
 pub mod changes;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod dispatcher;
 pub mod error;

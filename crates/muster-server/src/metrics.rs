@@ -3,8 +3,8 @@
 //! registry just before each scrape is rendered.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone, Debug)]
@@ -16,6 +16,9 @@ pub struct Metrics {
     pub tasks: IntGaugeVec,
     pub agents: IntGaugeVec,
     pub past_lease: IntGauge,
+    /// HTTP connections open now, and those refused at accept for being over the cap.
+    pub connections: IntGauge,
+    pub refused_connections: IntCounter,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,16 @@ impl Metrics {
             "Running tasks whose lease has lapsed but were not yet rescued; stays 0 when healthy.",
         )
         .expect("valid gauge");
+        let connections = IntGauge::new(
+            "muster_http_connections",
+            "HTTP connections open now (at most MAX_CONNECTIONS).",
+        )
+        .expect("valid gauge");
+        let refused_connections = IntCounter::new(
+            "muster_http_connections_refused_total",
+            "Connections refused at accept because as many were open as the server serves.",
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -73,6 +86,8 @@ impl Metrics {
             Box::new(tasks.clone()),
             Box::new(agents.clone()),
             Box::new(past_lease.clone()),
+            Box::new(connections.clone()),
+            Box::new(refused_connections.clone()),
         ] {
             registry
                 .register(collector)
@@ -86,6 +101,8 @@ impl Metrics {
             tasks,
             agents,
             past_lease,
+            connections,
+            refused_connections,
         }
     }
 

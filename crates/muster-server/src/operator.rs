@@ -7,35 +7,22 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::audit::{Actor, Via};
+use crate::bounds;
 use crate::changes::AgentChange;
 use crate::error::ApiError;
 use crate::store::{DrainBy, NewTask};
 
-fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
-    }
-    if value.len() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max} bytes"),
-        ));
-    }
-    Ok(())
-}
-
 /// Checks a submission and normalises it (capabilities sorted and unique); errors name the field.
 pub fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask, ApiError> {
-    check_text("kind", &req.kind, 200)?;
-    for (i, cap) in req.capabilities.iter().enumerate() {
-        check_text(&format!("capabilities[{i}]"), cap, 200)?;
-    }
+    bounds::required_text("kind", &req.kind, 200)?;
+    bounds::capabilities(&req.capabilities)?;
     if let Some(key) = &req.lock_key {
-        check_text("lock_key", key, 500)?;
+        bounds::required_text("lock_key", key, 500)?;
     }
     if let Some(key) = &req.idempotency_key {
-        check_text("idempotency_key", key, 500)?;
+        bounds::required_text("idempotency_key", key, 500)?;
     }
+    bounds::labels(&req.labels)?;
     if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
         return Err(ApiError::invalid(
             "priority",

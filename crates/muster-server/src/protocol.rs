@@ -11,11 +11,14 @@ use muster_api::{
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::bounds;
 use crate::changes::AgentChange;
 use crate::error::ApiError;
 use crate::operator;
 use crate::store::DrainBy;
 
+/// Most tasks one agent may run at once.
+pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Longest long-poll a client may ask for, in seconds.
 pub const MAX_WAIT_S: u64 = 120;
 /// Most lines one log post may carry.
@@ -55,21 +58,29 @@ fn validate_registration(reg: &RegisterAgent) -> Result<(), ApiError> {
         ));
     }
     if let Some(n) = reg.max_concurrency
-        && !(1..=10_000).contains(&n)
+        && !(1..=MAX_CONCURRENCY).contains(&n)
     {
         return Err(ApiError::invalid(
             "max_concurrency",
-            "must be between 1 and 10000",
+            format!("must be between 1 and {MAX_CONCURRENCY}"),
         ));
     }
-    if let Some(i) = reg.capabilities.iter().position(|c| c.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            &format!("capabilities[{i}]"),
-            "must not be empty",
-        ));
+    bounds::text("host", &reg.host, 255)?;
+    bounds::capabilities(&reg.capabilities)?;
+    bounds::mcp_servers(&reg.mcp_servers)?;
+    bounds::labels(&reg.labels)?;
+    if let Some(version) = &reg.version {
+        bounds::text("version", version, 100)?;
+    }
+    bounds::count("kinds", &reg.kinds, MAX_KINDS)?;
+    for (i, kind) in reg.kinds.iter().enumerate() {
+        bounds::required_text(&format!("kinds[{i}]"), kind, 200)?;
     }
     Ok(())
 }
+
+/// Most task kinds an agent may say it handles.
+const MAX_KINDS: usize = 100;
 
 /// A registration: the agent as it now stands, and whether it is new.
 pub struct Registered {
@@ -110,6 +121,10 @@ pub async fn heartbeat(
     agent_id: &str,
     beat: Heartbeat,
 ) -> Result<HeartbeatAck, ApiError> {
+    if let Some(running) = &beat.running {
+        // No agent runs more than the largest max_concurrency.
+        bounds::count("running", running, MAX_CONCURRENCY as usize)?;
+    }
     for (field, value) in [
         ("cpu_percent", beat.cpu_percent),
         ("memory_percent", beat.memory_percent),
@@ -206,6 +221,7 @@ pub async fn claim(app: &App, agent_id: &str, wait_s: u64) -> Result<Claim, ApiE
 }
 
 /// Stores log lines of the running attempt; refused (409) for an attempt that is not current.
+/// Past `LOG_LIMIT` bytes of text per task, lines are counted instead of kept.
 pub async fn append_logs(app: &App, task_id: Uuid, logs: AppendLogs) -> Result<usize, ApiError> {
     if logs.lines.len() > MAX_LINES {
         return Err(ApiError::invalid(
@@ -213,7 +229,11 @@ pub async fn append_logs(app: &App, task_id: Uuid, logs: AppendLogs) -> Result<u
             format!("at most {MAX_LINES} lines per post"),
         ));
     }
-    let accepted = app.store.append_logs(task_id, logs, app.now_ms()).await?;
+    let max_bytes = app.settings().log_limit as u64;
+    let accepted = app
+        .store
+        .append_logs(task_id, logs, max_bytes, app.now_ms())
+        .await?;
     app.changes.logs_appended(task_id);
     Ok(accepted)
 }

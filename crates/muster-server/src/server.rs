@@ -1,6 +1,7 @@
 //! Builds the control plane from [`Settings`] and a bound listener, runs it, and shuts it down
 //! in order: stop accepting, end streams and long-polls, let requests finish (bounded), stop the
-//! loops, then flush and close the store.
+//! loops, then flush and close the store. Connections are accepted and served by
+//! [`crate::connections`], under its cap and idle timeout.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use crate::app::App;
 use crate::changes::Changes;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
+use crate::connections::{self, Connections};
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::error::StoreError;
 use crate::events::EventHub;
@@ -34,6 +36,8 @@ pub struct Server {
     app: Arc<App>,
     listener: TcpListener,
     dispatcher_task: tokio::task::JoinHandle<()>,
+    /// The open-file limit after raising it, which bounds the connection cap.
+    file_limit: Option<u64>,
 }
 
 impl Server {
@@ -102,11 +106,20 @@ impl Server {
             clock.clone(),
             changes.clone(),
         );
+        // Every connection holds a descriptor: the usual soft limit (1,024) would let a few
+        // hundred idle sockets starve the store, so take all the system allows.
+        let file_limit = connections::raise_file_limit();
+        tracing::debug!(
+            file_limit,
+            connections = connections::connection_cap(file_limit, settings.max_connections),
+            "connection cap"
+        );
         let app = Arc::new(App::new(settings, store, clock, registry, changes));
         Ok(Server {
             app,
             listener,
             dispatcher_task,
+            file_limit,
         })
     }
 
@@ -126,30 +139,34 @@ impl Server {
             app,
             listener,
             dispatcher_task,
+            file_limit,
         } = self;
         let health = tokio::spawn(crate::sweeper::run(app.clone()));
         let delivery = tokio::spawn(crate::outbox::run(app.clone()));
         let router = crate::http::router(app.clone());
-        let shutdown = app.shutdown.clone();
-        let begin = shutdown.clone();
-        // The peer's address reaches handlers as `ConnectInfo`: the audit log names the client
-        // of a login.
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
-            signal.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            begin.cancel();
-        });
+        let open = Connections::new(app.changes.metrics.connections.clone());
+        connections::accept_until(
+            listener,
+            router,
+            app.clone(),
+            open.clone(),
+            file_limit,
+            signal,
+        )
+        .await;
+        // The listener is gone: nothing new is accepted. Long-polls and streams end on this;
+        // every connection finishes the request it serves, then closes.
+        tracing::info!("shutting down: finishing in-flight requests");
+        app.shutdown.cancel();
         let grace = app.settings().shutdown_grace;
-        tokio::select! {
-            result = serve => {
-                if let Err(err) = result {
-                    tracing::error!(error = %err, "server error");
-                }
-            }
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "requests still running after the grace period; stopping");
-            }
+        if tokio::time::timeout(grace, open.all_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "requests still running after the grace period; stopping"
+            );
         }
         health.abort();
         // Rows it has not delivered stay in the outbox and go out after the next start.

@@ -1,5 +1,10 @@
 //! Web UI sessions: random ids from the operating system's CSPRNG, kept in memory with an idle
-//! expiry, each with its own CSRF token.
+//! expiry, each with its own CSRF token. Only a login creates one.
+//!
+//! Without a key there is no login, and no session either: a visitor gets a random value in a
+//! cookie, and its CSRF token is an HMAC of that value under a key drawn at start
+//! ([`Sessions::visitor`]). Nothing is stored per visitor, so a flood of cookie-less page
+//! loads costs no memory and cannot push anyone's session out of the table.
 //!
 //! Owned by [`crate::App`]; the UI's middleware and the SSE routes look sessions up, login and
 //! logout create and end them. Sessions die with the process: a restart logs everyone out,
@@ -15,11 +20,16 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
+use hmac::{Hmac, KeyInit, Mac};
 use rand::TryRngCore;
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 /// The cookie that carries the session id.
 pub const COOKIE_NAME: &str = "muster_session";
+
+/// The cookie a keyless server gives each visitor: the value its CSRF token is derived from.
+pub const CSRF_COOKIE_NAME: &str = "muster_csrf";
 
 /// Sessions kept at most; beyond this the least recently used one is dropped, so repeated
 /// logins cannot grow memory without bound.
@@ -31,6 +41,7 @@ const MAX_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 /// What a request learns about its session.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// The session's id; empty for a keyless visitor, who has no stored session.
     pub id: String,
     /// The token every state-changing form of this session must carry.
     pub csrf: String,
@@ -49,6 +60,9 @@ pub struct Sessions {
     idle_ms: i64,
     /// Wrong keys at the login page, counted until their minute is over.
     pub failed_logins: FailedLogins,
+    /// The key keyless visitors' CSRF tokens are derived with; drawn at start, so a restart
+    /// ends them as it ends sessions.
+    visitor_key: [u8; 32],
 }
 
 impl Sessions {
@@ -57,6 +71,7 @@ impl Sessions {
             entries: Mutex::new(HashMap::new()),
             idle_ms: idle.as_millis() as i64,
             failed_logins: FailedLogins::default(),
+            visitor_key: random_bytes(),
         }
     }
 
@@ -118,6 +133,34 @@ impl Sessions {
     pub fn end(&self, id: &str) {
         self.lock().remove(id);
     }
+
+    /// A keyless visitor's stand-in for a session: the CSRF token derived from the value of
+    /// its `muster_csrf` cookie, and, when it sent none (or a malformed one), a fresh value
+    /// to set as that cookie. Nothing is stored.
+    pub fn visitor(&self, headers: &HeaderMap) -> (Session, Option<String>) {
+        let (value, fresh) = match cookie(headers, CSRF_COOKIE_NAME).filter(|v| is_token(v)) {
+            Some(value) => (value, false),
+            None => (random_token(), true),
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.visitor_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(b"muster visitor csrf\0");
+        mac.update(value.as_bytes());
+        let session = Session {
+            id: String::new(),
+            csrf: hex(&mac.finalize().into_bytes()),
+        };
+        (session, fresh.then_some(value))
+    }
+
+    /// Sessions held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Session {
@@ -127,13 +170,27 @@ impl Session {
     }
 }
 
-/// 256 bits from the operating system's CSPRNG, hex-encoded.
-fn random_token() -> String {
+/// 256 bits from the operating system's CSPRNG.
+fn random_bytes() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .expect("the operating system's random source works");
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 256 bits from the operating system's CSPRNG, hex-encoded.
+fn random_token() -> String {
+    hex(&random_bytes())
+}
+
+/// Whether `value` has the shape of [`random_token`]'s output.
+fn is_token(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Clients counted at most per minute; the rest share the client `other`, so a flood from many
@@ -175,6 +232,18 @@ impl FailedLogins {
         *counts.entry(key).or_default() += 1;
     }
 
+    /// Seconds until `client` may try again, when it has sent `limit` wrong keys in the
+    /// minute of `now_ms`; `None` while it may try.
+    pub fn retry_after_s(&self, client: &str, now_ms: i64, limit: u64) -> Option<u64> {
+        let minute = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let count = self
+            .lock()
+            .get(&(minute, client.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        (count >= limit).then(|| ((minute + MINUTE_MS - now_ms) as u64).div_ceil(1000))
+    }
+
     /// Takes the tallies of the minutes that ended by `now_ms` (all of them for `i64::MAX`),
     /// oldest first.
     pub fn take_closed(&self, now_ms: i64) -> Vec<FailedLoginTally> {
@@ -202,13 +271,18 @@ impl FailedLogins {
 
 /// The session id from the request's `Cookie` headers.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, COOKIE_NAME)
+}
+
+/// The value of the cookie `name` from the request's `Cookie` headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
+        .find(|(found, _)| *found == name)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|value| !value.is_empty())
 }
@@ -220,6 +294,15 @@ pub fn set_cookie(session: &Session, secure: bool) -> String {
     format!(
         "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict{}",
         session.id,
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that hands a keyless visitor its CSRF cookie, with the session
+/// cookie's protections.
+pub fn set_visitor_cookie(value: &str, secure: bool) -> String {
+    format!(
+        "{CSRF_COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }
     )
 }
@@ -301,6 +384,19 @@ mod tests {
     }
 
     #[test]
+    fn a_client_with_too_many_wrong_keys_waits_for_the_next_minute() {
+        let failed = FailedLogins::default();
+        for n in 0..10 {
+            assert_eq!(failed.retry_after_s("10.0.0.1", 60_000 + n, 10), None);
+            failed.record("10.0.0.1", 60_000 + n);
+        }
+        assert_eq!(failed.retry_after_s("10.0.0.1", 60_500, 10), Some(60));
+        assert_eq!(failed.retry_after_s("10.0.0.1", 119_001, 10), Some(1));
+        assert_eq!(failed.retry_after_s("10.0.0.2", 60_500, 10), None);
+        assert_eq!(failed.retry_after_s("10.0.0.1", 120_000, 10), None);
+    }
+
+    #[test]
     fn failed_logins_from_too_many_clients_share_one_tally() {
         let failed = FailedLogins::default();
         for n in 0..MAX_FAILED_LOGIN_CLIENTS + 10 {
@@ -321,6 +417,32 @@ mod tests {
         }
         assert!(sessions.lock().len() <= MAX_SESSIONS);
         assert!(sessions.touch(&first.id, 1000).is_none(), "oldest dropped");
+    }
+
+    #[test]
+    fn a_visitors_token_follows_from_its_cookie_and_nothing_is_stored() {
+        let sessions = Sessions::new(Duration::from_secs(3600));
+        let (first, value) = sessions.visitor(&HeaderMap::new());
+        let value = value.expect("a fresh cookie value");
+        assert!(is_token(&value));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            format!("a=1; {CSRF_COOKIE_NAME}={value}").parse().unwrap(),
+        );
+        let (again, fresh) = sessions.visitor(&headers);
+        assert_eq!(fresh, None, "the cookie is kept");
+        assert_eq!(again.csrf, first.csrf);
+        assert!(first.id.is_empty());
+        // Another visitor, or another server's key, gives another token.
+        let (other, _) = sessions.visitor(&HeaderMap::new());
+        assert_ne!(other.csrf, first.csrf);
+        let (elsewhere, _) = Sessions::new(Duration::from_secs(3600)).visitor(&headers);
+        assert_ne!(elsewhere.csrf, first.csrf);
+        // A malformed cookie is replaced, not trusted.
+        headers.insert(COOKIE, format!("{CSRF_COOKIE_NAME}=x").parse().unwrap());
+        assert!(sessions.visitor(&headers).1.is_some());
+        assert!(sessions.is_empty());
     }
 
     #[test]

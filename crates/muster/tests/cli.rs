@@ -512,6 +512,31 @@ impl LogLines {
 }
 
 #[test]
+fn serve_warns_at_start_when_agents_would_hold_the_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = muster()
+        .arg("serve")
+        .env("DB_PATH", dir.path().join("m.db"))
+        .env("ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("API_KEY", "admin-key-only")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logs = LogLines::follow(&mut child);
+    let warning = logs.wait_for("AGENT_KEY is not set");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert!(
+        !warning.to_string().contains("admin-key-only"),
+        "the warning shows the key: {warning}"
+    );
+    logs.wait_for("muster serving");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn sighup_rereads_the_file_and_keeps_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("muster.toml");

@@ -820,8 +820,8 @@ async fn escape_sequences_in_task_data_are_shown_not_obeyed() {
             "restart",
             "--cap",
             "docker",
-            "--label",
-            "note=\u{1b}[5mblink",
+            "--payload",
+            r#"{"note": "\u001b[5mblink"}"#,
         ],
     ));
     let (_, attempt) = agent.claim().await;
@@ -860,7 +860,7 @@ async fn escape_sequences_in_task_data_are_shown_not_obeyed() {
     }
     let shown = ok(base, &["task", "show", &id]);
     assert!(shown.contains(r"exit \x1b[2J1"), "{shown}");
-    assert!(shown.contains(r"note=\x1b[5mblink"), "{shown}");
+    assert!(shown.contains(r"\u001b[5mblink"), "{shown}");
     // Scripts still get the data exactly, as JSON.
     let task = ok_json(base, &["task", "show", &id]);
     assert_eq!(task["error"], "exit \u{1b}[2J1");

@@ -37,7 +37,11 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/agents/{id}/drain", post(agents::drain))
         .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
         .route("/api/v1/agents/{id}/heartbeat", post(agents::heartbeat))
-        .route("/api/v1/agents/{id}/tasks/next", get(agents::claim))
+        // A claim is a GET that starts a task, so it is refused from other sites like a write.
+        .route(
+            "/api/v1/agents/{id}/tasks/next",
+            get(agents::claim).route_layer(middleware::from_fn(refuse_cross_origin)),
+        )
         .route("/api/v1/tasks", post(tasks::submit).get(tasks::list))
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
@@ -59,32 +63,115 @@ pub fn router(app: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            limit,
+            refuse_declared_oversize,
+        ))
         .layer(middleware::from_fn(refuse_cross_origin_writes))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            require_own_host,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
 
+/// Refuses a request whose `Host` names another site, on a server bound to loopback.
+///
+/// DNS rebinding: a page on `evil.example` whose name the attacker then points at 127.0.0.1
+/// is, to the browser, same-origin with its own site, so it may read answers and send
+/// anything, with `Host: evil.example:8000`. Only the name can give it away (the port is the
+/// one the browser dialled either way), so the check is on the name: `localhost`, an address
+/// literal (an attacker cannot make a browser send one for a name it controls), or the host
+/// of `PUBLIC_URL` (a reverse proxy's name). Ports are not compared, so an SSH tunnel or a
+/// container's port map keeps working.
+///
+/// A server bound beyond loopback requires a key, and a rebound page holds neither the key
+/// nor the UI's cookie (it is bound to the real name), so the check is not needed there, and
+/// the names operators use on their networks need not be listed anywhere. A request without
+/// `Host` (HTTP/1.0) is no browser's. `/health` answers any name: probes address the server
+/// by whatever name reaches it, and health tells nothing and changes nothing.
+async fn require_own_host(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let settings = app.settings();
+    if !settings.addr.ip().is_loopback() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let Some(host) = req.headers().get(axum::http::header::HOST) else {
+        return next.run(req).await;
+    };
+    let ours = host
+        .to_str()
+        .is_ok_and(|host| names_this_server(host, settings.public_url.as_ref()));
+    if !ours {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "the Host header names another site; use this server's address (127.0.0.1, \
+             localhost) or set PUBLIC_URL to the name it is reached by",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The name of a `Host` value or an authority: without the port, and without the brackets
+/// of an IPv6 literal.
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(name, _)| name)
+}
+
+/// Whether a `Host` value names this server (see [`require_own_host`]).
+fn names_this_server(host: &str, public_url: Option<&crate::config::PublicUrl>) -> bool {
+    let name = host_name(host.trim());
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || public_url.is_some_and(|url| host_name(url.authority()).eq_ignore_ascii_case(name))
+}
+
+/// Refuses at once a request whose `Content-Length` is over the body limit. The extractors
+/// would refuse it too, but only after waiting for a body that a client may never send (or
+/// send slowly, holding a connection and a handler); the length says enough.
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than the server accepts ({limit} bytes)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Refuses a state-changing request a browser sent on behalf of another origin. Without a key
 /// (loopback), a page on any site could otherwise post to `127.0.0.1:8000` (drain an agent,
-/// cancel a task) from the operator's browser. Browsers say where a request comes from in
-/// `Sec-Fetch-Site` or `Origin`; agents, curl and the CLI send neither and are unaffected.
+/// cancel a task) from the operator's browser. Reads (GET, HEAD, OPTIONS) pass, except the
+/// routes that change state on a GET, which carry [`refuse_cross_origin`] themselves.
 async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
     use axum::http::Method;
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let headers = req.headers();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let foreign = match (header("sec-fetch-site"), header("origin")) {
-        (Some(site), _) => !matches!(site, "same-origin" | "none"),
-        (None, Some(origin)) => {
-            let host = header("host").unwrap_or_default();
-            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            origin == "null" || !origin_host.eq_ignore_ascii_case(host)
-        }
-        (None, None) => false,
-    };
-    if foreign {
+    refuse_cross_origin(req, next).await
+}
+
+/// Refuses any request a browser sent on behalf of another origin. Browsers say where a
+/// request comes from in `Sec-Fetch-Site` or `Origin`; agents, curl and the CLI send neither
+/// and are unaffected.
+async fn refuse_cross_origin(req: Request, next: Next) -> Response {
+    if from_another_origin(req.headers()) {
         return ApiError::new(
             ErrorCode::Forbidden,
             "cross-origin requests may not change anything here",
@@ -94,11 +181,26 @@ async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Records each request's latency by its route template (not the raw path, which would let
-/// ids explode the label set).
+fn from_another_origin(headers: &axum::http::HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match (header("sec-fetch-site"), header("origin")) {
+        (Some(site), _) => !matches!(site, "same-origin" | "none"),
+        (None, Some(origin)) => {
+            let host = header("host").unwrap_or_default();
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+        }
+        (None, None) => false,
+    }
+}
+
+/// Records each request's latency. Every label comes from a closed set, so no client can add
+/// series (each costs memory for the life of the process): the method by name when standard,
+/// else `other`; the route template (never the raw path, with its ids), else `unmatched`; the
+/// status by number when it is one the server answers, else by class.
 async fn observe(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -108,9 +210,94 @@ async fn observe(State(app): State<AppState>, req: Request, next: Next) -> Respo
     app.changes
         .metrics
         .http_seconds
-        .with_label_values(&[&method, &route, response.status().as_str()])
+        .with_label_values(&[method, &route, status_label(response.status())])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a metric label: one of the standard methods, or `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The statuses the server answers, named by number in the metrics.
+const ANSWERED: &[(u16, &str)] = &[
+    (200, "200"),
+    (201, "201"),
+    (204, "204"),
+    (303, "303"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (409, "409"),
+    (413, "413"),
+    (415, "415"),
+    (422, "422"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
+];
+
+/// The status as a metric label: its number when the server answers it, else its class.
+fn status_label(status: StatusCode) -> &'static str {
+    let code = status.as_u16();
+    if let Some((_, label)) = ANSWERED.iter().find(|(answered, _)| *answered == code) {
+        return label;
+    }
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PublicUrl;
+
+    #[test]
+    fn host_names_of_this_server() {
+        let public = PublicUrl::parse("https://muster.example.com").unwrap();
+        for host in [
+            "127.0.0.1:8000",
+            "127.0.0.1",
+            "localhost:8000",
+            "LOCALHOST",
+            "[::1]:8000",
+            "[::1]",
+            "10.0.0.5:8000",
+            "muster.example.com",
+            "muster.example.com:443",
+        ] {
+            assert!(names_this_server(host, Some(&public)), "{host}");
+        }
+        for host in [
+            "evil.example:8000",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8000",
+            "muster.example.com.evil.example",
+            "",
+        ] {
+            assert!(!names_this_server(host, Some(&public)), "{host}");
+        }
+        assert!(!names_this_server("muster.example.com", None));
+    }
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations",

@@ -285,7 +285,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Option<(Uuid, u32)>>>;
     /// The agent's next assigned task becomes running with a new attempt and a lease.
     async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed>;
-    async fn append_logs(&self, task_id: Uuid, logs: AppendLogs, now: i64) -> StoreResult<usize>;
+    /// Stores the lines of the current attempt, up to `max_bytes` of text per task; lines
+    /// beyond it are dropped, and one marker line (the task's last) counts them. Returns the
+    /// lines stored.
+    async fn append_logs(
+        &self,
+        task_id: Uuid,
+        logs: AppendLogs,
+        max_bytes: u64,
+        now: i64,
+    ) -> StoreResult<usize>;
     async fn complete(
         &self,
         task_id: Uuid,

@@ -2,22 +2,25 @@
 //!
 //! With `API_KEY` set, the login page takes the key (compared in constant time) and hands the
 //! browser a session cookie; the key itself is never written into a page, a URL or a cookie.
-//! With no key (the server then listens on loopback only) every visitor gets a session without
-//! logging in: the session still exists so that its CSRF token can protect the forms from
-//! other sites the operator's browser visits.
+//! Only a login starts a session. With no key (the server then listens on loopback only) there
+//! is no login and no session: each visitor gets a cookie from which its CSRF token is derived
+//! ([`crate::sessions::Sessions::visitor`]), so the forms are still protected from other sites
+//! the operator's browser visits, and page loads store nothing.
 //!
 //! Every request that is not GET or HEAD must carry the session's CSRF token as the form field
 //! `csrf`; the check sits in the middleware, before any handler, so no form can forget it.
 //!
 //! Logins are audited: a success as one record, failures counted per client and minute
 //! ([`crate::sessions::FailedLogins`]) so that a flood of guesses makes one entry a minute.
+//! The same count limits guessing: after [`LOGINS_PER_MINUTE`] wrong keys a client is
+//! answered 429 until its minute is over.
 
 use std::net::SocketAddr;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Form, Query, Request, State};
-use axum::http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
+use axum::http::header::{CACHE_CONTROL, LOCATION, RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -89,8 +92,9 @@ pub(super) async fn security_headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// Finds (or, with no key configured, starts) the request's session and checks the CSRF token
-/// of anything that is not a read. Handlers behind it receive the [`Session`] as an extension.
+/// Finds the request's session (or, with no key configured, the visitor's stand-in for one)
+/// and checks the CSRF token of anything that is not a read. Handlers behind it receive the
+/// [`Session`] as an extension.
 pub(super) async fn require_session(
     State(app): State<AppState>,
     req: Request,
@@ -101,8 +105,8 @@ pub(super) async fn require_session(
     let (session, new_cookie) = match app.sessions.from_headers(req.headers(), now) {
         Some(session) => (session, None),
         // A form needs the token of a session it was rendered in, so a change without a
-        // session is refused, and starts none.
-        None if !reading => {
+        // session is refused.
+        None if !reading && app.settings().api_key.is_some() => {
             return forbidden("Your session has ended; reload the page and try again.");
         }
         None if app.settings().api_key.is_some() => {
@@ -114,9 +118,19 @@ pub(super) async fn require_session(
             return see_other(&format!("/login?next={}", percent_encode(&path)));
         }
         None => {
-            let session = app.sessions.create(now);
-            let cookie = sessions::set_cookie(&session, came_over_https(req.headers()));
-            (session, Some(cookie))
+            let (session, fresh) = app.sessions.visitor(req.headers());
+            match fresh {
+                // A change from a browser without the cookie cannot carry a token of it.
+                Some(_) if !reading => {
+                    return forbidden("Your session has ended; reload the page and try again.");
+                }
+                Some(value) => {
+                    let cookie =
+                        sessions::set_visitor_cookie(&value, came_over_https(req.headers()));
+                    (session, Some(cookie))
+                }
+                None => (session, None),
+            }
         }
     };
     let mut req = if reading {
@@ -235,6 +249,10 @@ pub(super) async fn login_form(
     login_page(StatusCode::OK, next, None)
 }
 
+/// Wrong keys a client may send in one minute; further tries are refused unread until the
+/// minute is over.
+pub(super) const LOGINS_PER_MINUTE: u64 = 10;
+
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
     #[serde(default)]
@@ -265,6 +283,27 @@ pub(super) async fn login(
         |Extension(ConnectInfo(addr))| addr.ip().to_string(),
     );
     let now = app.now_ms();
+    // Checked before the key, so that a guesser cannot learn from the answer whether a try
+    // over the limit was right.
+    if let Some(wait_s) = app
+        .sessions
+        .failed_logins
+        .retry_after_s(&client, now, LOGINS_PER_MINUTE)
+    {
+        tracing::warn!(client, "UI login refused: too many wrong keys this minute");
+        // Counted with the wrong keys: the audit's tally is of tries that did not log in.
+        app.sessions.failed_logins.record(&client, now);
+        let mut page = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some(&format!(
+                "Too many wrong keys from your address; try again in {wait_s} seconds."
+            )),
+        );
+        page.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(wait_s));
+        return page;
+    }
     if !same_key(key, form.key.trim()) {
         tracing::warn!(client, "UI login with a wrong key");
         app.sessions.failed_logins.record(&client, now);

@@ -133,3 +133,28 @@ async fn a_bad_instance_id_is_refused_and_changes_nothing() {
     let (status, _) = t.get("/api/v1/agents/a1").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_kinds_an_agent_handles_are_bounded_and_named_when_wrong() {
+    let t = TestApp::spawn().await;
+    for (kinds, field) in [
+        (json!(["ok", ""]), "kinds[1]"),
+        (json!(["x".repeat(201)]), "kinds[0]"),
+        (
+            json!((0..101).map(|i| i.to_string()).collect::<Vec<_>>()),
+            "kinds",
+        ),
+    ] {
+        let (status, reply) = t
+            .post(
+                "/api/v1/agents/register",
+                json!({"agent_id": "a1", "kinds": kinds}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{message}");
+    }
+    let (status, _) = t.get("/api/v1/agents/a1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

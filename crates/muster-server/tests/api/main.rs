@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 mod helpers;
 
+mod abuse;
 mod audit;
 mod edge;
 mod identity;

@@ -12,7 +12,7 @@ async fn everything_committed_survives_close_and_reopen() {
     for b in backends().await {
         let done = running(&b, new_task(0), "a1", T0).await;
         b.store
-            .append_logs(done.id, logs(1, &["kept"]), T0 + 1)
+            .append_logs(done.id, logs(1, &["kept"]), u64::MAX, T0 + 1)
             .await
             .expect("logs");
         complete(&b, done.id, 1, json!({"ok": true}), None, T0 + 2).await;

@@ -31,7 +31,7 @@ async fn reports_for_a_stale_attempt_are_conflicts_and_change_nothing() {
                 &b,
                 &format!("logs of attempt {stale}"),
                 b.store
-                    .append_logs(t.id, logs(stale, &["late"]), due + 1)
+                    .append_logs(t.id, logs(stale, &["late"]), u64::MAX, due + 1)
                     .await,
             );
             assert_conflict(
@@ -84,7 +84,7 @@ async fn reports_for_a_stale_attempt_are_conflicts_and_change_nothing() {
             &b,
             "logs after completion",
             b.store
-                .append_logs(t.id, logs(2, &["after"]), due + 3)
+                .append_logs(t.id, logs(2, &["after"]), u64::MAX, due + 3)
                 .await,
         );
         assert_conflict(
@@ -112,7 +112,7 @@ async fn logs_of_the_running_attempt_are_stored() {
         let t = running(&b, new_task(0), "a1", T0).await;
         let n = b
             .store
-            .append_logs(t.id, logs(1, &["a", "b"]), T0 + 1)
+            .append_logs(t.id, logs(1, &["a", "b"]), u64::MAX, T0 + 1)
             .await
             .expect("logs");
         assert_eq!(n, 2, "[{}] two lines accepted", b.name);
@@ -124,6 +124,42 @@ async fn logs_of_the_running_attempt_are_stored() {
             b.name
         );
         assert!(lines.iter().all(|l| l.attempt == 1), "[{}]", b.name);
+    }
+}
+
+#[tokio::test]
+async fn logs_past_the_limit_are_dropped_and_counted_in_one_last_line() {
+    for b in backends().await {
+        let t = running(&b, new_task(0), "a1", T0).await;
+        // Ten bytes allowed: "aaaa" and "bbbb" fit, "cccc" would not, so it and every later
+        // line are dropped, "d" included.
+        let n = b
+            .store
+            .append_logs(t.id, logs(1, &["aaaa", "bbbb", "cccc", "d"]), 10, T0 + 1)
+            .await
+            .expect("logs");
+        assert_eq!(n, 2, "[{}] two lines stored", b.name);
+        let n = b
+            .store
+            .append_logs(t.id, logs(1, &["e"]), 10, T0 + 2)
+            .await
+            .expect("logs");
+        assert_eq!(n, 0, "[{}] nothing more stored", b.name);
+        let lines = b.store.logs(t.id, 0, 10).await.expect("logs");
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts.len(), 3, "[{}] {texts:?}", b.name);
+        assert_eq!(texts[..2], ["aaaa", "bbbb"], "[{}]", b.name);
+        assert!(
+            texts[2].starts_with("3 lines dropped"),
+            "[{}] one marker, last, with the count: {texts:?}",
+            b.name
+        );
+        assert_eq!(
+            lines[2].stream,
+            muster_api::LogStream::System,
+            "[{}]",
+            b.name
+        );
     }
 }
 

@@ -621,13 +621,13 @@ async fn prune_deletes_old_finished_tasks_with_their_logs_and_keeps_the_rest() {
     for b in backends().await {
         let old = running(&b, new_task(0), "a1", T0).await;
         b.store
-            .append_logs(old.id, logs(1, &["one", "two"]), T0 + 1)
+            .append_logs(old.id, logs(1, &["one", "two"]), u64::MAX, T0 + 1)
             .await
             .expect("logs");
         complete(&b, old.id, 1, json!({}), None, T0 + 10).await;
         let newer = running(&b, new_task(0), "a1", T0).await;
         b.store
-            .append_logs(newer.id, logs(1, &["kept"]), T0 + 1)
+            .append_logs(newer.id, logs(1, &["kept"]), u64::MAX, T0 + 1)
             .await
             .expect("logs");
         complete(&b, newer.id, 1, json!({}), None, T0 + 1_000).await;

@@ -49,13 +49,23 @@ fn pages(task_id: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn without_a_key_every_page_answers_and_hands_out_a_session() {
+async fn without_a_key_every_page_answers_and_hands_out_a_csrf_cookie() {
     let t = TestApp::spawn().await;
     let id = some_work(&t).await;
     let mut web = Web::new(&t);
     let first = web.visit("/").await;
     assert_eq!(first.status, StatusCode::OK);
-    assert!(first.session_cookie().is_some(), "a session without login");
+    // No login, so no session: the cookie only carries what the CSRF token derives from.
+    assert!(
+        first.session_cookie().is_none(),
+        "no session without a login"
+    );
+    let cookie = first.set_cookie().expect("a CSRF cookie");
+    assert!(first.csrf_cookie().is_some(), "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie} lacks {flag}");
+    }
+    assert!(t.app.sessions.is_empty(), "a visit stored a session");
     for path in pages(&id) {
         let page = web.get(&path).await;
         assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
@@ -301,6 +311,57 @@ async fn without_a_key_forms_still_need_the_token() {
     let missing = web.post_form(&format!("/tasks/{id}/cancel"), &[]).await;
     assert_eq!(missing.status, StatusCode::FORBIDDEN);
     assert_eq!(t.task(id).await["state"], "queued");
+}
+
+#[tokio::test]
+async fn a_flood_of_cookie_less_visits_cannot_end_the_operators_forms() {
+    // No key: every visitor may use the UI, and each page load without a cookie used to start
+    // a session, so a page looping over the UI evicted the operator's (256 at most).
+    let t = TestApp::spawn().await;
+    let task = t
+        .submit(json!({"kind": "waits", "capabilities": ["nobody"]}))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let mut operator = Web::new(&t);
+    let csrf = operator.visit(&format!("/tasks/{id}")).await.csrf();
+    let stranger = Web::new(&t);
+    for _ in 0..300 {
+        let page = stranger.get("/tasks/new").await;
+        assert_eq!(page.status, StatusCode::OK);
+    }
+    let done = operator
+        .post_form(&format!("/tasks/{id}/cancel"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(t.task(id).await["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn logins_are_limited_per_client_and_minute() {
+    let t = with_key().await;
+    let mut web = Web::new(&t);
+    for n in 0..10 {
+        let wrong = web.login(&format!("guess-{n}")).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "guess {n}");
+    }
+    // The eleventh try in the minute is refused unread, even with the right key, so guessing
+    // cannot go faster by trying the key last.
+    let limited = web.login(KEY).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(limited.set_cookie().is_none(), "no session");
+    assert!(web.cookie.is_none());
+
+    // The next minute the operator gets in.
+    t.advance(Duration::from_secs(60));
+    let right = web.login(KEY).await;
+    assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.body);
+    assert!(web.cookie.is_some());
 }
 
 #[tokio::test]

@@ -36,6 +36,18 @@ impl Answer {
             .filter(|pair| pair.starts_with("muster_session=") && pair.len() > 15)
     }
 
+    /// The `muster_csrf=…` pair a keyless server hands a visitor in place of a session: the
+    /// browser sends it back, and the page's CSRF token is derived from it.
+    pub fn csrf_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|c| c.split(';').next())
+            .find(|pair| pair.starts_with("muster_csrf=") && pair.len() > 12)
+            .map(str::to_owned)
+    }
+
     /// The value of the first hidden `csrf` field in the page.
     pub fn csrf(&self) -> String {
         let marker = r#"name="csrf" value=""#;
@@ -102,10 +114,11 @@ impl Web {
         .await
     }
 
-    /// Opens a page without a key configured: the answer's cookie becomes this client's.
+    /// Opens a page without a key configured: the answer's cookie (a session, or the keyless
+    /// visitor's CSRF cookie) becomes this client's.
     pub async fn visit(&mut self, path: &str) -> Answer {
         let answer = self.get(path).await;
-        if let Some(cookie) = answer.session_cookie() {
+        if let Some(cookie) = answer.session_cookie().or_else(|| answer.csrf_cookie()) {
             self.cookie = Some(cookie);
         }
         answer

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_agent_identity.sql"),
     include_str!("../migrations/0003_outbox_audit.sql"),
     include_str!("../migrations/0004_lost_attempts.sql"),
+    include_str!("../migrations/0005_log_bytes.sql"),
     include_str!("../migrations/0006_agent_kinds.sql"),
     include_str!("../migrations/0007_lock_index.sql"),
 ];
@@ -353,8 +354,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn append_logs(&self, task_id: Uuid, logs: AppendLogs, now: i64) -> StoreResult<usize> {
-        self.write(move |conn| tasks::append_logs(conn, task_id, logs, now))
+    async fn append_logs(
+        &self,
+        task_id: Uuid,
+        logs: AppendLogs,
+        max_bytes: u64,
+        now: i64,
+    ) -> StoreResult<usize> {
+        self.write(move |conn| tasks::append_logs(conn, task_id, logs, max_bytes, now))
             .await
     }
 

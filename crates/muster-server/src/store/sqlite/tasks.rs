@@ -266,29 +266,74 @@ pub(super) fn claim(
     })
 }
 
+/// Stores log lines of the current attempt while the task's log text stays within
+/// `max_bytes`. The first line that would pass it, and every line after it, is dropped:
+/// dropping only what does not fit would leave holes a reader could not see. One marker line,
+/// always the task's last, says how many were dropped; each later drop replaces it (a new id,
+/// so live followers see the new count) rather than adding another. The tally sits in the
+/// task's row, so the limit holds across posts and restarts without summing the logs.
 pub(super) fn append_logs(
     conn: &Connection,
     task_id: Uuid,
     logs: AppendLogs,
+    max_bytes: u64,
     now: i64,
 ) -> StoreResult<usize> {
     let cur = current_by_id(conn, task_id)?;
     lifecycle::check_report(&cur.id.to_string(), &cur.facts(), logs.attempt)?;
-    let mut stmt = conn.prepare_cached(
+    let (mut stored, dropped_before): (i64, i64) = conn
+        .prepare_cached("SELECT log_bytes, log_dropped FROM tasks WHERE seq = ?1")?
+        .query_row(params![cur.seq], |row| {
+            Ok((row.get("log_bytes")?, row.get("log_dropped")?))
+        })?;
+    let limit = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let mut insert = conn.prepare_cached(
         "INSERT INTO task_logs (task_seq, attempt, ts, stream, text) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
+    let mut kept = 0;
+    let mut dropped: i64 = 0;
     for line in &logs.lines {
+        let size = line.text.len() as i64;
+        if dropped_before + dropped > 0 || stored.saturating_add(size) > limit {
+            dropped += 1;
+            continue;
+        }
         let ts = line.ts.map(|t| t.timestamp_millis()).unwrap_or(now);
-        stmt.execute(params![
+        insert.execute(params![
             cur.seq,
             logs.attempt,
             ts,
             line.stream.as_str(),
             line.text
         ])?;
+        stored += size;
+        kept += 1;
     }
-    Ok(logs.lines.len())
+    if dropped > 0 {
+        if dropped_before > 0 {
+            conn.prepare_cached(
+                "DELETE FROM task_logs WHERE id = \
+                 (SELECT MAX(id) FROM task_logs WHERE task_seq = ?1)",
+            )?
+            .execute(params![cur.seq])?;
+        }
+        let total = dropped_before + dropped;
+        let text = format!(
+            "{total} {} dropped: this task's log reached LOG_LIMIT ({max_bytes} bytes)",
+            if total == 1 { "line" } else { "lines" }
+        );
+        insert.execute(params![
+            cur.seq,
+            logs.attempt,
+            now,
+            LogStream::System.as_str(),
+            text
+        ])?;
+    }
+    conn.prepare_cached("UPDATE tasks SET log_bytes = ?2, log_dropped = ?3 WHERE seq = ?1")?
+        .execute(params![cur.seq, stored, dropped_before + dropped])?;
+    Ok(kept)
 }
 
 pub(super) fn complete(

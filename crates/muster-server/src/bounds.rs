@@ -1,0 +1,160 @@
+//! Bounds on what clients send: the length and count of every string field of a registration,
+//! a heartbeat and a submission, and the characters they may hold. The agent protocol and the
+//! operator's verbs check through these, so each field is refused the same way wherever it
+//! arrives, with its name (`capabilities[3]: must be at most 200 bytes`).
+//!
+//! The body limit already bounds a request as a whole; these bound what is kept and shown: a
+//! capability list is matched on every dispatch round, labels and ids are rendered in pages,
+//! and a control character in a kind or lock key would garble a terminal or a log line.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Most capabilities an agent or a task may list.
+pub const MAX_CAPABILITIES: usize = 100;
+/// Longest capability, in bytes.
+pub const MAX_CAPABILITY_BYTES: usize = 200;
+/// Most labels on an agent or a task.
+pub const MAX_LABELS: usize = 50;
+/// Longest label key and value, in bytes.
+pub const MAX_LABEL_KEY_BYTES: usize = 100;
+pub const MAX_LABEL_VALUE_BYTES: usize = 500;
+/// Most MCP servers an agent may describe, and the largest description of one as JSON.
+pub const MAX_MCP_SERVERS: usize = 50;
+pub const MAX_MCP_SERVER_BYTES: usize = 16 * 1024;
+
+fn too_long(field: &str, max: usize) -> ApiError {
+    ApiError::invalid(field, format!("must be at most {max} bytes"))
+}
+
+fn has_control(value: &str) -> bool {
+    value.chars().any(char::is_control)
+}
+
+/// A text field that may be empty: at most `max` bytes, no control characters.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(too_long(field, max));
+    }
+    if has_control(value) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A text field that must say something: not blank, at most `max` bytes, no control characters.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    text(field, value, max)
+}
+
+/// A list of at most `max` entries.
+pub fn count<T>(field: &str, items: &[T], max: usize) -> Result<(), ApiError> {
+    if items.len() > max {
+        return Err(ApiError::invalid(field, format!("at most {max} entries")));
+    }
+    Ok(())
+}
+
+/// Capabilities: at most [`MAX_CAPABILITIES`], each named and bounded.
+pub fn capabilities(capabilities: &[String]) -> Result<(), ApiError> {
+    count("capabilities", capabilities, MAX_CAPABILITIES)?;
+    for (i, cap) in capabilities.iter().enumerate() {
+        required_text(&format!("capabilities[{i}]"), cap, MAX_CAPABILITY_BYTES)?;
+    }
+    Ok(())
+}
+
+/// Labels: at most [`MAX_LABELS`], keys named and bounded, values bounded.
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::invalid(
+            "labels",
+            format!("at most {MAX_LABELS} entries"),
+        ));
+    }
+    for (key, value) in labels {
+        if key.trim().is_empty() {
+            return Err(ApiError::invalid("labels", "a key must not be empty"));
+        }
+        // The key is not echoed: it may be the very thing that is too long.
+        if key.len() > MAX_LABEL_KEY_BYTES {
+            return Err(ApiError::invalid(
+                "labels",
+                format!("a key must be at most {MAX_LABEL_KEY_BYTES} bytes"),
+            ));
+        }
+        if has_control(key) {
+            return Err(ApiError::invalid(
+                "labels",
+                "a key must not contain control characters",
+            ));
+        }
+        text(&format!("labels.{key}"), value, MAX_LABEL_VALUE_BYTES)?;
+    }
+    Ok(())
+}
+
+/// MCP server descriptions, kept as the agent sent them: at most [`MAX_MCP_SERVERS`], each at
+/// most [`MAX_MCP_SERVER_BYTES`] as JSON.
+pub fn mcp_servers(servers: &[Value]) -> Result<(), ApiError> {
+    count("mcp_servers", servers, MAX_MCP_SERVERS)?;
+    for (i, server) in servers.iter().enumerate() {
+        if server.to_string().len() > MAX_MCP_SERVER_BYTES {
+            return Err(ApiError::invalid(
+                &format!("mcp_servers[{i}]"),
+                format!("must be at most {MAX_MCP_SERVER_BYTES} bytes as JSON"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(result: Result<(), ApiError>) -> String {
+        result.expect_err("refused").message
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_bound() {
+        let caps: Vec<String> = ["a", "b", "c", &"x".repeat(201)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            message(capabilities(&caps)),
+            "capabilities[3]: must be at most 200 bytes"
+        );
+        assert_eq!(
+            message(required_text("kind", "a\u{7f}", 200)),
+            "kind: must not contain control characters"
+        );
+        assert_eq!(
+            message(required_text("kind", " ", 200)),
+            "kind: must not be empty"
+        );
+        assert!(text("host", "", 255).is_ok());
+        let many: BTreeMap<String, String> =
+            (0..51).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert_eq!(message(labels(&many)), "labels: at most 50 entries");
+        let one = BTreeMap::from([("team".to_owned(), "y".repeat(501))]);
+        assert_eq!(
+            message(labels(&one)),
+            "labels.team: must be at most 500 bytes"
+        );
+        // Unicode is measured in bytes, as it is stored.
+        assert!(required_text("kind", &"é".repeat(100), 200).is_ok());
+        assert!(required_text("kind", &"é".repeat(101), 200).is_err());
+    }
+}
