@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use muster_api::{Agent, AgentStatus, Event, TaskState};
+use muster_api::{Agent, AgentStatus, Event};
 
 use crate::dispatch::{DispatchEvent, Dispatcher};
 use crate::events::EventHub;
@@ -64,6 +64,7 @@ impl Changes {
 
     /// Announces one committed task transition.
     pub fn task(&self, change: Change) {
+        self.count(&change);
         match (change.released, change.requeued) {
             // One event, so the dispatcher never sees the slot free without the task back.
             (Some(released), Some(queued)) => self
@@ -79,7 +80,6 @@ impl Changes {
         if let Some(agent) = &change.wake_agent {
             self.registry.wake(agent);
         }
-        self.count(change.state);
         self.events.signal_task(change.task_id);
         self.events.publish(Event::Task {
             task_id: change.task_id,
@@ -94,11 +94,24 @@ impl Changes {
         self.events.signal_task(task_id);
     }
 
-    fn count(&self, state: TaskState) {
+    fn count(&self, change: &Change) {
+        let state = change.state;
         self.metrics
             .transitions
             .with_label_values(&[state.as_str()])
             .inc();
+        if change.submitted {
+            self.metrics.submitted.inc();
+        }
+        if state.is_final() {
+            self.metrics
+                .finished
+                .with_label_values(&[state.as_str()])
+                .inc();
+        }
+        if change.lost_attempt {
+            self.metrics.attempts_lost.inc();
+        }
     }
 
     /// Announces a change of an agent's standing.

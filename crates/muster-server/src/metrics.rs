@@ -19,6 +19,13 @@ pub struct Metrics {
     /// HTTP connections open now, and those refused at accept for being over the cap.
     pub connections: IntGauge,
     pub refused_connections: IntCounter,
+    pub submitted: IntCounter,
+    /// Tasks that reached a final state, by outcome (completed, failed, cancelled).
+    pub finished: IntCounterVec,
+    /// Attempts lost through no fault of their task (agent gone or restarted, lease lapsed).
+    pub attempts_lost: IntCounter,
+    /// Seconds the oldest queued task has waited; set at scrape time.
+    pub oldest_queued_seconds: prometheus::Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +86,30 @@ impl Metrics {
             "Connections refused at accept because as many were open as the server serves.",
         )
         .expect("valid counter");
+        let submitted = IntCounter::new(
+            "muster_tasks_submitted_total",
+            "Tasks submitted (an idempotent repeat is not counted again).",
+        )
+        .expect("valid counter");
+        let finished = IntCounterVec::new(
+            Opts::new(
+                "muster_tasks_finished_total",
+                "Tasks that reached a final state, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid counter");
+        let attempts_lost = IntCounter::new(
+            "muster_task_attempts_lost_total",
+            "Attempts lost through no fault of their task: the agent went offline or restarted, \
+             or the lease lapsed.",
+        )
+        .expect("valid counter");
+        let oldest_queued_seconds = prometheus::Gauge::new(
+            "muster_oldest_queued_task_age_seconds",
+            "How long the oldest queued task has waited; 0 with an empty queue.",
+        )
+        .expect("valid gauge");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -88,13 +119,28 @@ impl Metrics {
             Box::new(past_lease.clone()),
             Box::new(connections.clone()),
             Box::new(refused_connections.clone()),
+            Box::new(submitted.clone()),
+            Box::new(finished.clone()),
+            Box::new(attempts_lost.clone()),
+            Box::new(oldest_queued_seconds.clone()),
         ] {
             registry
                 .register(collector)
                 .expect("metric registered once");
         }
+        // The standard process_* metrics (CPU, resident memory, open files, start time).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
         Metrics {
             registry,
+            submitted,
+            finished,
+            attempts_lost,
+            oldest_queued_seconds,
             dispatch_seconds,
             http_seconds,
             transitions,

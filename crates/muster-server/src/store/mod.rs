@@ -69,6 +69,10 @@ pub struct Change {
     pub dropped: Option<QueuedTask>,
     /// An agent that must hear about this at once (a cancel of its running task).
     pub wake_agent: Option<String>,
+    /// The task was just submitted (not queued again).
+    pub submitted: bool,
+    /// The change ended an attempt lost through no fault of the task.
+    pub lost_attempt: bool,
 }
 
 impl Change {
@@ -84,6 +88,8 @@ impl Change {
             requeued: None,
             dropped: None,
             wake_agent: None,
+            submitted: false,
+            lost_attempt: false,
         }
     }
 
@@ -172,6 +178,8 @@ pub struct Stats {
     pub by_state: Vec<(TaskState, u64)>,
     /// Running tasks whose lease lapsed and that the health loop has not rescued yet.
     pub past_lease: u64,
+    /// When the oldest queued task was submitted.
+    pub oldest_queued_at: Option<i64>,
 }
 
 /// What the dispatcher rebuilds its memory from at start, besides the queue itself (read in

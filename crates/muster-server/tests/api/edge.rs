@@ -901,3 +901,57 @@ async fn an_unknown_path_is_an_html_page_for_a_browser_and_json_for_a_client() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found", "{body}");
 }
+
+#[tokio::test]
+async fn metrics_count_what_an_operator_graphs() {
+    let t = TestApp::spawn().await;
+    let metric = |text: &str, series: &str| {
+        sample(text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert_eq!(
+        metric(
+            &metrics_text(&t).await,
+            "muster_oldest_queued_task_age_seconds"
+        ),
+        0.0
+    );
+    t.register("a1", &["shell"], 2).await;
+    let done = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    // An idempotent repeat is no new submission.
+    let key = json!({"kind": "echo", "capabilities": ["gpu"], "idempotency_key": "k"});
+    t.submit(key.clone()).await;
+    let (status, _) = t.post("/api/v1/tasks", key).await;
+    assert_eq!(status, StatusCode::OK);
+    let claimed = t.claim("a1", 5).await.expect("claimed");
+    assert_eq!(claimed["id"], done["id"]);
+    t.complete(&claimed, json!({})).await;
+    let lost = t
+        .submit(json!({"kind": "echo", "capabilities": ["shell"]}))
+        .await;
+    t.claim("a1", 5).await.expect("claimed");
+    t.advance(t.app.settings().heartbeat_timeout + Duration::from_secs(5));
+    t.sweep().await;
+    assert_eq!(
+        t.task(lost["id"].as_str().unwrap()).await["state"],
+        "queued"
+    );
+
+    let text = metrics_text(&t).await;
+    assert_eq!(metric(&text, "muster_tasks_submitted_total"), 3.0, "{text}");
+    assert_eq!(
+        metric(&text, r#"muster_tasks_finished_total{outcome="completed"}"#),
+        1.0
+    );
+    assert_eq!(metric(&text, "muster_task_attempts_lost_total"), 1.0);
+    assert!(
+        metric(&text, "muster_oldest_queued_task_age_seconds") >= 5.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "process_resident_memory_bytes") > 0.0,
+        "{text}"
+    );
+    assert!(metric(&text, "process_open_fds") > 0.0, "{text}");
+}

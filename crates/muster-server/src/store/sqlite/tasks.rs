@@ -89,6 +89,7 @@ fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitte
         waiting: None,
     };
     let mut change = Change::new(t.id, TaskState::Queued, 0, None);
+    change.submitted = true;
     change.requeued = Some(QueuedTask {
         seq,
         kind: t.kind.clone(),
@@ -171,6 +172,7 @@ pub(super) fn end_attempt(
     let mut change = cur.change(state);
     change.released = cur.released();
     change.agent_id = agent_after;
+    change.lost_attempt = after.lost;
     if state == TaskState::Queued {
         change.requeued = Some(cur.queued(run_after));
     }
@@ -676,9 +678,15 @@ pub(super) fn stats(conn: &Connection, now: i64) -> StoreResult<Stats> {
             "SELECT count(*) AS n FROM tasks WHERE state = 'running' AND lease_until < ?1",
         )?
         .query_row([now], |row| row.get("n"))?;
+    // Queued tasks in submit order through the state index: the first is the oldest.
+    let oldest_queued_at = conn
+        .prepare_cached("SELECT created_at FROM tasks WHERE state = 'queued' ORDER BY seq LIMIT 1")?
+        .query_row([], |row| row.get("created_at"))
+        .optional()?;
     Ok(Stats {
         by_state,
         past_lease,
+        oldest_queued_at,
     })
 }
 
