@@ -228,11 +228,13 @@ pub struct QueueDepth {
 }
 
 /// Fills the queue with tasks no agent can take, and at each level measures submit → claim of
-/// probe tasks for a waiting agent, and the server's memory.
+/// probe tasks for a waiting agent, and the server's memory. With `distinct`, every queued task
+/// needs a capability set of its own.
 pub async fn queue_depth(
     binary: &Path,
     levels: &[usize],
     probes: usize,
+    distinct: bool,
 ) -> Result<QueueDepth, BenchError> {
     let server = LocalServer::start(binary, &[])?;
     let client = Client::new(&server.base, None)?;
@@ -255,7 +257,7 @@ pub async fn queue_depth(
     let mut fill_time = Duration::ZERO;
     for &level in levels {
         let started = Instant::now();
-        fill(&client, level.saturating_sub(queued)).await;
+        fill(&client, queued, level.saturating_sub(queued), distinct).await;
         fill_time += started.elapsed();
         queued = level.max(queued);
         let mut samples = Vec::with_capacity(probes);
@@ -275,17 +277,26 @@ pub async fn queue_depth(
     })
 }
 
-async fn fill(client: &Client, count: usize) {
+async fn fill(client: &Client, first: usize, count: usize, distinct: bool) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..32 {
         let (client, next) = (client.clone(), next.clone());
         workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < count {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    break;
+                }
+                let capability = if distinct {
+                    format!("nobody-{}", first + n)
+                } else {
+                    "nobody".to_owned()
+                };
                 let task = SubmitTask {
                     kind: "backlog".into(),
                     payload: json!({"n": 1}),
-                    capabilities: vec!["nobody".into()],
+                    capabilities: vec![capability],
                     priority: 0,
                     max_retries: None,
                     timeout_s: None,

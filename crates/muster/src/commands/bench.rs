@@ -66,6 +66,10 @@ enum Figure {
         /// Probe tasks per level.
         #[arg(long, default_value_t = 50)]
         probes: usize,
+        /// Give every queued task a capability set of its own (the worst case for dispatch),
+        /// instead of one set for all.
+        #[arg(long)]
+        distinct: bool,
     },
 }
 
@@ -133,8 +137,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
             print(json, &h, line)?;
         }
-        Some(Figure::QueueDepth { levels, probes }) => {
-            let q = figures::queue_depth(&this_binary()?, &levels, probes).await?;
+        Some(Figure::QueueDepth {
+            levels,
+            probes,
+            distinct,
+        }) => {
+            let q = figures::queue_depth(&this_binary()?, &levels, probes, distinct).await?;
             let parts: Vec<String> = q
                 .levels
                 .iter()
