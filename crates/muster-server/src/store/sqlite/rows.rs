@@ -1,8 +1,9 @@
-//! Rows to types, by column name: the task and agent mappings, and [`Current`], the few
+//! Rows to types, by column names (positions derived from them at compile time on the hot
+//! paths): the task and agent mappings, and [`Current`], the few
 //! columns a state change reads to decide and to report.
 
 use muster_api::{Agent, AgentStatus, Task, TaskState};
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, OptionalExtension, Row, RowIndex};
 use uuid::Uuid;
 
 use crate::clock::to_utc;
@@ -10,14 +11,44 @@ use crate::error::StoreError;
 use crate::lifecycle::Facts;
 use crate::store::{Change, QueuedTask, Released, StoreResult};
 
-/// The columns [`task_from_row`] reads.
-pub(super) const TASK_COLS: &str = "id, kind, state, payload, capabilities, priority, \
-    max_retries, timeout_s, lock_key, idempotency_key, run_after, labels, attempt, agent_id, \
-    cancel_requested, created_at, updated_at, finished_at, result, usage, error, assignment";
+/// A set of columns read together: `LIST` for the SELECT, and one constant per column holding
+/// its position in `LIST`, so code names every column while reading it costs no lookup by
+/// name (which rusqlite does by comparing every column's name, for every value of every row).
+macro_rules! columns {
+    ($(#[$doc:meta])* $vis:vis mod $name:ident { $($col:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[allow(non_upper_case_globals, dead_code)]
+        $vis mod $name {
+            /// The columns, in the order of the constants below.
+            pub(crate) const LIST: &str = columns!(@list $($col),+);
+            columns!(@index 0usize; $($col),+);
+        }
+    };
+    (@list $first:ident $(, $rest:ident)*) => {
+        concat!(stringify!($first) $(, ", ", stringify!($rest))*)
+    };
+    (@index $n:expr; $col:ident $(, $rest:ident)*) => {
+        pub(crate) const $col: usize = $n;
+        columns!(@index $n + 1usize; $($rest),*);
+    };
+    (@index $n:expr;) => {};
+}
 
-pub(super) fn json_col<T: serde::de::DeserializeOwned>(
+columns! {
+    /// What [`task_from_row`] reads (and `seq`, the task's handle in the store).
+    pub(super) mod task_col {
+        id, kind, state, payload, capabilities, priority, max_retries, timeout_s, lock_key,
+        idempotency_key, run_after, labels, attempt, agent_id, cancel_requested, created_at,
+        updated_at, finished_at, result, usage, error, assignment, seq,
+    }
+}
+
+/// The columns [`task_from_row`] reads.
+pub(super) const TASK_COLS: &str = task_col::LIST;
+
+pub(super) fn json_col<T: serde::de::DeserializeOwned, I: RowIndex + Copy>(
     row: &Row<'_>,
-    col: &str,
+    col: I,
 ) -> rusqlite::Result<T> {
     let text: String = row.get(col)?;
     serde_json::from_str(&text).map_err(|e| {
@@ -29,9 +60,9 @@ pub(super) fn json_col<T: serde::de::DeserializeOwned>(
     })
 }
 
-pub(super) fn opt_json_col<T: serde::de::DeserializeOwned>(
+pub(super) fn opt_json_col<T: serde::de::DeserializeOwned, I: RowIndex + Copy>(
     row: &Row<'_>,
-    col: &str,
+    col: I,
 ) -> rusqlite::Result<Option<T>> {
     let text: Option<String> = row.get(col)?;
     text.map(|t| {
@@ -46,9 +77,9 @@ pub(super) fn opt_json_col<T: serde::de::DeserializeOwned>(
     .transpose()
 }
 
-pub(super) fn enum_col<T>(
+pub(super) fn enum_col<T, I: RowIndex + Copy>(
     row: &Row<'_>,
-    col: &str,
+    col: I,
     parse: fn(&str) -> Option<T>,
 ) -> rusqlite::Result<T> {
     let text: String = row.get(col)?;
@@ -61,7 +92,7 @@ pub(super) fn enum_col<T>(
     })
 }
 
-pub(super) fn uuid_col(row: &Row<'_>, col: &str) -> rusqlite::Result<Uuid> {
+pub(super) fn uuid_col<I: RowIndex + Copy>(row: &Row<'_>, col: I) -> rusqlite::Result<Uuid> {
     let text: String = row.get(col)?;
     Uuid::parse_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -75,28 +106,30 @@ pub(super) fn uuid_col(row: &Row<'_>, col: &str) -> rusqlite::Result<Uuid> {
 /// Maps a row selected with [`TASK_COLS`], by column name.
 pub(super) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     Ok(Task {
-        id: uuid_col(row, "id")?,
-        kind: row.get("kind")?,
-        state: enum_col(row, "state", TaskState::parse)?,
-        payload: json_col(row, "payload")?,
-        capabilities: json_col(row, "capabilities")?,
-        priority: row.get("priority")?,
-        max_retries: row.get("max_retries")?,
-        timeout_s: row.get("timeout_s")?,
-        lock_key: row.get("lock_key")?,
-        idempotency_key: row.get("idempotency_key")?,
-        run_after: row.get::<_, Option<i64>>("run_after")?.map(to_utc),
-        labels: json_col(row, "labels")?,
-        attempt: row.get("attempt")?,
-        agent_id: row.get("agent_id")?,
-        cancel_requested: row.get::<_, i64>("cancel_requested")? != 0,
-        created_at: to_utc(row.get("created_at")?),
-        updated_at: to_utc(row.get("updated_at")?),
-        finished_at: row.get::<_, Option<i64>>("finished_at")?.map(to_utc),
-        result: opt_json_col(row, "result")?,
-        usage: opt_json_col(row, "usage")?,
-        error: row.get("error")?,
-        assignment: opt_json_col(row, "assignment")?,
+        id: uuid_col(row, task_col::id)?,
+        kind: row.get(task_col::kind)?,
+        state: enum_col(row, task_col::state, TaskState::parse)?,
+        payload: json_col(row, task_col::payload)?,
+        capabilities: json_col(row, task_col::capabilities)?,
+        priority: row.get(task_col::priority)?,
+        max_retries: row.get(task_col::max_retries)?,
+        timeout_s: row.get(task_col::timeout_s)?,
+        lock_key: row.get(task_col::lock_key)?,
+        idempotency_key: row.get(task_col::idempotency_key)?,
+        run_after: row.get::<_, Option<i64>>(task_col::run_after)?.map(to_utc),
+        labels: json_col(row, task_col::labels)?,
+        attempt: row.get(task_col::attempt)?,
+        agent_id: row.get(task_col::agent_id)?,
+        cancel_requested: row.get::<_, i64>(task_col::cancel_requested)? != 0,
+        created_at: to_utc(row.get(task_col::created_at)?),
+        updated_at: to_utc(row.get(task_col::updated_at)?),
+        finished_at: row
+            .get::<_, Option<i64>>(task_col::finished_at)?
+            .map(to_utc),
+        result: opt_json_col(row, task_col::result)?,
+        usage: opt_json_col(row, task_col::usage)?,
+        error: row.get(task_col::error)?,
+        assignment: opt_json_col(row, task_col::assignment)?,
         attempts: Vec::new(),
         waiting: None,
     })
@@ -128,25 +161,32 @@ pub(super) struct Current {
     pub(super) kind: String,
 }
 
-pub(super) const CURRENT_COLS: &str = "seq, id, state, attempt, retry_floor, lost_count, max_retries, agent_id, \
-    lock_key, cancel_requested, priority, capabilities, run_after, kind";
+columns! {
+    /// What [`current_from_row`] reads.
+    pub(super) mod current_col {
+        seq, id, state, attempt, retry_floor, lost_count, max_retries, agent_id, lock_key,
+        cancel_requested, priority, capabilities, run_after, kind,
+    }
+}
+
+pub(super) const CURRENT_COLS: &str = current_col::LIST;
 
 pub(super) fn current_from_row(row: &Row<'_>) -> rusqlite::Result<Current> {
     Ok(Current {
-        seq: row.get("seq")?,
-        id: uuid_col(row, "id")?,
-        state: enum_col(row, "state", TaskState::parse)?,
-        attempt: row.get("attempt")?,
-        retry_floor: row.get("retry_floor")?,
-        lost_count: row.get("lost_count")?,
-        max_retries: row.get("max_retries")?,
-        agent_id: row.get("agent_id")?,
-        lock_key: row.get("lock_key")?,
-        cancel_requested: row.get::<_, i64>("cancel_requested")? != 0,
-        priority: row.get("priority")?,
-        capabilities: json_col(row, "capabilities")?,
-        run_after: row.get("run_after")?,
-        kind: row.get("kind")?,
+        seq: row.get(current_col::seq)?,
+        id: uuid_col(row, current_col::id)?,
+        state: enum_col(row, current_col::state, TaskState::parse)?,
+        attempt: row.get(current_col::attempt)?,
+        retry_floor: row.get(current_col::retry_floor)?,
+        lost_count: row.get(current_col::lost_count)?,
+        max_retries: row.get(current_col::max_retries)?,
+        agent_id: row.get(current_col::agent_id)?,
+        lock_key: row.get(current_col::lock_key)?,
+        cancel_requested: row.get::<_, i64>(current_col::cancel_requested)? != 0,
+        priority: row.get(current_col::priority)?,
+        capabilities: json_col(row, current_col::capabilities)?,
+        run_after: row.get(current_col::run_after)?,
+        kind: row.get(current_col::kind)?,
     })
 }
 
@@ -250,7 +290,24 @@ pub(super) fn task_ids(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The position of a named column, for conversion errors (which rusqlite reports by index).
-pub(super) fn column_index(row: &Row<'_>, col: &str) -> usize {
-    row.as_ref().column_index(col).unwrap_or(usize::MAX)
+/// The position of a column, for conversion errors (which rusqlite reports by index).
+pub(super) fn column_index<I: RowIndex>(row: &Row<'_>, col: I) -> usize {
+    col.idx(row.as_ref()).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_column_constant_is_its_position_in_the_list() {
+        let task: Vec<&str> = task_col::LIST.split(", ").collect();
+        assert_eq!(task[task_col::id], "id");
+        assert_eq!(task[task_col::assignment], "assignment");
+        assert_eq!(task[task_col::seq], "seq");
+        assert_eq!(task.len(), task_col::seq + 1);
+        let current: Vec<&str> = current_col::LIST.split(", ").collect();
+        assert_eq!(current[current_col::lost_count], "lost_count");
+        assert_eq!(current[current_col::kind], "kind");
+    }
 }

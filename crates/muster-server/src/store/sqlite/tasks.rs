@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::outbox::insert_outbox;
 use super::rows::{
     Current, TASK_COLS, current_by_id, currents_where, enum_col, json_col, opt_json_col,
-    task_by_id, task_from_row, task_ids, uuid_col,
+    task_by_id, task_col, task_from_row, task_ids, uuid_col,
 };
 use crate::audit::{Actor, AuditRecord};
 use crate::clock::to_utc;
@@ -226,10 +226,10 @@ pub(super) fn claim(
              lease_until = ?3, updated_at = ?2 \
              WHERE seq = (SELECT seq FROM tasks WHERE agent_id = ?1 AND state = 'assigned' \
                           ORDER BY priority DESC, seq LIMIT 1) \
-             RETURNING {TASK_COLS}, seq"
+             RETURNING {TASK_COLS}"
         ))?
         .query_row(params![agent_id, now, lease_until], |row| {
-            Ok((task_from_row(row)?, row.get::<_, i64>("seq")?))
+            Ok((task_from_row(row)?, row.get::<_, i64>(task_col::seq)?))
         })
         .optional()?;
     let task = match claimed {
@@ -553,7 +553,7 @@ pub(super) fn task(conn: &Connection, task_id: Uuid) -> StoreResult<Task> {
                 ended_at: row.get::<_, Option<i64>>("ended_at")?.map(to_utc),
                 outcome: enum_col(row, "outcome", AttemptOutcome::parse)?,
                 error: row.get("error")?,
-                assignment: opt_json_col::<Assignment>(row, "assignment")?,
+                assignment: opt_json_col::<Assignment, _>(row, "assignment")?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -615,14 +615,14 @@ pub(super) fn tasks(conn: &Connection, filter: TaskFilter) -> StoreResult<TaskPa
     };
     args.push(Box::new(filter.limit as i64 + 1));
     let sql = format!(
-        "SELECT {TASK_COLS}, seq FROM tasks {where_clause} ORDER BY seq DESC LIMIT ?{}",
+        "SELECT {TASK_COLS} FROM tasks {where_clause} ORDER BY seq DESC LIMIT ?{}",
         args.len()
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let refs: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
     let mut rows: Vec<(Task, i64)> = stmt
         .query_map(refs.as_slice(), |row| {
-            Ok((task_from_row(row)?, row.get("seq")?))
+            Ok((task_from_row(row)?, row.get(task_col::seq)?))
         })?
         .collect::<Result<_, _>>()?;
     let next_before = if rows.len() > filter.limit {
