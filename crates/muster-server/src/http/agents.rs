@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, OptionalJson, QueryPairs};
 use crate::{operator, protocol};
 
-#[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents", request_body = RegisterAgent,
+#[utoipa::path(post, path = "/api/v1/agents/register", operation_id = "register_agent", tag = "agents", request_body = RegisterAgent,
     responses((status = 201, body = Agent, description = "registered"),
               (status = 200, body = Agent, description = "re-registered, updated"),
               (status = 422, body = muster_api::ErrorBody)))]
@@ -33,7 +33,7 @@ pub(crate) async fn register(
     Ok((status, Json(agent)).into_response())
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents", request_body = Heartbeat,
+#[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", operation_id = "heartbeat", tag = "agents", request_body = Heartbeat,
     params(("id" = String, Path, description = "agent id")),
     responses((status = 200, body = HeartbeatAck),
               (status = 404, body = muster_api::ErrorBody, description = "unknown agent: register again")))]
@@ -46,7 +46,7 @@ pub(crate) async fn heartbeat(
     Ok(Json(protocol::heartbeat(&app, &agent_id, beat).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/next", tag = "agents",
+#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/next", operation_id = "claim_task", tag = "agents",
     params(("id" = String, Path, description = "agent id"),
            ("wait" = Option<u64>, Query, description = "seconds to wait for a task (long-poll), at most 120")),
     responses((status = 200, body = muster_api::Task, description = "the task, now running with a new attempt"),
@@ -73,7 +73,7 @@ pub(crate) async fn claim(
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+#[utoipa::path(get, path = "/api/v1/agents", operation_id = "list_agents", tag = "agents",
     responses((status = 200, body = AgentList)))]
 pub(crate) async fn list(
     State(app): State<AppState>,
@@ -84,7 +84,7 @@ pub(crate) async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents",
+#[utoipa::path(get, path = "/api/v1/agents/{id}", operation_id = "show_agent", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
     responses((status = 200, body = Agent), (status = 404, body = muster_api::ErrorBody)))]
 pub(crate) async fn show(
@@ -95,7 +95,7 @@ pub(crate) async fn show(
     Ok(Json(operator::agent(&app, &agent_id).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/drain", tag = "agents",
+#[utoipa::path(post, path = "/api/v1/agents/{id}/drain", operation_id = "drain_agent", tag = "agents",
     request_body(content = Option<DrainAgent>, description = "an agent draining itself names its current instance_id; an operator sends no body"),
     params(("id" = String, Path, description = "agent id")),
     responses((status = 200, body = Agent, description = "draining: takes no new tasks"),
@@ -124,7 +124,7 @@ pub(crate) async fn drain(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/undrain", tag = "agents",
+#[utoipa::path(post, path = "/api/v1/agents/{id}/undrain", operation_id = "undrain_agent", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
     responses((status = 200, body = Agent, description = "takes tasks again"),
               (status = 404, body = muster_api::ErrorBody)))]
@@ -136,7 +136,7 @@ pub(crate) async fn undrain(
     Ok(Json(operator::undrain(&app, &agent_id, Via::Api).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", operation_id = "remove_agent", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
     responses((status = 204, description = "removed; its tasks went back to the queue"),
               (status = 404, body = muster_api::ErrorBody)))]

@@ -28,7 +28,7 @@ pub(crate) fn entry(e: StoredEntry) -> AuditEntry {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit",
     params(("after" = Option<i64>, Query, description = "only entries with a greater seq (default 0)"),
            ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 100)")),
     responses((status = 200, body = AuditPage),

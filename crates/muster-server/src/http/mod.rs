@@ -300,7 +300,7 @@ mod tests {
     }
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations",
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(crate) async fn health(State(app): State<AppState>) -> Response {
     let db_ok = app.store.ping().await.is_ok();
@@ -318,7 +318,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let stats = app.store.stats(app.now_ms()).await?;

@@ -50,7 +50,7 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "operations",
     responses((status = 200, description = "this document")))]
 pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

@@ -44,7 +44,7 @@ fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", operation_id = "read_logs", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id"),
            ("after" = Option<i64>, Query, description = "only lines with a greater id"),
            ("limit" = Option<usize>, Query, description = "page size for JSON, 1 to 5000 (default 1000)")),
@@ -160,7 +160,7 @@ async fn wait_for_signal(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+#[utoipa::path(get, path = "/api/v1/events", operation_id = "stream_events", tag = "events",
     responses((status = 200, content_type = "text/event-stream", body = muster_api::Event,
         description = "SSE: `task` and `agent` events; resumable with Last-Event-ID, or a `resync` event \
         when that is not possible")))]

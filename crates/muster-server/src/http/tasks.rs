@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, QueryPairs, filter_from_query, task_id};
 use crate::{operator, protocol};
 
-#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = SubmitTask,
+#[utoipa::path(post, path = "/api/v1/tasks", operation_id = "submit_task", tag = "tasks", request_body = SubmitTask,
     responses((status = 201, body = Task, description = "queued"),
               (status = 200, body = Task, description = "the idempotency key named an existing task"),
               (status = 422, body = muster_api::ErrorBody)))]
@@ -33,7 +33,7 @@ pub(crate) async fn submit(
     Ok((status, Json(submitted.task)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/tasks", operation_id = "list_tasks", tag = "tasks",
     params(("state" = Option<TaskState>, Query, description = "only tasks in this state"),
            ("kind" = Option<String>, Query, description = "only tasks of this kind"),
            ("agent_id" = Option<String>, Query, description = "only tasks of this agent"),
@@ -52,7 +52,7 @@ pub(crate) async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", operation_id = "show_task", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
     responses((status = 200, body = Task, description = "the task with every attempt and, while queued, why it waits"),
               (status = 404, body = muster_api::ErrorBody)))]
@@ -64,7 +64,7 @@ pub(crate) async fn show(
     Ok(Json(operator::task(&app, task_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", operation_id = "cancel_task", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
     responses((status = 200, body = Task, description = "cancelled, or (running) the agent was told to stop"),
               (status = 409, body = muster_api::ErrorBody, description = "already finished")))]
@@ -76,7 +76,7 @@ pub(crate) async fn cancel(
     Ok(Json(operator::cancel(&app, task_id(&id)?, Via::Api).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", operation_id = "retry_task", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
     responses((status = 200, body = Task, description = "queued again"),
               (status = 409, body = muster_api::ErrorBody, description = "not failed or cancelled")))]
@@ -88,7 +88,7 @@ pub(crate) async fn retry(
     Ok(Json(operator::retry(&app, task_id(&id)?, Via::Api).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks", request_body = AppendLogs,
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", operation_id = "append_logs", tag = "tasks", request_body = AppendLogs,
     params(("id" = uuid::Uuid, Path, description = "task id")),
     responses((status = 200, body = LogsAccepted),
               (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current")))]
@@ -102,7 +102,7 @@ pub(crate) async fn append_logs(
     Ok(Json(LogsAccepted { accepted }))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks", request_body = CompleteTask,
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", operation_id = "complete_task", tag = "tasks", request_body = CompleteTask,
     params(("id" = uuid::Uuid, Path, description = "task id")),
     responses((status = 200, body = Task),
               (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current; nothing changed")))]
@@ -115,7 +115,7 @@ pub(crate) async fn complete(
     Ok(Json(protocol::complete(&app, task_id(&id)?, req).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks", request_body = FailTask,
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", operation_id = "fail_task", tag = "tasks", request_body = FailTask,
     params(("id" = uuid::Uuid, Path, description = "task id")),
     responses((status = 200, body = Task, description = "queued for a retry, or failed for good"),
               (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current; nothing changed")))]
