@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use muster_api::limits::MAX_AUDIT_PAGE;
 use muster_api::{AuditEntry, AuditPage};
 
 use crate::app::AppState;
@@ -41,8 +42,11 @@ pub(crate) async fn list(
 ) -> Result<Json<AuditPage>, ApiError> {
     let after = query.parse::<i64>("after")?.unwrap_or(0);
     let limit = query.parse::<usize>("limit")?.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_AUDIT_PAGE}"),
+        ));
     }
     let entries = app.store.audit_after(after, limit).await?;
     let next_after = if entries.len() == limit {

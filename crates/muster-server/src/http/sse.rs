@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use muster_api::limits::MAX_LOG_PAGE;
 use muster_api::{LogPage, TaskState};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -68,8 +69,11 @@ pub(crate) async fn logs(
     let after = header_after.or(query.parse::<i64>("after")?).unwrap_or(0);
     if !wants_stream(&headers) {
         let limit = query.parse::<usize>("limit")?.unwrap_or(1000);
-        if !(1..=5000).contains(&limit) {
-            return Err(ApiError::invalid("limit", "must be between 1 and 5000"));
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LOG_PAGE}"),
+            ));
         }
         let lines = app.store.logs(id, after, limit).await?;
         let next_after = if lines.len() == limit {
