@@ -532,7 +532,7 @@ pub struct AgentList {
 pub struct RunningTask {
     pub task_id: Uuid,
     #[serde(deserialize_with = "whole::required")]
-    #[schema(maximum = 4294967295_i64)]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
 }
 
@@ -547,7 +547,7 @@ pub struct Heartbeat {
     #[schema(minimum = 0, maximum = 100)]
     pub memory_percent: f64,
     #[serde(default, deserialize_with = "whole::required")]
-    #[schema(maximum = 4294967295_i64)]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub active_tasks: u32,
     /// Optional: the attempts the agent is running. When present, only these leases are
     /// extended (a task the agent forgot, say after a restart, is rescued when its lease lapses),
@@ -600,7 +600,7 @@ pub struct SubmitTask {
     pub max_retries: Option<u32>,
     /// Upper bound of one attempt, in seconds.
     #[serde(default, deserialize_with = "whole::optional")]
-    #[schema(minimum = 1, maximum = 4294967295_i64)]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_i64)]
     pub timeout_s: Option<u32>,
     /// At most one task per lock key is assigned or running at a time.
     #[serde(default)]
@@ -718,7 +718,7 @@ fn default_stream() -> LogStream {
 #[serde(deny_unknown_fields)]
 pub struct AppendLogs {
     #[serde(deserialize_with = "whole::required")]
-    #[schema(maximum = 4294967295_i64)]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
     #[schema(max_items = 10000)]
     pub lines: Vec<NewLogLine>,
@@ -752,7 +752,7 @@ pub struct LogPage {
 #[serde(deny_unknown_fields)]
 pub struct CompleteTask {
     #[serde(deserialize_with = "whole::required")]
-    #[schema(maximum = 4294967295_i64)]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
     /// Any JSON value; default `null`.
     #[serde(default)]
@@ -766,7 +766,7 @@ pub struct CompleteTask {
 #[serde(deny_unknown_fields)]
 pub struct FailTask {
     #[serde(deserialize_with = "whole::required")]
-    #[schema(maximum = 4294967295_i64)]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
     #[schema(max_length = 65536)]
     pub error: String,

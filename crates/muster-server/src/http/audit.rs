@@ -11,6 +11,7 @@ use crate::auth::AdminAuth;
 use crate::clock::to_utc;
 use crate::error::ApiError;
 use crate::extract::QueryPairs;
+use crate::http::openapi::{AdminKey, Invalid};
 
 /// The wire form of a stored entry. A detail that is not JSON (only a tampered row's could be)
 /// is sent as the string it is, for `muster audit verify` to name.
@@ -31,10 +32,8 @@ pub(crate) fn entry(e: StoredEntry) -> AuditEntry {
 
 #[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit",
     params(("after" = Option<i64>, Query, description = "only entries with a greater seq (default 0)"),
-           ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 100)")),
-    responses((status = 200, body = AuditPage),
-              (status = 401, body = muster_api::ErrorBody),
-              (status = 422, body = muster_api::ErrorBody)))]
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "page size, 1 to 1000 (default 100)")),
+    responses(AdminKey, Invalid, (status = 200, body = AuditPage)))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     _: AdminAuth,

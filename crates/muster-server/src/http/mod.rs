@@ -301,7 +301,8 @@ mod tests {
 }
 
 #[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    security(()),
+    responses(openapi::HealthResponses))]
 pub(crate) async fn health(State(app): State<AppState>) -> Response {
     let db_ok = app.store.ping().await.is_ok();
     let body = Health {
@@ -319,7 +320,9 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    security(()),
+    responses(openapi::Public,
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let stats = app.store.stats(app.now_ms()).await?;
     for state in TaskState::ALL {

@@ -20,6 +20,7 @@ use crate::auth::ReaderAuth;
 use crate::error::ApiError;
 use crate::events::Resume;
 use crate::extract::{QueryPairs, task_id};
+use crate::http::openapi::{AdminKey, Invalid};
 
 const PAGE: usize = 500;
 
@@ -46,12 +47,19 @@ fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", operation_id = "read_logs", tag = "tasks",
+    security(("bearer" = []), ("session" = [])),
     params(("id" = uuid::Uuid, Path, description = "task id"),
-           ("after" = Option<i64>, Query, description = "only lines with a greater id"),
-           ("limit" = Option<usize>, Query, description = "page size for JSON, 1 to 5000 (default 1000)")),
-    responses((status = 200, body = LogPage, description = "JSON page; with Accept: text/event-stream an SSE \
-        stream of `line` events (id = line id) that follows live and ends with an `end` event when the task ends"),
-              (status = 404, body = muster_api::ErrorBody)))]
+           ("after" = Option<i64>, Query, description = "only lines with a greater id (default 0); \
+             the Last-Event-ID header wins over it"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 5000,
+             description = "page size for JSON, 1 to 5000 (default 1000)"),
+           ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "resume after this line id (an SSE \
+             client's reconnect sends it)")),
+    responses(AdminKey, Invalid,
+              (status = 200, description = "JSON page; with Accept: text/event-stream an SSE \
+        stream of `line` events (id = line id) that follows live and ends with an `end` event when the task ends",
+               content((LogPage = "application/json"), (String = "text/event-stream"))),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task")))]
 pub(crate) async fn logs(
     State(app): State<AppState>,
     _: ReaderAuth,
@@ -165,7 +173,11 @@ async fn wait_for_signal(
 }
 
 #[utoipa::path(get, path = "/api/v1/events", operation_id = "stream_events", tag = "events",
-    responses((status = 200, content_type = "text/event-stream", body = muster_api::Event,
+    security(("bearer" = []), ("session" = [])),
+    params(("Last-Event-ID" = Option<String>, Header, nullable = false, description = "resume after this event id; \
+             an id the server no longer holds starts with a `resync` event")),
+    responses(AdminKey,
+              (status = 200, content_type = "text/event-stream", body = muster_api::Event,
         description = "SSE: `task` and `agent` events; resumable with Last-Event-ID, or a `resync` event \
         when that is not possible")))]
 pub(crate) async fn events(
