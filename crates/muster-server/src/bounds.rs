@@ -121,7 +121,41 @@ pub fn mcp_servers(servers: &[Value]) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use muster_api::limits::{REQUIRED_TEXT_PATTERN, TEXT_PATTERN};
+
     use super::*;
+
+    /// Every character the checks might treat specially: all of the first planes' worth that
+    /// hold controls and white space, and some beyond.
+    fn characters() -> impl Iterator<Item = char> {
+        (0..=0x3100)
+            .chain([0xfeff, 0xfffd, 0xffff, 0x1_f600, 0x10_ffff])
+            .filter_map(char::from_u32)
+    }
+
+    /// The OpenAPI document's patterns accept exactly what these checks accept, character by
+    /// character (Rust's regex crate reads the `\uXXXX` escapes as ECMA 262 and Python do).
+    #[test]
+    fn the_documents_patterns_agree_with_the_checks() {
+        let text_pattern = regex::Regex::new(TEXT_PATTERN).unwrap();
+        let required_pattern = regex::Regex::new(REQUIRED_TEXT_PATTERN).unwrap();
+        for c in characters() {
+            for value in [c.to_string(), format!("a{c}b"), format!(" {c} ")] {
+                assert_eq!(
+                    text_pattern.is_match(&value),
+                    text("f", &value, 10).is_ok(),
+                    "{value:?}"
+                );
+                assert_eq!(
+                    required_pattern.is_match(&value),
+                    required_text("f", &value, 10).is_ok(),
+                    "{value:?}"
+                );
+            }
+        }
+        assert!(text_pattern.is_match("") && !required_pattern.is_match(""));
+        assert!(!text_pattern.is_match("a\n") && !required_pattern.is_match("a\n"));
+    }
 
     fn message(result: Result<(), ApiError>) -> String {
         result.expect_err("refused").message

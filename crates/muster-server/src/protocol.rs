@@ -274,3 +274,35 @@ pub async fn drain_self(app: &App, agent_id: &str, instance_id: String) -> Resul
     operator::announce_status(app, &agent);
     operator::agent(app, agent_id).await
 }
+
+#[cfg(test)]
+mod tests {
+    use muster_api::limits::AGENT_ID_PATTERN;
+
+    use super::*;
+
+    fn registration(agent_id: &str) -> RegisterAgent {
+        serde_json::from_value(serde_json::json!({ "agent_id": agent_id })).unwrap()
+    }
+
+    /// The OpenAPI document's agent id pattern accepts exactly the ids a registration does.
+    #[test]
+    fn the_documents_agent_id_pattern_agrees_with_registration() {
+        let pattern = regex::Regex::new(AGENT_ID_PATTERN).unwrap();
+        let characters = (0..=0x3100)
+            .chain([0xfeff, 0x1_f600, 0x10_ffff])
+            .filter_map(char::from_u32);
+        for c in characters {
+            for id in [c.to_string(), format!("a{c}b"), format!(" {c} ")] {
+                assert_eq!(
+                    pattern.is_match(&id),
+                    validate_registration(&registration(&id)).is_ok(),
+                    "{id:?}"
+                );
+            }
+        }
+        let longest = "é".repeat(MAX_ID_CHARS);
+        assert!(validate_registration(&registration(&longest)).is_ok());
+        assert!(validate_registration(&registration(&format!("{longest}x"))).is_err());
+    }
+}
