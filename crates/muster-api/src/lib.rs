@@ -14,6 +14,230 @@ use uuid::Uuid;
 /// Labels are free-form string pairs an operator filters and groups by.
 pub type Labels = BTreeMap<String, String>;
 
+/// The bounds of what clients send: lengths in characters (Unicode scalar values, which is what
+/// JSON Schema's `maxLength` counts), counts of entries, ranges. The server refuses a request past
+/// them (422, naming the field); the OpenAPI document states the same numbers (its attributes
+/// must be literals, so `schema_tests` holds the two together).
+pub mod limits {
+    /// Longest agent id and instance id.
+    pub const MAX_ID_CHARS: usize = 200;
+    /// Longest task kind (a task's `kind`, an agent's `kinds[i]`).
+    pub const MAX_KIND_CHARS: usize = 200;
+    /// Most task kinds an agent may say it handles.
+    pub const MAX_KINDS: usize = 100;
+    /// Most capabilities an agent or a task may list, and the longest one.
+    pub const MAX_CAPABILITIES: usize = 100;
+    pub const MAX_CAPABILITY_CHARS: usize = 200;
+    /// Most labels on an agent or a task; longest key and value.
+    pub const MAX_LABELS: usize = 50;
+    pub const MAX_LABEL_KEY_CHARS: usize = 100;
+    pub const MAX_LABEL_VALUE_CHARS: usize = 500;
+    /// Most MCP servers an agent may describe, and the largest description of one, in bytes of
+    /// JSON (no schema keyword can say this; the document says it in words).
+    pub const MAX_MCP_SERVERS: usize = 50;
+    pub const MAX_MCP_SERVER_BYTES: usize = 16 * 1024;
+    /// Longest `host` and `version` of a registration.
+    pub const MAX_HOST_CHARS: usize = 255;
+    pub const MAX_VERSION_CHARS: usize = 100;
+    /// Longest `lock_key` and `idempotency_key`.
+    pub const MAX_KEY_CHARS: usize = 500;
+    /// Most tasks one agent may run at once (and so list in a heartbeat's `running`).
+    pub const MAX_CONCURRENCY: u32 = 10_000;
+    /// Most retries a task may ask for.
+    pub const MAX_RETRIES: u32 = 1000;
+    /// Longest long-poll a claim may ask for, in seconds.
+    pub const MAX_WAIT_S: u64 = 120;
+    /// Most lines one log post may carry.
+    pub const MAX_LINES: usize = 10_000;
+    /// Longest error text of a failure report.
+    pub const MAX_ERROR_CHARS: usize = 64 * 1024;
+    /// Largest page of `GET /api/v1/tasks`, `GET /api/v1/tasks/{id}/logs`, `GET /api/v1/audit`.
+    pub const MAX_TASK_PAGE: usize = 500;
+    pub const MAX_LOG_PAGE: usize = 5000;
+    pub const MAX_AUDIT_PAGE: usize = 1000;
+
+    /// Text without control characters (Unicode category Cc, what Rust's `char::is_control`
+    /// tests): U+0000–U+001F and U+007F–U+009F. Written with `\uXXXX` escapes, which ECMA 262,
+    /// Python and Rust regexes read alike.
+    pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+    /// Text as [`TEXT_PATTERN`] with at least one character that is not white space (Unicode
+    /// White_Space, what Rust's `str::trim` removes): not blank.
+    pub const REQUIRED_TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+    /// An agent id: as [`REQUIRED_TEXT_PATTERN`], and no `/` (it is a path segment).
+    pub const AGENT_ID_PATTERN: &str = "^[^/\\u0000-\\u001f\\u007f-\\u009f]*[^/\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^/\\u0000-\\u001f\\u007f-\\u009f]*$";
+}
+
+/// Schemas that field attributes cannot say: the items of bounded string lists and the request
+/// labels. Named, so the document says each once.
+pub mod schema {
+    use std::borrow::Cow;
+
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    use crate::limits::*;
+
+    fn required_text(max: usize, description: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(Some(REQUIRED_TEXT_PATTERN))
+            .description(Some(description))
+    }
+
+    /// One capability: not blank, no control characters.
+    pub struct Capability;
+
+    impl utoipa::PartialSchema for Capability {
+        fn schema() -> RefOr<Schema> {
+            required_text(
+                MAX_CAPABILITY_CHARS,
+                "A capability: not blank, no control characters.",
+            )
+            .into()
+        }
+    }
+
+    impl utoipa::ToSchema for Capability {
+        fn name() -> Cow<'static, str> {
+            "Capability".into()
+        }
+    }
+
+    /// One task kind: not blank, no control characters.
+    pub struct TaskKind;
+
+    impl utoipa::PartialSchema for TaskKind {
+        fn schema() -> RefOr<Schema> {
+            required_text(
+                MAX_KIND_CHARS,
+                "A task kind: not blank, no control characters.",
+            )
+            .into()
+        }
+    }
+
+    impl utoipa::ToSchema for TaskKind {
+        fn name() -> Cow<'static, str> {
+            "TaskKind".into()
+        }
+    }
+
+    /// Labels as a client sends them: bounded count, keys not blank, no control characters.
+    pub struct Labels;
+
+    impl utoipa::PartialSchema for Labels {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .max_properties(Some(MAX_LABELS))
+                .property_names(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(MAX_LABEL_KEY_CHARS))
+                        .pattern(Some(REQUIRED_TEXT_PATTERN)),
+                ))
+                .additional_properties(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .max_length(Some(MAX_LABEL_VALUE_CHARS))
+                        .pattern(Some(TEXT_PATTERN)),
+                ))
+                .description(Some(
+                    "Free-form string pairs to filter and group by: keys not blank, no control \
+                     characters in keys or values.",
+                ))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for Labels {
+        fn name() -> Cow<'static, str> {
+            "Labels".into()
+        }
+    }
+}
+
+/// Integers a client sends. JSON Schema's `integer` is any number without a fraction, so `3.0`
+/// is one, and generators send it; serde's integer types refuse it. These read both forms and
+/// refuse a fraction or a value out of range, naming the range.
+mod whole {
+    use std::marker::PhantomData;
+
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+    pub(crate) trait Whole: Sized + TryFrom<i128> {
+        const MIN: i128;
+        const MAX: i128;
+    }
+
+    macro_rules! whole {
+        ($($t:ty),*) => {$(
+            impl Whole for $t {
+                const MIN: i128 = <$t>::MIN as i128;
+                const MAX: i128 = <$t>::MAX as i128;
+            }
+        )*};
+    }
+    whole!(u16, u32, i32);
+
+    struct Number<T>(PhantomData<T>);
+
+    impl<T: Whole> Number<T> {
+        fn fit<E: de::Error>(&self, n: i128, unexpected: Unexpected<'_>) -> Result<T, E> {
+            T::try_from(n).map_err(|_| E::invalid_value(unexpected, self))
+        }
+    }
+
+    impl<T: Whole> Visitor<'_> for Number<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an integer from {} to {}", T::MIN, T::MAX)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            self.fit(i128::from(v), Unexpected::Signed(v))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            self.fit(i128::from(v), Unexpected::Unsigned(v))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            // Within the range an f64 holds every integer exactly, so the cast is the value.
+            if v.fract() == 0.0 && v >= T::MIN as f64 && v <= T::MAX as f64 {
+                self.fit(v as i128, Unexpected::Float(v))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    struct Required<T>(T);
+
+    impl<'de, T: Whole> Deserialize<'de> for Required<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Number(PhantomData)).map(Required)
+        }
+    }
+
+    /// An integer, `3` or `3.0`.
+    pub(crate) fn required<'de, D: Deserializer<'de>, T: Whole>(d: D) -> Result<T, D::Error> {
+        Required::deserialize(d).map(|Required(n)| n)
+    }
+
+    /// An optional integer: absent or `null` is `None`.
+    pub(crate) fn optional<'de, D: Deserializer<'de>, T: Whole>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Ok(Option::<Required<T>>::deserialize(d)?.map(|Required(n)| n))
+    }
+}
+
 /// Times a client sends, read as chrono reads them (RFC 3339) but refused with a message that
 /// shows the form expected: serde's own says only "input contains invalid characters".
 mod time {
@@ -202,32 +426,50 @@ pub struct ErrorDetail {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
+    /// Not blank, no `/`, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^/\\u0000-\\u001f\\u007f-\\u009f]*[^/\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^/\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub agent_id: String,
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub host: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 0, maximum = 65535)]
     pub port: Option<u16>,
     #[serde(default)]
+    #[schema(value_type = Vec<schema::Capability>, max_items = 100)]
     pub capabilities: Vec<String>,
-    /// MCP servers the agent offers, kept as the agent sent them.
+    /// MCP servers the agent offers, kept as the agent sent them: each at most 16 KiB as JSON.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(max_items = 50)]
     pub mcp_servers: Vec<Value>,
     /// How many tasks it runs at once; default 1.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_concurrency: Option<u32>,
     #[serde(default)]
+    #[schema(value_type = schema::Labels)]
     pub labels: Labels,
     #[serde(default)]
+    #[schema(max_length = 100, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub version: Option<String>,
     /// A random id the agent process draws at start. A registration with a new one means a
     /// new process: the previous one's tasks are given back at once. An agent presents it to
-    /// drain itself.
+    /// drain itself. Not blank, no control characters.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub instance_id: Option<String>,
     /// The task kinds it handles; empty or absent: any kind (as the FastAPI command center's
     /// agents expect). Tasks of other kinds are never routed to it.
     #[serde(default)]
+    #[schema(value_type = Vec<schema::TaskKind>, max_items = 100)]
     pub kinds: Vec<String>,
 }
 
@@ -237,7 +479,13 @@ pub struct RegisterAgent {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainAgent {
+    /// The agent's current `instance_id`. Not blank, no control characters.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub instance_id: Option<String>,
 }
 
@@ -248,7 +496,6 @@ pub struct Agent {
     pub host: String,
     pub port: Option<u16>,
     pub capabilities: Vec<String>,
-    #[schema(value_type = Vec<Object>)]
     pub mcp_servers: Vec<Value>,
     pub max_concurrency: u32,
     pub labels: Labels,
@@ -284,6 +531,8 @@ pub struct AgentList {
 #[serde(deny_unknown_fields)]
 pub struct RunningTask {
     pub task_id: Uuid,
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
 }
 
@@ -292,16 +541,20 @@ pub struct RunningTask {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub cpu_percent: f64,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub memory_percent: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub active_tasks: u32,
     /// Optional: the attempts the agent is running. When present, only these leases are
     /// extended (a task the agent forgot, say after a restart, is rescued when its lease lapses),
     /// and any attempt the server no longer considers current comes back in `cancel`. When
     /// absent, every running task of the agent is extended.
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub running: Option<Vec<RunningTask>>,
 }
 
@@ -323,32 +576,53 @@ pub const CANCEL_HEADER: &str = "x-muster-cancel";
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
+    /// What to do; the agent's handler for this kind runs it. Not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub kind: String,
+    /// Any JSON value, handed to the agent as it is; default `null`.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: Value,
     /// Every one of these must be among an agent's capabilities for it to take the task.
     #[serde(default)]
+    #[schema(value_type = Vec<schema::Capability>, max_items = 100)]
     pub capabilities: Vec<String>,
     /// Higher runs first; default 0, between -32768 and 32767.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::required")]
+    #[schema(minimum = -32768, maximum = 32767)]
     pub priority: i32,
     /// Retries after the first attempt; the server's default when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_retries: Option<u32>,
     /// Upper bound of one attempt, in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_i64)]
     pub timeout_s: Option<u32>,
     /// At most one task per lock key is assigned or running at a time.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub lock_key: Option<String>,
     /// A second submit with the same key returns the first task (200) instead of a new one.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub idempotency_key: Option<String>,
     /// Not before this time (RFC 3339, e.g. `2026-11-27T09:00:00Z`).
     #[serde(default, deserialize_with = "time::optional")]
     pub run_after: Option<DateTime<Utc>>,
     #[serde(default)]
+    #[schema(value_type = schema::Labels)]
     pub labels: Labels,
 }
 
@@ -388,7 +662,6 @@ pub struct Task {
     pub id: Uuid,
     pub kind: String,
     pub state: TaskState,
-    #[schema(value_type = Object)]
     pub payload: Value,
     pub capabilities: Vec<String>,
     pub priority: i32,
@@ -405,9 +678,7 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
-    #[schema(value_type = Option<Object>)]
     pub usage: Option<Value>,
     pub error: Option<String>,
     pub assignment: Option<Assignment>,
@@ -446,7 +717,10 @@ fn default_stream() -> LogStream {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendLogs {
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
+    #[schema(max_items = 10000)]
     pub lines: Vec<NewLogLine>,
 }
 
@@ -477,12 +751,13 @@ pub struct LogPage {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteTask {
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
+    /// Any JSON value; default `null`.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub result: Value,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub usage: Option<Value>,
 }
 
@@ -490,7 +765,10 @@ pub struct CompleteTask {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailTask {
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
     pub attempt: u32,
+    #[schema(max_length = 65536)]
     pub error: String,
     /// A retryable failure goes back to the queue while retries remain; default true.
     #[serde(default = "default_true")]
@@ -518,7 +796,6 @@ pub struct AuditEntry {
     pub action: String,
     /// What it happened to, e.g. `task:<id>`, `agent:<id>`, `client:<address>`.
     pub subject: String,
-    #[schema(value_type = Object)]
     pub detail: Value,
     /// The stable id (UUIDv7) of the outbox row that carried it.
     pub id: String,
@@ -644,5 +921,142 @@ mod tests {
         let reg: RegisterAgent = serde_json::from_str(body).unwrap();
         assert_eq!(reg.agent_id, "a1");
         assert_eq!(reg.max_concurrency, None);
+    }
+}
+
+/// The document's numbers and patterns are literals in `#[schema(…)]` attributes; these tests
+/// hold them to [`limits`], which the server checks against.
+#[cfg(test)]
+mod schema_tests {
+    use serde_json::json;
+    use utoipa::PartialSchema;
+
+    use super::limits::*;
+    use super::*;
+
+    fn properties<T: PartialSchema>() -> Value {
+        serde_json::to_value(T::schema()).unwrap()["properties"].clone()
+    }
+
+    #[test]
+    fn the_request_schemas_state_the_limits() {
+        let text = json!(TEXT_PATTERN);
+        let required = json!(REQUIRED_TEXT_PATTERN);
+
+        let reg = properties::<RegisterAgent>();
+        assert_eq!(reg["agent_id"]["maxLength"], json!(MAX_ID_CHARS));
+        assert_eq!(reg["agent_id"]["pattern"], json!(AGENT_ID_PATTERN));
+        assert_eq!(reg["host"]["maxLength"], json!(MAX_HOST_CHARS));
+        assert_eq!(reg["host"]["pattern"], text);
+        assert_eq!(reg["version"]["maxLength"], json!(MAX_VERSION_CHARS));
+        assert_eq!(reg["version"]["pattern"], text);
+        assert_eq!(reg["instance_id"]["maxLength"], json!(MAX_ID_CHARS));
+        assert_eq!(reg["instance_id"]["pattern"], required);
+        assert_eq!(reg["capabilities"]["maxItems"], json!(MAX_CAPABILITIES));
+        assert_eq!(reg["kinds"]["maxItems"], json!(MAX_KINDS));
+        assert_eq!(reg["mcp_servers"]["maxItems"], json!(MAX_MCP_SERVERS));
+        assert_eq!(reg["max_concurrency"]["minimum"], json!(1));
+        assert_eq!(reg["max_concurrency"]["maximum"], json!(MAX_CONCURRENCY));
+        assert_eq!(reg["port"]["maximum"], json!(u16::MAX));
+        let drain = properties::<DrainAgent>();
+        assert_eq!(drain["instance_id"]["maxLength"], json!(MAX_ID_CHARS));
+        assert_eq!(drain["instance_id"]["pattern"], required);
+
+        let beat = properties::<Heartbeat>();
+        for field in ["cpu_percent", "memory_percent"] {
+            assert_eq!(beat[field]["minimum"], json!(0), "{field}");
+            assert_eq!(beat[field]["maximum"], json!(100), "{field}");
+        }
+        assert_eq!(beat["running"]["maxItems"], json!(MAX_CONCURRENCY));
+        assert_eq!(beat["active_tasks"]["maximum"], json!(u32::MAX));
+        assert_eq!(
+            properties::<RunningTask>()["attempt"]["maximum"],
+            json!(u32::MAX)
+        );
+
+        let submit = properties::<SubmitTask>();
+        assert_eq!(submit["kind"]["maxLength"], json!(MAX_KIND_CHARS));
+        assert_eq!(submit["kind"]["pattern"], required);
+        assert_eq!(submit["capabilities"]["maxItems"], json!(MAX_CAPABILITIES));
+        assert_eq!(submit["priority"]["minimum"], json!(i16::MIN));
+        assert_eq!(submit["priority"]["maximum"], json!(i16::MAX));
+        assert_eq!(submit["max_retries"]["maximum"], json!(MAX_RETRIES));
+        assert_eq!(submit["timeout_s"]["minimum"], json!(1));
+        assert_eq!(submit["timeout_s"]["maximum"], json!(u32::MAX));
+        for field in ["lock_key", "idempotency_key"] {
+            assert_eq!(submit[field]["maxLength"], json!(MAX_KEY_CHARS), "{field}");
+            assert_eq!(submit[field]["pattern"], required, "{field}");
+        }
+
+        let logs = properties::<AppendLogs>();
+        assert_eq!(logs["lines"]["maxItems"], json!(MAX_LINES));
+        assert_eq!(logs["attempt"]["maximum"], json!(u32::MAX));
+        let fail = properties::<FailTask>();
+        assert_eq!(fail["error"]["maxLength"], json!(MAX_ERROR_CHARS));
+        assert_eq!(fail["attempt"]["maximum"], json!(u32::MAX));
+        assert_eq!(
+            properties::<CompleteTask>()["attempt"]["maximum"],
+            json!(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn the_named_request_schemas_state_the_limits() {
+        let schema = |s: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>| {
+            serde_json::to_value(s).unwrap()
+        };
+        let capability = schema(schema::Capability::schema());
+        assert_eq!(capability["maxLength"], json!(MAX_CAPABILITY_CHARS));
+        assert_eq!(capability["pattern"], json!(REQUIRED_TEXT_PATTERN));
+        let kind = schema(schema::TaskKind::schema());
+        assert_eq!(kind["maxLength"], json!(MAX_KIND_CHARS));
+        assert_eq!(kind["pattern"], json!(REQUIRED_TEXT_PATTERN));
+        let labels = schema(schema::Labels::schema());
+        assert_eq!(labels["maxProperties"], json!(MAX_LABELS));
+        assert_eq!(
+            labels["propertyNames"]["maxLength"],
+            json!(MAX_LABEL_KEY_CHARS)
+        );
+        assert_eq!(
+            labels["propertyNames"]["pattern"],
+            json!(REQUIRED_TEXT_PATTERN)
+        );
+        assert_eq!(
+            labels["additionalProperties"]["maxLength"],
+            json!(MAX_LABEL_VALUE_CHARS)
+        );
+        assert_eq!(
+            labels["additionalProperties"]["pattern"],
+            json!(TEXT_PATTERN)
+        );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_whole_floats() {
+        let fail: FailTask = serde_json::from_value(json!({"attempt": 3.0, "error": "x"})).unwrap();
+        assert_eq!(fail.attempt, 3);
+        let task: SubmitTask = serde_json::from_value(
+            json!({"kind": "k", "priority": -2.0, "timeout_s": 60.0, "max_retries": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            (task.priority, task.timeout_s, task.max_retries),
+            (-2, Some(60), None)
+        );
+        for bad in [
+            json!(2.5),
+            json!(-1),
+            json!(4294967296_u64),
+            json!(1e300),
+            json!("3"),
+        ] {
+            let err = serde_json::from_value::<FailTask>(json!({"attempt": bad, "error": "x"}))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("an integer from 0 to 4294967295"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

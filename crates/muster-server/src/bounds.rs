@@ -1,33 +1,34 @@
 //! Bounds on what clients send: the length and count of every string field of a registration,
 //! a heartbeat and a submission, and the characters they may hold. The agent protocol and the
 //! operator's verbs check through these, so each field is refused the same way wherever it
-//! arrives, with its name (`capabilities[3]: must be at most 200 bytes`).
+//! arrives, with its name (`capabilities[3]: must be at most 200 characters`).
 //!
 //! The body limit already bounds a request as a whole; these bound what is kept and shown: a
 //! capability list is matched on every dispatch round, labels and ids are rendered in pages,
 //! and a control character in a kind or lock key would garble a terminal or a log line.
+//!
+//! The numbers are [`muster_api::limits`], which the OpenAPI document states too. Lengths are
+//! counted in characters (Unicode scalar values), as JSON Schema's `maxLength` counts them, so
+//! a request the document allows is never refused for its length.
 
 use std::collections::BTreeMap;
 
+use muster_api::limits::{
+    MAX_CAPABILITIES, MAX_CAPABILITY_CHARS, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS,
+    MAX_MCP_SERVER_BYTES, MAX_MCP_SERVERS,
+};
 use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// Most capabilities an agent or a task may list.
-pub const MAX_CAPABILITIES: usize = 100;
-/// Longest capability, in bytes.
-pub const MAX_CAPABILITY_BYTES: usize = 200;
-/// Most labels on an agent or a task.
-pub const MAX_LABELS: usize = 50;
-/// Longest label key and value, in bytes.
-pub const MAX_LABEL_KEY_BYTES: usize = 100;
-pub const MAX_LABEL_VALUE_BYTES: usize = 500;
-/// Most MCP servers an agent may describe, and the largest description of one as JSON.
-pub const MAX_MCP_SERVERS: usize = 50;
-pub const MAX_MCP_SERVER_BYTES: usize = 16 * 1024;
-
 fn too_long(field: &str, max: usize) -> ApiError {
-    ApiError::invalid(field, format!("must be at most {max} bytes"))
+    ApiError::invalid(field, format!("must be at most {max} characters"))
+}
+
+/// Whether `value` has more than `max` characters.
+pub fn longer_than(value: &str, max: usize) -> bool {
+    // Every character is at least one byte: most strings are decided without counting.
+    value.len() > max && value.chars().nth(max).is_some()
 }
 
 fn has_control(value: &str) -> bool {
@@ -36,7 +37,7 @@ fn has_control(value: &str) -> bool {
 
 /// A text field that may be empty: at most `max` bytes, no control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.len() > max {
+    if longer_than(value, max) {
         return Err(too_long(field, max));
     }
     if has_control(value) {
@@ -68,7 +69,7 @@ pub fn count<T>(field: &str, items: &[T], max: usize) -> Result<(), ApiError> {
 pub fn capabilities(capabilities: &[String]) -> Result<(), ApiError> {
     count("capabilities", capabilities, MAX_CAPABILITIES)?;
     for (i, cap) in capabilities.iter().enumerate() {
-        required_text(&format!("capabilities[{i}]"), cap, MAX_CAPABILITY_BYTES)?;
+        required_text(&format!("capabilities[{i}]"), cap, MAX_CAPABILITY_CHARS)?;
     }
     Ok(())
 }
@@ -86,10 +87,10 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
             return Err(ApiError::invalid("labels", "a key must not be empty"));
         }
         // The key is not echoed: it may be the very thing that is too long.
-        if key.len() > MAX_LABEL_KEY_BYTES {
+        if longer_than(key, MAX_LABEL_KEY_CHARS) {
             return Err(ApiError::invalid(
                 "labels",
-                format!("a key must be at most {MAX_LABEL_KEY_BYTES} bytes"),
+                format!("a key must be at most {MAX_LABEL_KEY_CHARS} characters"),
             ));
         }
         if has_control(key) {
@@ -98,7 +99,7 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 "a key must not contain control characters",
             ));
         }
-        text(&format!("labels.{key}"), value, MAX_LABEL_VALUE_BYTES)?;
+        text(&format!("labels.{key}"), value, MAX_LABEL_VALUE_CHARS)?;
     }
     Ok(())
 }
@@ -120,7 +121,41 @@ pub fn mcp_servers(servers: &[Value]) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use muster_api::limits::{REQUIRED_TEXT_PATTERN, TEXT_PATTERN};
+
     use super::*;
+
+    /// Every character the checks might treat specially: all of the first planes' worth that
+    /// hold controls and white space, and some beyond.
+    fn characters() -> impl Iterator<Item = char> {
+        (0..=0x3100)
+            .chain([0xfeff, 0xfffd, 0xffff, 0x1_f600, 0x10_ffff])
+            .filter_map(char::from_u32)
+    }
+
+    /// The OpenAPI document's patterns accept exactly what these checks accept, character by
+    /// character (Rust's regex crate reads the `\uXXXX` escapes as ECMA 262 and Python do).
+    #[test]
+    fn the_documents_patterns_agree_with_the_checks() {
+        let text_pattern = regex::Regex::new(TEXT_PATTERN).unwrap();
+        let required_pattern = regex::Regex::new(REQUIRED_TEXT_PATTERN).unwrap();
+        for c in characters() {
+            for value in [c.to_string(), format!("a{c}b"), format!(" {c} ")] {
+                assert_eq!(
+                    text_pattern.is_match(&value),
+                    text("f", &value, 10).is_ok(),
+                    "{value:?}"
+                );
+                assert_eq!(
+                    required_pattern.is_match(&value),
+                    required_text("f", &value, 10).is_ok(),
+                    "{value:?}"
+                );
+            }
+        }
+        assert!(text_pattern.is_match("") && !required_pattern.is_match(""));
+        assert!(!text_pattern.is_match("a\n") && !required_pattern.is_match("a\n"));
+    }
 
     fn message(result: Result<(), ApiError>) -> String {
         result.expect_err("refused").message
@@ -134,7 +169,7 @@ mod tests {
             .collect();
         assert_eq!(
             message(capabilities(&caps)),
-            "capabilities[3]: must be at most 200 bytes"
+            "capabilities[3]: must be at most 200 characters"
         );
         assert_eq!(
             message(required_text("kind", "a\u{7f}", 200)),
@@ -151,10 +186,12 @@ mod tests {
         let one = BTreeMap::from([("team".to_owned(), "y".repeat(501))]);
         assert_eq!(
             message(labels(&one)),
-            "labels.team: must be at most 500 bytes"
+            "labels.team: must be at most 500 characters"
         );
-        // Unicode is measured in bytes, as it is stored.
-        assert!(required_text("kind", &"é".repeat(100), 200).is_ok());
-        assert!(required_text("kind", &"é".repeat(101), 200).is_err());
+        // Characters are counted, as JSON Schema's maxLength counts them, not bytes.
+        assert!(required_text("kind", &"é".repeat(200), 200).is_ok());
+        assert!(required_text("kind", &"😀".repeat(200), 200).is_ok());
+        assert!(required_text("kind", &"é".repeat(201), 200).is_err());
+        assert!(!longer_than("", 0) && longer_than("a", 0));
     }
 }

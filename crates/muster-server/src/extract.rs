@@ -9,6 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use muster_api::limits::MAX_TASK_PAGE;
 use muster_api::{ErrorCode, TaskState};
 use serde::de::DeserializeOwned;
 
@@ -58,7 +59,8 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// An optional JSON body: `None` when the body is empty, else parsed like [`ApiJson`].
+/// An optional JSON body: `None` when the body is empty or JSON `null`, else parsed like
+/// [`ApiJson`].
 pub struct OptionalJson<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
@@ -74,8 +76,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         if !has_body {
             return Ok(OptionalJson(None));
         }
-        let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
-        Ok(OptionalJson(Some(value)))
+        let ApiJson(value) = ApiJson::<Option<T>>::from_request(req, state).await?;
+        Ok(OptionalJson(value))
     }
 }
 
@@ -144,10 +146,10 @@ pub fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
         })?),
     };
     let limit = query.parse::<usize>("limit")?.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
+    if !(1..=MAX_TASK_PAGE).contains(&limit) {
         return Err(ApiError::invalid(
             "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
+            format!("must be between 1 and {MAX_TASK_PAGE}"),
         ));
     }
     Ok(TaskFilter {
@@ -158,6 +160,3 @@ pub fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
         before_seq: query.parse::<i64>("cursor")?,
     })
 }
-
-/// Largest page of `GET /api/v1/tasks`.
-pub const MAX_PAGE: usize = 500;

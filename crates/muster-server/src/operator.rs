@@ -2,6 +2,7 @@
 //! API handlers and the web UI both call these, so a task submitted from a form is validated,
 //! stored, dispatched and announced exactly like one submitted as JSON.
 
+use muster_api::limits::{MAX_KEY_CHARS, MAX_KIND_CHARS, MAX_RETRIES};
 use muster_api::{Agent, AgentStatus, SubmitTask, Task};
 use uuid::Uuid;
 
@@ -14,13 +15,13 @@ use crate::store::{DrainBy, NewTask};
 
 /// Checks a submission and normalises it (capabilities sorted and unique); errors name the field.
 pub fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask, ApiError> {
-    bounds::required_text("kind", &req.kind, 200)?;
+    bounds::required_text("kind", &req.kind, MAX_KIND_CHARS)?;
     bounds::capabilities(&req.capabilities)?;
     if let Some(key) = &req.lock_key {
-        bounds::required_text("lock_key", key, 500)?;
+        bounds::required_text("lock_key", key, MAX_KEY_CHARS)?;
     }
     if let Some(key) = &req.idempotency_key {
-        bounds::required_text("idempotency_key", key, 500)?;
+        bounds::required_text("idempotency_key", key, MAX_KEY_CHARS)?;
     }
     bounds::labels(&req.labels)?;
     if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
@@ -33,9 +34,12 @@ pub fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewT
         return Err(ApiError::invalid("timeout_s", "must be at least 1"));
     }
     if let Some(n) = req.max_retries
-        && n > 1000
+        && n > MAX_RETRIES
     {
-        return Err(ApiError::invalid("max_retries", "must be at most 1000"));
+        return Err(ApiError::invalid(
+            "max_retries",
+            format!("must be at most {MAX_RETRIES}"),
+        ));
     }
     let mut capabilities = req.capabilities;
     capabilities.sort();

@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+use muster_api::limits::{
+    MAX_CONCURRENCY, MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_ID_CHARS, MAX_KIND_CHARS, MAX_KINDS,
+    MAX_LINES, MAX_VERSION_CHARS, MAX_WAIT_S,
+};
 use muster_api::{
     Agent, AgentStatus, AppendLogs, CompleteTask, ErrorCode, FailTask, Heartbeat, HeartbeatAck,
     RegisterAgent, Task,
@@ -17,15 +21,6 @@ use crate::error::ApiError;
 use crate::operator;
 use crate::store::DrainBy;
 
-/// Most tasks one agent may run at once.
-pub const MAX_CONCURRENCY: u32 = 10_000;
-/// Longest long-poll a client may ask for, in seconds.
-pub const MAX_WAIT_S: u64 = 120;
-/// Most lines one log post may carry.
-pub const MAX_LINES: usize = 10_000;
-/// Longest error text a failure report may carry.
-pub const MAX_ERROR_BYTES: usize = 64 * 1024;
-
 fn not_registered(agent_id: &str) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
@@ -35,11 +30,15 @@ fn not_registered(agent_id: &str) -> ApiError {
 
 fn validate_instance_id(instance_id: &Option<String>) -> Result<(), ApiError> {
     if let Some(id) = instance_id
-        && (id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control))
+        && (id.trim().is_empty()
+            || bounds::longer_than(id, MAX_ID_CHARS)
+            || id.chars().any(char::is_control))
     {
         return Err(ApiError::invalid(
             "instance_id",
-            "must be 1 to 200 characters without control characters",
+            format!(
+                "must be 1 to {MAX_ID_CHARS} characters, not blank, without control characters"
+            ),
         ));
     }
     Ok(())
@@ -47,9 +46,12 @@ fn validate_instance_id(instance_id: &Option<String>) -> Result<(), ApiError> {
 
 fn validate_registration(reg: &RegisterAgent) -> Result<(), ApiError> {
     validate_instance_id(&reg.instance_id)?;
-    let id = reg.agent_id.trim();
-    if id.is_empty() || id.len() > 200 {
-        return Err(ApiError::invalid("agent_id", "must be 1 to 200 characters"));
+    let id = &reg.agent_id;
+    if id.trim().is_empty() || bounds::longer_than(id, MAX_ID_CHARS) {
+        return Err(ApiError::invalid(
+            "agent_id",
+            format!("must be 1 to {MAX_ID_CHARS} characters, not blank"),
+        ));
     }
     if id.contains('/') || id.chars().any(char::is_control) {
         return Err(ApiError::invalid(
@@ -65,22 +67,19 @@ fn validate_registration(reg: &RegisterAgent) -> Result<(), ApiError> {
             format!("must be between 1 and {MAX_CONCURRENCY}"),
         ));
     }
-    bounds::text("host", &reg.host, 255)?;
+    bounds::text("host", &reg.host, MAX_HOST_CHARS)?;
     bounds::capabilities(&reg.capabilities)?;
     bounds::mcp_servers(&reg.mcp_servers)?;
     bounds::labels(&reg.labels)?;
     if let Some(version) = &reg.version {
-        bounds::text("version", version, 100)?;
+        bounds::text("version", version, MAX_VERSION_CHARS)?;
     }
     bounds::count("kinds", &reg.kinds, MAX_KINDS)?;
     for (i, kind) in reg.kinds.iter().enumerate() {
-        bounds::required_text(&format!("kinds[{i}]"), kind, 200)?;
+        bounds::required_text(&format!("kinds[{i}]"), kind, MAX_KIND_CHARS)?;
     }
     Ok(())
 }
-
-/// Most task kinds an agent may say it handles.
-const MAX_KINDS: usize = 100;
 
 /// A registration: the agent as it now stands, and whether it is new.
 pub struct Registered {
@@ -250,10 +249,10 @@ pub async fn complete(app: &App, task_id: Uuid, req: CompleteTask) -> Result<Tas
 
 /// The attempt failed; the lifecycle rules decide between a retry and the end.
 pub async fn fail(app: &App, task_id: Uuid, req: FailTask) -> Result<Task, ApiError> {
-    if req.error.len() > MAX_ERROR_BYTES {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            format!("error: must be at most {MAX_ERROR_BYTES} bytes"),
+    if bounds::longer_than(&req.error, MAX_ERROR_CHARS) {
+        return Err(ApiError::invalid(
+            "error",
+            format!("must be at most {MAX_ERROR_CHARS} characters"),
         ));
     }
     let changed = app
@@ -274,4 +273,36 @@ pub async fn drain_self(app: &App, agent_id: &str, instance_id: String) -> Resul
         .await?;
     operator::announce_status(app, &agent);
     operator::agent(app, agent_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use muster_api::limits::AGENT_ID_PATTERN;
+
+    use super::*;
+
+    fn registration(agent_id: &str) -> RegisterAgent {
+        serde_json::from_value(serde_json::json!({ "agent_id": agent_id })).unwrap()
+    }
+
+    /// The OpenAPI document's agent id pattern accepts exactly the ids a registration does.
+    #[test]
+    fn the_documents_agent_id_pattern_agrees_with_registration() {
+        let pattern = regex::Regex::new(AGENT_ID_PATTERN).unwrap();
+        let characters = (0..=0x3100)
+            .chain([0xfeff, 0x1_f600, 0x10_ffff])
+            .filter_map(char::from_u32);
+        for c in characters {
+            for id in [c.to_string(), format!("a{c}b"), format!(" {c} ")] {
+                assert_eq!(
+                    pattern.is_match(&id),
+                    validate_registration(&registration(&id)).is_ok(),
+                    "{id:?}"
+                );
+            }
+        }
+        let longest = "é".repeat(MAX_ID_CHARS);
+        assert!(validate_registration(&registration(&longest)).is_ok());
+        assert!(validate_registration(&registration(&format!("{longest}x"))).is_err());
+    }
 }

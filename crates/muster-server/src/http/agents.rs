@@ -13,12 +13,13 @@ use crate::audit::Via;
 use crate::auth::{AdminAuth, AgentAuth};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, OptionalJson, QueryPairs};
+use crate::http::openapi::{AdminKey, AgentKey, Invalid, JsonBody};
 use crate::{operator, protocol};
 
-#[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents", request_body = RegisterAgent,
-    responses((status = 201, body = Agent, description = "registered"),
-              (status = 200, body = Agent, description = "re-registered, updated"),
-              (status = 422, body = muster_api::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/agents/register", operation_id = "register_agent", tag = "agents", request_body = RegisterAgent,
+    responses(AgentKey, JsonBody,
+              (status = 201, body = Agent, description = "registered"),
+              (status = 200, body = Agent, description = "re-registered, updated")))]
 pub(crate) async fn register(
     State(app): State<AppState>,
     _: AgentAuth,
@@ -33,9 +34,10 @@ pub(crate) async fn register(
     Ok((status, Json(agent)).into_response())
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents", request_body = Heartbeat,
+#[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", operation_id = "heartbeat", tag = "agents", request_body = Heartbeat,
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = HeartbeatAck),
+    responses(AgentKey, JsonBody,
+              (status = 200, body = HeartbeatAck),
               (status = 404, body = muster_api::ErrorBody, description = "unknown agent: register again")))]
 pub(crate) async fn heartbeat(
     State(app): State<AppState>,
@@ -46,12 +48,16 @@ pub(crate) async fn heartbeat(
     Ok(Json(protocol::heartbeat(&app, &agent_id, beat).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/next", tag = "agents",
+#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/next", operation_id = "claim_task", tag = "agents",
     params(("id" = String, Path, description = "agent id"),
-           ("wait" = Option<u64>, Query, description = "seconds to wait for a task (long-poll), at most 120")),
-    responses((status = 200, body = muster_api::Task, description = "the task, now running with a new attempt"),
-              (status = 204, description = "nothing to do; the x-muster-cancel header may list tasks to stop"),
-              (status = 404, body = muster_api::ErrorBody)))]
+           ("wait" = Option<u64>, Query, minimum = 0, maximum = 120,
+            description = "seconds to wait for a task (long-poll), 0 to 120 (default 0)")),
+    responses(AgentKey, Invalid,
+              (status = 200, body = muster_api::Task, description = "the task, now running with a new attempt",
+               headers(("x-muster-cancel" = String, description = "comma-separated ids of running tasks to stop"))),
+              (status = 204, description = "nothing to do",
+               headers(("x-muster-cancel" = String, description = "comma-separated ids of running tasks to stop"))),
+              (status = 404, body = muster_api::ErrorBody, description = "unknown agent: register again")))]
 pub(crate) async fn claim(
     State(app): State<AppState>,
     _: AgentAuth,
@@ -73,8 +79,8 @@ pub(crate) async fn claim(
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
-    responses((status = 200, body = AgentList)))]
+#[utoipa::path(get, path = "/api/v1/agents", operation_id = "list_agents", tag = "agents",
+    responses(AdminKey, (status = 200, body = AgentList)))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -84,9 +90,11 @@ pub(crate) async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents",
+#[utoipa::path(get, path = "/api/v1/agents/{id}", operation_id = "show_agent", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = Agent), (status = 404, body = muster_api::ErrorBody)))]
+    responses(AdminKey,
+              (status = 200, body = Agent),
+              (status = 404, body = muster_api::ErrorBody, description = "no such agent")))]
 pub(crate) async fn show(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -95,12 +103,15 @@ pub(crate) async fn show(
     Ok(Json(operator::agent(&app, &agent_id).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/drain", tag = "agents",
+#[utoipa::path(post, path = "/api/v1/agents/{id}/drain", operation_id = "drain_agent", tag = "agents",
     request_body(content = Option<DrainAgent>, description = "an agent draining itself names its current instance_id; an operator sends no body"),
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = Agent, description = "draining: takes no new tasks"),
-              (status = 403, body = muster_api::ErrorBody, description = "the agent key without the agent's current instance_id"),
-              (status = 404, body = muster_api::ErrorBody),
+    responses(AgentKey, JsonBody,
+              (status = 200, body = Agent, description = "draining: takes no new tasks"),
+              (status = 403, body = muster_api::ErrorBody, description = "forbidden: the agent key without the \
+                agent's current instance_id; a `Host` that names another site (on a loopback bind), or a \
+                browser's cross-site request"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such agent"),
               (status = 409, body = muster_api::ErrorBody, description = "instance_id is not the agent's current process")))]
 /// An operator's drain (admin key) lasts until undrained. An agent process may drain itself
 /// with the agent key by naming its `instance_id`, so that nothing is assigned to it while
@@ -124,10 +135,11 @@ pub(crate) async fn drain(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/undrain", tag = "agents",
+#[utoipa::path(post, path = "/api/v1/agents/{id}/undrain", operation_id = "undrain_agent", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 200, body = Agent, description = "takes tasks again"),
-              (status = 404, body = muster_api::ErrorBody)))]
+    responses(AdminKey,
+              (status = 200, body = Agent, description = "takes tasks again"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such agent")))]
 pub(crate) async fn undrain(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -136,10 +148,11 @@ pub(crate) async fn undrain(
     Ok(Json(operator::undrain(&app, &agent_id, Via::Api).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", operation_id = "remove_agent", tag = "agents",
     params(("id" = String, Path, description = "agent id")),
-    responses((status = 204, description = "removed; its tasks went back to the queue"),
-              (status = 404, body = muster_api::ErrorBody)))]
+    responses(AdminKey,
+              (status = 204, description = "removed; its tasks went back to the queue"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such agent")))]
 pub(crate) async fn remove(
     State(app): State<AppState>,
     _: AdminAuth,

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use muster_api::limits::MAX_AUDIT_PAGE;
 use muster_api::{AuditEntry, AuditPage};
 
 use crate::app::AppState;
@@ -10,6 +11,7 @@ use crate::auth::AdminAuth;
 use crate::clock::to_utc;
 use crate::error::ApiError;
 use crate::extract::QueryPairs;
+use crate::http::openapi::{AdminKey, Invalid};
 
 /// The wire form of a stored entry. A detail that is not JSON (only a tampered row's could be)
 /// is sent as the string it is, for `muster audit verify` to name.
@@ -28,12 +30,10 @@ pub(crate) fn entry(e: StoredEntry) -> AuditEntry {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit",
     params(("after" = Option<i64>, Query, description = "only entries with a greater seq (default 0)"),
-           ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 100)")),
-    responses((status = 200, body = AuditPage),
-              (status = 401, body = muster_api::ErrorBody),
-              (status = 422, body = muster_api::ErrorBody)))]
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "page size, 1 to 1000 (default 100)")),
+    responses(AdminKey, Invalid, (status = 200, body = AuditPage)))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -41,8 +41,11 @@ pub(crate) async fn list(
 ) -> Result<Json<AuditPage>, ApiError> {
     let after = query.parse::<i64>("after")?.unwrap_or(0);
     let limit = query.parse::<usize>("limit")?.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_AUDIT_PAGE}"),
+        ));
     }
     let entries = app.store.audit_after(after, limit).await?;
     let next_after = if entries.len() == limit {

@@ -300,8 +300,9 @@ mod tests {
     }
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations",
+    security(()),
+    responses(openapi::HealthResponses))]
 pub(crate) async fn health(State(app): State<AppState>) -> Response {
     let db_ok = app.store.ping().await.is_ok();
     let body = Health {
@@ -318,8 +319,10 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    security(()),
+    responses(openapi::Public,
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let stats = app.store.stats(app.now_ms()).await?;
     for state in TaskState::ALL {

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use muster_api::limits::MAX_LOG_PAGE;
 use muster_api::{LogPage, TaskState};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +20,7 @@ use crate::auth::ReaderAuth;
 use crate::error::ApiError;
 use crate::events::Resume;
 use crate::extract::{QueryPairs, task_id};
+use crate::http::openapi::{AdminKey, Invalid};
 
 const PAGE: usize = 500;
 
@@ -44,13 +46,20 @@ fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", operation_id = "read_logs", tag = "tasks",
+    security(("bearer" = []), ("session" = [])),
     params(("id" = uuid::Uuid, Path, description = "task id"),
-           ("after" = Option<i64>, Query, description = "only lines with a greater id"),
-           ("limit" = Option<usize>, Query, description = "page size for JSON, 1 to 5000 (default 1000)")),
-    responses((status = 200, body = LogPage, description = "JSON page; with Accept: text/event-stream an SSE \
-        stream of `line` events (id = line id) that follows live and ends with an `end` event when the task ends"),
-              (status = 404, body = muster_api::ErrorBody)))]
+           ("after" = Option<i64>, Query, description = "only lines with a greater id (default 0); \
+             the Last-Event-ID header wins over it"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 5000,
+             description = "page size for JSON, 1 to 5000 (default 1000)"),
+           ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "resume after this line id (an SSE \
+             client's reconnect sends it)")),
+    responses(AdminKey, Invalid,
+              (status = 200, description = "JSON page; with Accept: text/event-stream an SSE \
+        stream of `line` events (id = line id) that follows live and ends with an `end` event when the task ends",
+               content((LogPage = "application/json"), (String = "text/event-stream"))),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task")))]
 pub(crate) async fn logs(
     State(app): State<AppState>,
     _: ReaderAuth,
@@ -68,8 +77,11 @@ pub(crate) async fn logs(
     let after = header_after.or(query.parse::<i64>("after")?).unwrap_or(0);
     if !wants_stream(&headers) {
         let limit = query.parse::<usize>("limit")?.unwrap_or(1000);
-        if !(1..=5000).contains(&limit) {
-            return Err(ApiError::invalid("limit", "must be between 1 and 5000"));
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LOG_PAGE}"),
+            ));
         }
         let lines = app.store.logs(id, after, limit).await?;
         let next_after = if lines.len() == limit {
@@ -160,8 +172,12 @@ async fn wait_for_signal(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/events", tag = "events",
-    responses((status = 200, content_type = "text/event-stream", body = muster_api::Event,
+#[utoipa::path(get, path = "/api/v1/events", operation_id = "stream_events", tag = "events",
+    security(("bearer" = []), ("session" = [])),
+    params(("Last-Event-ID" = Option<String>, Header, nullable = false, description = "resume after this event id; \
+             an id the server no longer holds starts with a `resync` event")),
+    responses(AdminKey,
+              (status = 200, content_type = "text/event-stream", body = muster_api::Event,
         description = "SSE: `task` and `agent` events; resumable with Last-Event-ID, or a `resync` event \
         when that is not possible")))]
 pub(crate) async fn events(

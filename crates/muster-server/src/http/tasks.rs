@@ -13,12 +13,13 @@ use crate::audit::Via;
 use crate::auth::{AdminAuth, AgentAuth};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, QueryPairs, filter_from_query, task_id};
+use crate::http::openapi::{AdminKey, AgentKey, Invalid, JsonBody};
 use crate::{operator, protocol};
 
-#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = SubmitTask,
-    responses((status = 201, body = Task, description = "queued"),
-              (status = 200, body = Task, description = "the idempotency key named an existing task"),
-              (status = 422, body = muster_api::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/tasks", operation_id = "submit_task", tag = "tasks", request_body = SubmitTask,
+    responses(AdminKey, JsonBody,
+              (status = 201, body = Task, description = "queued"),
+              (status = 200, body = Task, description = "the idempotency key named an existing task")))]
 pub(crate) async fn submit(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -33,13 +34,13 @@ pub(crate) async fn submit(
     Ok((status, Json(submitted.task)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/tasks", operation_id = "list_tasks", tag = "tasks",
     params(("state" = Option<TaskState>, Query, description = "only tasks in this state"),
            ("kind" = Option<String>, Query, description = "only tasks of this kind"),
            ("agent_id" = Option<String>, Query, description = "only tasks of this agent"),
-           ("limit" = Option<usize>, Query, description = "page size, 1 to 500 (default 50)"),
-           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, body = TaskList), (status = 422, body = muster_api::ErrorBody)))]
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "page size, 1 to 500 (default 50)"),
+           ("cursor" = Option<i64>, Query, description = "next_cursor of the previous page")),
+    responses(AdminKey, Invalid, (status = 200, body = TaskList)))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -52,10 +53,11 @@ pub(crate) async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", operation_id = "show_task", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = Task, description = "the task with every attempt and, while queued, why it waits"),
-              (status = 404, body = muster_api::ErrorBody)))]
+    responses(AdminKey, Invalid,
+              (status = 200, body = Task, description = "the task with every attempt and, while queued, why it waits"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task")))]
 pub(crate) async fn show(
     State(app): State<AppState>,
     _: AdminAuth,
@@ -64,9 +66,11 @@ pub(crate) async fn show(
     Ok(Json(operator::task(&app, task_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", operation_id = "cancel_task", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = Task, description = "cancelled, or (running) the agent was told to stop"),
+    responses(AdminKey, Invalid,
+              (status = 200, body = Task, description = "cancelled, or (running) the agent was told to stop"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task"),
               (status = 409, body = muster_api::ErrorBody, description = "already finished")))]
 pub(crate) async fn cancel(
     State(app): State<AppState>,
@@ -76,9 +80,11 @@ pub(crate) async fn cancel(
     Ok(Json(operator::cancel(&app, task_id(&id)?, Via::Api).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", operation_id = "retry_task", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = Task, description = "queued again"),
+    responses(AdminKey, Invalid,
+              (status = 200, body = Task, description = "queued again"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task"),
               (status = 409, body = muster_api::ErrorBody, description = "not failed or cancelled")))]
 pub(crate) async fn retry(
     State(app): State<AppState>,
@@ -88,9 +94,11 @@ pub(crate) async fn retry(
     Ok(Json(operator::retry(&app, task_id(&id)?, Via::Api).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks", request_body = AppendLogs,
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", operation_id = "append_logs", tag = "tasks", request_body = AppendLogs,
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = LogsAccepted),
+    responses(AgentKey, JsonBody,
+              (status = 200, body = LogsAccepted),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task"),
               (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current")))]
 pub(crate) async fn append_logs(
     State(app): State<AppState>,
@@ -102,9 +110,11 @@ pub(crate) async fn append_logs(
     Ok(Json(LogsAccepted { accepted }))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks", request_body = CompleteTask,
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", operation_id = "complete_task", tag = "tasks", request_body = CompleteTask,
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = Task),
+    responses(AgentKey, JsonBody,
+              (status = 200, body = Task),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task"),
               (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current; nothing changed")))]
 pub(crate) async fn complete(
     State(app): State<AppState>,
@@ -115,9 +125,11 @@ pub(crate) async fn complete(
     Ok(Json(protocol::complete(&app, task_id(&id)?, req).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks", request_body = FailTask,
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", operation_id = "fail_task", tag = "tasks", request_body = FailTask,
     params(("id" = uuid::Uuid, Path, description = "task id")),
-    responses((status = 200, body = Task, description = "queued for a retry, or failed for good"),
+    responses(AgentKey, JsonBody,
+              (status = 200, body = Task, description = "queued for a retry, or failed for good"),
+              (status = 404, body = muster_api::ErrorBody, description = "no such task"),
               (status = 409, body = muster_api::ErrorBody, description = "the attempt is not current; nothing changed")))]
 pub(crate) async fn fail(
     State(app): State<AppState>,

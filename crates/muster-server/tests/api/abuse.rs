@@ -427,7 +427,7 @@ async fn every_string_of_a_registration_or_submission_is_bounded() {
     for (extra, message) in [
         (
             json!({"capabilities": ["a", "b", "c", long(201)]}),
-            "capabilities[3]: must be at most 200 bytes",
+            "capabilities[3]: must be at most 200 characters",
         ),
         (
             json!({"capabilities": many(101)}),
@@ -439,7 +439,7 @@ async fn every_string_of_a_registration_or_submission_is_bounded() {
         ),
         (
             json!({"host": long(256)}),
-            "host: must be at most 255 bytes",
+            "host: must be at most 255 characters",
         ),
         (
             json!({"host": "a\u{0}b"}),
@@ -447,16 +447,16 @@ async fn every_string_of_a_registration_or_submission_is_bounded() {
         ),
         (
             json!({"version": long(101)}),
-            "version: must be at most 100 bytes",
+            "version: must be at most 100 characters",
         ),
         (json!({"labels": labels(51)}), "labels: at most 50 entries"),
         (
             json!({"labels": {long(101): "v"}}),
-            "labels: a key must be at most 100 bytes",
+            "labels: a key must be at most 100 characters",
         ),
         (
             json!({"labels": {"team": long(501)}}),
-            "labels.team: must be at most 500 bytes",
+            "labels.team: must be at most 500 characters",
         ),
         (
             json!({"mcp_servers": (0..51).map(|i| json!({"name": i})).collect::<Vec<_>>()}),
@@ -492,7 +492,7 @@ async fn every_string_of_a_registration_or_submission_is_bounded() {
     for (extra, message) in [
         (
             json!({"capabilities": ["a", "b", "c", long(201)]}),
-            "capabilities[3]: must be at most 200 bytes",
+            "capabilities[3]: must be at most 200 characters",
         ),
         (
             json!({"capabilities": many(101)}),
@@ -513,7 +513,7 @@ async fn every_string_of_a_registration_or_submission_is_bounded() {
         (json!({"labels": labels(51)}), "labels: at most 50 entries"),
         (
             json!({"labels": {"team": long(501)}}),
-            "labels.team: must be at most 500 bytes",
+            "labels.team: must be at most 500 characters",
         ),
         (
             json!({"labels": {"": "v"}}),

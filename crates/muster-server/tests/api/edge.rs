@@ -629,6 +629,110 @@ async fn the_openapi_document_covers_every_route() {
             "the document lists {path}, which no route serves"
         );
     }
+
+    // Client generators name methods after operation ids, and validators refuse duplicates.
+    let mut ids = std::collections::BTreeSet::new();
+    for (method, path, op) in operations(&doc) {
+        let id = op["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+        assert!(ids.insert(id.to_owned()), "operationId {id} is not unique");
+    }
+
+    for (method, path, op) in operations(&doc) {
+        let what = format!("{method} {path}");
+        let responses = op["responses"].as_object().expect("responses");
+        let status = |code: &str| responses.contains_key(code);
+        // Any route can be refused for the connection cap or an unavailable store.
+        assert!(status("503"), "{what} does not list 503");
+        if PUBLIC.contains(&path.as_str()) {
+            assert_eq!(op["security"], json!([{}]), "{what} needs no key");
+        } else {
+            let security = effective_security(&doc, &op);
+            assert!(
+                !security.is_empty()
+                    && security
+                        .iter()
+                        .all(|r| r.get("bearer").is_some() || r.get("session").is_some()),
+                "{what} needs a key: {security:?}"
+            );
+            for code in ["401", "403"] {
+                assert!(status(code), "{what} needs a key but does not list {code}");
+            }
+        }
+        if op["requestBody"]["content"]
+            .get("application/json")
+            .is_some()
+        {
+            for code in ["400", "413", "415", "422"] {
+                assert!(
+                    status(code),
+                    "{what} reads a JSON body but does not list {code}"
+                );
+            }
+        }
+        if path.contains("{id}") {
+            assert!(status("404"), "{what} looks an id up but does not list 404");
+        }
+        // Every error answer is the envelope (the health check's 503 may also be its own body).
+        for (code, response) in responses {
+            if code.starts_with('4') || (code.starts_with('5') && path != "/health") {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{what} {code}"
+                );
+            }
+        }
+    }
+}
+
+/// The routes that need no key.
+const PUBLIC: &[&str] = &["/health", "/metrics", "/api/v1/openapi.json"];
+
+/// Every operation of the document: method, path, operation.
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut all = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            all.push((method.clone(), path.clone(), op.clone()));
+        }
+    }
+    all
+}
+
+/// The security requirements in force for an operation: its own, else the document's.
+fn effective_security(doc: &Value, op: &Value) -> Vec<serde_json::Map<String, Value>> {
+    op.get("security")
+        .unwrap_or(&doc["security"])
+        .as_array()
+        .expect("security requirements")
+        .iter()
+        .map(|r| r.as_object().expect("a requirement").clone())
+        .collect()
+}
+
+/// The document's security says the truth: every operation it marks as keyed refuses a request
+/// without a key (401), and the public ones answer it.
+#[tokio::test]
+async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_key() {
+    let t = TestApp::spawn_with(|s| s.api_key = secret("admin")).await;
+    let (_, doc) = t.get("/api/v1/openapi.json").await;
+    let keyless = reqwest::Client::new();
+    for (method, path, op) in operations(&doc) {
+        let url = t.url(&path.replace("{id}", &uuid::Uuid::now_v7().to_string()));
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let mut request = keyless.request(method.clone(), url);
+        if op.get("requestBody").is_some() {
+            request = request.json(&json!({}));
+        }
+        let status = request.send().await.expect("sent").status();
+        if PUBLIC.contains(&path.as_str()) {
+            assert_eq!(status, StatusCode::OK, "{method} {path}");
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
 }
 
 #[tokio::test]
