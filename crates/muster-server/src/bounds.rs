@@ -35,26 +35,40 @@ fn has_control(value: &str) -> bool {
     value.chars().any(char::is_control)
 }
 
+/// What is wrong with a text value; the field is named only once something is, so a valid
+/// request builds no field names (`capabilities[3]`) at all.
+enum Fault {
+    Empty,
+    TooLong(usize),
+    Control,
+}
+
+fn judge(value: &str, max: usize, required: bool) -> Option<Fault> {
+    if required && value.trim().is_empty() {
+        return Some(Fault::Empty);
+    }
+    if longer_than(value, max) {
+        return Some(Fault::TooLong(max));
+    }
+    has_control(value).then_some(Fault::Control)
+}
+
+fn refuse(field: &str, fault: Fault) -> ApiError {
+    match fault {
+        Fault::Empty => ApiError::invalid(field, "must not be empty"),
+        Fault::TooLong(max) => too_long(field, max),
+        Fault::Control => ApiError::invalid(field, "must not contain control characters"),
+    }
+}
+
 /// A text field that may be empty: at most `max` bytes, no control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if longer_than(value, max) {
-        return Err(too_long(field, max));
-    }
-    if has_control(value) {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
+    judge(value, max, false).map_or(Ok(()), |fault| Err(refuse(field, fault)))
 }
 
 /// A text field that must say something: not blank, at most `max` bytes, no control characters.
 pub fn required_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
-    }
-    text(field, value, max)
+    judge(value, max, true).map_or(Ok(()), |fault| Err(refuse(field, fault)))
 }
 
 /// A list of at most `max` entries.
@@ -69,7 +83,9 @@ pub fn count<T>(field: &str, items: &[T], max: usize) -> Result<(), ApiError> {
 pub fn capabilities(capabilities: &[String]) -> Result<(), ApiError> {
     count("capabilities", capabilities, MAX_CAPABILITIES)?;
     for (i, cap) in capabilities.iter().enumerate() {
-        required_text(&format!("capabilities[{i}]"), cap, MAX_CAPABILITY_CHARS)?;
+        if let Some(fault) = judge(cap, MAX_CAPABILITY_CHARS, true) {
+            return Err(refuse(&format!("capabilities[{i}]"), fault));
+        }
     }
     Ok(())
 }
@@ -99,7 +115,9 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 "a key must not contain control characters",
             ));
         }
-        text(&format!("labels.{key}"), value, MAX_LABEL_VALUE_CHARS)?;
+        if let Some(fault) = judge(value, MAX_LABEL_VALUE_CHARS, false) {
+            return Err(refuse(&format!("labels.{key}"), fault));
+        }
     }
     Ok(())
 }

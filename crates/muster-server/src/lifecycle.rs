@@ -104,7 +104,12 @@ pub fn after_attempt(facts: &Facts, ending: Ending) -> AfterAttempt {
 }
 
 /// A report (logs, complete, fail) is accepted only for the attempt that is running now.
-pub fn check_report(task: &str, facts: &Facts, attempt: u32) -> Result<(), StoreError> {
+/// `task` names the task in the refusal; it is formatted only then.
+pub fn check_report<T: std::fmt::Display + ?Sized>(
+    task: &T,
+    facts: &Facts,
+    attempt: u32,
+) -> Result<(), StoreError> {
     if facts.state == TaskState::Running && facts.attempt == attempt {
         return Ok(());
     }
@@ -123,7 +128,10 @@ pub enum CancelPlan {
     AskAgent,
 }
 
-pub fn on_cancel(task: &str, facts: &Facts) -> Result<CancelPlan, StoreError> {
+pub fn on_cancel<T: std::fmt::Display + ?Sized>(
+    task: &T,
+    facts: &Facts,
+) -> Result<CancelPlan, StoreError> {
     match facts.state {
         TaskState::Queued | TaskState::Assigned => Ok(CancelPlan::Now),
         TaskState::Running => Ok(CancelPlan::AskAgent),
@@ -134,7 +142,7 @@ pub fn on_cancel(task: &str, facts: &Facts) -> Result<CancelPlan, StoreError> {
 }
 
 /// An operator's retry queues a failed or cancelled task again, with its retries renewed.
-pub fn on_retry(task: &str, facts: &Facts) -> Result<(), StoreError> {
+pub fn on_retry<T: std::fmt::Display + ?Sized>(task: &T, facts: &Facts) -> Result<(), StoreError> {
     if matches!(facts.state, TaskState::Failed | TaskState::Cancelled) {
         return Ok(());
     }

@@ -63,17 +63,31 @@ pub fn router(app: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(
-            limit,
-            refuse_declared_oversize,
-        ))
-        .layer(middleware::from_fn(refuse_cross_origin_writes))
-        .layer(middleware::from_fn_with_state(
-            app.clone(),
-            require_own_host,
-        ))
+        // One layer for the three refusals every request passes: each layer boxes a future
+        // per request, and these run on the hot path of every agent's claim and report.
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// The refusals every request passes, in order: a `Host` naming another site
+/// ([`foreign_host`]), a browser's state change on behalf of another origin
+/// ([`cross_origin_refusal`]), and a declared body over the limit
+/// ([`declared_oversize`]).
+async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(refused) = foreign_host(&app, &req) {
+        return refused;
+    }
+    use axum::http::Method;
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && from_another_origin(req.headers())
+    {
+        return cross_origin_refusal();
+    }
+    if let Some(refused) = declared_oversize(app.settings().body_limit, &req) {
+        return refused;
+    }
+    next.run(req).await
 }
 
 /// Refuses a request whose `Host` names another site, on a server bound to loopback.
@@ -91,26 +105,23 @@ pub fn router(app: AppState) -> Router {
 /// the names operators use on their networks need not be listed anywhere. A request without
 /// `Host` (HTTP/1.0) is no browser's. `/health` answers any name: probes address the server
 /// by whatever name reaches it, and health tells nothing and changes nothing.
-async fn require_own_host(State(app): State<AppState>, req: Request, next: Next) -> Response {
+fn foreign_host(app: &AppState, req: &Request) -> Option<Response> {
     let settings = app.settings();
     if !settings.addr.ip().is_loopback() || req.uri().path() == "/health" {
-        return next.run(req).await;
+        return None;
     }
-    let Some(host) = req.headers().get(axum::http::header::HOST) else {
-        return next.run(req).await;
-    };
+    let host = req.headers().get(axum::http::header::HOST)?;
     let ours = host
         .to_str()
         .is_ok_and(|host| names_this_server(host, settings.public_url.as_ref()));
-    if !ours {
-        return ApiError::new(
+    (!ours).then(|| {
+        ApiError::new(
             ErrorCode::Forbidden,
             "the Host header names another site; use this server's address (127.0.0.1, \
              localhost) or set PUBLIC_URL to the name it is reached by",
         )
-        .into_response();
-    }
-    next.run(req).await
+        .into_response()
+    })
 }
 
 /// The name of a `Host` value or an authority: without the port, and without the brackets
@@ -124,7 +135,7 @@ fn host_name(authority: &str) -> &str {
         .map_or(authority, |(name, _)| name)
 }
 
-/// Whether a `Host` value names this server (see [`require_own_host`]).
+/// Whether a `Host` value names this server (see [`foreign_host`]).
 fn names_this_server(host: &str, public_url: Option<&crate::config::PublicUrl>) -> bool {
     let name = host_name(host.trim());
     name.eq_ignore_ascii_case("localhost")
@@ -135,36 +146,32 @@ fn names_this_server(host: &str, public_url: Option<&crate::config::PublicUrl>) 
 /// Refuses at once a request whose `Content-Length` is over the body limit. The extractors
 /// would refuse it too, but only after waiting for a body that a client may never send (or
 /// send slowly, holding a connection and a handler); the length says enough.
-async fn refuse_declared_oversize(
-    State(limit): State<usize>,
-    req: Request,
-    next: Next,
-) -> Response {
+fn declared_oversize(limit: usize, req: &Request) -> Option<Response> {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return ApiError::new(
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    (declared > limit as u64).then(|| {
+        ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("the body is larger than the server accepts ({limit} bytes)"),
         )
-        .into_response();
-    }
-    next.run(req).await
+        .into_response()
+    })
 }
 
-/// Refuses a state-changing request a browser sent on behalf of another origin. Without a key
-/// (loopback), a page on any site could otherwise post to `127.0.0.1:8000` (drain an agent,
-/// cancel a task) from the operator's browser. Reads (GET, HEAD, OPTIONS) pass, except the
-/// routes that change state on a GET, which carry [`refuse_cross_origin`] themselves.
-async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
-    use axum::http::Method;
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.run(req).await;
-    }
-    refuse_cross_origin(req, next).await
+/// A state-changing request a browser sent on behalf of another origin is refused ([`guard`]
+/// does it for every write). Without a key (loopback), a page on any site could otherwise post
+/// to `127.0.0.1:8000` (drain an agent, cancel a task) from the operator's browser. Reads
+/// (GET, HEAD, OPTIONS) pass, except the routes that change state on a GET, which carry
+/// [`refuse_cross_origin`] themselves.
+fn cross_origin_refusal() -> Response {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        "cross-origin requests may not change anything here",
+    )
+    .into_response()
 }
 
 /// Refuses any request a browser sent on behalf of another origin. Browsers say where a
@@ -172,11 +179,7 @@ async fn refuse_cross_origin_writes(req: Request, next: Next) -> Response {
 /// and are unaffected.
 async fn refuse_cross_origin(req: Request, next: Next) -> Response {
     if from_another_origin(req.headers()) {
-        return ApiError::new(
-            ErrorCode::Forbidden,
-            "cross-origin requests may not change anything here",
-        )
-        .into_response();
+        return cross_origin_refusal();
     }
     next.run(req).await
 }

@@ -282,7 +282,7 @@ pub(super) fn append_logs(
     now: i64,
 ) -> StoreResult<usize> {
     let cur = current_by_id(conn, task_id)?;
-    lifecycle::check_report(&cur.id.to_string(), &cur.facts(), logs.attempt)?;
+    lifecycle::check_report(&cur.id, &cur.facts(), logs.attempt)?;
     let (mut stored, dropped_before): (i64, i64) = conn
         .prepare_cached("SELECT log_bytes, log_dropped FROM tasks WHERE seq = ?1")?
         .query_row(params![cur.seq], |row| {
@@ -347,7 +347,7 @@ pub(super) fn complete(
     now: i64,
 ) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
-    lifecycle::check_report(&cur.id.to_string(), &cur.facts(), attempt)?;
+    lifecycle::check_report(&cur.id, &cur.facts(), attempt)?;
     conn.prepare_cached(
         "UPDATE tasks SET state = 'completed', result = ?3, usage = ?4, finished_at = ?5, \
          updated_at = ?5, lease_until = NULL WHERE seq = ?1 AND attempt = ?2 \
@@ -380,7 +380,7 @@ pub(super) fn fail(
     policy: &RetryPolicy,
 ) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
-    lifecycle::check_report(&cur.id.to_string(), &cur.facts(), attempt)?;
+    lifecycle::check_report(&cur.id, &cur.facts(), attempt)?;
     let change = end_attempt(
         conn,
         policy,
@@ -401,7 +401,7 @@ pub(super) fn cancel(
     now: i64,
 ) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
-    let plan = lifecycle::on_cancel(&task_id.to_string(), &cur.facts())?;
+    let plan = lifecycle::on_cancel(&task_id, &cur.facts())?;
     let record = AuditRecord::task_cancelled(
         now,
         actor.clone(),
@@ -446,7 +446,7 @@ pub(super) fn retry(
     now: i64,
 ) -> StoreResult<Changed> {
     let cur = current_by_id(conn, task_id)?;
-    lifecycle::on_retry(&task_id.to_string(), &cur.facts())?;
+    lifecycle::on_retry(&task_id, &cur.facts())?;
     let record = AuditRecord::task_retried(now, actor.clone(), task_id, cur.state, cur.attempt);
     insert_outbox(conn, &OutboxItem::audit(&record), now)?;
     conn.prepare_cached(
