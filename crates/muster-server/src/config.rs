@@ -153,7 +153,7 @@ pub struct Settings {
     pub retry_backoff_max: Duration,
     /// Largest request body accepted.
     pub body_limit: usize,
-    /// How often the health loop looks for lapsed heartbeats, leases and timeouts.
+    /// How often the sweeper looks for lapsed heartbeats, leases and timeouts.
     pub sweep_interval: Duration,
     /// How long in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace: Duration,

@@ -1,7 +1,7 @@
 //! Live agent state that changes with every heartbeat and never needs to be durable: when each
 //! agent was last heard from, its reported load, and the wake-up handle of its long-poll.
 //!
-//! Owned by the app state; handlers, the health loop and the dispatcher share it. The lock is
+//! Owned by the app state; handlers, the sweeper and the dispatcher share it. The lock is
 //! held only for map look-ups, never across an `.await`.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 //! The `Store` trait: every durable operation of the control plane, in domain terms. Backends
-//! (SQLite now, PostgreSQL later) implement it their best way; the dispatcher, the health loop
+//! (SQLite now, PostgreSQL later) implement it their best way; the dispatcher, the sweeper
 //! and the handlers see only this trait. Each operation is durable before it returns.
 
 pub mod sqlite;
@@ -176,7 +176,7 @@ pub struct TaskPage {
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub by_state: Vec<(TaskState, u64)>,
-    /// Running tasks whose lease lapsed and that the health loop has not rescued yet.
+    /// Running tasks whose lease lapsed and that the sweeper has not rescued yet.
     pub past_lease: u64,
     /// When the oldest queued task was submitted.
     pub oldest_queued_at: Option<i64>,
