@@ -43,6 +43,7 @@ pub mod operator;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod sessions;
 pub mod store;
