@@ -812,6 +812,106 @@ pub struct AuditPage {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Notifications
+
+closed_enum! {
+    /// Where a notification stands: `pending` (waiting to be sent, or to be sent again),
+    /// `delivered` (the service answered 2xx), `failed` (refused, or given up on).
+    NotificationState {
+        Pending => "pending",
+        Delivered => "delivered",
+        Failed => "failed",
+    }
+}
+
+closed_enum! {
+    /// How one attempt to send a notification ended.
+    SendOutcome {
+        /// Still waiting for the service's answer.
+        InFlight => "in_flight",
+        Delivered => "delivered",
+        /// A timeout, a connection error, a 429 or a 5xx: tried again later.
+        Retry => "retry",
+        /// Another 4xx: the service refused the message itself.
+        Refused => "refused",
+    }
+}
+
+/// One attempt to send a notification.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationAttempt {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: SendOutcome,
+    /// The HTTP status the service answered, if it answered.
+    pub status: Option<u16>,
+    /// The start of the service's answer, or what went wrong.
+    pub detail: Option<String>,
+}
+
+/// One message on its way to one channel (`[[notify.channels]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    /// Stable across attempts: sent as the delivery id, so a receiver can de-duplicate.
+    pub id: Uuid,
+    pub channel: String,
+    /// The event it reports (`task.failed`, `agent.offline`, …); for a digest, the last one.
+    pub event: String,
+    /// What it is about: `task:<id>`, `agent:<id>`.
+    pub subject: String,
+    pub title: String,
+    pub message: String,
+    /// The UI page of the thing, when `PUBLIC_URL` is set.
+    pub link: Option<String>,
+    /// How many events it reports: 1, or more for a digest of a quiet period.
+    pub count: u32,
+    /// Sent at the end of a quiet period, for the events that came during it.
+    pub digest: bool,
+    pub state: NotificationState,
+    pub created_at: DateTime<Utc>,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it was delivered or given up on.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why the last attempt did not deliver it, or why it was given up on.
+    pub error: Option<String>,
+    pub attempts: Vec<NotificationAttempt>,
+}
+
+/// `GET /api/v1/notifications`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationPage {
+    pub notifications: Vec<Notification>,
+    /// Pass as `before` to read older ones; absent at the end.
+    pub next_before: Option<i64>,
+}
+
+/// A configured channel, without its secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotifyChannel {
+    pub name: String,
+    /// `home-assistant`, `ntfy`, `telegram`, `discord` or `webhook`.
+    pub kind: String,
+    /// Where it sends, with no secret in it.
+    pub target: String,
+    /// The events rules send to it.
+    pub events: Vec<String>,
+}
+
+/// What `POST /api/v1/notify/channels/{name}/test` sent and what the service answered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotifyTestResult {
+    pub channel: String,
+    pub delivered: bool,
+    pub outcome: SendOutcome,
+    pub status: Option<u16>,
+    /// The start of the service's answer, or what went wrong.
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Events and health
 
 /// What `GET /api/v1/events` streams; the SSE event name is `kind`.

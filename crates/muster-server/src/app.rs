@@ -31,6 +31,8 @@ pub struct App {
     pub changes: Changes,
     /// Web UI sessions (in memory; a restart logs everyone out).
     pub sessions: Sessions,
+    /// Wakes the messenger: a notification was queued.
+    pub messenger_wake: Arc<tokio::sync::Notify>,
     /// Cancelled when shutdown begins: streams and long-polls end on it.
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -52,6 +54,7 @@ impl App {
             registry,
             changes,
             sessions,
+            messenger_wake: Arc::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
         }

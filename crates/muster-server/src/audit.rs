@@ -228,6 +228,53 @@ impl AuditRecord {
         )
     }
 
+    /// A notification reached its channel after `attempts` attempts.
+    pub fn notification_delivered(
+        at: i64,
+        id: Uuid,
+        channel: &str,
+        event: &str,
+        subject: &str,
+        attempts: u32,
+    ) -> Self {
+        Self::new(
+            at,
+            Actor::System,
+            "notification.delivered",
+            format!("notification:{id}"),
+            json!({"channel": channel, "event": event, "about": subject, "attempts": attempts}),
+        )
+    }
+
+    /// A notification was refused by its channel's service, or given up on.
+    pub fn notification_failed(
+        at: i64,
+        id: Uuid,
+        channel: &str,
+        event: &str,
+        subject: &str,
+        reason: &str,
+    ) -> Self {
+        Self::new(
+            at,
+            Actor::System,
+            "notification.failed",
+            format!("notification:{id}"),
+            json!({"channel": channel, "event": event, "about": subject, "reason": reason}),
+        )
+    }
+
+    /// An operator sent a test message over a channel; `outcome` is what its service said.
+    pub fn notify_tested(at: i64, actor: Actor, channel: &str, outcome: &str, status: Option<u16>) -> Self {
+        Self::new(
+            at,
+            actor,
+            "notify.test",
+            format!("channel:{channel}"),
+            json!({"outcome": outcome, "status": status}),
+        )
+    }
+
     /// The settings were reloaded; `detail` says from where and what changed (never secrets).
     pub fn config_reloaded(at: i64, detail: Value) -> Self {
         Self::new(at, Actor::System, "config.reload", "config".into(), detail)

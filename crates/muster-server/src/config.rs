@@ -12,10 +12,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
 
 pub use crate::secret::Secret;
 
@@ -151,6 +154,8 @@ pub struct Settings {
     /// Bytes of log text stored per task; lines beyond it are dropped and counted in one
     /// marker line.
     pub log_limit: usize,
+    /// `[[notify.channels]]` and `[[notify.rules]]` from the config file.
+    pub notify: NotifyConfig,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -628,9 +633,9 @@ impl Origin {
 }
 
 /// The config file as written. Each top-level section is one field: the sections of later
-/// releases (`[[git.sources]]`, `[[notify.channels]]`, `[[actions]]`, …) join here as fields
-/// with their own typed structs. Until then an unknown section is refused, never ignored, so a
-/// typo cannot silently drop a setting.
+/// releases (`[[git.sources]]`, `[[actions]]`, …) join here as fields with their own typed
+/// structs. Until then an unknown section is refused, never ignored, so a typo cannot silently
+/// drop a setting.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileTree {
@@ -638,12 +643,28 @@ struct FileTree {
     /// against `FIELDS`, so the list of keys lives in one place.
     #[serde(default)]
     server: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// `[[notify.channels]]` and `[[notify.rules]]`.
+    #[serde(default)]
+    notify: NotifyTree,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyTree {
+    #[serde(default)]
+    channels: Vec<Spanned<ChannelSpec>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RuleSpec>>,
 }
 
 /// A config file read and checked: where it is, and each `[server]` value with its line.
 struct ConfigFile {
     path: PathBuf,
     server: Vec<FileEntry>,
+    /// The `[notify]` entries as written, each with its line; checked with the environment
+    /// (their `*_env` keys name variables) by [`ConfigFile::notify`].
+    channels: Vec<(usize, ChannelSpec)>,
+    rules: Vec<(usize, RuleSpec)>,
 }
 
 struct FileEntry {
@@ -716,10 +737,53 @@ impl ConfigFile {
                 shown,
             });
         }
-        Ok(ConfigFile {
+        let file = ConfigFile {
             path: path.to_owned(),
             server,
-        })
+            channels: tree
+                .notify
+                .channels
+                .into_iter()
+                .map(|c| (line_of(text, c.span().start), c.into_inner()))
+                .collect(),
+            rules: tree
+                .notify
+                .rules
+                .into_iter()
+                .map(|r| (line_of(text, r.span().start), r.into_inner()))
+                .collect(),
+        };
+        // Everything but the variables' values is checked now, so `muster config check` and
+        // a reload refuse a bad rule or channel as a start would.
+        file.notify(&|_| Some("set".to_owned()))?;
+        Ok(file)
+    }
+
+    /// The `[notify]` section checked, its `*_env` keys read through `env`. An error names
+    /// the file, the line and the entry.
+    fn notify(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<NotifyConfig, ConfigError> {
+        let file = self.path.display();
+        let mut channels: Vec<Arc<Channel>> = Vec::new();
+        for (index, (line, spec)) in self.channels.iter().enumerate() {
+            let at = format!("{file}:{line}: notify.channels[{index}] ({:?})", spec.name);
+            if channels.iter().any(|c| c.name == spec.name) {
+                return Err(ConfigError::new(format!(
+                    "{at}: another channel has this name; names must be unique"
+                )));
+            }
+            let channel = Channel::resolve(spec.clone(), env)
+                .map_err(|why| ConfigError::new(format!("{at}: {why}")))?;
+            channels.push(Arc::new(channel));
+        }
+        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+        let mut rules = Vec::new();
+        for (index, (line, spec)) in self.rules.iter().enumerate() {
+            let rule = Rule::resolve(spec.clone(), &names).map_err(|why| {
+                ConfigError::new(format!("{file}:{line}: notify.rules[{index}]: {why}"))
+            })?;
+            rules.push(rule);
+        }
+        Ok(NotifyConfig { channels, rules })
     }
 
     fn entry(&self, field: &Field) -> Option<&FileEntry> {
@@ -797,7 +861,8 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     ConfigError::new(match key {
         Some(key) if !key.contains('.') && message.starts_with("unknown field") => format!(
             "{file}:{line}: {key}: unknown section or top-level key; server settings go under \
-             [server], the only section this version reads"
+             [server] (and notifications under [[notify.channels]] and [[notify.rules]]), the \
+             only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -990,6 +1055,10 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
             origins[i] = Origin::SameAs("API_KEY");
         }
     }
+    if let Some((file, _)) = &layers.file {
+        let env = |name: &str| layers.env(name);
+        settings.notify = file.notify(&env)?;
+    }
     settings.check_exposure()?;
     Ok(Resolved {
         settings,
@@ -1107,6 +1176,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
             _ => changed.push(field.var),
         }
     }
+    if settings.notify != current.notify {
+        changed.push("notify");
+    }
     // Keeping the running address while the new load dropped the key would leave a
     // network-facing server open: refuse that as a start would.
     settings.check_exposure()?;
@@ -1198,6 +1270,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(30),
             max_connections: 1024,
             log_limit: 16 * 1024 * 1024,
+            notify: NotifyConfig::default(),
         }
     }
 

@@ -26,6 +26,11 @@ pub struct Metrics {
     pub attempts_lost: IntCounter,
     /// Seconds the oldest queued task has waited; set at scrape time.
     pub oldest_queued_seconds: prometheus::Gauge,
+    /// Notifications by channel and what became of them (queued, folded into a digest,
+    /// delivered, failed).
+    pub notifications: IntCounterVec,
+    /// Attempts to send a notification, by channel and outcome (delivered, retry, refused).
+    pub notification_attempts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -110,6 +115,24 @@ impl Metrics {
             "How long the oldest queued task has waited; 0 with an empty queue.",
         )
         .expect("valid gauge");
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "muster_notifications_total",
+                "Notifications by channel and outcome: queued (a message of its own), folded \
+                 (into a quiet period's digest), delivered, failed (refused or given up).",
+            ),
+            &["channel", "outcome"],
+        )
+        .expect("valid counter");
+        let notification_attempts = IntCounterVec::new(
+            Opts::new(
+                "muster_notification_attempts_total",
+                "Attempts to send a notification, by channel and outcome: delivered, retry \
+                 (timeout, connection error, 429, 5xx), refused (another 4xx).",
+            ),
+            &["channel", "outcome"],
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -123,6 +146,8 @@ impl Metrics {
             Box::new(finished.clone()),
             Box::new(attempts_lost.clone()),
             Box::new(oldest_queued_seconds.clone()),
+            Box::new(notifications.clone()),
+            Box::new(notification_attempts.clone()),
         ] {
             registry
                 .register(collector)
@@ -141,6 +166,8 @@ impl Metrics {
             finished,
             attempts_lost,
             oldest_queued_seconds,
+            notifications,
+            notification_attempts,
             dispatch_seconds,
             http_seconds,
             transitions,
@@ -150,6 +177,13 @@ impl Metrics {
             connections,
             refused_connections,
         }
+    }
+
+    /// A notification for `channel` was queued, folded, delivered or failed.
+    pub fn notification_queued(&self, channel: &str, outcome: &str) {
+        self.notifications
+            .with_label_values(&[channel, outcome])
+            .inc();
     }
 
     /// Prometheus text exposition of every metric.

@@ -1,7 +1,7 @@
 //! Outbox delivery: takes due rows, hands each to its topic's consumer, and marks it delivered
 //! or schedules a retry with capped exponential backoff, so whatever a committed change must
-//! cause (an audit entry now; notifications, NATS events and commit statuses later) happens at
-//! least once, after a crash too. [`deliver_once`] is one step; [`run`] adds the waiting: it
+//! cause (an audit entry, a notice for the notification rules; NATS events and commit
+//! statuses later) happens at least once, after a crash too. [`deliver_once`] is one step; [`run`] adds the waiting: it
 //! wakes when a commit wrote outbox rows and polls every second besides, and ends when the
 //! server shuts down.
 //!
@@ -19,7 +19,10 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::audit::AuditRecord;
-use crate::store::{OutboxFailure, OutboxItem, OutboxRow, RetryPolicy, StoreResult, Topic};
+use crate::notice::Notice;
+use crate::store::{
+    NewNotification, OutboxFailure, OutboxItem, OutboxRow, RetryPolicy, StoreResult, Topic,
+};
 
 /// Rows taken per step.
 const BATCH: usize = 256;
@@ -74,11 +77,17 @@ pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
     let mut delivered: Vec<Uuid> = Vec::new();
     let mut failed: Vec<(OutboxRow, String)> = Vec::new();
     let mut audit: Vec<(OutboxRow, AuditRecord)> = Vec::new();
+    let mut notices = 0;
     for row in due {
         match Topic::parse(&row.topic) {
             Some(Topic::Audit) => match serde_json::from_value(row.payload.clone()) {
                 Ok(record) => audit.push((row, record)),
                 Err(err) => failed.push((row, format!("not an audit record: {err}"))),
+            },
+            // Recording a notice marks its row delivered in the same transaction.
+            Some(Topic::Notice) => match record_notice(app, &row, now).await {
+                Ok(()) => notices += 1,
+                Err(why) => failed.push((row, why)),
             },
             None => {
                 let why = format!("no consumer for topic {:?} in this build", row.topic);
@@ -97,7 +106,7 @@ pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
         }
     }
     let step = Delivered {
-        delivered: delivered.len(),
+        delivered: delivered.len() + notices,
         failed: failed.len(),
     };
     if !delivered.is_empty() {
@@ -119,6 +128,53 @@ pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
         app.store.mark_failed(failures).await?;
     }
     Ok(step)
+}
+
+/// Queues a notice's notifications: one per channel that a matching rule sends it to (the
+/// first such rule's words and quiet period), in the store's one transaction with marking the
+/// row delivered.
+async fn record_notice(app: &App, row: &OutboxRow, now: i64) -> Result<(), String> {
+    let notice: Notice =
+        serde_json::from_value(row.payload.clone()).map_err(|e| format!("not a notice: {e}"))?;
+    let settings = app.settings();
+    let public_url = settings.public_url.as_ref().map(|u| u.as_str());
+    let mut items: Vec<NewNotification> = Vec::new();
+    for rule in settings.notify.rules.iter().filter(|r| r.matches(&notice)) {
+        for channel in &rule.to {
+            if items.iter().any(|i| &i.channel == channel) {
+                continue;
+            }
+            let words = rule.render(&notice, public_url);
+            items.push(NewNotification {
+                id: Uuid::now_v7(),
+                channel: channel.clone(),
+                event: notice.event.clone(),
+                subject: notice.subject.clone(),
+                group: notice.group.clone(),
+                title: words.title,
+                message: words.message,
+                link: words.link,
+                event_at: notice.at,
+                quiet_ms: rule.quiet.as_millis() as i64,
+            });
+        }
+    }
+    let recorded = app
+        .store
+        .record_notice(row.id, items, now)
+        .await
+        .map_err(|e| format!("recording the notice: {e}"))?;
+    let metrics = &app.changes.metrics;
+    for channel in &recorded.queued {
+        metrics.notification_queued(channel, "queued");
+    }
+    for channel in &recorded.folded {
+        metrics.notification_queued(channel, "folded");
+    }
+    if !recorded.queued.is_empty() {
+        app.messenger_wake.notify_one();
+    }
+    Ok(())
 }
 
 /// Writes audit records that no other change carries (logins, config reloads) to the outbox;

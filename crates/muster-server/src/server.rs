@@ -143,6 +143,7 @@ impl Server {
         } = self;
         let health = tokio::spawn(crate::sweeper::run(app.clone()));
         let delivery = tokio::spawn(crate::outbox::run(app.clone()));
+        let messenger = tokio::spawn(crate::messenger::run(app.clone()));
         let router = crate::http::router(app.clone());
         let open = Connections::new(app.changes.metrics.connections.clone());
         connections::accept_until(
@@ -171,9 +172,12 @@ impl Server {
         health.abort();
         // Rows it has not delivered stay in the outbox and go out after the next start.
         delivery.abort();
+        // A send in flight is cut off; its notification comes due again after the next start.
+        messenger.abort();
         dispatcher_task.abort();
         let _ = health.await;
         let _ = delivery.await;
+        let _ = messenger.await;
         let _ = dispatcher_task.await;
         if let Err(err) = crate::sweeper::record_failed_logins(&app, i64::MAX).await {
             tracing::warn!(error = %err, "could not record the last failed logins");

@@ -113,7 +113,7 @@ pub(crate) async fn record_failed_logins(app: &App, until: i64) -> StoreResult<(
 }
 
 /// Deletes what is older than the retention period, in batches: finished tasks with their
-/// logs, delivered outbox rows, and audit entries (which leave a signed checkpoint behind, so
+/// logs, delivered outbox rows, finished notifications, and audit entries (which leave a signed checkpoint behind, so
 /// the chain still verifies).
 pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     let now = app.now_ms();
@@ -130,6 +130,13 @@ pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     loop {
         let n = app.store.prune_outbox(cutoff).await?;
         total.outbox_rows += n;
+        if n == 0 || app.shutdown.is_cancelled() {
+            break;
+        }
+    }
+    loop {
+        let n = app.store.prune_notifications(cutoff).await?;
+        total.notifications += n;
         if n == 0 || app.shutdown.is_cancelled() {
             break;
         }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
+use crate::notice::Notice;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -214,25 +215,31 @@ pub struct Pruned {
     pub outbox_rows: u64,
     /// Audit entries folded into the checkpoint.
     pub audit_entries: u64,
+    /// Notifications delivered or given up on, with their attempts.
+    pub notifications: u64,
 }
 
-/// Who consumes an outbox row. Stored by name; `notify`, `nats` and `commit_status` join later.
+/// Who consumes an outbox row. Stored by name; `nats` and `commit_status` join later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic {
     /// Appended to the hash-chained audit log.
     Audit,
+    /// A [`Notice`], matched against the notification rules.
+    Notice,
 }
 
 impl Topic {
     pub fn as_str(self) -> &'static str {
         match self {
             Topic::Audit => "audit",
+            Topic::Notice => "notice",
         }
     }
 
     pub fn parse(text: &str) -> Option<Topic> {
         match text {
             "audit" => Some(Topic::Audit),
+            "notice" => Some(Topic::Notice),
             _ => None,
         }
     }
@@ -258,6 +265,15 @@ impl OutboxItem {
             payload: serde_json::to_value(record).expect("an audit record is plain data"),
         }
     }
+
+    /// A notice on its way to the notification rules.
+    pub fn notice(notice: &Notice) -> OutboxItem {
+        OutboxItem {
+            id: Uuid::now_v7(),
+            topic: Topic::Notice,
+            payload: serde_json::to_value(notice).expect("a notice is plain data"),
+        }
+    }
 }
 
 /// An undelivered outbox row that is due.
@@ -278,6 +294,91 @@ pub struct OutboxFailure {
     pub id: Uuid,
     pub error: String,
     pub next_attempt_at: i64,
+}
+
+/// A notification to queue for one channel: a notice in the words of the rule that sends it
+/// there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewNotification {
+    pub id: Uuid,
+    pub channel: String,
+    pub event: String,
+    pub subject: String,
+    /// The notice's quiet-period group.
+    pub group: String,
+    pub title: String,
+    pub message: String,
+    pub link: Option<String>,
+    pub event_at: i64,
+    /// The rule's quiet period; 0 sends every notice.
+    pub quiet_ms: i64,
+}
+
+/// What recording a notice did, per channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoticeRecorded {
+    /// Channels that got a message of their own (at once, or a digest at the end of the
+    /// quiet period).
+    pub queued: Vec<String>,
+    /// Channels where the notice folded into a digest already waiting.
+    pub folded: Vec<String>,
+    /// The notice had been recorded already (a redelivery): nothing changed.
+    pub repeated: bool,
+}
+
+/// A pending notification whose attempt is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueNotification {
+    pub id: Uuid,
+    pub channel: String,
+    pub event: String,
+    pub subject: String,
+    pub title: String,
+    pub message: String,
+    pub link: Option<String>,
+    pub count: u32,
+    pub digest: bool,
+    pub event_at: i64,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When it was first due: the give-up clock starts here.
+    pub due_at: i64,
+}
+
+/// Where a notification stands after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterSend {
+    Delivered,
+    /// Pending again, due at this time.
+    RetryAt(i64),
+    /// Refused, or given up on: the reason.
+    Failed(String),
+}
+
+/// How an attempt to send a notification ended (or, with no attempt, why it was dropped:
+/// its channel is no longer configured).
+#[derive(Debug, Clone)]
+pub struct SendEnded {
+    pub id: Uuid,
+    /// The attempt, as [`Store::start_send`] numbered it; `None` when none was made.
+    pub attempt: Option<u32>,
+    pub outcome: muster_api::SendOutcome,
+    pub status: Option<u16>,
+    pub detail: String,
+    pub after: AfterSend,
+    pub at: i64,
+    /// Written to the audit outbox with the result (deliveries and failures, not retries).
+    pub audit: Option<AuditRecord>,
+}
+
+/// Which notifications `GET /api/v1/notifications` lists, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    pub channel: Option<String>,
+    pub state: Option<muster_api::NotificationState>,
+    /// Only those older than this handle (the page's `next_before`).
+    pub before: Option<i64>,
+    pub limit: usize,
 }
 
 #[async_trait]
@@ -406,4 +507,31 @@ pub trait Store: Send + Sync + 'static {
     /// that they still chain from the checkpoint; moves the signed checkpoint to the last one
     /// deleted. Answers how many went (0: nothing left to prune).
     async fn prune_audit(&self, before: i64, now: i64) -> StoreResult<u64>;
+
+    // --- notifications
+    /// Queues the notice's notifications and marks its outbox row delivered, in one
+    /// transaction; a notice recorded before (its row delivered) changes nothing. Within a
+    /// channel's quiet period for the notice's group, the notice folds into the digest due at
+    /// the period's end instead of making a message of its own.
+    async fn record_notice(
+        &self,
+        notice_id: Uuid,
+        items: Vec<NewNotification>,
+        now: i64,
+    ) -> StoreResult<NoticeRecorded>;
+    /// Per channel, the pending notification due first, if it is due at `now`.
+    async fn due_notifications(&self, now: i64) -> StoreResult<Vec<DueNotification>>;
+    /// Starts an attempt: counts it, and puts the next one at `retry_at` in case this one
+    /// never ends (a crash mid-send). Answers the attempt's number; a conflict when the
+    /// notification is no longer pending.
+    async fn start_send(&self, id: Uuid, now: i64, retry_at: i64) -> StoreResult<u32>;
+    async fn end_send(&self, ended: SendEnded) -> StoreResult<()>;
+    async fn notifications(
+        &self,
+        filter: NotificationFilter,
+    ) -> StoreResult<muster_api::NotificationPage>;
+    async fn notification(&self, id: Uuid) -> StoreResult<muster_api::Notification>;
+    /// Deletes one batch of notifications delivered or given up on before `finished_before`,
+    /// with their attempts; how many went (0: none are left).
+    async fn prune_notifications(&self, finished_before: i64) -> StoreResult<u64>;
 }

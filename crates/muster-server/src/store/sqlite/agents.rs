@@ -11,6 +11,7 @@ use super::tasks::{end_attempt, unassign};
 use crate::audit::{Actor, AuditRecord, Via};
 use crate::error::StoreError;
 use crate::lifecycle::Ending;
+use crate::notice::Notice;
 use crate::store::{
     AgentRegistered, Change, DispatchSnapshot, DrainBy, OutboxItem, Released, RetryPolicy,
     StoreResult,
@@ -25,14 +26,23 @@ pub(super) fn register_agent(
     now: i64,
     policy: &RetryPolicy,
 ) -> StoreResult<AgentRegistered> {
-    let before: Option<(Option<String>, Option<String>)> = conn
-        .prepare_cached("SELECT instance_id, drained_by FROM agents WHERE agent_id = ?1")?
+    let before: Option<(Option<String>, Option<String>, String)> = conn
+        .prepare_cached(
+            "SELECT instance_id, drained_by, status FROM agents WHERE agent_id = ?1",
+        )?
         .query_row([&reg.agent_id], |row| {
-            Ok((row.get("instance_id")?, row.get("drained_by")?))
+            Ok((
+                row.get("instance_id")?,
+                row.get("drained_by")?,
+                row.get("status")?,
+            ))
         })
         .optional()?;
     let created = before.is_none();
-    let (old_instance, mut drained_by) = before.unwrap_or_default();
+    let was_offline = before
+        .as_ref()
+        .is_some_and(|(_, _, status)| status == AgentStatus::Offline.as_str());
+    let (old_instance, mut drained_by, _) = before.unwrap_or_default();
     let new_process =
         matches!((&old_instance, &reg.instance_id), (Some(old), Some(new)) if old != new);
     let mut changes = Vec::new();
@@ -85,6 +95,10 @@ pub(super) fn register_agent(
     let record =
         AuditRecord::agent_registered(now, &reg.agent_id, &reg.host, &capabilities, created);
     insert_outbox(conn, &OutboxItem::audit(&record), now)?;
+    if created || was_offline {
+        let notice = Notice::agent_online(&reg.agent_id, &reg.host, created, now);
+        insert_outbox(conn, &OutboxItem::notice(&notice), now)?;
+    }
     Ok(AgentRegistered {
         agent: agent_by_id(conn, &reg.agent_id)?,
         created,
@@ -201,14 +215,19 @@ pub(super) fn heartbeat(
 
 /// An agent that was offline is heard from again: online, or draining if it is drained.
 pub(super) fn agent_back(conn: &Connection, agent_id: &str, now: i64) -> StoreResult<AgentStatus> {
-    let n = conn
+    let host: Option<String> = conn
         .prepare_cached(
             "UPDATE agents SET status = CASE WHEN drained_by IS NULL THEN 'online' \
-             ELSE 'draining' END, updated_at = ?2 WHERE agent_id = ?1",
+             ELSE 'draining' END, updated_at = ?2 WHERE agent_id = ?1 AND status = 'offline' \
+             RETURNING host",
         )?
-        .execute(params![agent_id, now])?;
-    if n == 0 {
-        return Err(StoreError::NotFound(format!("agent {agent_id}")));
+        .query_row(params![agent_id, now], |row| row.get(0))
+        .optional()?;
+    if let Some(host) = host {
+        let notice = Notice::agent_online(agent_id, &host, false, now);
+        insert_outbox(conn, &OutboxItem::notice(&notice), now)?;
+    } else {
+        require_agent(conn, agent_id)?;
     }
     Ok(agent_by_id(conn, agent_id)?.status)
 }
@@ -257,10 +276,17 @@ pub(super) fn agent_offline(
     require_agent(conn, agent_id)?;
     let why = format!("agent {agent_id} went offline");
     let changes = give_back_tasks(conn, agent_id, &why, now, policy)?;
-    conn.prepare_cached(
-        "UPDATE agents SET status = 'offline', updated_at = ?2 WHERE agent_id = ?1",
-    )?
-    .execute(params![agent_id, now])?;
+    let host: Option<String> = conn
+        .prepare_cached(
+            "UPDATE agents SET status = 'offline', updated_at = ?2 \
+             WHERE agent_id = ?1 AND status != 'offline' RETURNING host",
+        )?
+        .query_row(params![agent_id, now], |row| row.get(0))
+        .optional()?;
+    if let Some(host) = host {
+        let notice = Notice::agent_offline(agent_id, &host, now);
+        insert_outbox(conn, &OutboxItem::notice(&notice), now)?;
+    }
     Ok(changes)
 }
 

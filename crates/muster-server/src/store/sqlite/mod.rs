@@ -1,7 +1,7 @@
 //! The SQLite backend: WAL with `synchronous=FULL`, one writer thread that group-commits every
 //! operation queued while the previous commit was syncing, and a small pool of read connections.
 //! This file holds the writer, the readers, migrations and backup; [`tasks`], [`agents`],
-//! [`outbox`] and [`audit`] hold the operations (each a plain function of a connection, which
+//! [`outbox`], [`audit`] and [`notifications`] hold the operations (each a plain function of a connection, which
 //! the `Store` impl below runs on the writer or a reader), and [`rows`] maps rows to types by
 //! column name. The
 //! lifecycle rules they apply live in [`crate::lifecycle`].
@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use muster_api::{
-    Agent, AgentStatus, AppendLogs, LogLine, RegisterAgent, RunningTask, Task, TaskState,
+    Agent, AgentStatus, AppendLogs, LogLine, Notification, NotificationPage, RegisterAgent,
+    RunningTask, Task, TaskState,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -24,9 +25,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AgentRegistered, AssignOrder, Change, Changed, Claimed, DispatchSnapshot, DrainBy, ExpiryRules,
-    NewTask, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, Stats, Store,
-    StoreResult, Submitted, TaskFilter, TaskPage,
+    AgentRegistered, AssignOrder, Change, Changed, Claimed, DispatchSnapshot, DrainBy,
+    DueNotification, ExpiryRules, NewNotification, NewTask, NoticeRecorded, NotificationFilter,
+    OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, SendEnded, Stats,
+    Store, StoreResult, Submitted, TaskFilter, TaskPage,
 };
 use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
@@ -34,6 +36,7 @@ use crate::error::StoreError;
 mod agents;
 mod audit;
 mod lock;
+mod notifications;
 mod outbox;
 mod rows;
 mod tasks;
@@ -49,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_log_bytes.sql"),
     include_str!("../migrations/0006_agent_kinds.sql"),
     include_str!("../migrations/0007_lock_index.sql"),
+    include_str!("../migrations/0008_notifications.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -586,6 +590,44 @@ impl Store for SqliteStore {
     async fn prune_audit(&self, before: i64, now: i64) -> StoreResult<u64> {
         let key_path = self.audit_key.clone();
         self.write(move |conn| audit::prune(conn, before, now, &key_path))
+            .await
+    }
+
+    async fn record_notice(
+        &self,
+        notice_id: Uuid,
+        items: Vec<NewNotification>,
+        now: i64,
+    ) -> StoreResult<NoticeRecorded> {
+        self.write(move |conn| notifications::record_notice(conn, notice_id, items, now))
+            .await
+    }
+
+    async fn due_notifications(&self, now: i64) -> StoreResult<Vec<DueNotification>> {
+        self.read(move |conn| notifications::due(conn, now)).await
+    }
+
+    async fn start_send(&self, id: Uuid, now: i64, retry_at: i64) -> StoreResult<u32> {
+        self.write(move |conn| notifications::start_send(conn, id, now, retry_at))
+            .await
+    }
+
+    async fn end_send(&self, ended: SendEnded) -> StoreResult<()> {
+        self.write(move |conn| notifications::end_send(conn, ended))
+            .await
+    }
+
+    async fn notifications(&self, filter: NotificationFilter) -> StoreResult<NotificationPage> {
+        self.read(move |conn| notifications::list(conn, filter))
+            .await
+    }
+
+    async fn notification(&self, id: Uuid) -> StoreResult<Notification> {
+        self.read(move |conn| notifications::one(conn, id)).await
+    }
+
+    async fn prune_notifications(&self, finished_before: i64) -> StoreResult<u64> {
+        self.write(move |conn| notifications::prune(conn, finished_before))
             .await
     }
 }

@@ -18,6 +18,7 @@ use crate::audit::{Actor, AuditRecord};
 use crate::clock::to_utc;
 use crate::error::StoreError;
 use crate::lifecycle::{self, CancelPlan, Ending};
+use crate::notice::{FailedTask, Notice};
 use crate::store::{
     AssignOrder, Change, Changed, Claimed, ExpiryRules, NewTask, OutboxItem, Pruned, QueuedTask,
     RetryPolicy, Stats, StoreResult, Submitted, TaskFilter, TaskPage,
@@ -169,6 +170,9 @@ pub(super) fn end_attempt(
          WHERE task_seq = ?1 AND attempt = ?2",
     )?
     .execute(params![cur.seq, cur.attempt, outcome.as_str(), now, error])?;
+    if state == TaskState::Failed {
+        notify_failed(conn, cur, error, now)?;
+    }
     let mut change = cur.change(state);
     change.released = cur.released();
     change.agent_id = agent_after;
@@ -177,6 +181,25 @@ pub(super) fn end_attempt(
         change.requeued = Some(cur.queued(run_after));
     }
     Ok(Some(change))
+}
+
+/// Writes the task.failed notice with the failure, so the notification cannot be lost.
+fn notify_failed(conn: &Connection, cur: &Current, error: &str, now: i64) -> StoreResult<()> {
+    let labels: muster_api::Labels = conn
+        .prepare_cached("SELECT labels FROM tasks WHERE seq = ?1")?
+        .query_row([cur.seq], |row| json_col(row, 0))?;
+    let notice = Notice::task_failed(
+        FailedTask {
+            id: cur.id,
+            kind: &cur.kind,
+            labels: &labels,
+            attempt: cur.attempt,
+            error,
+            agent_id: cur.agent_id.as_deref(),
+        },
+        now,
+    );
+    insert_outbox(conn, &OutboxItem::notice(&notice), now)
 }
 
 fn changed(conn: &Connection, change: Change) -> StoreResult<Changed> {

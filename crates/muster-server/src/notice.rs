@@ -1,0 +1,148 @@
+//! Notices: things that happened which an operator may want to hear about (a task failed for
+//! good, an agent went offline). The store writes one as an outbox row in the transaction of
+//! the change it reports, so a crash can delay a notification but never lose it; the outbox's
+//! `notice` consumer matches it against the rules and queues one notification per channel.
+//! A leaf module: the store writes notices and the notifiers read them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The events a rule can name, and what each means (for the README and config errors).
+pub const EVENTS: &[(&str, &str)] = &[
+    (
+        TASK_FAILED,
+        "a task failed for good: its retries are spent, it was not retryable, or it kept losing its agent",
+    ),
+    (
+        AGENT_OFFLINE,
+        "an agent stopped heartbeating and its tasks went back to the queue",
+    ),
+    (
+        AGENT_ONLINE,
+        "an agent registered for the first time, or was heard from again after being offline",
+    ),
+];
+
+pub const TASK_FAILED: &str = "task.failed";
+pub const AGENT_OFFLINE: &str = "agent.offline";
+pub const AGENT_ONLINE: &str = "agent.online";
+
+/// Whether `name` is an event this build emits.
+pub fn is_event(name: &str) -> bool {
+    EVENTS.iter().any(|(e, _)| *e == name)
+}
+
+/// One thing that happened, as the outbox carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// One of [`EVENTS`].
+    pub event: String,
+    /// When it happened (ms since the epoch).
+    pub at: i64,
+    /// What it is about: `task:<id>`, `agent:<id>`.
+    pub subject: String,
+    /// Notices of one group share a quiet period: an agent's ups and downs (`agent:<id>`),
+    /// failures of one task kind (`task-kind:<kind>`), so a flapping agent or a failing batch
+    /// makes one message and a count, not a hundred messages.
+    pub group: String,
+    /// The UI page of the thing, relative to `PUBLIC_URL` (`/ui/tasks/<id>`).
+    pub path: Option<String>,
+    /// What message templates see besides `event`, `at` and `link`: `task` or `agent`.
+    pub data: Value,
+}
+
+/// What a task.failed notice says of its task.
+pub struct FailedTask<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub attempt: u32,
+    pub error: &'a str,
+    pub agent_id: Option<&'a str>,
+}
+
+impl Notice {
+    pub fn task_failed(task: FailedTask<'_>, at: i64) -> Notice {
+        Notice {
+            event: TASK_FAILED.to_owned(),
+            at,
+            subject: format!("task:{}", task.id),
+            group: format!("task-kind:{}", task.kind),
+            path: Some(format!("/ui/tasks/{}", task.id)),
+            data: json!({
+                "task": {
+                    "id": task.id,
+                    "kind": task.kind,
+                    "labels": task.labels,
+                    "attempt": task.attempt,
+                    "error": task.error,
+                    "agent": task.agent_id,
+                }
+            }),
+        }
+    }
+
+    pub fn agent_offline(agent_id: &str, hostname: &str, at: i64) -> Notice {
+        Notice::agent(AGENT_OFFLINE, agent_id, hostname, false, at)
+    }
+
+    /// `first`: it registered for the first time, rather than coming back.
+    pub fn agent_online(agent_id: &str, hostname: &str, first: bool, at: i64) -> Notice {
+        Notice::agent(AGENT_ONLINE, agent_id, hostname, first, at)
+    }
+
+    fn agent(event: &str, agent_id: &str, hostname: &str, first: bool, at: i64) -> Notice {
+        Notice {
+            event: event.to_owned(),
+            at,
+            subject: format!("agent:{agent_id}"),
+            group: format!("agent:{agent_id}"),
+            path: Some("/ui/agents".to_owned()),
+            data: json!({
+                "agent": { "id": agent_id, "hostname": hostname, "first": first }
+            }),
+        }
+    }
+
+    /// The task's kind, for rules that filter by kind.
+    pub fn task_kind(&self) -> Option<&str> {
+        self.data.pointer("/task/kind").and_then(Value::as_str)
+    }
+
+    /// A label of the task, for rules that filter by label.
+    pub fn task_label(&self, name: &str) -> Option<&str> {
+        self.data.get("task")?.get("labels")?.get(name)?.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_notice_carries_what_rules_filter_by() {
+        let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+        let id = Uuid::now_v7();
+        let notice = Notice::task_failed(
+            FailedTask {
+                id,
+                kind: "backup",
+                labels: &labels,
+                attempt: 3,
+                error: "disk full",
+                agent_id: Some("nas"),
+            },
+            5,
+        );
+        assert_eq!(notice.task_kind(), Some("backup"));
+        assert_eq!(notice.task_label("env"), Some("prod"));
+        assert_eq!(notice.task_label("team"), None);
+        assert_eq!(notice.group, "task-kind:backup");
+        assert_eq!(notice.subject, format!("task:{id}"));
+        let back: Notice = serde_json::from_value(serde_json::to_value(&notice).unwrap()).unwrap();
+        assert_eq!(back, notice);
+    }
+}
