@@ -8,6 +8,7 @@
 
 mod agents;
 mod durability;
+mod notifications;
 mod reports;
 mod tasks;
 
