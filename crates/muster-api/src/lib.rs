@@ -55,6 +55,8 @@ pub mod limits {
     pub const MAX_TASK_PAGE: usize = 500;
     pub const MAX_LOG_PAGE: usize = 5000;
     pub const MAX_AUDIT_PAGE: usize = 1000;
+    /// Notifications per page of `GET /api/v1/notifications`.
+    pub const MAX_NOTIFICATION_PAGE: usize = 200;
 
     /// Text without control characters (Unicode category Cc, what Rust's `char::is_control`
     /// tests): U+0000–U+001F and U+007F–U+009F. Written with `\uXXXX` escapes, which ECMA 262,

@@ -9,12 +9,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use muster_api::limits::MAX_TASK_PAGE;
-use muster_api::{ErrorCode, TaskState};
+use muster_api::limits::{MAX_NOTIFICATION_PAGE, MAX_TASK_PAGE};
+use muster_api::{ErrorCode, NotificationState, TaskState};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::store::TaskFilter;
+use crate::store::{NotificationFilter, TaskFilter};
 
 /// `axum::Json` whose rejections are API errors: 400 for malformed JSON, 422 naming the field
 /// for a wrong type or value, 413 for an oversize body, 415 for a missing content type.
@@ -158,5 +158,29 @@ pub fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
         agent_id: query.get("agent_id").map(str::to_owned),
         limit,
         before_seq: query.parse::<i64>("cursor")?,
+    })
+}
+
+/// Reads the filters and paging of a notification list from a query string.
+pub fn notification_filter_from_query(query: &QueryPairs) -> Result<NotificationFilter, ApiError> {
+    let state = match query.get("state") {
+        None => None,
+        Some(raw) => Some(NotificationState::parse(raw).ok_or_else(|| {
+            let names: Vec<&str> = NotificationState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid("state", format!("{raw:?} is not one of {}", names.join(", ")))
+        })?),
+    };
+    let limit = query.parse::<usize>("limit")?.unwrap_or(50);
+    if !(1..=MAX_NOTIFICATION_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_NOTIFICATION_PAGE}"),
+        ));
+    }
+    Ok(NotificationFilter {
+        channel: query.get("channel").map(str::to_owned),
+        state,
+        before: query.parse::<i64>("before")?,
+        limit,
     })
 }

@@ -3,7 +3,7 @@
 //! stored, dispatched and announced exactly like one submitted as JSON.
 
 use muster_api::limits::{MAX_KEY_CHARS, MAX_KIND_CHARS, MAX_RETRIES};
-use muster_api::{Agent, AgentStatus, SubmitTask, Task};
+use muster_api::{Agent, AgentStatus, NotifyChannel, NotifyTestResult, SubmitTask, Task};
 use uuid::Uuid;
 
 use crate::app::App;
@@ -252,4 +252,45 @@ async fn why_waiting(app: &App, task: &Task) -> Result<String, ApiError> {
         return Ok(format!("every capable agent is busy: {}", named.join(", ")));
     }
     Ok("a capable agent has room: it is about to be assigned".to_owned())
+}
+
+/// The configured notification channels, without their secrets, each with the events its
+/// rules send it.
+pub fn notify_channels(app: &App) -> Vec<NotifyChannel> {
+    let settings = app.settings();
+    settings
+        .notify
+        .channels
+        .iter()
+        .map(|c| {
+            let mut events: Vec<String> = settings
+                .notify
+                .rules
+                .iter()
+                .filter(|r| r.to.contains(&c.name))
+                .flat_map(|r| r.on.iter().cloned())
+                .collect();
+            events.sort();
+            events.dedup();
+            NotifyChannel {
+                name: c.name.clone(),
+                kind: c.kind_name().to_owned(),
+                target: c.describe(),
+                events,
+            }
+        })
+        .collect()
+}
+
+/// Sends a test message over the channel now and answers what its service said.
+pub async fn test_channel(app: &App, name: &str, via: Via) -> Result<NotifyTestResult, ApiError> {
+    let settings = app.settings();
+    let Some(channel) = settings.notify.channel(name) else {
+        let names: Vec<&str> = settings.notify.channels.iter().map(|c| c.name.as_str()).collect();
+        return Err(ApiError::not_found(format!(
+            "channel {name:?} (configured: {})",
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        )));
+    };
+    Ok(crate::messenger::send_test(app, channel, Actor::operator(via)).await)
 }

@@ -1,9 +1,10 @@
 //! The HTTP edge: the router, the refusal of cross-origin writes and request metrics
-//! (authentication is in [`crate::auth`], extraction in [`crate::extract`]). Handlers live in [`agents`], [`tasks`], [`sse`] and [`audit`]; the web
+//! (authentication is in [`crate::auth`], extraction in [`crate::extract`]). Handlers live in [`agents`], [`tasks`], [`sse`], [`audit`] and [`notifications`]; the web
 //! UI's routes come from [`crate::ui::router`].
 
 mod agents;
 pub(crate) mod audit;
+mod notifications;
 pub mod openapi;
 mod sse;
 pub(crate) mod tasks;
@@ -54,6 +55,13 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/notifications", get(notifications::list))
+        .route("/api/v1/notifications/{id}", get(notifications::show))
+        .route("/api/v1/notify/channels", get(notifications::channels))
+        .route(
+            "/api/v1/notify/channels/{name}/test",
+            post(notifications::test),
+        )
         .merge(crate::ui::router(app.clone()))
         .fallback_service(crate::ui::fallback())
         .method_not_allowed_fallback(|| async {

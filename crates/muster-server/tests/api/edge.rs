@@ -593,6 +593,10 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/tasks/{id}/logs", &["get", "post"]),
     ("/api/v1/events", &["get"]),
     ("/api/v1/audit", &["get"]),
+    ("/api/v1/notifications", &["get"]),
+    ("/api/v1/notifications/{id}", &["get"]),
+    ("/api/v1/notify/channels", &["get"]),
+    ("/api/v1/notify/channels/{name}/test", &["post"]),
 ];
 
 #[tokio::test]
