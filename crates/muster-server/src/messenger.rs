@@ -273,7 +273,7 @@ pub async fn send_test(app: &App, channel: &Channel, actor: Actor) -> NotifyTest
         link: settings
             .public_url
             .as_ref()
-            .map(|u| format!("{u}/ui/notifications")),
+            .map(|u| format!("{u}/notifications")),
         at: Utc::now(),
         count: 1,
         subject: format!("channel:{}", channel.name),

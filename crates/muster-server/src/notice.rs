@@ -48,7 +48,7 @@ pub struct Notice {
     /// failures of one task kind (`task-kind:<kind>`), so a flapping agent or a failing batch
     /// makes one message and a count, not a hundred messages.
     pub group: String,
-    /// The UI page of the thing, relative to `PUBLIC_URL` (`/ui/tasks/<id>`).
+    /// The UI page of the thing, relative to `PUBLIC_URL` (`/tasks/<id>`).
     pub path: Option<String>,
     /// What message templates see besides `event`, `at` and `link`: `task` or `agent`.
     pub data: Value,
@@ -71,7 +71,7 @@ impl Notice {
             at,
             subject: format!("task:{}", task.id),
             group: format!("task-kind:{}", task.kind),
-            path: Some(format!("/ui/tasks/{}", task.id)),
+            path: Some(format!("/tasks/{}", task.id)),
             data: json!({
                 "task": {
                     "id": task.id,
@@ -100,7 +100,7 @@ impl Notice {
             at,
             subject: format!("agent:{agent_id}"),
             group: format!("agent:{agent_id}"),
-            path: Some("/ui/agents".to_owned()),
+            path: Some("/agents".to_owned()),
             data: json!({
                 "agent": { "id": agent_id, "hostname": hostname, "first": first }
             }),

@@ -356,7 +356,7 @@ mod tests {
         );
         assert_eq!(
             out.link.as_deref(),
-            Some("https://m.example/ui/tasks/00000000-0000-0000-0000-000000000000")
+            Some("https://m.example/tasks/00000000-0000-0000-0000-000000000000")
         );
         assert_eq!(rule.render(&failed("b", &[], "e"), None).link, None);
 
@@ -368,7 +368,7 @@ mod tests {
         assert_eq!(out.title, "BACKUP broke at 2023-11-14T22:13:20Z");
         assert_eq!(
             out.message,
-            "boom → https://m/ui/tasks/00000000-0000-0000-0000-000000000000"
+            "boom → https://m/tasks/00000000-0000-0000-0000-000000000000"
         );
 
         let online = Rule::resolve(spec(&["agent.*"], &["p"]), &["p"]).unwrap();

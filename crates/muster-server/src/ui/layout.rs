@@ -18,6 +18,7 @@ pub(super) enum Section {
     Agents,
     Tasks,
     Submit,
+    Notifications,
     Audit,
 }
 
@@ -26,6 +27,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Agents, "/agents", "Agents"),
     (Section::Tasks, "/tasks", "Tasks"),
     (Section::Submit, "/tasks/new", "Submit"),
+    (Section::Notifications, "/notifications", "Notifications"),
     (Section::Audit, "/audit", "Audit"),
 ];
 

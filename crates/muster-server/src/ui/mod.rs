@@ -5,7 +5,7 @@
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
 //! - [`layout`]: the page shell and shared pieces.
-//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`audit`]: the pages.
+//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`notifications`], [`audit`]: the pages.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
 //!
 //! Pages read through the [`crate::store::Store`] trait and change things only through
@@ -19,6 +19,7 @@ mod assets;
 mod audit;
 mod auth;
 mod layout;
+mod notifications;
 mod overview;
 mod submit;
 mod tasks;
@@ -50,6 +51,11 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
         .route("/audit", get(audit::page))
+        .route("/notifications", get(notifications::page))
+        .route(
+            "/notifications/channels/{name}/test",
+            post(notifications::test),
+        )
         .route("/logout", post(auth::logout))
         .route_layer(middleware::from_fn_with_state(app, auth::require_session));
     Router::new()
