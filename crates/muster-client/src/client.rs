@@ -6,8 +6,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use muster_api::{
     Agent, AgentList, AppendLogs, CANCEL_HEADER, CompleteTask, DrainAgent, ErrorBody, ErrorCode,
-    FailTask, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, RegisterAgent,
-    SubmitTask, Task, TaskList, TaskState,
+    FailTask, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, NotificationPage,
+    NotificationState, NotifyChannel, NotifyTestResult, RegisterAgent, SubmitTask, Task, TaskList,
+    TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -305,6 +306,38 @@ impl Client {
         self.send(self.request(Method::DELETE, &format!("/api/v1/agents/{agent_id}")))
             .await?;
         Ok(())
+    }
+
+    // --- notifications
+
+    /// Notifications, newest first (admin key).
+    pub async fn notifications(
+        &self,
+        channel: Option<&str>,
+        state: Option<NotificationState>,
+        limit: usize,
+    ) -> Result<NotificationPage, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        query.extend(channel.map(|c| ("channel", c.to_owned())));
+        query.extend(state.map(|s| ("state", s.as_str().to_owned())));
+        self.json(
+            self.request(Method::GET, "/api/v1/notifications")
+                .query(&query),
+        )
+        .await
+    }
+
+    /// The configured notification channels, without their secrets (admin key).
+    pub async fn notify_channels(&self) -> Result<Vec<NotifyChannel>, ClientError> {
+        self.json(self.request(Method::GET, "/api/v1/notify/channels"))
+            .await
+    }
+
+    /// Sends a test message over a channel; answers what its service said (admin key).
+    pub async fn notify_test(&self, channel: &str) -> Result<NotifyTestResult, ClientError> {
+        let name: String = url::form_urlencoded::byte_serialize(channel.as_bytes()).collect();
+        let path = format!("/api/v1/notify/channels/{name}/test");
+        self.json(self.request(Method::POST, &path)).await
     }
 
     // --- tasks

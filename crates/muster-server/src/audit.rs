@@ -265,7 +265,13 @@ impl AuditRecord {
     }
 
     /// An operator sent a test message over a channel; `outcome` is what its service said.
-    pub fn notify_tested(at: i64, actor: Actor, channel: &str, outcome: &str, status: Option<u16>) -> Self {
+    pub fn notify_tested(
+        at: i64,
+        actor: Actor,
+        channel: &str,
+        outcome: &str,
+        status: Option<u16>,
+    ) -> Self {
         Self::new(
             at,
             actor,

@@ -167,7 +167,10 @@ pub fn notification_filter_from_query(query: &QueryPairs) -> Result<Notification
         None => None,
         Some(raw) => Some(NotificationState::parse(raw).ok_or_else(|| {
             let names: Vec<&str> = NotificationState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::invalid("state", format!("{raw:?} is not one of {}", names.join(", ")))
+            ApiError::invalid(
+                "state",
+                format!("{raw:?} is not one of {}", names.join(", ")),
+            )
         })?),
     };
     let limit = query.parse::<usize>("limit")?.unwrap_or(50);

@@ -100,9 +100,17 @@ async fn drop_unsendable(
     now: i64,
 ) -> StoreResult<()> {
     tracing::warn!(id = %due.id, channel = due.channel, reason, "notification dropped");
-    app.changes.metrics.notification_queued(&due.channel, "failed");
-    let audit =
-        AuditRecord::notification_failed(now, due.id, &due.channel, &due.event, &due.subject, &reason);
+    app.changes
+        .metrics
+        .notification_queued(&due.channel, "failed");
+    let audit = AuditRecord::notification_failed(
+        now,
+        due.id,
+        &due.channel,
+        &due.event,
+        &due.subject,
+        &reason,
+    );
     app.store
         .end_send(SendEnded {
             id: due.id,
@@ -351,19 +359,37 @@ mod tests {
     fn failures_back_off_doubling_or_as_the_service_asks() {
         let (c, d) = (channel(), due(false, 1));
         let now = 1_000_000;
-        assert_eq!(decide(&c, &d, 1, &retry(None), now, 1.0), AfterSend::RetryAt(now + 5_000));
-        assert_eq!(decide(&c, &d, 3, &retry(None), now, 1.0), AfterSend::RetryAt(now + 20_000));
-        assert_eq!(decide(&c, &d, 20, &retry(None), now, 1.0), AfterSend::RetryAt(now + 600_000));
+        assert_eq!(
+            decide(&c, &d, 1, &retry(None), now, 1.0),
+            AfterSend::RetryAt(now + 5_000)
+        );
+        assert_eq!(
+            decide(&c, &d, 3, &retry(None), now, 1.0),
+            AfterSend::RetryAt(now + 20_000)
+        );
+        assert_eq!(
+            decide(&c, &d, 20, &retry(None), now, 1.0),
+            AfterSend::RetryAt(now + 600_000)
+        );
         let asked = retry(Some(Duration::from_secs(7)));
-        assert_eq!(decide(&c, &d, 1, &asked, now, 1.0), AfterSend::RetryAt(now + 7_000));
+        assert_eq!(
+            decide(&c, &d, 1, &asked, now, 1.0),
+            AfterSend::RetryAt(now + 7_000)
+        );
         // A Retry-After of a day is capped at an hour.
         let long = retry(Some(Duration::from_secs(86_400)));
-        assert_eq!(decide(&c, &d, 1, &long, now, 1.0), AfterSend::RetryAt(now + 3_600_000));
+        assert_eq!(
+            decide(&c, &d, 1, &long, now, 1.0),
+            AfterSend::RetryAt(now + 3_600_000)
+        );
         let delivered = Outcome::Delivered {
             status: 200,
             answer: String::new(),
         };
-        assert_eq!(decide(&c, &d, 1, &delivered, now, 1.0), AfterSend::Delivered);
+        assert_eq!(
+            decide(&c, &d, 1, &delivered, now, 1.0),
+            AfterSend::Delivered
+        );
         let refused = Outcome::Refused {
             status: 401,
             error: "Unauthorized".into(),

@@ -286,10 +286,19 @@ pub fn notify_channels(app: &App) -> Vec<NotifyChannel> {
 pub async fn test_channel(app: &App, name: &str, via: Via) -> Result<NotifyTestResult, ApiError> {
     let settings = app.settings();
     let Some(channel) = settings.notify.channel(name) else {
-        let names: Vec<&str> = settings.notify.channels.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<&str> = settings
+            .notify
+            .channels
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         return Err(ApiError::not_found(format!(
             "channel {name:?} (configured: {})",
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         )));
     };
     Ok(crate::messenger::send_test(app, channel, Actor::operator(via)).await)

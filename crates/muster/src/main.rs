@@ -15,6 +15,7 @@ use commands::bench::BenchArgs;
 use commands::config::ConfigCommand;
 use commands::connection::ServerArgs;
 use commands::daemons::{AgentArgs, ServeArgs};
+use commands::notify::NotifyCommand;
 use commands::task::TaskCommand;
 
 #[derive(Parser)]
@@ -50,6 +51,13 @@ enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         command: AgentsCommand,
+    },
+    /// Notification channels: list them, send a test message, read what was sent.
+    Notify {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: NotifyCommand,
     },
     /// Measure: end-to-end throughput and latency by default, or one figure (see --help).
     Bench(BenchArgs),
@@ -90,6 +98,9 @@ fn main() -> ExitCode {
         }),
         Command::Agents { server, command } => commands::operate(server, async |session| {
             commands::agents::run(session, command).await
+        }),
+        Command::Notify { server, command } => commands::operate(server, async |session| {
+            commands::notify::run(session, command).await
         }),
         Command::Bench(args) => commands::bench::run(args),
         Command::Backup { file, db } => commands::daemons::backup(&file, db),

@@ -21,7 +21,10 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn resolve(spec: ChannelSpec, _env: &dyn Fn(&str) -> Option<String>) -> Result<Channel, String> {
+    pub fn resolve(
+        spec: ChannelSpec,
+        _env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Channel, String> {
         Ok(Channel {
             name: spec.name,
             kind: ChannelKind::None,
@@ -50,5 +53,8 @@ pub async fn send(
     _message: &super::Message,
     _now: chrono::DateTime<chrono::Utc>,
 ) -> super::Outcome {
-    super::Outcome::Refused { status: 400, error: String::new() }
+    super::Outcome::Refused {
+        status: 400,
+        error: String::new(),
+    }
 }

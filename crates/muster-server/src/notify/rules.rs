@@ -72,7 +72,10 @@ impl Rule {
             ));
         }
         for pattern in &spec.on {
-            if !EVENTS.iter().any(|(event, _)| pattern_matches(pattern, event)) {
+            if !EVENTS
+                .iter()
+                .any(|(event, _)| pattern_matches(pattern, event))
+            {
                 let known: Vec<&str> = EVENTS.iter().map(|(e, _)| *e).collect();
                 return Err(format!(
                     "on: {pattern:?} names no event; the events are {} (or a family such as \
@@ -169,9 +172,7 @@ impl Rule {
 /// `task.failed` matches `task.failed`, `task.*` and `*`.
 fn pattern_matches(pattern: &str, event: &str) -> bool {
     match pattern.strip_suffix('*') {
-        Some(prefix) => {
-            (prefix.is_empty() || prefix.ends_with('.')) && event.starts_with(prefix)
-        }
+        Some(prefix) => (prefix.is_empty() || prefix.ends_with('.')) && event.starts_with(prefix),
         None => pattern == event,
     }
 }
@@ -246,7 +247,10 @@ fn check_template(source: &str) -> Result<(), String> {
         0,
     );
     template
-        .render(minijinja::value::Serde(context(&sample, Some("https://muster.example/ui"))))
+        .render(minijinja::value::Serde(context(
+            &sample,
+            Some("https://muster.example/ui"),
+        )))
         .map(drop)
         .map_err(|e| format!("the template does not render: {e}"))
 }
@@ -313,14 +317,25 @@ mod tests {
 
         let mut bad = spec(&["task.failed"], &["phone"]);
         bad.quiet = Some("soon".into());
-        assert!(Rule::resolve(bad, &["phone"]).unwrap_err().contains("quiet"));
+        assert!(
+            Rule::resolve(bad, &["phone"])
+                .unwrap_err()
+                .contains("quiet")
+        );
         let mut bad = spec(&["task.failed"], &["phone"]);
         bad.title = Some("{{ task.kind ".into());
         let err = Rule::resolve(bad, &["phone"]).unwrap_err();
-        assert!(err.starts_with("title: the template does not parse"), "{err}");
+        assert!(
+            err.starts_with("title: the template does not parse"),
+            "{err}"
+        );
         let mut bad = spec(&["task.failed"], &["phone"]);
         bad.message = Some("{{ task.kind | no_such_filter }}".into());
-        assert!(Rule::resolve(bad, &["phone"]).unwrap_err().starts_with("message:"));
+        assert!(
+            Rule::resolve(bad, &["phone"])
+                .unwrap_err()
+                .starts_with("message:")
+        );
     }
 
     #[test]

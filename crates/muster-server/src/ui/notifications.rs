@@ -31,7 +31,13 @@ pub(super) async fn test(
     Path(name): Path<String>,
 ) -> Result<Markup, UiError> {
     let result = operator::test_channel(&app, &name, Via::Ui).await?;
-    render(&app, &session, &QueryPairs(Default::default()), Some(result)).await
+    render(
+        &app,
+        &session,
+        &QueryPairs(Default::default()),
+        Some(result),
+    )
+    .await
 }
 
 async fn render(
@@ -108,7 +114,13 @@ async fn render(
             }
         }
     };
-    let shell = page_for(app, session, "Notifications", Some(Section::Notifications), Live::Off);
+    let shell = page_for(
+        app,
+        session,
+        "Notifications",
+        Some(Section::Notifications),
+        Live::Off,
+    );
     Ok(layout::shell(&shell, content))
 }
 
@@ -161,7 +173,11 @@ fn state_badge(state: NotificationState) -> Markup {
 }
 
 fn test_result(result: &NotifyTestResult) -> Markup {
-    let class = if result.delivered { "notice good" } else { "notice error" };
+    let class = if result.delivered {
+        "notice good"
+    } else {
+        "notice error"
+    };
     html! {
         div class=(class) role="status" {
             p {

@@ -16,7 +16,12 @@ async fn notices(b: &Backend, now: i64) -> Vec<(Uuid, Notice)> {
         .expect("due outbox")
         .into_iter()
         .filter(|row| row.topic == Topic::Notice.as_str())
-        .map(|row| (row.id, serde_json::from_value(row.payload).expect("a notice")))
+        .map(|row| {
+            (
+                row.id,
+                serde_json::from_value(row.payload).expect("a notice"),
+            )
+        })
         .collect()
 }
 
@@ -40,10 +45,17 @@ async fn a_task_failing_for_good_writes_a_notice_with_its_kind_labels_and_error(
         consume(&b, T0).await;
         // A retryable failure with a retry left queues it again: no notice.
         fail(&b, task.id, 1, "flaky".into(), true, T0 + 1).await;
-        assert!(notices(&b, T0 + 1).await.is_empty(), "[{}] a retry is no failure", b.name);
+        assert!(
+            notices(&b, T0 + 1).await.is_empty(),
+            "[{}] a retry is no failure",
+            b.name
+        );
         let seq = b.store.queued(0, 10).await.unwrap()[0].seq;
         assign(&b, seq, "a1", T0 + 5_000).await.expect("assigned");
-        b.store.claim("a1", T0 + 5_000, T0 + 65_000).await.expect("claim");
+        b.store
+            .claim("a1", T0 + 5_000, T0 + 65_000)
+            .await
+            .expect("claim");
         fail(&b, task.id, 2, "disk full".into(), true, T0 + 6_000).await;
         let found = notices(&b, T0 + 6_000).await;
         assert_eq!(found.len(), 1, "[{}] one notice", b.name);
@@ -88,7 +100,9 @@ async fn agents_going_offline_and_coming_back_write_notices_once_per_change() {
         b.store.agent_offline("pi", T0 + 3).await.expect("offline");
         let off = notices(&b, T0 + 3).await;
         assert_eq!(
-            off.iter().map(|(_, n)| n.event.as_str()).collect::<Vec<_>>(),
+            off.iter()
+                .map(|(_, n)| n.event.as_str())
+                .collect::<Vec<_>>(),
             ["agent.offline"],
             "[{}]",
             b.name
@@ -146,7 +160,11 @@ async fn record(b: &Backend, items: Vec<NewNotification>, now: i64) -> Uuid {
 
 /// One attempt that delivers the notification.
 async fn deliver(b: &Backend, id: Uuid, now: i64) {
-    let attempt = b.store.start_send(id, now, now + 40_000).await.expect("start");
+    let attempt = b
+        .store
+        .start_send(id, now, now + 40_000)
+        .await
+        .expect("start");
     b.store
         .end_send(SendEnded {
             id,
@@ -180,11 +198,31 @@ async fn notices_of_one_group_within_the_quiet_period_fold_into_one_digest_with_
     const Q: i64 = 60_000;
     for b in backends().await {
         record(&b, vec![item("phone", "pi", "down 1", Q, T0)], T0).await;
-        record(&b, vec![item("phone", "pi", "up 2", Q, T0 + 1_000)], T0 + 1_000).await;
-        record(&b, vec![item("phone", "pi", "down 3", Q, T0 + 2_000)], T0 + 2_000).await;
+        record(
+            &b,
+            vec![item("phone", "pi", "up 2", Q, T0 + 1_000)],
+            T0 + 1_000,
+        )
+        .await;
+        record(
+            &b,
+            vec![item("phone", "pi", "down 3", Q, T0 + 2_000)],
+            T0 + 2_000,
+        )
+        .await;
         // Another group, and the same group on another channel, are not held back.
-        record(&b, vec![item("phone", "nas", "nas down", Q, T0 + 3_000)], T0 + 3_000).await;
-        record(&b, vec![item("pager", "pi", "pager", Q, T0 + 3_000)], T0 + 3_000).await;
+        record(
+            &b,
+            vec![item("phone", "nas", "nas down", Q, T0 + 3_000)],
+            T0 + 3_000,
+        )
+        .await;
+        record(
+            &b,
+            vec![item("pager", "pi", "pager", Q, T0 + 3_000)],
+            T0 + 3_000,
+        )
+        .await;
         let rows = all(&b).await;
         let summary: Vec<(&str, &str, u32, bool)> = rows
             .iter()
@@ -212,7 +250,10 @@ async fn notices_of_one_group_within_the_quiet_period_fold_into_one_digest_with_
             b.name
         );
         let due = b.store.due_notifications(T0 + Q).await.unwrap();
-        let digest = due.iter().find(|d| d.channel == "phone").expect("digest due");
+        let digest = due
+            .iter()
+            .find(|d| d.channel == "phone")
+            .expect("digest due");
         assert!(digest.digest, "[{}]", b.name);
         assert_eq!(digest.count, 2, "[{}]", b.name);
 
@@ -222,17 +263,37 @@ async fn notices_of_one_group_within_the_quiet_period_fold_into_one_digest_with_
             .start_send(digest.id, T0 + Q + 1, T0 + Q + 40_000)
             .await
             .expect("the digest's attempt starts");
-        record(&b, vec![item("phone", "pi", "down 4", Q, T0 + Q + 2)], T0 + Q + 2).await;
+        record(
+            &b,
+            vec![item("phone", "pi", "down 4", Q, T0 + Q + 2)],
+            T0 + Q + 2,
+        )
+        .await;
         let next = all(&b).await.into_iter().last().unwrap();
-        assert_eq!((next.title.as_str(), next.digest), ("down 4", true), "[{}]", b.name);
+        assert_eq!(
+            (next.title.as_str(), next.digest),
+            ("down 4", true),
+            "[{}]",
+            b.name
+        );
         let at = next.next_attempt_at.unwrap().timestamp_millis();
         assert_eq!(at, T0 + 2 * Q, "[{}] due one period later", b.name);
 
         // Long after (the waiting digest sent), a notice makes a message at once again.
         deliver(&b, next.id, T0 + 2 * Q).await;
-        record(&b, vec![item("phone", "pi", "down 5", Q, T0 + 10 * Q)], T0 + 10 * Q).await;
+        record(
+            &b,
+            vec![item("phone", "pi", "down 5", Q, T0 + 10 * Q)],
+            T0 + 10 * Q,
+        )
+        .await;
         let last = all(&b).await.into_iter().last().unwrap();
-        assert_eq!((last.title.as_str(), last.digest), ("down 5", false), "[{}]", b.name);
+        assert_eq!(
+            (last.title.as_str(), last.digest),
+            ("down 5", false),
+            "[{}]",
+            b.name
+        );
         let at = last.next_attempt_at.unwrap().timestamp_millis();
         assert_eq!(at, T0 + 10 * Q, "[{}]", b.name);
     }
@@ -248,7 +309,11 @@ async fn a_redelivered_notice_changes_nothing_and_a_zero_quiet_period_sends_each
             .await
             .expect("record again");
         assert!(again.repeated, "[{}]", b.name);
-        assert!(again.queued.is_empty() && again.folded.is_empty(), "[{}]", b.name);
+        assert!(
+            again.queued.is_empty() && again.folded.is_empty(),
+            "[{}]",
+            b.name
+        );
         record(&b, vec![item("phone", "pi", "two", 0, T0 + 2)], T0 + 2).await;
         let titles: Vec<String> = all(&b).await.into_iter().map(|n| n.title).collect();
         assert_eq!(titles, ["one", "two"], "[{}]", b.name);
@@ -265,7 +330,10 @@ async fn a_notification_is_due_one_per_channel_and_its_attempts_are_kept() {
     for b in backends().await {
         record(
             &b,
-            vec![item("phone", "a", "a", 0, T0), item("hook", "a", "h", 0, T0)],
+            vec![
+                item("phone", "a", "a", 0, T0),
+                item("hook", "a", "h", 0, T0),
+            ],
             T0,
         )
         .await;
@@ -300,7 +368,11 @@ async fn a_notification_is_due_one_per_channel_and_its_attempts_are_kept() {
             "an attempt before it is due",
             b.store.start_send(a.id, T0 + 4_999, T0 + 50_000).await,
         );
-        let attempt = b.store.start_send(a.id, T0 + 5_000, T0 + 50_000).await.unwrap();
+        let attempt = b
+            .store
+            .start_send(a.id, T0 + 5_000, T0 + 50_000)
+            .await
+            .unwrap();
         assert_eq!(attempt, 2, "[{}]", b.name);
         b.store
             .end_send(SendEnded {
@@ -318,8 +390,11 @@ async fn a_notification_is_due_one_per_channel_and_its_attempts_are_kept() {
         let shown = b.store.notification(a.id).await.unwrap();
         assert_eq!(shown.state, NotificationState::Delivered, "[{}]", b.name);
         assert_eq!(shown.error, None, "[{}]", b.name);
-        let outcomes: Vec<(SendOutcome, Option<u16>)> =
-            shown.attempts.iter().map(|a| (a.outcome, a.status)).collect();
+        let outcomes: Vec<(SendOutcome, Option<u16>)> = shown
+            .attempts
+            .iter()
+            .map(|a| (a.outcome, a.status))
+            .collect();
         assert_eq!(
             outcomes,
             [
@@ -365,9 +440,23 @@ async fn a_notification_is_due_one_per_channel_and_its_attempts_are_kept() {
             .await
             .unwrap();
         assert!(page.next_before.is_some(), "[{}] a second page", b.name);
-        assert_eq!(b.store.prune_notifications(T0 + 5_100).await.unwrap(), 0, "[{}]", b.name);
-        assert_eq!(b.store.prune_notifications(T0 + 5_101).await.unwrap(), 1, "[{}]", b.name);
-        assert_not_found(&b, "a pruned notification", b.store.notification(a.id).await);
+        assert_eq!(
+            b.store.prune_notifications(T0 + 5_100).await.unwrap(),
+            0,
+            "[{}]",
+            b.name
+        );
+        assert_eq!(
+            b.store.prune_notifications(T0 + 5_101).await.unwrap(),
+            1,
+            "[{}]",
+            b.name
+        );
+        assert_not_found(
+            &b,
+            "a pruned notification",
+            b.store.notification(a.id).await,
+        );
         assert_eq!(all(&b).await.len(), 2, "[{}] pending ones stay", b.name);
     }
 }

@@ -27,9 +27,7 @@ pub(super) fn register_agent(
     policy: &RetryPolicy,
 ) -> StoreResult<AgentRegistered> {
     let before: Option<(Option<String>, Option<String>, String)> = conn
-        .prepare_cached(
-            "SELECT instance_id, drained_by, status FROM agents WHERE agent_id = ?1",
-        )?
+        .prepare_cached("SELECT instance_id, drained_by, status FROM agents WHERE agent_id = ?1")?
         .query_row([&reg.agent_id], |row| {
             Ok((
                 row.get("instance_id")?,

@@ -27,8 +27,8 @@ use uuid::Uuid;
 use super::{
     AgentRegistered, AssignOrder, Change, Changed, Claimed, DispatchSnapshot, DrainBy,
     DueNotification, ExpiryRules, NewNotification, NewTask, NoticeRecorded, NotificationFilter,
-    OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, SendEnded, Stats,
-    Store, StoreResult, Submitted, TaskFilter, TaskPage,
+    OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, SendEnded, Stats, Store,
+    StoreResult, Submitted, TaskFilter, TaskPage,
 };
 use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;

@@ -1,8 +1,8 @@
 //! Notifications on SQLite: recording a notice (with the quiet-period folding), the
 //! messenger's due rows and attempts, the API's reads, and pruning.
 
-use muster_api::{Notification, NotificationAttempt, NotificationPage, NotificationState};
 use muster_api::SendOutcome;
+use muster_api::{Notification, NotificationAttempt, NotificationPage, NotificationState};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -47,7 +47,9 @@ pub(super) fn record_notice(
     }
     for item in items {
         let window: Option<(i64, Option<i64>)> = conn
-            .prepare_cached("SELECT free_at, digest_seq FROM notify_windows WHERE channel = ?1 AND grp = ?2")?
+            .prepare_cached(
+                "SELECT free_at, digest_seq FROM notify_windows WHERE channel = ?1 AND grp = ?2",
+            )?
             .query_row(params![item.channel, item.group], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })
