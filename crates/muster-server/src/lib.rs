@@ -39,6 +39,7 @@ pub mod extract;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod outbox;
 pub mod protocol;
