@@ -31,8 +31,10 @@ const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// How much of a service's answer is read: enough for any error JSON, bounded so a broken or
 /// hostile service cannot make muster buffer without limit.
 const ANSWER_READ_LIMIT: usize = 64 * 1024;
-/// How much of a service's answer is kept in the record and in error texts.
+/// How much of a service's answer is kept in the record and in error texts, `…` included.
 const ANSWER_KEPT_CHARS: usize = 500;
+/// The limit on connecting, within the channel's own timeout for the whole request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Telegram's limit on a message's text, counted in UTF-16 code units after the HTML
 /// entities are parsed (so `&lt;` counts one and tags count nothing).
@@ -934,7 +936,7 @@ pub fn client() -> reqwest::Client {
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("muster/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .expect("the HTTP client builds: rustls and fixed settings")
 }
@@ -1359,7 +1361,12 @@ pub async fn send(
 fn transport_error(err: reqwest::Error, channel: &Channel) -> String {
     let service = channel.kind.service();
     let err = err.without_url();
-    let text = if err.is_timeout() {
+    let text = if err.is_connect() && err.is_timeout() {
+        format!(
+            "could not connect to {service} within {}",
+            humantime::format_duration(CONNECT_TIMEOUT.min(channel.timeout))
+        )
+    } else if err.is_timeout() {
         format!(
             "{service} did not answer within {}",
             humantime::format_duration(channel.timeout)
@@ -1378,12 +1385,17 @@ fn transport_error(err: reqwest::Error, channel: &Channel) -> String {
     scrub(&text, &channel.kind)
 }
 
-/// The first [`ANSWER_KEPT_CHARS`] characters of an answer.
+/// The start of an answer: at most [`ANSWER_KEPT_CHARS`] characters, the last one `…` when
+/// the answer was longer.
 fn start_of(text: &str) -> String {
-    match text.char_indices().nth(ANSWER_KEPT_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
+    if text.chars().count() <= ANSWER_KEPT_CHARS {
+        return text.to_owned();
     }
+    let end = text
+        .char_indices()
+        .nth(ANSWER_KEPT_CHARS - 1)
+        .map_or(text.len(), |(i, _)| i);
+    format!("{}…", &text[..end])
 }
 
 /// What an answer comes to, from its status, its `Retry-After` header and its body.
@@ -1477,7 +1489,7 @@ fn judge_telegram(
     let detail = json
         .and_then(|j| j.get("description"))
         .and_then(Value::as_str)
-        .map(|d| scrub(d, kind))
+        .map(|d| start_of(&scrub(d, kind)))
         .unwrap_or(answer);
     let error = answered("Telegram", code, &detail);
     match code {
@@ -2348,7 +2360,7 @@ mod tests {
         let answer = error.trim_start_matches("Discord answered 400: ");
         assert_eq!(
             answer,
-            format!("{}[redacted]{}…", "é".repeat(480), "z".repeat(10))
+            format!("{}[redacted]{}…", "é".repeat(480), "z".repeat(9))
         );
         assert!(answer.ends_with('…'));
     }
