@@ -318,16 +318,19 @@ pub async fn send_test(app: &App, channel: &Channel, actor: Actor) -> NotifyTest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::ChannelKind;
+    use crate::notify::ChannelSpec;
 
     fn channel() -> Channel {
-        Channel {
+        let spec = ChannelSpec {
             name: "phone".into(),
-            kind: ChannelKind::None,
-            timeout: Duration::from_secs(10),
-            backoff: Duration::from_secs(5),
-            give_up_after: Duration::from_secs(3600),
-        }
+            kind: "ntfy".into(),
+            url: Some("https://ntfy.example/homelab".into()),
+            give_up_after: Some("1h".into()),
+            ..ChannelSpec::default()
+        };
+        let channel = Channel::resolve(spec, &|_| None).expect("a valid channel");
+        assert_eq!(channel.backoff, Duration::from_secs(5), "the default backoff");
+        channel
     }
 
     fn due(digest: bool, count: u32) -> DueNotification {

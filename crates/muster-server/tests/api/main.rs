@@ -4,6 +4,7 @@
 
 // Test helpers are `pub` for the modules of this one test binary, not for the world.
 #![allow(unreachable_pub)]
+mod fake_service;
 mod helpers;
 
 mod abuse;
@@ -11,6 +12,7 @@ mod audit;
 mod edge;
 mod identity;
 mod lifecycle;
+mod notify_wire;
 mod operations;
 mod restart;
 mod streams;
