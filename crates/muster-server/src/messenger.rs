@@ -5,9 +5,9 @@
 //! `give_up_after`.
 //!
 //! An attempt is started in the store before the request goes out and puts the next attempt
-//! a little after the request's timeout: if the server dies mid-send, the notification comes
-//! due again after a restart, under the same id (sent as the delivery id, so a receiver that
-//! saw the first attempt can tell).
+//! a little after the request's timeout. If the server dies mid-send, the next start ends the
+//! open attempt as cut off and sends again at once, under the same id (sent as the delivery
+//! id, so a receiver that saw the first attempt can tell).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,6 +39,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 pub async fn run(app: Arc<App>) {
     let client = channels::client();
+    match app.store.reclaim_sends(app.now_ms()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            attempts = n,
+            "notifications cut off mid-send by the last stop go out again now"
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "could not reclaim notifications cut off mid-send")
+        }
+    }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut busy: HashSet<String> = HashSet::new();
     loop {
@@ -329,7 +339,11 @@ mod tests {
             ..ChannelSpec::default()
         };
         let channel = Channel::resolve(spec, &|_| None).expect("a valid channel");
-        assert_eq!(channel.backoff, Duration::from_secs(5), "the default backoff");
+        assert_eq!(
+            channel.backoff,
+            Duration::from_secs(5),
+            "the default backoff"
+        );
         channel
     }
 

@@ -526,6 +526,9 @@ pub trait Store: Send + Sync + 'static {
     /// notification is no longer pending.
     async fn start_send(&self, id: Uuid, now: i64, retry_at: i64) -> StoreResult<u32>;
     async fn end_send(&self, ended: SendEnded) -> StoreResult<()>;
+    /// At start: attempts a previous process left unfinished (it stopped or crashed mid-send)
+    /// end as cut off, and their notifications come due at `now`. Answers how many.
+    async fn reclaim_sends(&self, now: i64) -> StoreResult<u64>;
     async fn notifications(
         &self,
         filter: NotificationFilter,

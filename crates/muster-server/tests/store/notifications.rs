@@ -460,3 +460,59 @@ async fn a_notification_is_due_one_per_channel_and_its_attempts_are_kept() {
         assert_eq!(all(&b).await.len(), 2, "[{}] pending ones stay", b.name);
     }
 }
+
+#[tokio::test]
+async fn attempts_a_stopped_server_left_open_end_as_cut_off_and_come_due_at_once() {
+    for b in backends().await {
+        record(&b, vec![item("hook", "a", "a", 0, T0)], T0).await;
+        let due = b.store.due_notifications(T0).await.unwrap();
+        b.store
+            .start_send(due[0].id, T0, T0 + 40_000)
+            .await
+            .unwrap();
+        b.store.close().await;
+        let store = (b.reopen)().await;
+        assert!(
+            store.due_notifications(T0 + 1).await.unwrap().is_empty(),
+            "[{}] in flight",
+            b.name
+        );
+        assert_eq!(
+            store.reclaim_sends(T0 + 2).await.unwrap(),
+            1,
+            "[{}]",
+            b.name
+        );
+        assert_eq!(
+            store.reclaim_sends(T0 + 3).await.unwrap(),
+            0,
+            "[{}] once",
+            b.name
+        );
+        let again = store.due_notifications(T0 + 2).await.unwrap();
+        assert_eq!(again.len(), 1, "[{}] due at once", b.name);
+        assert_eq!(
+            (again[0].id, again[0].attempts),
+            (due[0].id, 1),
+            "[{}] the same id",
+            b.name
+        );
+        let shown = store.notification(due[0].id).await.unwrap();
+        assert_eq!(
+            shown.attempts[0].outcome,
+            SendOutcome::Retry,
+            "[{}]",
+            b.name
+        );
+        assert!(
+            shown.attempts[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("cut off"),
+            "[{}]",
+            b.name
+        );
+        store.close().await;
+    }
+}

@@ -617,6 +617,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn reclaim_sends(&self, now: i64) -> StoreResult<u64> {
+        self.write(move |conn| notifications::reclaim_sends(conn, now))
+            .await
+    }
+
     async fn notifications(&self, filter: NotificationFilter) -> StoreResult<NotificationPage> {
         self.read(move |conn| notifications::list(conn, filter))
             .await

@@ -231,6 +231,28 @@ pub(super) fn end_send(conn: &Connection, ended: SendEnded) -> StoreResult<()> {
     Ok(())
 }
 
+/// Ends every attempt still open as cut off, and makes its notification due at once. Only one
+/// server holds the database, so at its start no attempt can really be in flight.
+pub(super) fn reclaim_sends(conn: &Connection, now: i64) -> StoreResult<u64> {
+    let cut = conn
+        .prepare_cached(
+            "UPDATE notification_attempts SET ended_at = ?1, outcome = 'retry', \
+             detail = 'cut off: the server stopped while sending' WHERE outcome IS NULL \
+             RETURNING notification_seq",
+        )?
+        .query_map([now], |row| row.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for seq in &cut {
+        conn.prepare_cached(
+            "UPDATE notifications SET next_attempt_at = ?2, \
+             last_error = 'cut off: the server stopped while sending' \
+             WHERE seq = ?1 AND state = 'pending'",
+        )?
+        .execute(params![seq, now])?;
+    }
+    Ok(cut.len() as u64)
+}
+
 const NOTIFICATION_COLS: &str = "seq, id, channel, event, subject, title, message, link, \
     count, digest, state, created_at, next_attempt_at, finished_at, last_error";
 
