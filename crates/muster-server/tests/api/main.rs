@@ -12,6 +12,7 @@ mod audit;
 mod edge;
 mod identity;
 mod lifecycle;
+mod notifications;
 mod notify_wire;
 mod operations;
 mod restart;
