@@ -755,33 +755,45 @@ impl ConfigFile {
         };
         // Everything but the variables' values is checked now, so `muster config check` and
         // a reload refuse a bad rule or channel as a start would.
-        file.notify(&|_| Some("set".to_owned()))?;
+        file.notify(None)?;
         Ok(file)
     }
 
-    /// The `[notify]` section checked, its `*_env` keys read through `env`. An error names
-    /// the file, the line and the entry.
-    fn notify(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<NotifyConfig, ConfigError> {
+    /// The `[notify]` section checked, its `*_env` keys read through `env`; with no `env`,
+    /// everything but the variables' values (see [`Channel::check`]), and an empty config
+    /// answered. An error names the file, the line and the entry.
+    fn notify(
+        &self,
+        env: Option<&dyn Fn(&str) -> Option<String>>,
+    ) -> Result<NotifyConfig, ConfigError> {
         let file = self.path.display();
         let mut channels: Vec<Arc<Channel>> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
         for (index, (line, spec)) in self.channels.iter().enumerate() {
             let at = format!("{file}:{line}: notify.channels[{index}] ({:?})", spec.name);
-            if channels.iter().any(|c| c.name == spec.name) {
+            if names.contains(&spec.name.as_str()) {
                 return Err(ConfigError::new(format!(
                     "{at}: another channel has this name; names must be unique"
                 )));
             }
-            let channel = Channel::resolve(spec.clone(), env)
-                .map_err(|why| ConfigError::new(format!("{at}: {why}")))?;
-            channels.push(Arc::new(channel));
+            names.push(&spec.name);
+            let checked = match env {
+                Some(env) => {
+                    Channel::resolve(spec.clone(), env).map(|c| channels.push(Arc::new(c)))
+                }
+                None => Channel::check(spec.clone()),
+            };
+            checked.map_err(|why| ConfigError::new(format!("{at}: {why}")))?;
         }
-        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
         let mut rules = Vec::new();
         for (index, (line, spec)) in self.rules.iter().enumerate() {
             let rule = Rule::resolve(spec.clone(), &names).map_err(|why| {
                 ConfigError::new(format!("{file}:{line}: notify.rules[{index}]: {why}"))
             })?;
             rules.push(rule);
+        }
+        if env.is_none() {
+            return Ok(NotifyConfig::default());
         }
         Ok(NotifyConfig { channels, rules })
     }
@@ -1057,7 +1069,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
     }
     if let Some((file, _)) = &layers.file {
         let env = |name: &str| layers.env(name);
-        settings.notify = file.notify(&env)?;
+        settings.notify = file.notify(Some(&env))?;
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1504,6 +1516,103 @@ mod tests {
             addr: addr.map(str::to_owned),
             db_path: db.map(str::to_owned),
         }
+    }
+
+    const NOTIFY: &str = r#"[server]
+public_url = "https://muster.example"
+
+[[notify.channels]]
+name = "phone"
+kind = "ntfy"
+url = "https://ntfy.example/homelab"
+priority = "high"
+
+[[notify.channels]]
+name = "tg"
+kind = "telegram"
+token_env = "TG_TOKEN"
+chat_id = -100123
+
+[[notify.rules]]
+on = ["task.failed", "agent.offline"]
+to = ["phone", "tg"]
+quiet = "2m"
+"#;
+
+    #[test]
+    fn notify_channels_and_rules_load_with_their_secrets_from_the_environment() {
+        let s = load(
+            Some(NOTIFY),
+            &[("TG_TOKEN", "123:abc-def")],
+            Overrides::default(),
+        )
+        .unwrap();
+        let names: Vec<&str> = s.notify.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["phone", "tg"]);
+        assert_eq!(s.notify.rules.len(), 1);
+        assert_eq!(s.notify.rules[0].quiet, Duration::from_secs(120));
+        assert!(
+            !format!("{:?}", s.notify).contains("123:abc-def"),
+            "a token never prints"
+        );
+
+        let err = load(Some(NOTIFY), &[], Overrides::default())
+            .unwrap_err()
+            .message;
+        assert!(
+            err.contains("muster.toml:10: notify.channels[1] (\"tg\")") && err.contains("TG_TOKEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_notify_entry_is_refused_with_its_line_whatever_the_environment() {
+        let typo = NOTIFY.replace("\"agent.offline\"", "\"agent.ofline\"");
+        let err = file_error(&typo);
+        assert!(
+            err.starts_with("muster.toml:16: notify.rules[0]: on: \"agent.ofline\""),
+            "{err}"
+        );
+        let unknown = NOTIFY.replace("to = [\"phone\", \"tg\"]", "to = [\"pager\"]");
+        assert!(file_error(&unknown).contains("no channel is named \"pager\""));
+        let twice = format!(
+            "{NOTIFY}\n[[notify.channels]]\nname = \"phone\"\nkind = \"ntfy\"\nurl = \"https://n.example/x\"\n"
+        );
+        assert!(
+            file_error(&twice).contains("another channel has this name"),
+            "{}",
+            file_error(&twice)
+        );
+        let token = NOTIFY.replace("token_env = \"TG_TOKEN\"", "token = \"123:abc\"");
+        let err = file_error(&token);
+        assert!(
+            err.contains("muster.toml:") && err.contains("token"),
+            "{err}"
+        );
+        assert!(!err.contains("123:abc"), "the value is not echoed: {err}");
+        let section = "[notify]\nchanels = []\n";
+        assert!(
+            file_error(section).contains("chanels"),
+            "{}",
+            file_error(section)
+        );
+    }
+
+    #[test]
+    fn a_reload_reports_changed_notification_settings() {
+        let current = load(Some(NOTIFY), &[("TG_TOKEN", "1:a")], Overrides::default()).unwrap();
+        let fresh = load(
+            Some(&NOTIFY.replace("quiet = \"2m\"", "quiet = \"5m\"")),
+            &[("TG_TOKEN", "1:a")],
+            Overrides::default(),
+        )
+        .unwrap();
+        let reloaded = reload(&current, fresh).unwrap();
+        assert_eq!(reloaded.changed, ["notify"]);
+        assert_eq!(
+            reloaded.settings.notify.rules[0].quiet,
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
