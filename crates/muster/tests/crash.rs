@@ -194,3 +194,150 @@ async fn count_unfinished(client: &reqwest::Client, base: &str) -> usize {
     }
     n
 }
+
+/// A webhook receiver on loopback: it records each request's delivery id, holds the first
+/// request open without answering (the server is killed meanwhile), and answers 200 to the
+/// rest.
+async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let id = headers
+                    .get("x-muster-delivery")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                let first = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push(id);
+                    seen.len() == 1
+                };
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// Fails a task of `kind` for good through `agent`.
+async fn fail_a_task(client: &reqwest::Client, base: &str, agent: &str, kind: &str) {
+    let register = json!({"agent_id": agent, "host": "h", "port": 1, "capabilities": [], "mcp_servers": [], "max_concurrency": 1});
+    let r = client
+        .post(format!("{base}/api/v1/agents/register"))
+        .json(&register)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let submit = json!({"kind": kind, "max_retries": 0});
+    let r = client
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&submit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let task: Value = client
+        .get(format!("{base}/api/v1/agents/{agent}/tasks/next?wait=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client
+        .post(format!(
+            "{base}/api/v1/tasks/{}/fail",
+            task["id"].as_str().unwrap()
+        ))
+        .json(&json!({"attempt": task["attempt"], "error": "boom", "retryable": false}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+async fn wait_for(seen: &Arc<Mutex<Vec<String>>>, n: usize) -> Vec<String> {
+    for _ in 0..1500 {
+        let now = seen.lock().unwrap().clone();
+        if now.len() >= n {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the receiver got {:?}, expected {n} requests",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_cut_off_by_sigkill_goes_out_after_the_restart_under_its_delivery_id() {
+    let (url, seen) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("muster.db");
+    let config = dir.path().join("muster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[notify.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+             secret_env = \"HOOK_SECRET\"\ntimeout = \"1h\"\n\n\
+             [[notify.rules]]\non = [\"task.failed\"]\nto = [\"hook\"]\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MUSTER_CONFIG", config.to_str().unwrap()),
+        ("HOOK_SECRET", "a-webhook-secret-0123456789"),
+    ];
+    let client = reqwest::Client::new();
+    let served = Served::start(&db, &env);
+    fail_a_task(&client, &served.base, "nas", "backup").await;
+    // The notification is on its way and the receiver holds it: the server dies mid-send.
+    let first = wait_for(&seen, 1).await;
+    served.kill();
+
+    let served = Served::start(&db, &env);
+    let base = served.base.clone();
+    let again = wait_for(&seen, 2).await;
+    assert_eq!(again[1], first[0], "sent again under the same delivery id");
+    // Another notification after it: once that arrives, nothing else was sent in between.
+    fail_a_task(&client, &base, "nas", "restore").await;
+    let all = wait_for(&seen, 3).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_ne!(all[2], all[0]);
+
+    let page: Value = client
+        .get(format!("{base}/api/v1/notifications"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cut = page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == first[0].as_str())
+        .expect("the first notification")
+        .clone();
+    assert_eq!(cut["state"], "delivered", "{cut}");
+    let attempts = cut["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{cut}");
+    assert!(
+        attempts[0]["detail"].as_str().unwrap().contains("cut off"),
+        "{cut}"
+    );
+    assert_eq!(attempts[1]["outcome"], "delivered");
+}
