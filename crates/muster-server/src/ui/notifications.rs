@@ -191,7 +191,10 @@ fn test_result(result: &NotifyTestResult) -> Markup {
                 @if let Some(status) = result.status { " (HTTP " (status) ")" }
                 " in " (result.duration_ms) " ms."
             }
-            @if !result.detail.is_empty() { pre.error-text { (result.detail) } }
+            @if !result.detail.is_empty() {
+                p { @if result.delivered { "The service answered:" } @else { "What went wrong:" } }
+                pre class=(if result.delivered { "json" } else { "error-text" }) { (result.detail) }
+            }
         }
     }
 }

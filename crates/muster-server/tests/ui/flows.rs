@@ -378,3 +378,52 @@ async fn a_task_page_with_several_attempts_fits_a_laptop_screen() {
     assert!(page <= inner, "the page scrolls sideways: {page} px");
     b.close().await;
 }
+
+#[tokio::test]
+async fn the_notifications_page_shows_a_failure_sent_and_tests_a_channel() {
+    use muster_server::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
+
+    let fake = crate::fake_service::FakeService::start().await;
+    let spec = ChannelSpec {
+        name: "hook".into(),
+        kind: "webhook".into(),
+        url: Some(format!("{}/hook", fake.url)),
+        secret_env: Some("HOOK_SECRET".into()),
+        ..ChannelSpec::default()
+    };
+    let channel = Channel::resolve(spec, &|_| Some("a-webhook-secret-0123456789".into())).unwrap();
+    let rule: RuleSpec = toml::from_str("on = [\"task.failed\"]\nto = [\"hook\"]").unwrap();
+    let notify = NotifyConfig {
+        rules: vec![Rule::resolve(rule, &["hook"]).unwrap()],
+        channels: vec![std::sync::Arc::new(channel)],
+    };
+    let t = TestApp::spawn_with(|s| {
+        s.api_key = secret(KEY);
+        s.notify = notify;
+    })
+    .await;
+    let claimed = running_task(&t, "backup").await;
+    t.fail(&claimed, "disk <full>", false).await;
+    fake.wait_for(1).await;
+
+    let Some(b) = Browser::start("notifications").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.click("nav a[href='/notifications']").await;
+    b.wait_text("main h1", "Notifications").await;
+    b.wait_text("table.notifications", "Task backup failed")
+        .await;
+    b.wait_text("table.notifications", "delivered").await;
+    b.click("form[action='/notifications/channels/hook/test'] button[type=submit]")
+        .await;
+    let answer = b.wait_text("[role=status]", "Test message to hook").await;
+    assert!(
+        answer.contains("delivered") && answer.contains("HTTP 200"),
+        "{answer}"
+    );
+    assert_eq!(fake.requests().len(), 2, "the failure, then the test");
+    assert_eq!(fake.requests()[1].json()["event"], "notify.test");
+    b.screenshot("notifications").await;
+    b.close().await;
+}

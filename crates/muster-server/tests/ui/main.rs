@@ -10,6 +10,10 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+#[allow(dead_code)]
+#[path = "../api/fake_service.rs"]
+mod fake_service;
+
 mod browser;
 mod flows;
 mod pages;
