@@ -657,6 +657,9 @@ struct NotifyTree {
     rules: Vec<Spanned<RuleSpec>>,
 }
 
+/// The environment as a function from a variable's name to its value.
+type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 /// A config file read and checked: where it is, and each `[server]` value with its line.
 struct ConfigFile {
     path: PathBuf,
@@ -764,7 +767,7 @@ impl ConfigFile {
     /// answered. An error names the file, the line and the entry.
     fn notify(
         &self,
-        env: Option<&dyn Fn(&str) -> Option<String>>,
+        env: Option<&Lookup<'_>>,
     ) -> Result<NotifyConfig, ConfigError> {
         let file = self.path.display();
         let mut channels: Vec<Arc<Channel>> = Vec::new();
@@ -2077,6 +2080,32 @@ quiet = "2m"
             readme.contains(&table),
             "README.md's Configuration table differs from config::markdown_table(); paste:\n{table}"
         );
+    }
+
+    #[test]
+    fn the_readmes_notification_examples_load() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let section = readme
+            .split_once("\n## Notifications\n")
+            .expect("a Notifications section")
+            .1
+            .split_once("\n## ")
+            .unwrap()
+            .0;
+        let blocks: Vec<&str> = section
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split_once("\n```").unwrap().0)
+            .collect();
+        assert_eq!(blocks.len(), 2, "the ntfy and Telegram examples");
+        for block in blocks {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("muster.toml");
+            std::fs::write(&path, block).unwrap();
+            check_file(&path).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        }
     }
 
     #[test]

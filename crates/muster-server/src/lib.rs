@@ -9,7 +9,9 @@
 //!   clients send through [`bounds`].
 //! - [`sweeper`]: the loop that marks silent agents offline, expires leases and prunes;
 //!   [`outbox`]: the loop that delivers outbox rows (written with the change that causes them)
-//!   to their consumers, at least once.
+//!   to their consumers, at least once; [`messenger`]: the loop that sends notifications.
+//! - [`notice`]: what happened that an operator may want to hear of (written by the store);
+//!   [`notify`]: notification channels and rules, and sending one message over one channel.
 //! - [`audit`]: the audit log's hash chain as pure logic (records, canonical bytes, checkpoint
 //!   signatures, verification); the outbox's `audit` consumer appends to it.
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.
@@ -20,7 +22,7 @@
 //!   listener, runs it and shuts it down; [`connections`]: its accept loop, with the
 //!   connection cap and the idle timeout.
 //! - [`config`]: settings as one typed tree (defaults, file, environment, flags), secrets
-//!   that never print; [`lifecycle`]: the task lifecycle's pure rules; [`sessions`]: web UI sessions;
+//!   that never print ([`secret`]); [`lifecycle`]: the task lifecycle's pure rules; [`sessions`]: web UI sessions;
 //!   [`clock`]: time; [`error`]: the store's and the API's error types.
 
 pub mod app;

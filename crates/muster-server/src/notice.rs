@@ -30,6 +30,16 @@ pub const TASK_FAILED: &str = "task.failed";
 pub const AGENT_OFFLINE: &str = "agent.offline";
 pub const AGENT_ONLINE: &str = "agent.online";
 
+/// The README's table of events, drawn from [`EVENTS`]; a test checks that the README carries
+/// it verbatim.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| event | when |\n| --- | --- |\n");
+    for (event, meaning) in EVENTS {
+        out.push_str(&format!("| `{event}` | {meaning} |\n"));
+    }
+    out
+}
+
 /// Whether `name` is an event this build emits.
 pub fn is_event(name: &str) -> bool {
     EVENTS.iter().any(|(e, _)| *e == name)
@@ -121,6 +131,18 @@ impl Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_carries_the_events_table() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's events table differs from notice::markdown_table(); paste:\n{table}"
+        );
+    }
 
     #[test]
     fn a_task_notice_carries_what_rules_filter_by() {
