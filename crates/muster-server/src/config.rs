@@ -765,10 +765,7 @@ impl ConfigFile {
     /// The `[notify]` section checked, its `*_env` keys read through `env`; with no `env`,
     /// everything but the variables' values (see [`Channel::check`]), and an empty config
     /// answered. An error names the file, the line and the entry.
-    fn notify(
-        &self,
-        env: Option<&Lookup<'_>>,
-    ) -> Result<NotifyConfig, ConfigError> {
+    fn notify(&self, env: Option<&Lookup<'_>>) -> Result<NotifyConfig, ConfigError> {
         let file = self.path.display();
         let mut channels: Vec<Arc<Channel>> = Vec::new();
         let mut names: Vec<&str> = Vec::new();

@@ -292,14 +292,15 @@ pub async fn test_channel(app: &App, name: &str, via: Via) -> Result<NotifyTestR
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        return Err(ApiError::not_found(format!(
-            "channel {name:?} (configured: {})",
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            }
-        )));
+        let configured = if names.is_empty() {
+            "no channels are configured ([[notify.channels]] in the config file)".to_owned()
+        } else {
+            format!("the configured channels are {}", names.join(", "))
+        };
+        return Err(ApiError::new(
+            muster_api::ErrorCode::NotFound,
+            format!("no channel is named {name:?}; {configured}"),
+        ));
     };
     Ok(crate::messenger::send_test(app, channel, Actor::operator(via)).await)
 }

@@ -926,3 +926,75 @@ async fn an_offline_agent_is_listed_without_its_stale_load() {
     let shown = ok(base, &["agents", "show", "pi-4"]);
     assert!(!shown.contains("87.0%"), "no stale load: {shown}");
 }
+
+/// A webhook receiver on a thread: answers each request 200 with `{"ok":true}`.
+fn receiver() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; length];
+            let _ = stream.read_exact(&mut body);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}",
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn notify_test_sends_a_message_and_prints_what_the_service_answered() {
+    let url = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[notify.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+             secret_env = \"HOOK_SECRET\"\n\n[[notify.rules]]\non = [\"task.failed\"]\nto = [\"hook\"]\n"
+        ),
+    )
+    .unwrap();
+    let served = Served::start(
+        &dir.path().join("muster.db"),
+        &[
+            ("MUSTER_CONFIG", config.to_str().unwrap()),
+            ("HOOK_SECRET", "a-webhook-secret-0123456789"),
+        ],
+    );
+    let base = served.base.as_str();
+
+    let out = ok(base, &["notify", "test", "hook"]);
+    assert!(out.contains("hook: delivered: HTTP 200 in "), "{out}");
+    assert!(out.contains("the service answered: {\"ok\":true}"), "{out}");
+    let channels = ok(base, &["notify", "channels"]);
+    assert!(
+        channels.contains("hook")
+            && channels.contains("webhook")
+            && channels.contains("task.failed"),
+        "{channels}"
+    );
+    assert!(!channels.contains("a-webhook-secret"), "{channels}");
+    let err = fails(base, &["notify", "test", "pager"]);
+    assert!(err.contains("\"pager\"") && err.contains("hook"), "{err}");
+    let audit: Value = serde_json::from_str(&ok(base, &["notify", "list", "--json"])).unwrap();
+    assert_eq!(
+        audit["notifications"],
+        json!([]),
+        "a test message is not a notification"
+    );
+}

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use muster_api::{NotificationState, SendOutcome};
+use muster_api::{ErrorCode, NotificationState, SendOutcome};
+use muster_client::ClientError;
 
 use super::connection::Session;
 use crate::output;
@@ -86,11 +87,16 @@ async fn channels(session: &Session) -> anyhow::Result<ExitCode> {
 }
 
 async fn test(session: &Session, name: &str) -> anyhow::Result<ExitCode> {
-    let result = session
-        .client
-        .notify_test(name)
-        .await
-        .map_err(|err| session.explain(err, "test", &format!("channel {name}")))?;
+    let result = match session.client.notify_test(name).await {
+        Ok(result) => result,
+        // The server's answer names the channels there are.
+        Err(ClientError::Api {
+            code: ErrorCode::NotFound,
+            message,
+            ..
+        }) => anyhow::bail!("{message}"),
+        Err(err) => return Err(session.explain(err, "test", &format!("channel {name}"))),
+    };
     if session.json {
         output::emit_json(&result)?;
     } else {
