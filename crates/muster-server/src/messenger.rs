@@ -9,13 +9,13 @@
 //! open attempt as cut off and sends again at once, under the same id (sent as the delivery
 //! id, so a receiver that saw the first attempt can tell).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use muster_api::{NotifyTestResult, SendOutcome};
-use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::app::App;
 use crate::audit::{Actor, AuditRecord};
@@ -49,14 +49,24 @@ pub async fn run(app: Arc<App>) {
             tracing::error!(error = %err, "could not reclaim notifications cut off mid-send")
         }
     }
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-    let mut busy: HashSet<String> = HashSet::new();
+    // Sends in flight, by the channel each holds. Owned here, so that when the server stops
+    // and aborts this loop, they are aborted too (and reclaimed at the next start).
+    let mut sending = Sending::default();
     loop {
-        if let Err(err) = start_due(&app, &client, &mut busy, &done_tx).await {
+        if let Err(err) = start_due(&app, &client, &mut sending).await {
             tracing::error!(error = %err, "looking for due notifications failed");
         }
         tokio::select! {
-            Some(channel) = done_rx.recv() => { busy.remove(&channel); }
+            Some(done) = sending.tasks.join_next_with_id(), if !sending.tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(err) => {
+                        tracing::error!(error = %err, "a notification send ended abnormally");
+                        err.id()
+                    }
+                };
+                sending.channels.remove(&id);
+            }
             _ = app.messenger_wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = app.shutdown.cancelled() => return,
@@ -64,17 +74,28 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
+#[derive(Default)]
+struct Sending {
+    tasks: JoinSet<()>,
+    channels: HashMap<tokio::task::Id, String>,
+}
+
+impl Sending {
+    fn busy(&self, channel: &str) -> bool {
+        self.channels.values().any(|c| c == channel)
+    }
+}
+
 /// Starts an attempt for each channel that has a due notification and none in flight.
 async fn start_due(
     app: &Arc<App>,
     client: &reqwest::Client,
-    busy: &mut HashSet<String>,
-    done: &mpsc::UnboundedSender<String>,
+    sending: &mut Sending,
 ) -> StoreResult<()> {
     let now = app.now_ms();
     let settings = app.settings();
     for due in app.store.due_notifications(now).await? {
-        if busy.contains(&due.channel) {
+        if sending.busy(&due.channel) {
             continue;
         }
         let Some(channel) = settings.notify.channel(&due.channel).cloned() else {
@@ -92,13 +113,12 @@ async fn start_due(
             Err(StoreError::Conflict(_)) => continue,
             Err(err) => return Err(err),
         };
-        busy.insert(channel.name.clone());
-        let (app, client, done) = (app.clone(), client.clone(), done.clone());
-        tokio::spawn(async move {
-            let name = channel.name.clone();
+        let name = channel.name.clone();
+        let (app, client) = (app.clone(), client.clone());
+        let task = sending.tasks.spawn(async move {
             attempt_send(&app, &client, &channel, due, attempt).await;
-            let _ = done.send(name);
         });
+        sending.channels.insert(task.id(), name);
     }
     Ok(())
 }

@@ -50,6 +50,13 @@ impl TestApp {
         Self::spawn_at(dir, |_| {}, ahead + outage).await
     }
 
+    /// Stops this server and starts another on the same file with settings `configure` sets
+    /// (settings are not kept across a restart, as a process's would not be).
+    pub async fn restart_with(self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let dir = self.stop().await;
+        Self::spawn_at(dir, configure, Duration::ZERO).await
+    }
+
     async fn spawn_at(
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut Settings),

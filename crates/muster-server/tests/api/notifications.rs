@@ -426,3 +426,31 @@ async fn a_refusal_fails_at_once_and_a_test_message_reports_the_answer() {
             .contains("pending, delivered, failed")
     );
 }
+
+#[tokio::test]
+async fn a_send_cut_off_by_a_stop_goes_out_after_the_restart_under_its_delivery_id() {
+    let fake = FakeService::start().await;
+    fake.reply_next(Reply::Hang);
+    let channels = [webhook("hook", &fake, "timeout = \"1h\"")];
+    let rules = ["on = [\"task.failed\"]\nto = [\"hook\"]"];
+    let notify = config(&channels, &rules);
+    let t = TestApp::spawn_with(|s| s.notify = notify).await;
+    failed_task(&t, "nas", "backup", "boom").await;
+    let first = fake.wait_for(1).await;
+
+    let notify = config(&channels, &rules);
+    let t = t.restart_with(|s| s.notify = notify).await;
+    let again = fake.wait_for(2).await;
+    assert_eq!(
+        again[1].header("x-muster-delivery"),
+        first[0].header("x-muster-delivery"),
+        "the same delivery id"
+    );
+    let delivered = settled(&t, "hook", "delivered").await;
+    let attempts = delivered["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{delivered}");
+    assert!(
+        attempts[0]["detail"].as_str().unwrap().contains("cut off"),
+        "{delivered}"
+    );
+}
