@@ -183,13 +183,14 @@ pub(super) fn heartbeat(
         conn.prepare_cached(
             "UPDATE tasks SET lease_until = max(coalesce(lease_until, 0), \
              min(?2, started_at + coalesce(timeout_s * 1000, ?3))) \
-             WHERE agent_id = ?1 AND state = 'running'",
+             WHERE agent_id = ?1 AND state IN ('assigned', 'running') AND state = 'running'",
         )?
         .execute(params![agent_id, lease_until, unlisted_cap_ms])?;
     }
     let mut cancel = task_ids(
         conn,
-        "SELECT id FROM tasks WHERE agent_id = ?1 AND state = 'running' \
+        "SELECT id FROM tasks WHERE agent_id = ?1 AND state IN ('assigned', 'running') \
+         AND state = 'running' \
          AND cancel_requested = 1",
         &[&agent_id],
     )?;
