@@ -666,3 +666,50 @@ async fn prune_deletes_old_finished_tasks_with_their_logs_and_keeps_the_rest() {
         assert_eq!(again.tasks, 0, "[{}] nothing more to prune", b.name);
     }
 }
+
+#[tokio::test]
+async fn each_attempt_keeps_the_assignment_it_ran_under() {
+    for b in backends().await {
+        let task = running(&b, new_task(1), "a1", T0).await;
+        fail(&b, task.id, 1, "flaky".into(), true, T0 + 1).await;
+        b.store
+            .register_agent(registration("a2", Some("i1")), T0 + 2)
+            .await
+            .expect("register");
+        let seq = b.store.queued(0, 10).await.unwrap()[0].seq;
+        assign(&b, seq, "a2", T0 + 5_000)
+            .await
+            .expect("assigned again");
+        let shown = b.store.task(task.id).await.unwrap();
+        let agents = |t: &Task| -> Vec<String> {
+            t.attempts
+                .iter()
+                .map(|a| {
+                    a.assignment
+                        .as_ref()
+                        .expect("an assignment")
+                        .agent_id
+                        .clone()
+                })
+                .collect()
+        };
+        assert_eq!(
+            agents(&shown),
+            ["a1"],
+            "[{}] assigned, not yet claimed",
+            b.name
+        );
+        assert_eq!(
+            shown.assignment.as_ref().unwrap().agent_id,
+            "a2",
+            "[{}]",
+            b.name
+        );
+        b.store
+            .claim("a2", T0 + 5_001, T0 + 65_000)
+            .await
+            .expect("claim");
+        let shown = b.store.task(task.id).await.unwrap();
+        assert_eq!(agents(&shown), ["a1", "a2"], "[{}]", b.name);
+    }
+}

@@ -224,8 +224,17 @@ pub(super) fn assign(
          WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
          RETURNING id, attempt",
     )?;
+    // A task assigned again after an attempt: the attempt keeps the assignment it ran under
+    // (the claim stores none of its own while it is the task's current one, see `claim`).
+    let mut keep = conn.prepare_cached(
+        "UPDATE attempts SET assignment = t.assignment FROM tasks t \
+         WHERE t.seq = ?1 AND t.state = 'queued' AND t.attempt > 0 \
+         AND attempts.task_seq = t.seq AND attempts.attempt = t.attempt \
+         AND attempts.assignment IS NULL",
+    )?;
     let mut applied = Vec::with_capacity(orders.len());
     for order in &orders {
+        keep.execute([order.seq])?;
         let assignment = serde_json::to_string(&order.assignment)?;
         let row = stmt
             .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
@@ -259,20 +268,14 @@ pub(super) fn claim(
         .optional()?;
     let task = match claimed {
         Some((task, seq)) => {
+            // The current attempt's assignment is the task's own (`tasks.assignment`); it is
+            // copied here only when the task is assigned again. Storing it twice made the
+            // attempt row as large as the task's, written again at every report.
             conn.prepare_cached(
-                "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome, \
-                 assignment) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+                "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, 'running')",
             )?
-            .execute(params![
-                seq,
-                task.attempt,
-                agent_id,
-                now,
-                task.assignment
-                    .as_ref()
-                    .map(serde_json::to_string)
-                    .transpose()?
-            ])?;
+            .execute(params![seq, task.attempt, agent_id, now])?;
             Some(task)
         }
         None => None,
@@ -567,7 +570,8 @@ pub(super) fn task(conn: &Connection, task_id: Uuid) -> StoreResult<Task> {
     let mut task = task_by_id(conn, task_id)?;
     let mut stmt = conn.prepare_cached(
         "SELECT a.attempt, a.agent_id, a.started_at, a.ended_at, a.outcome, a.error, \
-         a.assignment FROM attempts a JOIN tasks t ON t.seq = a.task_seq \
+         coalesce(a.assignment, CASE WHEN a.attempt = t.attempt THEN t.assignment END) \
+         AS assignment FROM attempts a JOIN tasks t ON t.seq = a.task_seq \
          WHERE t.id = ?1 ORDER BY a.attempt",
     )?;
     task.attempts = stmt
