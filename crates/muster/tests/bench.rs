@@ -1,19 +1,23 @@
 //! `muster bench` end to end on a small load: it starts its own server, drives the whole
 //! lifecycle and reports figures that add up; the figure subcommands answer in one line.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_muster"))
+fn run_bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_muster"))
         .arg("bench")
         .args(args)
         .arg("--json")
         .env_remove("MUSTER_URL")
         .env_remove("MUSTER_API_KEY")
         .output()
-        .expect("muster bench runs");
+        .expect("muster bench runs")
+}
+
+fn bench(args: &[&str]) -> Value {
+    let out = run_bench(args);
     assert!(
         out.status.success(),
         "{}",
@@ -22,20 +26,51 @@ fn bench(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
+const SMALL: &[&str] = &[
+    "--tasks",
+    "300",
+    "--agents",
+    "2",
+    "--slots",
+    "2",
+    "--concurrency",
+    "4",
+    "--probes",
+    "5",
+];
+
+/// The server's costs per task add up with its totals, and the WAL index was read.
+fn assert_server_costs(report: &Value) {
+    let u = &report["server_usage"];
+    let tasks = report["tasks"].as_f64().unwrap();
+    let per_task = u["cpu_us_per_task"].as_f64().unwrap();
+    let total = u["cpu_seconds"].as_f64().unwrap() * 1e6 / tasks;
+    assert!((per_task - total).abs() < 1e-6, "{report}");
+    for (total, per) in [
+        ("disk_write_bytes", "disk_write_bytes_per_task"),
+        ("write_call_bytes", "write_call_bytes_per_task"),
+    ] {
+        let (total, per) = (u[total].as_f64().unwrap(), u[per].as_f64().unwrap());
+        assert!(total > 0.0, "{report}");
+        assert!((per - total / tasks).abs() < 1e-6, "{report}");
+    }
+    let wal = &u["wal"];
+    assert!(wal["commits"].as_u64().unwrap() > 0, "{report}");
+    // Every commit appends a frame; only intervals without a WAL restart are counted, and a
+    // starved sampler may have seen none.
+    if wal["sampled_commit_share"].as_f64().unwrap() > 0.0 {
+        assert!(
+            wal["frames_per_commit"].as_f64().unwrap() >= 1.0,
+            "{report}"
+        );
+    }
+    assert_eq!(wal["page_size"], 4096, "{report}");
+}
+
 #[test]
 fn a_small_load_run_reports_every_figure() {
-    let report = bench(&[
-        "--tasks",
-        "300",
-        "--agents",
-        "2",
-        "--slots",
-        "2",
-        "--concurrency",
-        "4",
-        "--probes",
-        "5",
-    ]);
+    let report = bench(SMALL);
+    assert_eq!(report["mode"], "default", "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["tasks"], 300);
     assert_eq!(report["submit_to_claim"]["count"], 300, "{report}");
@@ -51,6 +86,37 @@ fn a_small_load_run_reports_every_figure() {
         report["server_usage"]["rss_mib"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+    assert!(report["submit_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert_server_costs(&report);
+}
+
+#[test]
+fn peer_style_uses_the_single_task_routes_after_a_warm_up() {
+    let report = bench(&[SMALL, &["--peer-style"]].concat());
+    assert_eq!(report["mode"], "peer-style", "{report}");
+    assert_eq!(report["agent_routes"], "single", "{report}");
+    assert_eq!(report["warmup"], 200, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    // The warm-up tasks are run but not measured.
+    assert_eq!(report["submit_to_claim"]["count"], 300, "{report}");
+    assert_eq!(report["idle_submit_to_claim"]["count"], 5, "{report}");
+    assert_server_costs(&report);
+}
+
+#[test]
+fn batch_submits_through_the_bulk_route_or_says_the_server_has_none() {
+    let out = run_bench(&[SMALL, &["--batch", "--batch-size", "40"]].concat());
+    if out.status.success() {
+        let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(report["mode"], "batch", "{report}");
+        assert_eq!(report["batch_size"], 40, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["submit_to_complete"]["count"], 300, "{report}");
+    } else {
+        // A server built without the bulk route answers 404 or 405; the run stops and says so.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("has no bulk submit"), "{stderr}");
+    }
 }
 
 #[test]
