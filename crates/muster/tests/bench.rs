@@ -142,3 +142,149 @@ fn the_figure_subcommands_measure_a_fresh_server() {
     assert_eq!(beats["errors"], 0, "{beats}");
     assert!(beats["heartbeats"].as_u64().unwrap() >= 10, "{beats}");
 }
+
+/// A stand-in for a server with the batch routes, in front of a real one without them: it
+/// answers the batch claim, batch reports and bulk submit by calling the single-task routes,
+/// and passes every other request through. It lets the bench's batch agents and bulk
+/// submitters run end to end before the server has those routes.
+mod facade {
+    use axum::Json;
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::{Path, Query, Request, State};
+    use axum::http::header::CONTENT_TYPE;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+
+    #[derive(Clone)]
+    struct Real {
+        http: reqwest::Client,
+        base: String,
+    }
+
+    /// Serves the facade on a free port; its base URL.
+    pub(crate) async fn start(base: String) -> String {
+        let real = Real {
+            http: reqwest::Client::new(),
+            base,
+        };
+        let app = Router::new()
+            .route("/api/v1/agents/{id}/tasks/claim", get(claim))
+            .route("/api/v1/agents/{id}/reports", post(reports))
+            .route("/api/v1/tasks/batch", post(submit_batch))
+            .fallback(pass)
+            .with_state(real);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// The first task waits as long as asked, the rest only take what is already there.
+    async fn claim(
+        State(real): State<Real>,
+        Path(agent): Path<String>,
+        Query(query): Query<HashMap<String, u64>>,
+    ) -> Json<Value> {
+        let (mut wait, max) = (query["wait"], query["max"]);
+        let mut tasks = Vec::new();
+        while (tasks.len() as u64) < max {
+            let url = format!("{}/api/v1/agents/{agent}/tasks/next?wait={wait}", real.base);
+            let resp = real.http.get(url).send().await.unwrap();
+            if resp.status() != 200 {
+                break;
+            }
+            tasks.push(resp.json::<Value>().await.unwrap());
+            wait = 0;
+        }
+        Json(json!({"tasks": tasks, "cancel": []}))
+    }
+
+    async fn reports(State(real): State<Real>, Json(body): Json<Value>) -> Json<Value> {
+        let mut results = Vec::new();
+        for r in body["reports"].as_array().unwrap() {
+            assert_eq!(r["outcome"], "completed");
+            let url = format!(
+                "{}/api/v1/tasks/{}/complete",
+                real.base,
+                r["task_id"].as_str().unwrap()
+            );
+            let body = json!({"attempt": r["attempt"], "result": r["result"]});
+            let status = real
+                .http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            results.push(json!({"task_id": r["task_id"], "status": status.as_u16()}));
+        }
+        Json(json!({"results": results}))
+    }
+
+    async fn submit_batch(State(real): State<Real>, Json(body): Json<Value>) -> Json<Value> {
+        let mut results = Vec::new();
+        for task in body["tasks"].as_array().unwrap() {
+            let url = format!("{}/api/v1/tasks", real.base);
+            let resp = real.http.post(url).json(task).send().await.unwrap();
+            let status = resp.status().as_u16();
+            results.push(json!({"status": status, "task": resp.json::<Value>().await.unwrap()}));
+        }
+        Json(json!({"results": results}))
+    }
+
+    async fn pass(State(real): State<Real>, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut forward = real
+            .http
+            .request(parts.method, format!("{}{path}", real.base))
+            .body(body);
+        if let Some(kind) = parts.headers.get(CONTENT_TYPE) {
+            forward = forward.header(CONTENT_TYPE, kind);
+        }
+        let resp = forward.send().await.unwrap();
+        let (status, kind) = (resp.status(), resp.headers().get(CONTENT_TYPE).cloned());
+        let mut out = (status, resp.bytes().await.unwrap()).into_response();
+        if let Some(kind) = kind {
+            out.headers_mut().insert(CONTENT_TYPE, kind);
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_batch_routes_agents_claim_and_report_in_batches_and_submits_go_in_bulk() {
+    let real = muster_bench::local::LocalServer::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_muster")),
+        &[],
+    )
+    .unwrap();
+    let url = facade::start(real.base.clone()).await;
+    for extra in [&[][..], &["--batch", "--batch-size", "40"][..]] {
+        let args: Vec<String> = [SMALL, &["--url", &url], extra]
+            .concat()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let out = tokio::task::spawn_blocking(move || {
+            run_bench(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("{}", String::from_utf8_lossy(&out.stderr));
+        });
+        assert!(out.status.success(), "{report}");
+        assert_eq!(report["agent_routes"], "batch", "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["submit_to_complete"]["count"], 300, "{report}");
+        assert_eq!(report["idle_submit_to_claim"]["count"], 5, "{report}");
+        // Not a server this run started: no /proc or WAL figures.
+        assert!(report["server_usage"].is_null(), "{report}");
+    }
+}
