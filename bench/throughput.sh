@@ -10,7 +10,12 @@ case "${MODE:-default}" in
   batch) mode=(--batch) ;;
   *) echo "MODE must be default, peer-style or batch, not ${MODE}" >&2; exit 2 ;;
 esac
-$MUSTER bench --json "${mode[@]}" "$@" | python3 <(cat <<'PY'
+# A run with errors exits non-zero but still reports (its errors are in the line); a run that
+# could not be made reports nothing and its message is already on stderr.
+status=0
+out=$($MUSTER bench --json "${mode[@]}" "$@") || status=$?
+[ -n "$out" ] || exit "$status"
+python3 <(cat <<'PY'
 import json, sys
 r = json.load(sys.stdin)
 c, i, u = r["submit_to_claim"], r["idle_submit_to_claim"], r["server_usage"]
@@ -25,4 +30,5 @@ if u:
         line += f", {u['wal']['frames_per_commit']:.1f} WAL frames/commit"
 print(line)
 PY
-)
+) <<<"$out"
+exit "$status"
