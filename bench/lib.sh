@@ -2,4 +2,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release -q -p muster --bin muster
-MUSTER=./target/release/muster
+MUSTER=${CARGO_TARGET_DIR:-./target}/release/muster

@@ -2,12 +2,15 @@
 //! drive submit → claim → complete and the summary gives throughput and latency
 //! percentiles. [`figures`] measures the rest of DESIGN.md's table (start-up time, idle memory,
 //! heartbeat cost, queue depth). [`local`] runs the server under test as a child process so its
-//! memory and CPU time can be read from /proc.
+//! memory, CPU time and writes can be read from /proc, and [`wal`] reads its SQLite commits
+//! from the WAL index. [`routes`] calls the batch routes (bulk submit, batch claim, reports).
 
 pub mod figures;
 pub mod lifecycle;
 pub mod local;
+pub mod routes;
 pub mod stats;
+pub mod wal;
 
 /// Why a measurement could not be made.
 #[derive(Debug, thiserror::Error)]

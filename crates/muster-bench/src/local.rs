@@ -12,19 +12,34 @@ use crate::BenchError;
 /// Linux reports CPU time in clock ticks of USER_HZ, 100 per second on every mainstream build.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+const DB_FILE: &str = "bench.db";
+
 /// A `muster serve` child on a temporary database; killed when dropped.
 pub struct LocalServer {
     child: Child,
     pub base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-/// Memory and CPU of a process at one moment.
+/// Memory, CPU and writes of a process at one moment.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Usage {
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
     pub cpu_seconds: f64,
+    /// `/proc/PID/io`, when readable (it needs the same user, or a kernel with task I/O
+    /// accounting).
+    pub io: Option<IoCounters>,
+}
+
+/// The write side of `/proc/PID/io`, summed over the process's threads by the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IoCounters {
+    /// Bytes the process caused to be sent to storage: page-cache pages it dirtied, counted
+    /// when they become dirty (so a page rewritten before writeback counts once).
+    pub write_bytes: u64,
+    /// Bytes passed to write(), pwrite() and writev() on any file: pipes and sockets too.
+    pub wchar: u64,
 }
 
 impl LocalServer {
@@ -33,7 +48,7 @@ impl LocalServer {
         let dir = tempfile::tempdir().map_err(|e| BenchError::Setup(format!("temp dir: {e}")))?;
         let mut cmd = Command::new(binary);
         cmd.arg("serve")
-            .env("DB_PATH", dir.path().join("bench.db"))
+            .env("DB_PATH", dir.path().join(DB_FILE))
             .env("ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -68,12 +83,17 @@ impl LocalServer {
         Ok(LocalServer {
             child,
             base: format!("http://{addr}"),
-            _dir: dir,
+            dir,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The SQLite database the server writes.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join(DB_FILE)
     }
 
     pub fn usage(&self) -> Usage {
@@ -88,7 +108,7 @@ impl Drop for LocalServer {
     }
 }
 
-/// Reads VmRSS, VmHWM and utime + stime of `pid`.
+/// Reads VmRSS, VmHWM, utime + stime and the write counters of `pid`.
 pub fn usage(pid: u32) -> Option<Usage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |field: &str| {
@@ -100,14 +120,37 @@ pub fn usage(pid: u32) -> Option<Usage> {
             .unwrap_or(0)
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|text| parse_io(&text));
     Some(Usage {
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
-        cpu_seconds: ticks / TICKS_PER_SECOND,
+        cpu_seconds: parse_cpu_ticks(&stat)? as f64 / TICKS_PER_SECOND,
+        io,
+    })
+}
+
+/// utime + stime, in clock ticks, from the text of `/proc/PID/stat`.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the command name (which may hold spaces and parentheses) start after the
+    // last ')'; utime and stime are the 14th and 15th fields of the line.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `write_bytes` and `wchar` from the text of `/proc/PID/io`.
+pub fn parse_io(text: &str) -> Option<IoCounters> {
+    let field = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+    };
+    Some(IoCounters {
+        write_bytes: field("write_bytes")?,
+        wchar: field("wchar")?,
     })
 }
 
@@ -115,4 +158,32 @@ pub fn usage(pid: u32) -> Option<Usage> {
 pub fn this_binary() -> Result<PathBuf, BenchError> {
     std::env::current_exe()
         .map_err(|e| BenchError::Setup(format!("cannot find this executable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_even_with_a_strange_command_name() {
+        let stat = "4242 (mus) ter (x)) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    731 129 0 0 20 0 9 0 123456 45678592 2100 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(731 + 129));
+        assert_eq!(parse_cpu_ticks("4242 (muster) S 1"), None);
+    }
+
+    #[test]
+    fn io_counters_are_read_by_name() {
+        let io = "rchar: 6976\nwchar: 1048576\nsyscr: 10\nsyscw: 300\nread_bytes: 0\n\
+                  write_bytes: 409600\ncancelled_write_bytes: 4096\n";
+        assert_eq!(
+            parse_io(io),
+            Some(IoCounters {
+                write_bytes: 409_600,
+                wchar: 1_048_576
+            })
+        );
+        // A kernel without task I/O accounting has no such file; a cut-off one has no figure.
+        assert_eq!(parse_io("rchar: 1\nwchar: 2\n"), None);
+    }
 }

@@ -31,6 +31,16 @@ pub(crate) struct BenchArgs {
     /// Single tasks measured afterwards with every agent idle and waiting.
     #[arg(long, default_value_t = 200)]
     probes: usize,
+    /// The peer queues' method, so their figures compare: one submit call per task, agents
+    /// claim and report one task per call, 200 warm-up tasks, probes 20 ms apart.
+    #[arg(long, conflicts_with = "batch")]
+    peer_style: bool,
+    /// Submit through the bulk route (POST /api/v1/tasks/batch), --batch-size tasks per call.
+    #[arg(long)]
+    batch: bool,
+    /// Tasks per bulk submit call with --batch (the route takes at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch_size: u64,
     /// Print one JSON object instead of the summary.
     #[arg(long, global = true)]
     json: bool,
@@ -87,9 +97,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
     match args.figure {
         None => {
+            let mode = match (args.peer_style, args.batch) {
+                (true, _) => lifecycle::Mode::PeerStyle,
+                (false, true) => lifecycle::Mode::Batch,
+                (false, false) => lifecycle::Mode::Default,
+            };
             let options = lifecycle::Options {
                 url: args.url,
                 key: args.key,
+                mode,
+                batch_size: args.batch_size as usize,
                 agents: args.agents,
                 slots: args.slots,
                 tasks: args.tasks,
