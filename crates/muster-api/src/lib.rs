@@ -813,7 +813,7 @@ closed_enum! {
 /// One report of a batch: the end of an attempt, as the single `complete` or `fail` route
 /// takes it. A `completed` report may carry `result` and `usage`; a `failed` one must carry
 /// `error` and may carry `retryable`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     pub task_id: Uuid,
@@ -875,7 +875,7 @@ pub struct ReportBatch {
 }
 
 /// How one report of a batch was judged.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReportResult {
     /// The report's task; absent when the report named none that could be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
