@@ -602,23 +602,40 @@ enum Sent {
     Lost,
 }
 
-/// Sends one batch; answers each report's waiting task once the server has judged it.
+/// Sends one batch; answers each report's waiting task once the server has judged it. A
+/// report the server could not take just now (503 for it alone) is sent again.
 async fn send_reports(shared: &Shared, batch: Vec<PendingReport>) {
-    let reports: Vec<Report> = batch.iter().map(|p| p.report.clone()).collect();
-    match deliver(shared, &reports).await {
-        Sent::Answered(results) => {
-            for (report, result) in reports.iter().zip(&results) {
-                log_result(report, result);
+    let mut reports: Vec<Report> = batch.iter().map(|p| p.report.clone()).collect();
+    let mut backoff = Backoff::default();
+    while !reports.is_empty() {
+        match deliver(shared, &reports).await {
+            Sent::Answered(results) => {
+                let mut again = Vec::new();
+                for (report, result) in reports.into_iter().zip(&results) {
+                    if matches!(result.status, 429 | 500 | 503) && backoff.failures < 12 {
+                        again.push(report);
+                    } else {
+                        log_result(&report, result);
+                    }
+                }
+                reports = again;
+                if !reports.is_empty() {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
-        }
-        // One oversize result must not cost the other reports theirs: each goes alone.
-        Sent::TooLarge(_) if reports.len() > 1 => {
-            for report in reports {
-                send_alone(shared, report).await;
+            // One oversize result must not cost the other reports theirs: each goes alone.
+            Sent::TooLarge(_) if reports.len() > 1 => {
+                for report in reports {
+                    send_alone(shared, report).await;
+                }
+                break;
             }
+            Sent::TooLarge(err) => {
+                refused_result(shared, &reports[0], &err).await;
+                break;
+            }
+            Sent::Lost => break,
         }
-        Sent::TooLarge(err) => refused_result(shared, &reports[0], &err).await,
-        Sent::Lost => {}
     }
     for pending in batch {
         let _ = pending.answered.send(());

@@ -297,33 +297,28 @@ pub async fn fail(app: &App, task_id: Uuid, req: FailTask) -> Result<Task, ApiEr
     Ok(changed.task)
 }
 
-/// Reads one report of a batch as the single routes read theirs: its fields as
-/// `complete` or `fail` take them, refused (422, naming the field) as they would refuse them.
-/// Answers the task id it names, when it names one that can be read, beside the verdict.
+/// Reads one report of a batch; answers the task id it names, when it names one that can be
+/// read, beside the verdict.
 fn read_report(raw: serde_json::Value) -> (Option<Uuid>, Result<AttemptReport, ApiError>) {
     let task_id = raw
         .get("task_id")
         .and_then(|v| v.as_str())
         .and_then(|v| Uuid::parse_str(v).ok());
-    let report: Report = match serde_path_to_error::deserialize(raw) {
-        Ok(report) => report,
-        Err(err) => {
-            return (
-                task_id,
-                Err(ApiError::new(ErrorCode::InvalidField, err.to_string())),
-            );
-        }
-    };
+    (task_id, parse_report(raw))
+}
+
+/// One report of a batch read as the single routes read theirs: its fields as `complete` or
+/// `fail` take them, refused (422, naming the field) as they would refuse them.
+fn parse_report(raw: serde_json::Value) -> Result<AttemptReport, ApiError> {
+    let report: Report = serde_path_to_error::deserialize(raw)
+        .map_err(|err| ApiError::new(ErrorCode::InvalidField, err.to_string()))?;
     let end = match report.outcome {
         ReportOutcome::Completed => {
             if report.error.is_some() {
-                return (
-                    task_id,
-                    Err(ApiError::invalid(
-                        "error",
-                        "only a failed report carries an error",
-                    )),
-                );
+                return Err(ApiError::invalid(
+                    "error",
+                    "only a failed report carries an error",
+                ));
             }
             AttemptEnd::Completed {
                 result: report.result,
@@ -331,48 +326,33 @@ fn read_report(raw: serde_json::Value) -> (Option<Uuid>, Result<AttemptReport, A
             }
         }
         ReportOutcome::Failed => {
-            let refusal = if !report.result.is_null() {
-                Some(ApiError::invalid(
+            if !report.result.is_null() {
+                return Err(ApiError::invalid(
                     "result",
                     "only a completed report carries a result",
-                ))
-            } else if report.usage.is_some() {
-                Some(ApiError::invalid(
+                ));
+            }
+            if report.usage.is_some() {
+                return Err(ApiError::invalid(
                     "usage",
                     "only a completed report carries usage",
-                ))
-            } else {
-                None
-            };
-            if let Some(refusal) = refusal {
-                return (task_id, Err(refusal));
+                ));
             }
-            let Some(error) = report.error else {
-                return (
-                    task_id,
-                    Err(ApiError::invalid(
-                        "error",
-                        "a failed report must say what went wrong",
-                    )),
-                );
-            };
-            if let Err(refusal) = check_error_text(&error) {
-                return (task_id, Err(refusal));
-            }
+            let error = report.error.ok_or_else(|| {
+                ApiError::invalid("error", "a failed report must say what went wrong")
+            })?;
+            check_error_text(&error)?;
             AttemptEnd::Failed {
                 error,
                 retryable: report.retryable,
             }
         }
     };
-    (
-        task_id,
-        Ok(AttemptReport {
-            task_id: report.task_id,
-            attempt: report.attempt,
-            end,
-        }),
-    )
+    Ok(AttemptReport {
+        task_id: report.task_id,
+        attempt: report.attempt,
+        end,
+    })
 }
 
 /// The status of an item of a batch that was applied (or, before the store answered, is valid).

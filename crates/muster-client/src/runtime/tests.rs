@@ -287,14 +287,13 @@ fn done(n: u32) -> Report {
 /// waiting for its answer; answers the receiver of that answer.
 fn queue(shared: &Shared, report: Report) -> oneshot::Receiver<()> {
     let (answered, answer) = oneshot::channel();
-    shared
+    let taken = shared
         .reporter
         .get()
         .expect("the reporter runs")
         .queue
-        .send(PendingReport { report, answered })
-        .ok()
-        .expect("the reporter takes reports");
+        .send(PendingReport { report, answered });
+    assert!(taken.is_ok(), "the reporter takes reports");
     answer
 }
 

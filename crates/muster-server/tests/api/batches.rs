@@ -130,7 +130,7 @@ async fn a_batch_claim_without_max_claims_one() {
 }
 
 #[tokio::test]
-async fn a_batch_claim_refuses_a_max_or_wait_out_of_range_and_claims_nothing() {
+async fn a_batch_claim_refuses_a_bad_max_or_wait_or_a_cross_site_request_and_claims_nothing() {
     let t = TestApp::spawn().await;
     t.register("nas", &["shell"], 4).await;
     let task = t
@@ -155,6 +155,13 @@ async fn a_batch_claim_refuses_a_max_or_wait_out_of_range_and_claims_nothing() {
         body["error"]["message"], "max: must be between 1 and 100",
         "{body}"
     );
+    // A claim starts tasks: a browser's cross-site GET is refused like a write.
+    let (status, body) = TestApp::send(
+        t.request(Method::GET, "/api/v1/agents/nas/tasks/claim?max=2")
+            .header("sec-fetch-site", "cross-site"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(state(&t, task["id"].as_str().unwrap()).await, "assigned");
     let (status, body) = t.get("/api/v1/agents/ghost/tasks/claim?max=2").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
