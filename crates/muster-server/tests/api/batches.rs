@@ -629,3 +629,37 @@ async fn a_bulk_submit_past_its_bounds_is_refused_whole_and_stores_nothing() {
         "a thousand is the most, and is accepted"
     );
 }
+
+#[tokio::test]
+async fn the_document_states_the_batch_bounds_the_server_checks() {
+    use muster_api::limits::{MAX_CLAIM_BATCH, MAX_REPORT_BATCH, MAX_SUBMIT_BATCH, MAX_WAIT_S};
+    let t = TestApp::spawn().await;
+    let (status, doc) = t.get("/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let claim = &doc["paths"]["/api/v1/agents/{id}/tasks/claim"]["get"];
+    let param = |name: &str| {
+        claim["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} parameter: {claim}"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("max")["minimum"], json!(1));
+    assert_eq!(param("max")["maximum"], json!(MAX_CLAIM_BATCH));
+    assert_eq!(param("wait")["maximum"], json!(MAX_WAIT_S));
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ReportBatch"]["properties"]["reports"]["maxItems"],
+        json!(MAX_REPORT_BATCH)
+    );
+    assert_eq!(
+        schemas["SubmitBatch"]["properties"]["tasks"]["maxItems"],
+        json!(MAX_SUBMIT_BATCH)
+    );
+    assert_eq!(
+        schemas["ReportOutcome"]["enum"],
+        json!(["completed", "failed"])
+    );
+}
