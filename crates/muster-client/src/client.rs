@@ -245,7 +245,7 @@ impl Client {
 
     /// Long-polls for up to `max` of the agent's tasks (1 to 100), waiting up to `wait` (whole
     /// seconds); answers as soon as one is claimed, each now running with its attempt.
-    pub async fn claim_tasks(
+    pub async fn claim_many(
         &self,
         agent_id: &str,
         wait: Duration,
@@ -261,7 +261,7 @@ impl Client {
 
     /// Reports the ends of many attempts in one request (at most 100): one result per report,
     /// in order, each with the status the single route would have answered.
-    pub async fn report(
+    pub async fn report_many(
         &self,
         agent_id: &str,
         reports: &[Report],

@@ -339,7 +339,7 @@ impl AgentRuntime {
                 }
             }
             let claim = tokio::select! {
-                claim = shared.client.claim_tasks(
+                claim = shared.client.claim_many(
                     &shared.options.agent_id,
                     shared.options.claim_wait,
                     permits.len() as u32,
@@ -675,7 +675,7 @@ async fn deliver(shared: &Shared, reports: &[Report]) -> Sent {
     loop {
         match shared
             .client
-            .report(&shared.options.agent_id, reports)
+            .report_many(&shared.options.agent_id, reports)
             .await
         {
             Ok(results) => return Sent::Answered(results),

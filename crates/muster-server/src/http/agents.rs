@@ -81,7 +81,7 @@ pub(crate) async fn claim(
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/claim", operation_id = "claim_tasks", tag = "agents",
+#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/claim", operation_id = "claim_batch", tag = "agents",
     params(("id" = String, Path, description = "agent id"),
            ("wait" = Option<u64>, Query, minimum = 0, maximum = 120,
             description = "seconds to wait for a task (long-poll), 0 to 120 (default 0); the answer comes as soon as one is claimed"),
@@ -113,7 +113,7 @@ pub(crate) struct RawReports {
     reports: Vec<serde_json::Value>,
 }
 
-#[utoipa::path(post, path = "/api/v1/agents/{id}/reports", operation_id = "report_tasks", tag = "agents",
+#[utoipa::path(post, path = "/api/v1/agents/{id}/reports", operation_id = "report_batch", tag = "agents",
     request_body = ReportBatch,
     params(("id" = String, Path, description = "agent id")),
     responses(AgentKey, JsonBody,

@@ -44,7 +44,7 @@ pub(crate) struct RawSubmissions {
     tasks: Vec<serde_json::Value>,
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks/batch", operation_id = "submit_tasks", tag = "tasks", request_body = SubmitBatch,
+#[utoipa::path(post, path = "/api/v1/tasks/batch", operation_id = "submit_batch", tag = "tasks", request_body = SubmitBatch,
     responses(AdminKey, JsonBody,
               (status = 200, body = SubmitResults, description = "one result per task, in order, each with the status \
                 the single route would have answered: 201 queued, 200 its idempotency key named an existing task, \
