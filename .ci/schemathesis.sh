@@ -60,12 +60,17 @@ openapi-spec-validator "$work/openapi.json"
 # One worker: hypothesis, under CPython 3.11 with several threads, sometimes fails inside
 # ast.parse ("AST constructor recursion depth mismatch"), a fault of the tool, not the server.
 #
-# A claim long-polls for up to `wait` seconds when its agent is registered (and the fuzzer
-# registers agents named like the ones it claims for), so it waits 1 s here; `wait`'s bounds
-# are still checked by the tests. The event feed never ends, so it is not fuzzed.
+# A claim (of one task or a batch) long-polls for up to `wait` seconds when its agent is
+# registered (and the fuzzer registers agents named like the ones it claims for), so it waits
+# 1 s here; `wait`'s bounds are still checked by the tests. The event feed never ends, so it
+# is not fuzzed.
 cat >"$work/schemathesis.toml" <<'EOF'
 [[operations]]
 include-operation-id = "claim_task"
+parameters = { wait = 1 }
+
+[[operations]]
+include-operation-id = "claim_batch"
 parameters = { wait = 1 }
 EOF
 

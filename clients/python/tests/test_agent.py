@@ -512,3 +512,118 @@ def test_load_sampler_reads_proc(tmp_path: Path) -> None:
     assert sampler.sample() == (30.0, 75.0)
     missing = LoadSampler(str(tmp_path / "nope"), str(tmp_path / "nope"))
     assert missing.sample() == (0.0, 0.0)
+
+
+def test_the_agent_claims_and_reports_through_the_batch_routes(
+    client: Client, make_agent: MakeAgent
+) -> None:
+    agent = make_agent("batcher", max_concurrency=3)
+
+    @agent.handler("echo")
+    def echo(ctx: TaskContext) -> Any:
+        return ctx.payload
+
+    @agent.handler("flaky")
+    def flaky(ctx: TaskContext) -> Any:
+        raise RuntimeError("not today")
+
+    tasks = [client.submit("echo", n, capabilities=["py"]) for n in range(5)]
+    broken = client.submit("flaky", capabilities=["py"], max_retries=0)
+    for n, task in enumerate(tasks):
+        done = final_task(client, task.id)
+        assert done.state is TaskState.COMPLETED and done.result == n
+    failed = final_task(client, broken.id)
+    assert failed.state is TaskState.FAILED and "not today" in (failed.error or "")
+
+    def requests_on(method: str, route: str) -> int:
+        labels = f'method="{method}",route="{route}"'
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in client.metrics().splitlines()
+            if line.startswith("muster_http_request_seconds_count{") and labels in line
+        )
+
+    assert requests_on("GET", "/api/v1/agents/{id}/tasks/claim") > 0
+    assert requests_on("POST", "/api/v1/agents/{id}/reports") > 0
+    for method, route in [
+        ("GET", "/api/v1/agents/{id}/tasks/next"),
+        ("POST", "/api/v1/tasks/{id}/complete"),
+        ("POST", "/api/v1/tasks/{id}/fail"),
+    ]:
+        assert requests_on(method, route) == 0, f"{route} is left to plain-HTTP agents"
+
+
+def test_a_claim_asks_for_every_free_slot(client: Client, make_agent: MakeAgent) -> None:
+    agent = make_agent("slots", max_concurrency=3, start=False)
+    calls: List[Any] = []
+    claim_many = agent.client.claim_many
+
+    def recording(agent_id: str, max_tasks: int = 1, wait: float = 0, **kw: Any) -> Any:
+        with agent._cond:
+            calls.append((max_tasks, len(agent._running)))
+        return claim_many(agent_id, max_tasks=max_tasks, wait=min(wait, 1), **kw)
+
+    agent.client.claim_many = recording  # type: ignore[method-assign]
+    release = threading.Event()
+
+    @agent.handler("hold")
+    def hold(ctx: TaskContext) -> str:
+        release.wait(15)
+        return "held"
+
+    agent.start()
+    assert agent.registered.wait(10)
+    tasks = [client.submit("hold", capabilities=["py"]) for _ in range(2)]
+    wait_for(lambda: len(agent.running_tasks()) == 2, what="two handlers running")
+    wait_for(lambda: (1, 2) in calls, what="a claim for the one slot left")
+    assert calls[0] == (3, 0), "three free slots: three asked for"
+    assert all(asked == 3 - running for asked, running in calls), calls
+    release.set()
+    for task in tasks:
+        assert final_task(client, task.id).state is TaskState.COMPLETED
+
+
+def test_reports_go_at_once_when_idle_and_together_while_one_is_in_flight(
+    client: Client, make_agent: MakeAgent
+) -> None:
+    agent = make_agent("reporter", max_concurrency=4, start=False)
+    batches: List[List[str]] = []
+    in_flight, release = threading.Event(), threading.Event()
+    report_many = agent.client.report_many
+
+    def held(agent_id: str, reports: Any) -> Any:
+        reports = list(reports)
+        batches.append([r.task_id for r in reports])
+        if len(batches) == 1:
+            in_flight.set()
+            release.wait(15)  # the server holds the first request
+        return report_many(agent_id, reports)
+
+    agent.client.report_many = held  # type: ignore[method-assign]
+    gates: Dict[str, threading.Event] = {}
+
+    @agent.handler("gated")
+    def gated(ctx: TaskContext) -> str:
+        gates[ctx.payload].wait(15)
+        return ctx.payload
+
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        gates[name] = threading.Event()
+    agent.start()
+    assert agent.registered.wait(10)
+    ids = {name: client.submit("gated", name, capabilities=["py"]).id for name in names}
+    wait_for(lambda: len(agent.running_tasks()) == 4, what="four handlers running")
+
+    # Nothing in flight: the first report goes alone, at once.
+    gates["a"].set()
+    assert in_flight.wait(10)
+    assert batches == [[ids["a"]]]
+    # While it is in flight, three more finish and queue up: they go together.
+    for name in names[1:]:
+        gates[name].set()
+    wait_for(lambda: agent._reports.qsize() == 3, what="three reports queued")
+    release.set()
+    for name in names:
+        assert final_task(client, ids[name]).result == name
+    assert len(batches) == 2 and sorted(batches[1]) == sorted(ids[n] for n in names[1:])

@@ -25,6 +25,7 @@ from muster_client import (
     NewLogLine,
     NotFound,
     PayloadTooLarge,
+    Report,
     RunningTask,
     TaskState,
     Unauthorized,
@@ -465,3 +466,73 @@ def test_wait_for_task(client: Client) -> None:
     assert running is not None
     client.complete(task.id, running.attempt, [1, 2])
     assert client.wait_for_task(task.id, timeout=5).result == [1, 2]
+
+
+def test_claim_many_report_many_and_submit_many(client: Client) -> None:
+    client.register("w1", capabilities=["py"], max_concurrency=10)
+    submitted = client.submit_many(
+        [
+            {"kind": "job", "payload": {"n": 0}, "capabilities": ["py"], "priority": 1},
+            {"kind": "  "},
+            {"kind": "job", "payload": {"n": 2}, "capabilities": ["py"], "max_retries": 0},
+            {"kind": "job", "payload": {"n": 3}, "capabilities": ["py"], "idempotency_key": "k"},
+            {"kind": "job", "payload": {"n": 4}, "idempotency_key": "k"},
+        ]
+    )
+    assert [r.status for r in submitted] == [201, 422, 201, 201, 200]
+    assert [r.created for r in submitted] == [True, False, True, True, False]
+    assert submitted[1].task is None and submitted[1].error == "kind: must not be empty"
+    assert submitted[4].task is not None and submitted[3].task is not None
+    assert submitted[4].task.id == submitted[3].task.id, "the key names the first task"
+    assert submitted[4].task.payload == {"n": 3}
+    ids = [r.task.id for r in submitted if r.created and r.task is not None]
+
+    batch = wait_for(
+        lambda: (lambda b: b if len(b.tasks) == 3 else None)(
+            client.claim_many("w1", max_tasks=3, wait=1)
+        ),
+        what="the three tasks claimed at once",
+    )
+    assert [t.id for t in batch.tasks] == ids, "the highest priority first, then the oldest"
+    assert all(t.state is TaskState.RUNNING and t.attempt == 1 for t in batch.tasks)
+    assert batch.cancel == []
+    assert client.claim_many("w1", max_tasks=100, wait=0).tasks == []
+
+    results = client.report_many(
+        "w1",
+        [
+            Report.completed(ids[0], 1, {"ok": True}, usage={"tokens": 2}),
+            Report.failed(ids[1], 1, "broken", retryable=False),
+            Report.completed(ids[2], 2, "stale"),
+            {"task_id": ids[2], "attempt": 1, "outcome": "failed"},
+            Report.completed(ids[2], 1, [3]),
+        ],
+    )
+    assert [r.status for r in results] == [200, 200, 409, 422, 200]
+    assert [r.ok for r in results] == [True, True, False, False, True]
+    assert [r.task_id for r in results] == [ids[0], ids[1], ids[2], ids[2], ids[2]]
+    assert "not current" in (results[2].error or "")
+    assert results[3].error == "error: a failed report must say what went wrong"
+    done = client.get_task(ids[0])
+    assert (done.state, done.result, done.usage) == (
+        TaskState.COMPLETED,
+        {"ok": True},
+        {"tokens": 2},
+    )
+    assert client.get_task(ids[1]).state is TaskState.FAILED
+    assert client.get_task(ids[2]).result == [3]
+
+    with pytest.raises(InvalidField) as too_many:
+        client.claim_many("w1", max_tasks=101)
+    assert too_many.value.field == "max"
+    with pytest.raises(InvalidField) as none:
+        client.claim_many("w1", max_tasks=0)
+    assert none.value.field == "max"
+    with pytest.raises(InvalidField) as reports:
+        client.report_many("w1", [Report.completed(ids[0], 1)] * 101)
+    assert reports.value.field == "reports"
+    with pytest.raises(InvalidField) as tasks:
+        client.submit_many([{"kind": "x"}] * 1001)
+    assert tasks.value.field == "tasks"
+    with pytest.raises(NotFound):
+        client.report_many("nobody", [])

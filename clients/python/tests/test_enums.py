@@ -8,10 +8,18 @@ from typing import Type
 import pytest
 
 import muster_client
-from muster_client import AgentStatus, AttemptOutcome, Client, ErrorCode, LogStream, TaskState
+from muster_client import (
+    AgentStatus,
+    AttemptOutcome,
+    Client,
+    ErrorCode,
+    LogStream,
+    ReportOutcome,
+    TaskState,
+)
 from muster_client.errors import MusterError, error_for
 
-ENUMS = [TaskState, AttemptOutcome, AgentStatus, LogStream, ErrorCode]
+ENUMS = [TaskState, AttemptOutcome, AgentStatus, LogStream, ErrorCode, ReportOutcome]
 
 
 @pytest.mark.parametrize("enum", ENUMS, ids=lambda e: e.__name__)

@@ -47,6 +47,12 @@ pub mod limits {
     pub const MAX_RETRIES: u32 = 1000;
     /// Longest long-poll a claim may ask for, in seconds.
     pub const MAX_WAIT_S: u64 = 120;
+    /// Most tasks one batch claim (`GET /api/v1/agents/{id}/tasks/claim?max=`) may ask for.
+    pub const MAX_CLAIM_BATCH: u32 = 100;
+    /// Most reports one `POST /api/v1/agents/{id}/reports` may carry.
+    pub const MAX_REPORT_BATCH: usize = 100;
+    /// Most tasks one `POST /api/v1/tasks/batch` may carry (the body limit still applies).
+    pub const MAX_SUBMIT_BATCH: usize = 1000;
     /// Most lines one log post may carry.
     pub const MAX_LINES: usize = 10_000;
     /// Longest error text of a failure report.
@@ -782,6 +788,142 @@ fn default_true() -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Batches: many claims, reports or submissions in one request (and one commit)
+
+/// The answer to `GET /api/v1/agents/{id}/tasks/claim`: the tasks claimed (each now `running`
+/// with its new `attempt`; empty when none came within `wait`), and running tasks to stop.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedTasks {
+    pub tasks: Vec<Task>,
+    /// Running tasks of this agent that it must stop (the `x-muster-cancel` header of
+    /// `tasks/next`).
+    pub cancel: Vec<Uuid>,
+}
+
+closed_enum! {
+    /// How the attempt a report speaks of ended.
+    ReportOutcome {
+        /// As `POST /api/v1/tasks/{id}/complete`.
+        Completed => "completed",
+        /// As `POST /api/v1/tasks/{id}/fail`.
+        Failed => "failed",
+    }
+}
+
+/// One report of a batch: the end of an attempt, as the single `complete` or `fail` route
+/// takes it. A `completed` report may carry `result` and `usage`; a `failed` one must carry
+/// `error` and may carry `retryable`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub task_id: Uuid,
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4294967295_i64)]
+    pub attempt: u32,
+    pub outcome: ReportOutcome,
+    /// `completed` only: any JSON value; default `null`.
+    #[serde(default)]
+    pub result: Value,
+    /// `completed` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Value>,
+    /// `failed` only, and required there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536)]
+    pub error: Option<String>,
+    /// `failed` only: a retryable failure goes back to the queue while retries remain;
+    /// default true.
+    #[serde(default = "default_true")]
+    pub retryable: bool,
+}
+
+impl Report {
+    /// A `completed` report.
+    pub fn completed(task_id: Uuid, attempt: u32, result: Value, usage: Option<Value>) -> Self {
+        Report {
+            task_id,
+            attempt,
+            outcome: ReportOutcome::Completed,
+            result,
+            usage,
+            error: None,
+            retryable: true,
+        }
+    }
+
+    /// A `failed` report.
+    pub fn failed(task_id: Uuid, attempt: u32, error: String, retryable: bool) -> Self {
+        Report {
+            task_id,
+            attempt,
+            outcome: ReportOutcome::Failed,
+            result: Value::Null,
+            usage: None,
+            error: Some(error),
+            retryable,
+        }
+    }
+}
+
+/// `POST /api/v1/agents/{id}/reports`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    /// Each judged alone, in order, in one commit.
+    #[schema(max_items = 100)]
+    pub reports: Vec<Report>,
+}
+
+/// How one report of a batch was judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportResult {
+    /// The report's task; absent when the report named none that could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<Uuid>,
+    /// What the single route would have answered: 200 (applied), 404 (no such task), 409 (the
+    /// attempt is not current; nothing changed), 422 (the report is invalid; nothing changed).
+    pub status: u16,
+    /// The error body's message, when `status` is not 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to `POST /api/v1/agents/{id}/reports`: one result per report, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReportResults {
+    pub results: Vec<ReportResult>,
+}
+
+/// `POST /api/v1/tasks/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    /// Each validated alone, in order, each with its own idempotency key; all in one commit.
+    #[schema(max_items = 1000)]
+    pub tasks: Vec<SubmitTask>,
+}
+
+/// How one submission of a batch was judged.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResult {
+    /// What the single route would have answered: 201 (queued), 200 (the idempotency key
+    /// named an existing task), 422 (invalid; nothing stored).
+    pub status: u16,
+    /// The task queued, or the existing one its idempotency key named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    /// The error body's message, when the submission was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to `POST /api/v1/tasks/batch`: one result per task, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResults {
+    pub results: Vec<SubmitResult>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Audit
 
 /// One entry of the hash-chained audit log. `hash` is SHA-256 over `prev_hash` and the entry's
@@ -1014,6 +1156,11 @@ mod tests {
         check(AgentStatus::ALL, AgentStatus::as_str, AgentStatus::parse);
         check(LogStream::ALL, LogStream::as_str, LogStream::parse);
         check(ErrorCode::ALL, ErrorCode::as_str, ErrorCode::parse);
+        check(
+            ReportOutcome::ALL,
+            ReportOutcome::as_str,
+            ReportOutcome::parse,
+        );
     }
 
     #[test]
@@ -1099,6 +1246,18 @@ mod schema_tests {
         assert_eq!(
             properties::<CompleteTask>()["attempt"]["maximum"],
             json!(u32::MAX)
+        );
+
+        assert_eq!(
+            properties::<ReportBatch>()["reports"]["maxItems"],
+            json!(MAX_REPORT_BATCH)
+        );
+        let report = properties::<Report>();
+        assert_eq!(report["attempt"]["maximum"], json!(u32::MAX));
+        assert_eq!(report["error"]["maxLength"], json!(MAX_ERROR_CHARS));
+        assert_eq!(
+            properties::<SubmitBatch>()["tasks"]["maxItems"],
+            json!(MAX_SUBMIT_BATCH)
         );
     }
 

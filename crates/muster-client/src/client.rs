@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use muster_api::{
-    Agent, AgentList, AppendLogs, CANCEL_HEADER, CompleteTask, DrainAgent, ErrorBody, ErrorCode,
-    FailTask, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, NotificationPage,
-    NotificationState, NotifyChannel, NotifyTestResult, RegisterAgent, SubmitTask, Task, TaskList,
-    TaskState,
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, DrainAgent, ErrorBody,
+    ErrorCode, FailTask, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted,
+    NotificationPage, NotificationState, NotifyChannel, NotifyTestResult, RegisterAgent, Report,
+    ReportBatch, ReportResult, ReportResults, SubmitBatch, SubmitResult, SubmitResults, SubmitTask,
+    Task, TaskList, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -49,6 +50,10 @@ impl ClientError {
 
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(ErrorCode::Conflict)
+    }
+
+    pub fn is_too_large(&self) -> bool {
+        self.code() == Some(ErrorCode::PayloadTooLarge)
     }
 
     /// Worth retrying later: the server could not be reached or said it is unavailable.
@@ -238,6 +243,50 @@ impl Client {
         })
     }
 
+    /// Long-polls for up to `max` of the agent's tasks (1 to 100), waiting up to `wait` (whole
+    /// seconds); answers as soon as one is claimed, each now running with its attempt.
+    pub async fn claim_many(
+        &self,
+        agent_id: &str,
+        wait: Duration,
+        max: u32,
+    ) -> Result<ClaimedTasks, ClientError> {
+        let path = format!(
+            "/api/v1/agents/{agent_id}/tasks/claim?wait={}&max={max}",
+            wait.as_secs()
+        );
+        self.json(self.request(Method::GET, &path).timeout(wait + POLL_SLACK))
+            .await
+    }
+
+    /// Reports the ends of many attempts in one request (at most 100): one result per report,
+    /// in order, each with the status the single route would have answered.
+    pub async fn report_many(
+        &self,
+        agent_id: &str,
+        reports: &[Report],
+    ) -> Result<Vec<ReportResult>, ClientError> {
+        let path = format!("/api/v1/agents/{agent_id}/reports");
+        let body = ReportBatch {
+            reports: reports.to_vec(),
+        };
+        let answer: ReportResults = self
+            .json(self.request(Method::POST, &path).json(&body))
+            .await?;
+        self.one_each(answer.results, reports.len())
+    }
+
+    /// A batch answer must have one result per item, or the caller would pair them wrongly.
+    fn one_each<T>(&self, results: Vec<T>, sent: usize) -> Result<Vec<T>, ClientError> {
+        if results.len() != sent {
+            return Err(ClientError::Protocol {
+                url: self.base.clone(),
+                reason: format!("{} results for {sent} items", results.len()),
+            });
+        }
+        Ok(results)
+    }
+
     pub async fn append_logs(
         &self,
         task_id: Uuid,
@@ -356,6 +405,24 @@ impl Client {
                 reason: format!("cannot decode the task: {e}"),
             })?;
         Ok((task, created))
+    }
+
+    /// Submits many tasks in one request and one commit (at most 1000): one result per task,
+    /// in order (201 queued, 200 its idempotency key named an existing task, 422 refused).
+    pub async fn submit_many(
+        &self,
+        tasks: &[SubmitTask],
+    ) -> Result<Vec<SubmitResult>, ClientError> {
+        let body = SubmitBatch {
+            tasks: tasks.to_vec(),
+        };
+        let answer: SubmitResults = self
+            .json(
+                self.request(Method::POST, "/api/v1/tasks/batch")
+                    .json(&body),
+            )
+            .await?;
+        self.one_each(answer.results, tasks.len())
     }
 
     pub async fn tasks(&self, query: &TaskQuery) -> Result<TaskList, ClientError> {

@@ -1,27 +1,30 @@
 //! The agent runtime: what every Rust agent runs to take part in muster.
 //!
 //! [`AgentRuntime::run`] registers, starts the heartbeat loop (host load, the attempts it runs,
-//! cancellations back), then long-polls for tasks while it has a free slot (at most
-//! `max_concurrency` at once). Each task goes to the [`Handler`] of its kind through
-//! [`AgentRuntime::run_one`]: log lines are batched to the server as they come, the result is
-//! reported with the task's attempt, and a cancellation (from the server, or a drain) stops the
-//! handler after a grace period. The loop re-registers when the server forgot the agent, backs
+//! cancellations back), then long-polls for as many tasks as it has free slots, in one batch
+//! claim (at most `max_concurrency` run at once). Each task goes to the [`Handler`] of its kind
+//! through [`AgentRuntime::run_one`]: log lines are batched to the server as they come, the
+//! result is reported with the task's attempt through the one reporter, which sends at once
+//! when no report is in flight and otherwise sends together the outcomes that finished
+//! meanwhile (`POST /api/v1/agents/{id}/reports`), and a cancellation (from the server, or a
+//! drain) stops the handler after a grace period. The loop re-registers when the server forgot the agent, backs
 //! off with jitter while the server is unreachable, and on shutdown drains: it stops claiming,
 //! lets running tasks finish (or hands them back as retryable once the drain timeout passes),
 //! then stops heartbeating and returns.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use muster_api::limits::{MAX_CLAIM_BATCH, MAX_ERROR_CHARS, MAX_REPORT_BATCH};
 use muster_api::{
-    AppendLogs, CompleteTask, FailTask, Heartbeat, Labels, LogStream, NewLogLine, RegisterAgent,
-    RunningTask, Task,
+    AppendLogs, Heartbeat, Labels, LogStream, NewLogLine, RegisterAgent, Report, ReportOutcome,
+    ReportResult, RunningTask, Task,
 };
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -135,6 +138,18 @@ struct Running {
     cancel: CancellationToken,
 }
 
+/// A finished attempt waiting for the reporter, and the task that waits for its answer.
+struct PendingReport {
+    report: Report,
+    answered: oneshot::Sender<()>,
+}
+
+/// The way to the reporter: its queue, and the task that sends what queues up.
+struct Reporter {
+    queue: mpsc::UnboundedSender<PendingReport>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 struct Shared {
     client: Client,
     options: AgentOptions,
@@ -144,6 +159,9 @@ struct Shared {
     /// Drawn once per process: the server tells a restart from a re-registration by it, and
     /// lets this process (and no other holder of the agent key) drain this agent.
     instance_id: String,
+    /// Started at the first report. Its task holds only a weak reference, so it ends when the
+    /// runtime is dropped; [`AgentRuntime::run`] also stops it once it has drained.
+    reporter: OnceLock<Reporter>,
 }
 
 impl Shared {
@@ -158,6 +176,32 @@ impl Shared {
                 tracing::info!(task_id = %id, "the server cancelled this task; stopping it");
                 r.cancel.cancel();
             }
+        }
+    }
+
+    /// Reports an attempt's end through the reporter and waits until the server has answered
+    /// it (or it was given up on): the attempt stays in the heartbeat's `running` list, and its
+    /// slot taken, until then.
+    async fn report(self: &Arc<Self>, report: Report) {
+        let reporter = self.reporter.get_or_init(|| {
+            let (queue, pending) = mpsc::unbounded_channel();
+            let task = tokio::spawn(report_loop(Arc::downgrade(self), pending));
+            Reporter { queue, task }
+        });
+        let (answered, answer) = oneshot::channel();
+        if reporter
+            .queue
+            .send(PendingReport { report, answered })
+            .is_ok()
+        {
+            // An error means the reporter dropped it (stopped, or gave up): nothing to wait for.
+            let _ = answer.await;
+        }
+    }
+
+    fn stop_reporting(&self) {
+        if let Some(reporter) = self.reporter.get() {
+            reporter.task.abort();
         }
     }
 
@@ -241,6 +285,7 @@ impl AgentRuntime {
                 running: Mutex::new(HashMap::new()),
                 draining: AtomicBool::new(false),
                 instance_id: uuid::Uuid::now_v7().to_string(),
+                reporter: OnceLock::new(),
             }),
         }
     }
@@ -280,24 +325,42 @@ impl AgentRuntime {
         let mut backoff = Backoff::default();
         let outcome = loop {
             while tasks.try_join_next().is_some() {}
-            // A slot first, then a claim: the agent never holds more tasks than it can run.
-            let permit: OwnedSemaphorePermit = tokio::select! {
+            // Slots first, then a claim: the agent never holds more tasks than it can run. It
+            // waits for one free slot, then takes every other free one, and asks for that many.
+            let first: OwnedSemaphorePermit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
                 _ = &mut shutdown => break Ok(()),
             };
+            let mut permits = vec![first];
+            while permits.len() < MAX_CLAIM_BATCH as usize {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
             let claim = tokio::select! {
-                claim = shared.client.next_task(&shared.options.agent_id, shared.options.claim_wait) => claim,
+                claim = shared.client.claim_many(
+                    &shared.options.agent_id,
+                    shared.options.claim_wait,
+                    permits.len() as u32,
+                ) => claim,
                 _ = &mut shutdown => break Ok(()),
             };
             match claim {
                 Ok(claim) => {
                     backoff.reset();
                     shared.cancel(&claim.cancel);
-                    if let Some(task) = claim.task {
+                    for task in claim.tasks {
+                        let Some(permit) = permits.pop() else {
+                            // Never from a server that keeps to `max`; its lease will lapse.
+                            tracing::error!(task_id = %task.id, "the server sent more tasks than asked for; not running this one");
+                            continue;
+                        };
                         track(&shared, &task);
                         let shared = shared.clone();
                         tasks.spawn(async move { run_tracked(&shared, task, permit).await });
                     }
+                    // Permits left over are dropped here: those slots are free again.
                 }
                 Err(err) if err.is_not_found() => {
                     tracing::warn!("the server does not know this agent; registering again");
@@ -326,6 +389,8 @@ impl AgentRuntime {
             tracing::warn!(error = %err, "could not mark this agent draining");
         }
         drain(&shared, &mut tasks).await;
+        // Every task has had its report answered, or was abandoned at the drain timeout.
+        shared.stop_reporting();
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
         tracing::info!(agent_id = %shared.options.agent_id, "agent stopped");
@@ -382,7 +447,7 @@ async fn drain(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
     }
 }
 
-async fn run_task(shared: &Shared, task: Task) {
+async fn run_task(shared: &Arc<Shared>, task: Task) {
     let cancel = shared
         .running()
         .get(&task.id)
@@ -432,8 +497,29 @@ async fn run_task(shared: &Shared, task: Task) {
         ),
         other => other,
     };
-    report(&shared.client, &task, outcome).await;
+    shared.report(report_of(&task, outcome)).await;
     shared.running().remove(&task.id);
+}
+
+/// The report of an attempt's end. An error text longer than the server takes is cut, so the
+/// report is not refused for it.
+fn report_of(task: &Task, outcome: Result<Value, HandlerError>) -> Report {
+    match outcome {
+        Ok(result) => Report::completed(task.id, task.attempt, result, None),
+        Err(err) => {
+            let retryable = matches!(err, HandlerError::Retryable(_));
+            let mut error = err.to_string();
+            if error.chars().count() > MAX_ERROR_CHARS {
+                let cut = error
+                    .char_indices()
+                    .nth(MAX_ERROR_CHARS - 16)
+                    .map_or(error.len(), |(at, _)| at);
+                error.truncate(cut);
+                error.push_str(" …[cut]");
+            }
+            Report::failed(task.id, task.attempt, error, retryable)
+        }
+    }
 }
 
 /// Sends log lines in batches; stops the task if the server says its attempt is stale.
@@ -486,47 +572,144 @@ async fn flush_logs(
     }
 }
 
-/// Reports the outcome, retrying while the server is unreachable (the lease keeps the task
-/// ours meanwhile). A stale attempt is logged and dropped: another attempt owns the task now.
-async fn report(client: &Client, task: &Task, outcome: Result<Value, HandlerError>) {
+/// The reporter: sends each report as soon as it comes when none is in flight, and together
+/// (up to [`MAX_REPORT_BATCH`]) the reports that came while one was. So a report never waits
+/// for others to gather, and a burst of endings costs one request and one commit. Ends when
+/// the runtime is dropped (its queue closes) or stopped.
+async fn report_loop(shared: Weak<Shared>, mut pending: mpsc::UnboundedReceiver<PendingReport>) {
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_REPORT_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        send_reports(&shared, batch).await;
+    }
+}
+
+/// How a batch of reports went.
+enum Sent {
+    /// One result per report, in order.
+    Answered(Vec<ReportResult>),
+    /// The body was over the server's limit: some result is too large.
+    TooLarge(ClientError),
+    /// Given up on: the leases will lapse and the tasks run again.
+    Lost,
+}
+
+/// Sends one batch; answers each report's waiting task once the server has judged it. A
+/// report the server could not take just now (503 for it alone) is sent again.
+async fn send_reports(shared: &Shared, batch: Vec<PendingReport>) {
+    let mut reports: Vec<Report> = batch.iter().map(|p| p.report.clone()).collect();
+    let mut backoff = Backoff::default();
+    while !reports.is_empty() {
+        match deliver(shared, &reports).await {
+            Sent::Answered(results) => {
+                let mut again = Vec::new();
+                for (report, result) in reports.into_iter().zip(&results) {
+                    if matches!(result.status, 429 | 500 | 503) && backoff.failures < 12 {
+                        again.push(report);
+                    } else {
+                        log_result(&report, result);
+                    }
+                }
+                reports = again;
+                if !reports.is_empty() {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+            // One oversize result must not cost the other reports theirs: each goes alone.
+            Sent::TooLarge(_) if reports.len() > 1 => {
+                for report in reports {
+                    send_alone(shared, report).await;
+                }
+                break;
+            }
+            Sent::TooLarge(err) => {
+                refused_result(shared, &reports[0], &err).await;
+                break;
+            }
+            Sent::Lost => break,
+        }
+    }
+    for pending in batch {
+        let _ = pending.answered.send(());
+    }
+}
+
+async fn send_alone(shared: &Shared, report: Report) {
+    match deliver(shared, std::slice::from_ref(&report)).await {
+        Sent::Answered(results) => log_result(&report, &results[0]),
+        Sent::TooLarge(err) => refused_result(shared, &report, &err).await,
+        Sent::Lost => {}
+    }
+}
+
+/// A result the server will not take ends the attempt as a failure that says so, rather than
+/// leaving the task to run again and again.
+async fn refused_result(shared: &Shared, report: &Report, err: &ClientError) {
+    if report.outcome != ReportOutcome::Completed {
+        tracing::error!(task_id = %report.task_id, error = %err, "report refused; the lease will expire and the task run again");
+        return;
+    }
+    let failed = Report::failed(
+        report.task_id,
+        report.attempt,
+        format!("the server refused the handler's result: {err}"),
+        false,
+    );
+    if let Sent::Answered(results) = deliver(shared, std::slice::from_ref(&failed)).await {
+        log_result(&failed, &results[0]);
+    }
+}
+
+/// Sends a batch of reports, retrying while the server is unreachable (the leases keep the
+/// tasks ours meanwhile) and registering again if the server forgot this agent.
+async fn deliver(shared: &Shared, reports: &[Report]) -> Sent {
     let mut backoff = Backoff::default();
     loop {
-        let sent = match &outcome {
-            Ok(result) => {
-                let report = CompleteTask {
-                    attempt: task.attempt,
-                    result: result.clone(),
-                    usage: None,
-                };
-                client.complete(task.id, &report).await
-            }
-            Err(err) => {
-                let report = FailTask {
-                    attempt: task.attempt,
-                    error: err.to_string(),
-                    retryable: matches!(err, HandlerError::Retryable(_)),
-                };
-                client.fail(task.id, &report).await
-            }
-        };
-        match sent {
-            Ok(t) => {
-                tracing::info!(task_id = %task.id, state = %t.state, "reported");
-                return;
-            }
-            Err(err) if err.is_conflict() || err.is_not_found() => {
-                tracing::warn!(task_id = %task.id, attempt = task.attempt, error = %err, "report refused: the attempt is no longer current");
-                return;
+        match shared
+            .client
+            .report_many(&shared.options.agent_id, reports)
+            .await
+        {
+            Ok(results) => return Sent::Answered(results),
+            Err(err) if err.is_too_large() => return Sent::TooLarge(err),
+            Err(err) if err.is_not_found() && backoff.failures < 12 => {
+                tracing::warn!("reports: the server does not know this agent; registering again");
+                if let Err(err) = shared.client.register(&shared.registration()).await {
+                    tracing::warn!(error = %err, "registering again failed");
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(err) if err.is_transient() && backoff.failures < 12 => {
                 let wait = backoff.next_delay();
-                tracing::warn!(task_id = %task.id, error = %err, ?wait, "report failed; retrying");
+                tracing::warn!(error = %err, ?wait, reports = reports.len(), "report failed; retrying");
                 tokio::time::sleep(wait).await;
             }
             Err(err) => {
-                tracing::error!(task_id = %task.id, error = %err, "report lost; the lease will expire and the task run again");
-                return;
+                tracing::error!(error = %err, reports = reports.len(), "reports lost; the leases will expire and the tasks run again");
+                return Sent::Lost;
             }
+        }
+    }
+}
+
+fn log_result(report: &Report, result: &ReportResult) {
+    let error = result.error.as_deref().unwrap_or("");
+    match result.status {
+        200 => tracing::info!(task_id = %report.task_id, outcome = %report.outcome, "reported"),
+        // A stale attempt: another attempt owns the task now, and the server keeps what it has.
+        404 | 409 => {
+            tracing::warn!(task_id = %report.task_id, attempt = report.attempt, error, "report refused: the attempt is no longer current")
+        }
+        status => {
+            tracing::error!(task_id = %report.task_id, status, error, "report refused; the lease will expire and the task run again")
         }
     }
 }
@@ -569,3 +752,6 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Plane {
     client: Client,
+    base: String,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -30,12 +31,14 @@ async fn plane() -> Plane {
     let settings = Settings::new(dir.path().join("muster.db"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server::build(settings, listener).await.unwrap();
-    let client = Client::new(&format!("http://{}", server.local_addr()), None).unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let client = Client::new(&base, None).unwrap();
     let stop = CancellationToken::new();
     let signal = stop.clone();
     tokio::spawn(server.run(async move { signal.cancelled().await }));
     Plane {
         client,
+        base,
         stop,
         _dir: dir,
     }
@@ -254,4 +257,67 @@ async fn a_drain_finishes_running_work_and_claims_nothing_new() {
         "{waiting:?}"
     );
     assert_eq!(gate.started.load(Ordering::SeqCst), 1);
+}
+
+/// Requests the server answered on `route`, by its request metrics.
+async fn requests_on(p: &Plane, method: &str, route: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", p.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = format!("method=\"{method}\",route=\"{route}\"");
+    text.lines()
+        .filter(|l| l.starts_with("muster_http_request_seconds_count{") && l.contains(&labels))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Fails with a retryable error.
+struct Flaky;
+
+#[async_trait]
+impl Handler for Flaky {
+    async fn run(&self, _ctx: &TaskContext) -> Result<Value, HandlerError> {
+        Err(HandlerError::Retryable("not today".into()))
+    }
+}
+
+#[tokio::test]
+async fn the_runtime_claims_and_reports_through_the_batch_routes() {
+    let p = plane().await;
+    let (stop, agent) = spawn(
+        AgentRuntime::new(p.client.clone(), options("batcher", 4))
+            .handle("echo", Echo)
+            .handle("flaky", Flaky),
+    );
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        tasks.push(submit(&p.client, "echo", json!({"n": n})).await);
+    }
+    let flaky = submit(&p.client, "flaky", json!({})).await;
+    for t in &tasks {
+        wait_for(&p.client, t, TaskState::Completed).await;
+    }
+    let failed = wait_for(&p.client, &flaky, TaskState::Failed).await;
+    assert_eq!(failed.error.as_deref(), Some("not today"));
+    stop.cancel();
+    agent.await.unwrap();
+
+    let claims = "/api/v1/agents/{id}/tasks/claim";
+    let reports = "/api/v1/agents/{id}/reports";
+    assert!(requests_on(&p, "GET", claims).await > 0, "batch claims");
+    assert!(requests_on(&p, "POST", reports).await > 0, "batch reports");
+    for (method, route) in [
+        ("GET", "/api/v1/agents/{id}/tasks/next"),
+        ("POST", "/api/v1/tasks/{id}/complete"),
+        ("POST", "/api/v1/tasks/{id}/fail"),
+    ] {
+        assert_eq!(
+            requests_on(&p, method, route).await,
+            0,
+            "the single-task route {route} is left to plain-HTTP agents"
+        );
+    }
 }

@@ -2,8 +2,10 @@
 //! API handlers and the web UI both call these, so a task submitted from a form is validated,
 //! stored, dispatched and announced exactly like one submitted as JSON.
 
-use muster_api::limits::{MAX_KEY_CHARS, MAX_KIND_CHARS, MAX_RETRIES};
-use muster_api::{Agent, AgentStatus, NotifyChannel, NotifyTestResult, SubmitTask, Task};
+use muster_api::limits::{MAX_KEY_CHARS, MAX_KIND_CHARS, MAX_RETRIES, MAX_SUBMIT_BATCH};
+use muster_api::{
+    Agent, AgentStatus, ErrorCode, NotifyChannel, NotifyTestResult, SubmitResult, SubmitTask, Task,
+};
 use uuid::Uuid;
 
 use crate::app::App;
@@ -77,6 +79,69 @@ pub async fn submit(app: &App, req: SubmitTask) -> Result<SubmitOutcome, ApiErro
         task: submitted.task,
         created: submitted.created,
     })
+}
+
+/// Many submissions at once, each validated alone as [`submit`] validates one (a refused one
+/// gets 422 with its message and the others go on), each with its own idempotency key, all
+/// stored in one store operation (one commit), then announced. In order, what the single
+/// route would have answered for each.
+pub async fn submit_many(
+    app: &App,
+    tasks: Vec<serde_json::Value>,
+) -> Result<Vec<SubmitResult>, ApiError> {
+    bounds::count("tasks", &tasks, MAX_SUBMIT_BATCH)?;
+    let default_max_retries = app.settings().default_max_retries;
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut valid = Vec::with_capacity(tasks.len());
+    for raw in tasks {
+        let checked = serde_path_to_error::deserialize::<_, SubmitTask>(raw)
+            .map_err(|err| ApiError::new(ErrorCode::InvalidField, err.to_string()))
+            .and_then(|req| validate_submit(req, default_max_retries));
+        match checked {
+            Ok(new) => {
+                valid.push(new);
+                results.push(None);
+            }
+            Err(err) => results.push(Some(refused(&err))),
+        }
+    }
+    let stored = if valid.is_empty() {
+        Vec::new()
+    } else {
+        app.store.submit_many(valid, app.now_ms()).await?
+    };
+    // The store answered the valid submissions in order: they fill the gaps.
+    let mut stored = stored.into_iter();
+    Ok(results
+        .into_iter()
+        .map(|judged| {
+            judged.unwrap_or_else(|| match stored.next() {
+                Some(Ok(submitted)) => {
+                    if let Some(change) = submitted.change {
+                        app.changes.task(change);
+                    }
+                    SubmitResult {
+                        status: if submitted.created { 201 } else { 200 },
+                        task: Some(submitted.task),
+                        error: None,
+                    }
+                }
+                Some(Err(err)) => refused(&ApiError::from(err)),
+                None => refused(&ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the store did not answer this submission; send it again",
+                )),
+            })
+        })
+        .collect())
+}
+
+fn refused(err: &ApiError) -> SubmitResult {
+    SubmitResult {
+        status: err.code.http_status(),
+        task: None,
+        error: Some(err.message.clone()),
+    }
 }
 
 /// Cancels a queued or assigned task at once; a running one's agent is told to stop. The audit

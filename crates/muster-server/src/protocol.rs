@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use muster_api::limits::{
-    MAX_CONCURRENCY, MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_ID_CHARS, MAX_KIND_CHARS, MAX_KINDS,
-    MAX_LINES, MAX_VERSION_CHARS, MAX_WAIT_S,
+    MAX_CLAIM_BATCH, MAX_CONCURRENCY, MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_ID_CHARS,
+    MAX_KIND_CHARS, MAX_KINDS, MAX_LINES, MAX_REPORT_BATCH, MAX_VERSION_CHARS, MAX_WAIT_S,
 };
 use muster_api::{
-    Agent, AgentStatus, AppendLogs, CompleteTask, ErrorCode, FailTask, Heartbeat, HeartbeatAck,
-    RegisterAgent, Task,
+    Agent, AgentStatus, AppendLogs, ClaimedTasks, CompleteTask, ErrorCode, FailTask, Heartbeat,
+    HeartbeatAck, RegisterAgent, Report, ReportOutcome, ReportResult, Task,
 };
 use uuid::Uuid;
 
@@ -19,7 +19,7 @@ use crate::bounds;
 use crate::changes::AgentChange;
 use crate::error::ApiError;
 use crate::operator;
-use crate::store::DrainBy;
+use crate::store::{AttemptEnd, AttemptReport, DrainBy};
 
 fn not_registered(agent_id: &str) -> ApiError {
     ApiError::new(
@@ -169,8 +169,37 @@ pub struct Claim {
 
 /// Waits up to `wait_s` for a task assigned to the agent and starts its next attempt. Returns
 /// early, without a task, when one of the agent's running tasks must be cancelled or the
-/// server shuts down.
+/// server shuts down. A batch claim of one.
 pub async fn claim(app: &App, agent_id: &str, wait_s: u64) -> Result<Claim, ApiError> {
+    let batch = claim_up_to(app, agent_id, wait_s, 1).await?;
+    Ok(Claim {
+        task: batch.tasks.into_iter().next(),
+        cancel: batch.cancel,
+    })
+}
+
+/// Checks a batch claim's `max`: 1 to [`MAX_CLAIM_BATCH`].
+pub fn claim_max(max: Option<u32>) -> Result<usize, ApiError> {
+    match max {
+        None => Ok(1),
+        Some(n) if (1..=MAX_CLAIM_BATCH).contains(&n) => Ok(n as usize),
+        Some(_) => Err(ApiError::invalid(
+            "max",
+            format!("must be between 1 and {MAX_CLAIM_BATCH}"),
+        )),
+    }
+}
+
+/// The long-poll for up to `max` tasks: waits up to `wait_s` for tasks assigned to the agent
+/// and starts the next attempt of as many as are assigned (at most `max`), answering as soon
+/// as one is claimed. Like [`claim`], it answers early without tasks for a cancel or a
+/// shutdown.
+pub async fn claim_up_to(
+    app: &App,
+    agent_id: &str,
+    wait_s: u64,
+    max: usize,
+) -> Result<ClaimedTasks, ApiError> {
     if wait_s > MAX_WAIT_S {
         return Err(ApiError::invalid(
             "wait",
@@ -193,28 +222,28 @@ pub async fn claim(app: &App, agent_id: &str, wait_s: u64) -> Result<Claim, ApiE
         notified.as_mut().enable();
         let now = app.now_ms();
         let lease_until = now + app.settings().lease.as_millis() as i64;
-        let claimed = app.store.claim(agent_id, now, lease_until).await?;
-        if let Some(change) = claimed.change {
+        let claimed = app
+            .store
+            .claim_many(agent_id, max, now, lease_until)
+            .await?;
+        for change in claimed.changes {
             app.changes.task(change);
         }
-        if claimed.task.is_some() {
-            return Ok(Claim {
-                task: claimed.task,
-                cancel: claimed.cancel,
-            });
-        }
-        let nothing = Claim {
-            task: None,
+        let answer = ClaimedTasks {
+            tasks: claimed.tasks,
             cancel: claimed.cancel,
         };
+        if !answer.tasks.is_empty() {
+            return Ok(answer);
+        }
         // A wake-up without a task means a cancel for this agent: answer at once.
-        if (woken && !nothing.cancel.is_empty()) || tokio::time::Instant::now() >= deadline {
-            return Ok(nothing);
+        if (woken && !answer.cancel.is_empty()) || tokio::time::Instant::now() >= deadline {
+            return Ok(answer);
         }
         tokio::select! {
             _ = notified => woken = true,
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = app.shutdown.cancelled() => return Ok(nothing),
+            _ = app.shutdown.cancelled() => return Ok(answer),
         }
     }
 }
@@ -247,20 +276,145 @@ pub async fn complete(app: &App, task_id: Uuid, req: CompleteTask) -> Result<Tas
     Ok(changed.task)
 }
 
-/// The attempt failed; the lifecycle rules decide between a retry and the end.
-pub async fn fail(app: &App, task_id: Uuid, req: FailTask) -> Result<Task, ApiError> {
-    if bounds::longer_than(&req.error, MAX_ERROR_CHARS) {
+fn check_error_text(error: &str) -> Result<(), ApiError> {
+    if bounds::longer_than(error, MAX_ERROR_CHARS) {
         return Err(ApiError::invalid(
             "error",
             format!("must be at most {MAX_ERROR_CHARS} characters"),
         ));
     }
+    Ok(())
+}
+
+/// The attempt failed; the lifecycle rules decide between a retry and the end.
+pub async fn fail(app: &App, task_id: Uuid, req: FailTask) -> Result<Task, ApiError> {
+    check_error_text(&req.error)?;
     let changed = app
         .store
         .fail(task_id, req.attempt, req.error, req.retryable, app.now_ms())
         .await?;
     app.changes.task(changed.change);
     Ok(changed.task)
+}
+
+/// Reads one report of a batch; answers the task id it names, when it names one that can be
+/// read, beside the verdict.
+fn read_report(raw: serde_json::Value) -> (Option<Uuid>, Result<AttemptReport, ApiError>) {
+    let task_id = raw
+        .get("task_id")
+        .and_then(|v| v.as_str())
+        .and_then(|v| Uuid::parse_str(v).ok());
+    (task_id, parse_report(raw))
+}
+
+/// One report of a batch read as the single routes read theirs: its fields as `complete` or
+/// `fail` take them, refused (422, naming the field) as they would refuse them.
+fn parse_report(raw: serde_json::Value) -> Result<AttemptReport, ApiError> {
+    let report: Report = serde_path_to_error::deserialize(raw)
+        .map_err(|err| ApiError::new(ErrorCode::InvalidField, err.to_string()))?;
+    let end = match report.outcome {
+        ReportOutcome::Completed => {
+            if report.error.is_some() {
+                return Err(ApiError::invalid(
+                    "error",
+                    "only a failed report carries an error",
+                ));
+            }
+            AttemptEnd::Completed {
+                result: report.result,
+                usage: report.usage,
+            }
+        }
+        ReportOutcome::Failed => {
+            if !report.result.is_null() {
+                return Err(ApiError::invalid(
+                    "result",
+                    "only a completed report carries a result",
+                ));
+            }
+            if report.usage.is_some() {
+                return Err(ApiError::invalid(
+                    "usage",
+                    "only a completed report carries usage",
+                ));
+            }
+            let error = report.error.ok_or_else(|| {
+                ApiError::invalid("error", "a failed report must say what went wrong")
+            })?;
+            check_error_text(&error)?;
+            AttemptEnd::Failed {
+                error,
+                retryable: report.retryable,
+            }
+        }
+    };
+    Ok(AttemptReport {
+        task_id: report.task_id,
+        attempt: report.attempt,
+        end,
+    })
+}
+
+/// The status of an item of a batch that was applied (or, before the store answered, is valid).
+const APPLIED: u16 = 200;
+
+/// The verdict on one item of a batch: the status and message the single route would have
+/// answered.
+fn verdict(err: &ApiError) -> (u16, Option<String>) {
+    (err.code.http_status(), Some(err.message.clone()))
+}
+
+/// Many attempts' ends at once, each judged alone as `complete` and `fail` judge one (a stale
+/// attempt is refused alone; the rest are applied), all in one store operation and so one
+/// commit, answered after it. Like the single routes, a report is not checked against the
+/// agent that sends it: the attempt number is the fence. The agent must be registered, as for
+/// its heartbeat and claim, so a forgotten agent learns to register again.
+pub async fn report_many(
+    app: &App,
+    agent_id: &str,
+    reports: Vec<serde_json::Value>,
+) -> Result<Vec<ReportResult>, ApiError> {
+    bounds::count("reports", &reports, MAX_REPORT_BATCH)?;
+    if app.registry.status(agent_id).is_none() {
+        return Err(not_registered(agent_id));
+    }
+    let mut results = Vec::with_capacity(reports.len());
+    let mut valid = Vec::with_capacity(reports.len());
+    for raw in reports {
+        let (task_id, read) = read_report(raw);
+        let (status, error) = match read {
+            Ok(report) => {
+                valid.push(report);
+                (APPLIED, None)
+            }
+            Err(err) => verdict(&err),
+        };
+        results.push(ReportResult {
+            task_id,
+            status,
+            error,
+        });
+    }
+    let applied = if valid.is_empty() {
+        Vec::new()
+    } else {
+        app.store.report_many(valid, app.now_ms()).await?
+    };
+    // The store answered the valid reports in order: they fill the results still at 200.
+    let mut applied = applied.into_iter();
+    for result in results.iter_mut().filter(|r| r.error.is_none()) {
+        match applied.next() {
+            Some(Ok(change)) => app.changes.task(change),
+            Some(Err(err)) => (result.status, result.error) = verdict(&ApiError::from(err)),
+            None => {
+                (result.status, result.error) = verdict(&ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the store did not answer this report; send it again",
+                ))
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// An agent process drains itself on its way out, naming its `instance_id`: no task is

@@ -1,6 +1,6 @@
 //! The real `muster` binary, killed with SIGKILL under load and restarted on the same file:
-//! every task whose submit was acknowledged is still there, and each one still reaches a final
-//! state.
+//! every task whose submit was acknowledged is still there, every report acknowledged in a
+//! batch is still applied, and each task still reaches a final state.
 
 mod common;
 
@@ -173,6 +173,230 @@ async fn sigkill_under_load_loses_no_acknowledged_task() {
         assert_eq!(task["state"], "completed", "{task}");
     }
     drop(served);
+}
+
+/// What a batch-reporting agent does with an attempt: complete it, fail it for good, or (for
+/// `flaky` tasks) fail the first attempt as retryable and complete the next.
+fn report_for(task: &Value, agent: &str) -> Value {
+    let attempt = task["attempt"].as_u64().unwrap();
+    let id = task["id"].clone();
+    match task["kind"].as_str().unwrap() {
+        "doomed" => json!({"task_id": id, "attempt": attempt, "outcome": "failed",
+                           "error": format!("doomed by {agent}"), "retryable": false}),
+        "flaky" if attempt == 1 => json!({"task_id": id, "attempt": attempt, "outcome": "failed",
+                                          "error": format!("flaky at {attempt}"), "retryable": true}),
+        _ => json!({"task_id": id, "attempt": attempt, "outcome": "completed",
+                    "result": {"by": agent, "attempt": attempt}}),
+    }
+}
+
+/// Claims in batches and reports in batches until the server stops answering; records every
+/// report the server answered 200 for, with the report itself.
+async fn batch_agent(
+    client: reqwest::Client,
+    base: String,
+    agent: String,
+    acked: Arc<Mutex<Vec<Value>>>,
+) {
+    let register =
+        json!({"agent_id": agent, "host": "h", "capabilities": [], "max_concurrency": 32});
+    let Ok(r) = client
+        .post(format!("{base}/api/v1/agents/register"))
+        .json(&register)
+        .send()
+        .await
+    else {
+        return;
+    };
+    assert!(r.status().is_success());
+    loop {
+        let Ok(resp) = client
+            .get(format!(
+                "{base}/api/v1/agents/{agent}/tasks/claim?wait=1&max=32"
+            ))
+            .send()
+            .await
+        else {
+            return;
+        };
+        let Ok(claimed) = resp.json::<Value>().await else {
+            return;
+        };
+        let tasks = claimed["tasks"].as_array().cloned().unwrap_or_default();
+        if tasks.is_empty() {
+            continue;
+        }
+        let reports: Vec<Value> = tasks.iter().map(|t| report_for(t, &agent)).collect();
+        let Ok(resp) = client
+            .post(format!("{base}/api/v1/agents/{agent}/reports"))
+            .json(&json!({"reports": reports}))
+            .send()
+            .await
+        else {
+            return; // cut off: these reports were never acknowledged
+        };
+        if resp.status() != reqwest::StatusCode::OK {
+            return;
+        }
+        let Ok(answer) = resp.json::<Value>().await else {
+            return;
+        };
+        let results = answer["results"].as_array().unwrap();
+        assert_eq!(results.len(), reports.len(), "{answer}");
+        let mut acked = acked.lock().unwrap();
+        for (report, result) in reports.into_iter().zip(results) {
+            // Nothing else reports these tasks before the kill: every report is current.
+            assert_eq!(result["status"], 200, "{result}");
+            acked.push(report);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_while_agents_send_batch_reports_loses_no_acknowledged_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("muster.db");
+    let client = reqwest::Client::new();
+    // Retries come due at once, so flaky tasks run their second attempt under the same load.
+    let fast = [("RETRY_BACKOFF", "10ms"), ("RETRY_BACKOFF_MAX", "10ms")];
+    let served = Served::start(&db, &fast);
+    let base = served.base.clone();
+
+    // Every task is submitted, in bulk, before the agents start.
+    let mut submitted: Vec<String> = Vec::new();
+    for batch in 0..6 {
+        let tasks: Vec<Value> = (0..500)
+            .map(|n| {
+                let kind = ["plain", "doomed", "flaky"][n % 3];
+                json!({"kind": kind, "payload": {"batch": batch, "n": n}, "max_retries": 1})
+            })
+            .collect();
+        let answer: Value = client
+            .post(format!("{base}/api/v1/tasks/batch"))
+            .json(&json!({ "tasks": tasks }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for result in answer["results"].as_array().unwrap() {
+            assert_eq!(result["status"], 201, "{result}");
+            submitted.push(result["task"]["id"].as_str().unwrap().to_owned());
+        }
+    }
+
+    let acked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let agents: Vec<_> = (0..4)
+        .map(|n| {
+            tokio::spawn(batch_agent(
+                client.clone(),
+                base.clone(),
+                format!("batcher-{n}"),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    // Kill mid-load, once a good number of reports were acknowledged.
+    while acked.lock().unwrap().len() < 600 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    served.kill();
+    for agent in agents {
+        agent.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 600);
+    assert!(
+        acked.len() < submitted.len() + submitted.len() / 3,
+        "the kill came after the load was over"
+    );
+
+    let served = Served::start(
+        &db,
+        &[
+            ("LEASE", "1s"),
+            ("HEARTBEAT_TIMEOUT", "1s"),
+            ("SWEEP_INTERVAL", "100ms"),
+            ("ASSIGN_TIMEOUT", "1s"),
+            ("RETRY_BACKOFF", "10ms"),
+            ("RETRY_BACKOFF_MAX", "10ms"),
+        ],
+    );
+    let base = served.base.clone();
+    // Every acknowledged report is still applied.
+    for report in &acked {
+        let id = report["task_id"].as_str().unwrap();
+        let task: Value = client
+            .get(format!("{base}/api/v1/tasks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let attempt = report["attempt"].as_u64().unwrap() as usize;
+        let record = &task["attempts"][attempt - 1];
+        match (report["outcome"].as_str(), report["retryable"].as_bool()) {
+            (Some("completed"), _) => {
+                assert_eq!(task["state"], "completed", "lost: {report} {task}");
+                assert_eq!(task["result"], report["result"], "{task}");
+                assert_eq!(record["outcome"], "completed", "{task}");
+            }
+            (Some("failed"), Some(false)) => {
+                assert_eq!(task["state"], "failed", "lost: {report} {task}");
+                assert_eq!(task["error"], report["error"], "{task}");
+            }
+            _ => {
+                // A retryable failure: its attempt ended failed, whatever came after.
+                assert_eq!(record["outcome"], "failed", "lost: {report} {task}");
+                assert_eq!(record["error"], report["error"], "{task}");
+            }
+        }
+    }
+
+    // Every task still reaches one final state: an agent finishes what is left.
+    let after = "after".to_owned();
+    let finisher = tokio::spawn(batch_agent(
+        client.clone(),
+        base.clone(),
+        after.clone(),
+        Arc::default(),
+    ));
+    let mut idle_rounds = 0;
+    while count_unfinished(&client, &base).await > 0 && idle_rounds < 300 {
+        idle_rounds += 1;
+        let _ = client
+            .post(format!("{base}/api/v1/agents/{after}/heartbeat"))
+            .json(&json!({}))
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count_unfinished(&client, &base).await,
+        0,
+        "some tasks never finished after the restart"
+    );
+    for id in &submitted {
+        let task: Value = client
+            .get(format!("{base}/api/v1/tasks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let state = task["state"].as_str().unwrap();
+        let expected = if task["kind"] == "doomed" {
+            "failed"
+        } else {
+            "completed"
+        };
+        assert_eq!(state, expected, "{task}");
+    }
+    drop(served);
+    finisher.abort();
 }
 
 async fn count_unfinished(client: &reqwest::Client, base: &str) -> usize {

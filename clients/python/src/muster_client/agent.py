@@ -1,11 +1,13 @@
 """The agent runtime: what a Python agent runs to take part in muster.
 
 `Agent.run()` registers, starts a heartbeat thread (host load, the attempts it runs,
-cancellations back), then long-polls for tasks while it has a free slot (at most
-`max_concurrency` at once). Each task goes, on its own thread, to the handler registered for
-its kind, with a `TaskContext`: log lines are batched to the server as they come, the return
-value is reported with the task's attempt, an exception fails it (retryable unless it is a
-`Permanent`). A cancel from the server (heartbeat answer or claim header) sets
+cancellations back), then long-polls for as many tasks as it has free slots in one batch claim
+(at most `max_concurrency` run at once). Each task goes, on its own thread, to the handler
+registered for its kind, with a `TaskContext`: log lines are batched to the server as they
+come, the return value is reported with the task's attempt, an exception fails it (retryable
+unless it is a `Permanent`). Reports go through one reporter thread: at once when no report is
+in flight, and together (one request, one commit on the server) for those that finished while
+one was. A cancel from the server (heartbeat answer or claim header) sets
 `ctx.cancelled`. The loop registers again when the server forgot the agent, backs off with
 jitter while the server is unreachable, and on `stop()` (or SIGTERM/SIGINT) drains: it stops
 claiming, lets running handlers finish within `shutdown_grace`, hands the rest back as
@@ -18,6 +20,7 @@ import asyncio
 import inspect
 import json
 import logging
+import queue
 import random
 import signal
 import socket
@@ -26,22 +29,21 @@ import time
 import uuid
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from . import __version__
 from ._http import Channel
-from .client import Client
+from .client import MAX_CLAIM_BATCH, MAX_REPORT_BATCH, Client
 from .errors import (
     Conflict,
     Forbidden,
-    InvalidField,
     MusterError,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
 )
 from .load import LoadSampler
-from .models import LogStream, RunningTask, Task, format_timestamp
+from .models import LogStream, Report, RunningTask, Task, format_timestamp
 
 __all__ = ["Agent", "TaskContext", "Permanent", "NonRetryable", "TaskCancelled", "Handler"]
 
@@ -211,6 +213,24 @@ class _Outcome:
         return cls(False, error=error, retryable=retryable)
 
 
+class _PendingReport:
+    """An attempt's end waiting for the reporter; `done` is set once the server answered it
+    (or it was given up on)."""
+
+    __slots__ = ("ctx", "outcome", "done")
+
+    def __init__(self, ctx: TaskContext, outcome: _Outcome) -> None:
+        self.ctx = ctx
+        self.outcome = outcome
+        self.done = threading.Event()
+
+    def report(self) -> Report:
+        ctx, outcome = self.ctx, self.outcome
+        if outcome.complete:
+            return Report.completed(ctx.task_id, ctx.attempt, outcome.result, ctx.usage)
+        return Report.failed(ctx.task_id, ctx.attempt, outcome.error, outcome.retryable)
+
+
 class Agent:
     """A muster agent: registers, heartbeats, claims tasks and runs their handlers.
 
@@ -295,6 +315,8 @@ class Agent:
         self._registered = threading.Event()
         self._register_lock = threading.Lock()
         self._channel = Channel()
+        self._reports: queue.Queue[_PendingReport] = queue.Queue()
+        self._reporter: Optional[threading.Thread] = None
         self._started = False
         self._grace_override: Optional[float] = None
         self._unreachable_since: Optional[float] = None
@@ -386,6 +408,7 @@ class Agent:
             for target, name in (
                 (self._heartbeat_loop, "heartbeat"),
                 (self._maintenance_loop, "logs"),
+                (self._report_loop, "reports"),
                 (self._claim_loop, "claim"),
             ):
                 t = threading.Thread(
@@ -393,11 +416,12 @@ class Agent:
                 )
                 t.start()
                 threads.append(t)
+            self._reporter = threads[2]
             # The main thread only waits here, so signals are handled at once.
             while not self._stopping.wait(0.5):
                 pass
             log.info("agent %s stopping: no new tasks; draining", self.agent_id)
-            threads[2].join()
+            threads[3].join()
             if self.drain_on_stop:
                 self._announce_drain()
             self._drain()
@@ -406,7 +430,7 @@ class Agent:
             self._background_stop.set()
             self._beat_now.set()
             self._maintenance_now.set()
-            for t in threads[:2]:
+            for t in threads[:3]:
                 t.join(timeout=self.client.timeout + 1)
             self._channel.close()
             restore()
@@ -515,28 +539,34 @@ class Agent:
 
     # -- claiming -----------------------------------------------------------------------------
 
-    def _free_slot(self) -> bool:
-        """Waits for a free slot and takes it; False once stopping."""
+    def _free_slots(self) -> int:
+        """Waits for a free slot, then takes every free one (at most a batch claim's worth);
+        answers how many, 0 once stopping."""
         with self._cond:
             while len(self._running) + self._claiming >= self.max_concurrency:
                 if self._stopping.is_set():
-                    return False
+                    return 0
                 self._cond.wait(0.5)
             if self._stopping.is_set():
-                return False
-            self._claiming += 1
-            return True
+                return 0
+            free = self.max_concurrency - len(self._running) - self._claiming
+            taken = min(free, MAX_CLAIM_BATCH)
+            self._claiming += taken
+            return taken
 
     def _claim_loop(self) -> None:
         backoff = _Backoff(cap=self.backoff_cap)
-        while self._free_slot():
-            task: Optional[Task] = None
-            ctx: Optional[TaskContext] = None
+        while True:
+            slots = self._free_slots()
+            if not slots:
+                return
+            tasks: List[Task] = []
+            started: List[TaskContext] = []
             try:
-                claim = self.client.claim(
-                    self.agent_id, wait=self.poll_wait, _channel=self._channel
+                claim = self.client.claim_many(
+                    self.agent_id, max_tasks=slots, wait=self.poll_wait, _channel=self._channel
                 )
-                task = claim.task
+                tasks = claim.tasks
                 self._reachable()
                 backoff.reset()
                 self._apply_cancel(claim.cancel, "claim")
@@ -559,14 +589,24 @@ class Agent:
                 log.exception("claim loop error")
                 self._stopping.wait(backoff.next_delay())
             finally:
+                if len(tasks) > slots:
+                    # Never from a server that keeps to `max`; their leases will lapse.
+                    log.error(
+                        "the server sent %d tasks for %d free slots; not running %s",
+                        len(tasks),
+                        slots,
+                        ", ".join(t.id for t in tasks[slots:]),
+                    )
+                    tasks = tasks[:slots]
                 with self._cond:
-                    self._claiming -= 1
-                    if task is not None:
+                    self._claiming -= slots
+                    for task in tasks:
                         ctx = TaskContext(self, task)
                         self._running[task.id] = ctx
                         self.tasks_started += 1
+                        started.append(ctx)
                     self._cond.notify_all()
-            if ctx is not None:
+            for ctx in started:
                 threading.Thread(
                     target=self._execute,
                     args=(ctx,),
@@ -642,51 +682,150 @@ class Agent:
         self._report(ctx, outcome)
 
     def _report(self, ctx: TaskContext, outcome: _Outcome) -> None:
+        """Reports the attempt's end and returns once the server has answered it (or it was
+        given up on), so the attempt stays in the heartbeat's list and holds its slot until
+        then."""
+        self._report_all([(ctx, outcome)])
+
+    def _report_all(self, ends: List[Tuple[TaskContext, _Outcome]]) -> None:
+        """Reports attempts' ends through the reporter thread, all queued before any is
+        waited for so they can travel together. Without a reporter (the agent is not
+        running), they are sent from here."""
+        batch = []
+        for ctx, outcome in ends:
+            self._flush(ctx)  # every log line before the result
+            batch.append(_PendingReport(ctx, outcome))
+        reporter = self._reporter
+        if reporter is None or not reporter.is_alive():
+            self._send_reports(batch)
+            return
+        for pending in batch:
+            self._reports.put(pending)
+        for pending in batch:
+            while not pending.done.wait(0.5):
+                if not reporter.is_alive() and not pending.done.is_set():
+                    # The reporter is gone: send what it left from here.
+                    self._send_reports([p for p in batch if not p.done.is_set()])
+                    return
+
+    def _report_loop(self) -> None:
+        """The reporter: sends a report as soon as it comes when none is in flight, and
+        together (up to a batch of 100) those that came while one was. A report never waits
+        for others to gather, and a burst of endings costs one request and one commit. Runs
+        until the agent has drained and nothing is left to send."""
+        while True:
+            try:
+                first = self._reports.get(timeout=0.5)
+            except queue.Empty:
+                if self._background_stop.is_set():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < MAX_REPORT_BATCH:
+                try:
+                    batch.append(self._reports.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._send_reports(batch)
+            except Exception:  # a bug here must not strand the tasks waiting on it
+                log.exception("reporting %d tasks failed", len(batch))
+            finally:
+                for pending in batch:
+                    pending.done.set()
+
+    def _send_reports(self, batch: List[_PendingReport]) -> None:
+        """Sends one batch, retrying while the server is unreachable (the leases keep the
+        tasks ours meanwhile) until `report_retry_for` passes; each report is judged alone."""
         deadline = time.monotonic() + self.report_retry_for
         backoff = _Backoff(base=0.25, cap=min(self.backoff_cap, 10.0))
-        while True:
-            self._flush(ctx)  # lines a failed flush kept go before the report, retries too
+        todo = list(batch)
+        while todo:
+            for pending in todo:
+                self._flush(pending.ctx)  # lines a failed flush kept go first, retries too
             try:
-                if outcome.complete:
-                    self.client.complete(ctx.task_id, ctx.attempt, outcome.result, ctx.usage)
-                    log.info("task %s attempt %d completed", ctx.task_id, ctx.attempt)
-                else:
-                    self.client.fail(ctx.task_id, ctx.attempt, outcome.error, outcome.retryable)
-                    log.info(
-                        "task %s attempt %d failed (%s): %s",
-                        ctx.task_id,
-                        ctx.attempt,
-                        "retryable" if outcome.retryable else "final",
-                        outcome.error,
-                    )
+                results = self.client.report_many(self.agent_id, [p.report() for p in todo])
                 self._reachable()
-                return
-            except (Conflict, NotFound) as exc:
-                # The attempt is no longer ours (cancelled, timed out, retried elsewhere):
-                # the server keeps what it has; sending again would not change that.
-                log.warning(
-                    "report of task %s attempt %d refused: %s",
-                    ctx.task_id,
-                    ctx.attempt,
-                    exc.message,
-                )
-                return
-            except (PayloadTooLarge, InvalidField) as exc:
-                if outcome.complete:
-                    outcome = _Outcome.failed(
-                        f"the server refused the handler's result: {exc.message}", retryable=False
-                    )
-                    continue
-                log.error("report of task %s refused: %s", ctx.task_id, exc)
-                return
+            except PayloadTooLarge as exc:
+                if len(todo) > 1:
+                    # One oversize result must not cost the others their reports.
+                    for pending in todo:
+                        self._send_reports([pending])
+                    return
+                if not self._refused_result(todo[0], exc.message):
+                    return
+                continue
+            except NotFound as exc:
+                # The server forgot this agent: register again, then report.
+                try:
+                    self._reregister(exc)
+                except MusterError:
+                    pass
+                if time.monotonic() >= deadline or self._hard_stop.is_set():
+                    log.error("giving up reporting %d tasks: %s", len(todo), exc)
+                    return
+                self._hard_stop.wait(backoff.next_delay())
+                continue
             except MusterError as exc:
                 if not exc.transient or time.monotonic() >= deadline or self._hard_stop.is_set():
-                    log.error(
-                        "giving up reporting task %s attempt %d: %s", ctx.task_id, ctx.attempt, exc
-                    )
+                    for pending in todo:
+                        log.error(
+                            "giving up reporting task %s attempt %d: %s",
+                            pending.ctx.task_id,
+                            pending.ctx.attempt,
+                            exc,
+                        )
                     return
                 self._unreachable(exc)
                 self._hard_stop.wait(backoff.next_delay())
+                continue
+            again: List[_PendingReport] = []
+            for pending, result in zip(todo, results):
+                if self._judged(pending, result.status, result.error or ""):
+                    again.append(pending)
+            todo = again
+            if todo:
+                self._hard_stop.wait(backoff.next_delay())
+
+    def _judged(self, pending: _PendingReport, status: int, error: str) -> bool:
+        """Logs how the server judged one report; True when it is worth sending again."""
+        ctx, outcome = pending.ctx, pending.outcome
+        if status == 200:
+            if outcome.complete:
+                log.info("task %s attempt %d completed", ctx.task_id, ctx.attempt)
+            else:
+                log.info(
+                    "task %s attempt %d failed (%s): %s",
+                    ctx.task_id,
+                    ctx.attempt,
+                    "retryable" if outcome.retryable else "final",
+                    outcome.error,
+                )
+            return False
+        if status in (404, 409):
+            # The attempt is no longer ours (cancelled, timed out, retried elsewhere): the
+            # server keeps what it has; sending again would not change that.
+            log.warning(
+                "report of task %s attempt %d refused: %s", ctx.task_id, ctx.attempt, error
+            )
+            return False
+        if status in (413, 422):
+            return self._refused_result(pending, error)
+        if status in (429, 500, 503):
+            return not self._hard_stop.is_set()
+        log.error("report of task %s refused (%d): %s", ctx.task_id, status, error)
+        return False
+
+    def _refused_result(self, pending: _PendingReport, why: str) -> bool:
+        """A result the server will not take ends the attempt as a failure that says so;
+        True when that failure is to be sent."""
+        if pending.outcome.complete:
+            pending.outcome = _Outcome.failed(
+                f"the server refused the handler's result: {why}", retryable=False
+            )
+            return True
+        log.error("report of task %s refused: %s", pending.ctx.task_id, why)
+        return False
 
     # -- logs ---------------------------------------------------------------------------------
 
@@ -835,6 +974,7 @@ class Agent:
                     break
                 self._cond.wait(min(left, 0.5))
             leftover = [c for c in self._running.values() if not c._reported]
+        handed_back = []
         for ctx in leftover:
             ctx._cancel("the agent is shutting down")
             if not ctx._claim_report():
@@ -846,7 +986,9 @@ class Agent:
                 grace,
             )
             ctx.log("agent shutting down: handing the task back", LogStream.SYSTEM)
-            self._report(ctx, _Outcome.failed("agent shutting down", retryable=True))
+            handed_back.append((ctx, _Outcome.failed("agent shutting down", retryable=True)))
+        if handed_back:
+            self._report_all(handed_back)
 
 
 def _call(fn: Handler, ctx: TaskContext) -> Any:

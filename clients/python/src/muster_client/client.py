@@ -6,14 +6,16 @@ import json
 import ssl
 import time
 from datetime import datetime
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from . import __version__
 from ._http import Channel, Transport, segment
+from .errors import MusterError
 from .models import (
     CANCEL_HEADER,
     Agent,
     Claim,
+    ClaimBatch,
     Event,
     Health,
     HeartbeatAck,
@@ -22,7 +24,10 @@ from .models import (
     LogPage,
     LogStream,
     NewLogLine,
+    Report,
+    ReportResult,
     RunningTask,
+    SubmitResult,
     Task,
     TaskList,
     TaskState,
@@ -31,6 +36,13 @@ from .models import (
 __all__ = ["Client"]
 
 RunningInput = Union[RunningTask, Tuple[str, int], Mapping[str, Any]]
+ReportInput = Union[Report, Mapping[str, Any]]
+
+#: Most tasks one batch claim may ask for, reports one request may carry, and tasks one bulk
+#: submit may carry (the server's `muster_api::limits`).
+MAX_CLAIM_BATCH = 100
+MAX_REPORT_BATCH = 100
+MAX_SUBMIT_BATCH = 1000
 
 
 class Client:
@@ -183,6 +195,43 @@ class Client:
 
     next_task = claim
 
+    def claim_many(
+        self,
+        agent_id: str,
+        max_tasks: int = 1,
+        wait: float = 0,
+        *,
+        _channel: Optional[Channel] = None,
+    ) -> ClaimBatch:
+        """`GET /api/v1/agents/{id}/tasks/claim?wait=S&max=N`: long-polls up to `wait` seconds
+        (at most 120) for up to `max_tasks` (1 to 100) tasks assigned to the agent, answering as
+        soon as one is claimed. Each comes back `running` with its `attempt`; `cancel` lists
+        running tasks the server wants stopped. Raises `NotFound` when the agent must register
+        again."""
+        seconds = max(0, int(wait))
+        path = f"/api/v1/agents/{segment(agent_id)}/tasks/claim"
+        resp = self._http.request(
+            "GET",
+            path,
+            query={"wait": seconds, "max": int(max_tasks)},
+            timeout=self.timeout + seconds,
+            channel=_channel,
+        )
+        return ClaimBatch.from_json(resp.json())
+
+    def report_many(self, agent_id: str, reports: Iterable[ReportInput]) -> List[ReportResult]:
+        """`POST /api/v1/agents/{id}/reports`: the ends of many attempts (at most 100, each a
+        `Report` or its JSON) in one request and one commit. Each is judged alone: the results,
+        in order, carry the status the single route would have answered (a stale attempt is
+        409 and changes nothing; the others are applied). Raises `NotFound` when the agent
+        must register again."""
+        body = {"reports": [r.to_json() if isinstance(r, Report) else dict(r) for r in reports]}
+        path = f"/api/v1/agents/{segment(agent_id)}/reports"
+        data = self._http.request("POST", path, body=body).json()
+        return _one_each(
+            [ReportResult.from_json(r) for r in data.get("results") or []], len(body["reports"])
+        )
+
     def append_logs(self, task_id: str, attempt: int, lines: Iterable[LogLineInput]) -> int:
         """`POST /api/v1/tasks/{id}/logs`; returns how many lines were stored. Lines are
         `NewLogLine`s, plain strings (stdout) or dicts. Raises `Conflict` for a stale attempt."""
@@ -253,22 +302,31 @@ class Client:
     ) -> Task:
         """`POST /api/v1/tasks`: queues a task once it is on disk. With an `idempotency_key`
         already used, the first task comes back instead of a new one."""
-        body: Dict[str, Any] = {
-            "kind": kind,
-            "capabilities": list(capabilities),
-            "priority": priority,
-            "labels": dict(labels or {}),
-        }
-        optional = {
-            "payload": payload,
-            "max_retries": max_retries,
-            "timeout_s": timeout_s,
-            "lock_key": lock_key,
-            "idempotency_key": idempotency_key,
-            "run_after": run_after,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
+        body = _task_body(
+            kind,
+            payload,
+            capabilities=capabilities,
+            priority=priority,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            lock_key=lock_key,
+            idempotency_key=idempotency_key,
+            run_after=run_after,
+            labels=labels,
+        )
         return Task.from_json(self._http.request("POST", "/api/v1/tasks", body=body).json())
+
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]]) -> List[SubmitResult]:
+        """`POST /api/v1/tasks/batch`: many tasks (at most 1000) in one request and one commit.
+        Each is a mapping of `submit`'s arguments (`{"kind": "backup", "payload": {...},
+        "idempotency_key": "nightly"}`) and is judged alone: the results, in order, are 201
+        (queued), 200 (its idempotency key named an existing task) or 422 (refused, with the
+        server's message); a refused one does not stop the others."""
+        body = {"tasks": [_task_body(**dict(t)) for t in tasks]}
+        data = self._http.request("POST", "/api/v1/tasks/batch", body=body).json()
+        return _one_each(
+            [SubmitResult.from_json(r) for r in data.get("results") or []], len(body["tasks"])
+        )
 
     def list_tasks(
         self,
@@ -446,6 +504,48 @@ class _SseStream:
                 data.append(value)
             elif key == "id":
                 event_id = value
+
+
+def _task_body(
+    kind: str,
+    payload: Any = None,
+    *,
+    capabilities: Iterable[str] = (),
+    priority: int = 0,
+    max_retries: Optional[int] = None,
+    timeout_s: Optional[int] = None,
+    lock_key: Optional[str] = None,
+    idempotency_key: Optional[str] = None,
+    run_after: Optional[datetime] = None,
+    labels: Optional[Mapping[str, str]] = None,
+) -> Dict[str, Any]:
+    """A submission as the server takes it, for `submit` and each task of `submit_many`."""
+    body: Dict[str, Any] = {
+        "kind": kind,
+        "capabilities": list(capabilities),
+        "priority": priority,
+        "labels": dict(labels or {}),
+    }
+    optional = {
+        "payload": payload,
+        "max_retries": max_retries,
+        "timeout_s": timeout_s,
+        "lock_key": lock_key,
+        "idempotency_key": idempotency_key,
+        "run_after": run_after,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+R = TypeVar("R")
+
+
+def _one_each(results: List[R], sent: int) -> List[R]:
+    """A batch answer has one result per item, or the caller would pair them wrongly."""
+    if len(results) != sent:
+        raise MusterError(f"the server answered {len(results)} results for {sent} items")
+    return results
 
 
 def _running(r: RunningInput) -> Dict[str, Any]:

@@ -31,6 +31,11 @@ __all__ = [
     "RunningTask",
     "HeartbeatAck",
     "Claim",
+    "ClaimBatch",
+    "ReportOutcome",
+    "Report",
+    "ReportResult",
+    "SubmitResult",
     "NewLogLine",
     "LogLine",
     "LogPage",
@@ -420,6 +425,108 @@ class Claim:
 
     task: Optional[Task]
     cancel: List[str]
+
+
+@dataclass
+class ClaimBatch:
+    """The answer to a batch claim: the tasks claimed (each now `running` with its `attempt`;
+    empty when none came within the wait) and the running tasks the server wants stopped."""
+
+    tasks: List[Task]
+    cancel: List[str]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ClaimBatch:
+        return cls(
+            tasks=[Task.from_json(t) for t in d.get("tasks") or []],
+            cancel=list(d.get("cancel") or []),
+        )
+
+
+class ReportOutcome(_WireEnum):
+    """How the attempt a report speaks of ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass
+class Report:
+    """One report of a batch: the end of one attempt, as `complete` or `fail` take it. Build
+    one with `Report.completed(...)` or `Report.failed(...)`."""
+
+    task_id: str
+    attempt: int
+    outcome: ReportOutcome
+    result: Any = None
+    usage: Any = None
+    error: Optional[str] = None
+    retryable: bool = True
+
+    @classmethod
+    def completed(cls, task_id: str, attempt: int, result: Any = None, usage: Any = None) -> Report:
+        return cls(task_id, attempt, ReportOutcome.COMPLETED, result=result, usage=usage)
+
+    @classmethod
+    def failed(cls, task_id: str, attempt: int, error: str, retryable: bool = True) -> Report:
+        return cls(task_id, attempt, ReportOutcome.FAILED, error=error, retryable=retryable)
+
+    def to_json(self) -> Dict[str, Any]:
+        body: Dict[str, Any] = {
+            "task_id": str(self.task_id),
+            "attempt": int(self.attempt),
+            "outcome": str(ReportOutcome(self.outcome)),
+        }
+        if self.outcome == ReportOutcome.COMPLETED:
+            body["result"] = self.result
+            if self.usage is not None:
+                body["usage"] = self.usage
+        else:
+            body["error"] = self.error if self.error is not None else ""
+            body["retryable"] = bool(self.retryable)
+        return body
+
+
+@dataclass
+class ReportResult:
+    """How one report of a batch was judged: `status` is what the single route would have
+    answered (200 applied, 404 no such task, 409 a stale attempt, 422 invalid), `error` the
+    server's message when it is not 200."""
+
+    task_id: Optional[str]
+    status: int
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ReportResult:
+        return cls(task_id=d.get("task_id"), status=int(d["status"]), error=d.get("error"))
+
+
+@dataclass
+class SubmitResult:
+    """How one submission of a batch was judged: `status` 201 (queued), 200 (its idempotency
+    key named an existing task, which is `task`) or 422 (refused: `error` says why)."""
+
+    status: int
+    task: Optional[Task] = None
+    error: Optional[str] = None
+
+    @property
+    def created(self) -> bool:
+        return self.status == 201
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SubmitResult:
+        task = d.get("task")
+        return cls(
+            status=int(d["status"]),
+            task=Task.from_json(task) if task else None,
+            error=d.get("error"),
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
-//! Agent routes: register, heartbeat, the long-poll claim, and the registry's admin views.
+//! Agent routes: register, heartbeat, the long-poll claims (one task, or a batch), batch
+//! reports, and the registry's admin views.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use muster_api::{
-    Agent, AgentList, CANCEL_HEADER, DrainAgent, ErrorCode, Heartbeat, HeartbeatAck, RegisterAgent,
+    Agent, AgentList, CANCEL_HEADER, ClaimedTasks, DrainAgent, ErrorCode, Heartbeat, HeartbeatAck,
+    RegisterAgent, ReportBatch, ReportResults,
 };
 
 use crate::app::AppState;
@@ -77,6 +79,58 @@ pub(crate) async fn claim(
         Some(task) => (StatusCode::OK, headers, Json(task)).into_response(),
         None => (StatusCode::NO_CONTENT, headers).into_response(),
     })
+}
+
+#[utoipa::path(get, path = "/api/v1/agents/{id}/tasks/claim", operation_id = "claim_batch", tag = "agents",
+    params(("id" = String, Path, description = "agent id"),
+           ("wait" = Option<u64>, Query, minimum = 0, maximum = 120,
+            description = "seconds to wait for a task (long-poll), 0 to 120 (default 0); the answer comes as soon as one is claimed"),
+           ("max" = Option<u32>, Query, minimum = 1, maximum = 100,
+            description = "most tasks to claim, 1 to 100 (default 1): the agent's free slots")),
+    responses(AgentKey, Invalid,
+              (status = 200, body = ClaimedTasks, description = "the tasks claimed, each now running with a new attempt \
+                (none when nothing came within `wait`), and the running tasks to stop"),
+              (status = 404, body = muster_api::ErrorBody, description = "unknown agent: register again")))]
+/// The batch long-poll: `tasks/next` for up to `max` tasks at once, in one store write.
+pub(crate) async fn claim_batch(
+    State(app): State<AppState>,
+    _: AgentAuth,
+    Path(agent_id): Path<String>,
+    query: QueryPairs,
+) -> Result<Json<ClaimedTasks>, ApiError> {
+    let wait = query.parse::<u64>("wait")?.unwrap_or(0);
+    let max = protocol::claim_max(query.parse::<u32>("max")?)?;
+    Ok(Json(
+        protocol::claim_up_to(&app, &agent_id, wait, max).await?,
+    ))
+}
+
+/// [`muster_api::ReportBatch`] as it arrives: each report is read alone, so one malformed
+/// report is refused by itself (422 in its result) and the rest are judged.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReports {
+    reports: Vec<serde_json::Value>,
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/reports", operation_id = "report_batch", tag = "agents",
+    request_body = ReportBatch,
+    params(("id" = String, Path, description = "agent id")),
+    responses(AgentKey, JsonBody,
+              (status = 200, body = ReportResults, description = "one result per report, in order, each with the \
+                status the single route (`complete`, `fail`) would have answered: 200 applied, 404 no such task, \
+                409 the attempt is not current, 422 the report is invalid (those change nothing); \
+                answered once every applied report is committed"),
+              (status = 404, body = muster_api::ErrorBody, description = "unknown agent: register again")))]
+/// Many attempts' ends in one request and one commit, each judged alone.
+pub(crate) async fn reports(
+    State(app): State<AppState>,
+    _: AgentAuth,
+    Path(agent_id): Path<String>,
+    ApiJson(batch): ApiJson<RawReports>,
+) -> Result<Json<ReportResults>, ApiError> {
+    let results = protocol::report_many(&app, &agent_id, batch.reports).await?;
+    Ok(Json(ReportResults { results }))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents", operation_id = "list_agents", tag = "agents",

@@ -38,12 +38,18 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/agents/{id}/drain", post(agents::drain))
         .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
         .route("/api/v1/agents/{id}/heartbeat", post(agents::heartbeat))
-        // A claim is a GET that starts a task, so it is refused from other sites like a write.
+        // A claim is a GET that starts tasks, so it is refused from other sites like a write.
         .route(
             "/api/v1/agents/{id}/tasks/next",
             get(agents::claim).route_layer(middleware::from_fn(refuse_cross_origin)),
         )
+        .route(
+            "/api/v1/agents/{id}/tasks/claim",
+            get(agents::claim_batch).route_layer(middleware::from_fn(refuse_cross_origin)),
+        )
+        .route("/api/v1/agents/{id}/reports", post(agents::reports))
         .route("/api/v1/tasks", post(tasks::submit).get(tasks::list))
+        .route("/api/v1/tasks/batch", post(tasks::submit_batch))
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}/retry", post(tasks::retry))

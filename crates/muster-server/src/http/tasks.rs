@@ -1,11 +1,13 @@
-//! Task routes: submit, list, show, cancel, retry, and the agent's reports (logs, complete, fail).
+//! Task routes: submit (one, or a batch), list, show, cancel, retry, and the agent's reports
+//! (logs, complete, fail).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use muster_api::{
-    AppendLogs, CompleteTask, FailTask, LogsAccepted, SubmitTask, Task, TaskList, TaskState,
+    AppendLogs, CompleteTask, FailTask, LogsAccepted, SubmitBatch, SubmitResults, SubmitTask, Task,
+    TaskList, TaskState,
 };
 
 use crate::app::AppState;
@@ -32,6 +34,29 @@ pub(crate) async fn submit(
         StatusCode::OK
     };
     Ok((status, Json(submitted.task)).into_response())
+}
+
+/// [`muster_api::SubmitBatch`] as it arrives: each task is read alone, so one malformed
+/// submission is refused by itself (422 in its result) and the rest go on.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSubmissions {
+    tasks: Vec<serde_json::Value>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/batch", operation_id = "submit_batch", tag = "tasks", request_body = SubmitBatch,
+    responses(AdminKey, JsonBody,
+              (status = 200, body = SubmitResults, description = "one result per task, in order, each with the status \
+                the single route would have answered: 201 queued, 200 its idempotency key named an existing task, \
+                422 invalid (nothing stored); answered once every stored task is committed")))]
+/// Many submissions in one request and one commit, each validated alone.
+pub(crate) async fn submit_batch(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    ApiJson(batch): ApiJson<RawSubmissions>,
+) -> Result<Json<SubmitResults>, ApiError> {
+    let results = operator::submit_many(&app, batch.tasks).await?;
+    Ok(Json(SubmitResults { results }))
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks", operation_id = "list_tasks", tag = "tasks",

@@ -155,6 +155,39 @@ pub struct Claimed {
     pub cancel: Vec<Uuid>,
 }
 
+/// What one batch claim took: up to `max` tasks, highest priority first (then oldest), each
+/// now `running` with its new attempt and a lease, with one change per task.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimedBatch {
+    pub tasks: Vec<Task>,
+    /// One per claimed task, in the same order.
+    pub changes: Vec<Change>,
+    /// Running tasks of this agent that it must stop.
+    pub cancel: Vec<Uuid>,
+}
+
+/// How an agent says an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptEnd {
+    Completed {
+        result: Value,
+        usage: Option<Value>,
+    },
+    /// The lifecycle rules decide between a retry and the end.
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+}
+
+/// One report of a batch: the end of one attempt of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptReport {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub end: AttemptEnd,
+}
+
 /// Filters of `GET /api/v1/tasks`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -385,6 +418,14 @@ pub struct NotificationFilter {
 pub trait Store: Send + Sync + 'static {
     // --- tasks
     async fn submit(&self, task: NewTask, now: i64) -> StoreResult<Submitted>;
+    /// Submits every task in one transaction, each alone: one that cannot be stored is
+    /// answered with its error and the others go on. Idempotency keys hold within the batch
+    /// (a later task naming an earlier one's key answers that task) and across batches.
+    async fn submit_many(
+        &self,
+        tasks: Vec<NewTask>,
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<Submitted>>>;
     /// Applies each order only if its task is still queued and due; per order, the task's id
     /// and current attempt number when it was applied.
     async fn assign(
@@ -392,8 +433,25 @@ pub trait Store: Send + Sync + 'static {
         orders: Vec<AssignOrder>,
         now: i64,
     ) -> StoreResult<Vec<Option<(Uuid, u32)>>>;
-    /// The agent's next assigned task becomes running with a new attempt and a lease.
-    async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed>;
+    /// Up to `max` of the agent's assigned tasks, highest priority first (then oldest), become
+    /// running, each with a new attempt and a lease, in one transaction.
+    async fn claim_many(
+        &self,
+        agent_id: &str,
+        max: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<ClaimedBatch>;
+    /// The agent's next assigned task becomes running with a new attempt and a lease: a batch
+    /// claim of one.
+    async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed> {
+        let batch = self.claim_many(agent_id, 1, now, lease_until).await?;
+        Ok(Claimed {
+            task: batch.tasks.into_iter().next(),
+            change: batch.changes.into_iter().next(),
+            cancel: batch.cancel,
+        })
+    }
     /// Stores the lines of the current attempt, up to `max_bytes` of text per task; lines
     /// beyond it are dropped, and one marker line (the task's last) counts them. Returns the
     /// lines stored.
@@ -420,6 +478,14 @@ pub trait Store: Send + Sync + 'static {
         retryable: bool,
         now: i64,
     ) -> StoreResult<Changed>;
+    /// Applies every report in one transaction, each alone, in order, as [`Store::complete`]
+    /// or [`Store::fail`] would: a report refused (a stale attempt, an unknown task) changes
+    /// nothing and the others go on. Per report, the change it made or why it was refused.
+    async fn report_many(
+        &self,
+        reports: Vec<AttemptReport>,
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<Change>>>;
     /// Cancels the task and records who did it in the audit outbox, in one transaction.
     async fn cancel(&self, task_id: Uuid, actor: Actor, now: i64) -> StoreResult<Changed>;
     /// Queues a failed or cancelled task again, recording who did it like [`Store::cancel`].

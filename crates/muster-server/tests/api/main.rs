@@ -9,6 +9,7 @@ mod helpers;
 
 mod abuse;
 mod audit;
+mod batches;
 mod edge;
 mod identity;
 mod lifecycle;

@@ -7,6 +7,7 @@
 #![allow(unreachable_pub)]
 
 mod agents;
+mod batches;
 mod durability;
 mod notifications;
 mod reports;

@@ -25,10 +25,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AgentRegistered, AssignOrder, Change, Changed, Claimed, DispatchSnapshot, DrainBy,
-    DueNotification, ExpiryRules, NewNotification, NewTask, NoticeRecorded, NotificationFilter,
-    OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, SendEnded, Stats, Store,
-    StoreResult, Submitted, TaskFilter, TaskPage,
+    AgentRegistered, AssignOrder, AttemptReport, Change, Changed, ClaimedBatch, DispatchSnapshot,
+    DrainBy, DueNotification, ExpiryRules, NewNotification, NewTask, NoticeRecorded,
+    NotificationFilter, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy,
+    SendEnded, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
 };
 use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
@@ -110,6 +110,26 @@ fn in_savepoint<R>(
         }
         Err(err) => {
             let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            Err(err)
+        }
+    }
+}
+
+/// Runs `item` in a savepoint nested in the operation's own: a batch operation (many reports,
+/// many submissions) isolates each of its items this way, so one refused item is rolled back
+/// alone while the operation, and the items before and after it, stand.
+fn isolated<R>(
+    conn: &Connection,
+    item: impl FnOnce(&Connection) -> StoreResult<R>,
+) -> StoreResult<R> {
+    conn.prepare_cached("SAVEPOINT item")?.execute([])?;
+    match item(conn) {
+        Ok(value) => {
+            conn.prepare_cached("RELEASE item")?.execute([])?;
+            Ok(value)
+        }
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK TO item; RELEASE item");
             Err(err)
         }
     }
@@ -359,9 +379,24 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn claim(&self, agent_id: &str, now: i64, lease_until: i64) -> StoreResult<Claimed> {
+    async fn submit_many(
+        &self,
+        tasks: Vec<NewTask>,
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<Submitted>>> {
+        self.write(move |conn| tasks::submit_many(conn, tasks, now))
+            .await
+    }
+
+    async fn claim_many(
+        &self,
+        agent_id: &str,
+        max: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<ClaimedBatch> {
         let agent_id = agent_id.to_owned();
-        self.write(move |conn| tasks::claim(conn, &agent_id, now, lease_until))
+        self.write(move |conn| tasks::claim_many(conn, &agent_id, max, now, lease_until))
             .await
     }
 
@@ -398,6 +433,16 @@ impl Store for SqliteStore {
     ) -> StoreResult<Changed> {
         let policy = self.retry.clone();
         self.write(move |conn| tasks::fail(conn, task_id, attempt, error, retryable, now, &policy))
+            .await
+    }
+
+    async fn report_many(
+        &self,
+        reports: Vec<AttemptReport>,
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<Change>>> {
+        let policy = self.retry.clone();
+        self.write(move |conn| tasks::report_many(conn, reports, now, &policy))
             .await
     }
 

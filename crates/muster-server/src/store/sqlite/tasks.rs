@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::isolated;
 use super::outbox::insert_outbox;
 use super::rows::{
     Current, TASK_COLS, current_by_id, currents_where, enum_col, json_col, opt_json_col,
@@ -20,8 +21,9 @@ use crate::error::StoreError;
 use crate::lifecycle::{self, CancelPlan, Ending};
 use crate::notice::{FailedTask, Notice};
 use crate::store::{
-    AssignOrder, Change, Changed, Claimed, ExpiryRules, NewTask, OutboxItem, Pruned, QueuedTask,
-    RetryPolicy, Stats, StoreResult, Submitted, TaskFilter, TaskPage,
+    AssignOrder, AttemptEnd, AttemptReport, Change, Changed, ClaimedBatch, ExpiryRules, NewTask,
+    OutboxItem, Pruned, QueuedTask, RetryPolicy, Stats, StoreResult, Submitted, TaskFilter,
+    TaskPage,
 };
 
 /// Finished tasks deleted per retention transaction.
@@ -213,6 +215,20 @@ pub(super) fn submit(conn: &Connection, task: NewTask, now: i64) -> StoreResult<
     insert_task(conn, &task, now)
 }
 
+/// Each task in its own savepoint inside the batch's one operation, so one that cannot be
+/// stored leaves the others (and the batch) standing. A key repeated within the batch finds
+/// the earlier insert: the transaction sees its own writes.
+pub(super) fn submit_many(
+    conn: &Connection,
+    tasks: Vec<NewTask>,
+    now: i64,
+) -> StoreResult<Vec<StoreResult<Submitted>>> {
+    Ok(tasks
+        .iter()
+        .map(|task| isolated(conn, |conn| insert_task(conn, task, now)))
+        .collect())
+}
+
 pub(super) fn assign(
     conn: &Connection,
     orders: Vec<AssignOrder>,
@@ -246,40 +262,57 @@ pub(super) fn assign(
     Ok(applied)
 }
 
-/// The claim: the agent's best assigned task becomes running. The subquery repeats the agent
-/// index's predicate so SQLite can use that partial index (a test checks the plan).
+/// The claim: up to `?4` of the agent's assigned tasks become running, highest priority first,
+/// then oldest. The subquery repeats the agent index's predicate so SQLite can use that
+/// partial index (a test checks the plan).
 const CLAIM_NEXT: &str = "UPDATE tasks SET state = 'running', attempt = attempt + 1, \
      started_at = ?2, lease_until = ?3, updated_at = ?2 \
-     WHERE seq = (SELECT seq FROM tasks WHERE agent_id = ?1 \
+     WHERE seq IN (SELECT seq FROM tasks WHERE agent_id = ?1 \
      AND state IN ('assigned', 'running') AND state = 'assigned' \
-     ORDER BY priority DESC, seq LIMIT 1)";
+     ORDER BY priority DESC, seq LIMIT ?4)";
 
-pub(super) fn claim(
+/// Claims up to `max` of the agent's assigned tasks, highest priority first, then oldest: one
+/// conditional update starts them all, and each gets its attempt record.
+pub(super) fn claim_many(
     conn: &Connection,
     agent_id: &str,
+    max: usize,
     now: i64,
     lease_until: i64,
-) -> StoreResult<Claimed> {
-    let claimed = conn
+) -> StoreResult<ClaimedBatch> {
+    let mut claimed: Vec<(Task, i64)> = conn
         .prepare_cached(&format!("{CLAIM_NEXT} RETURNING {TASK_COLS}"))?
-        .query_row(params![agent_id, now, lease_until], |row| {
-            Ok((task_from_row(row)?, row.get::<_, i64>(task_col::seq)?))
-        })
-        .optional()?;
-    let task = match claimed {
-        Some((task, seq)) => {
-            // The current attempt's assignment is the task's own (`tasks.assignment`); it is
-            // copied here only when the task is assigned again. Storing it twice made the
-            // attempt row as large as the task's, written again at every report.
-            conn.prepare_cached(
-                "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome) \
-                 VALUES (?1, ?2, ?3, ?4, 'running')",
-            )?
-            .execute(params![seq, task.attempt, agent_id, now])?;
-            Some(task)
-        }
-        None => None,
-    };
+        .query_map(
+            params![
+                agent_id,
+                now,
+                lease_until,
+                i64::try_from(max).unwrap_or(i64::MAX)
+            ],
+            |row| Ok((task_from_row(row)?, row.get::<_, i64>(task_col::seq)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    // RETURNING promises no order; the agent gets them in the order it should start them.
+    claimed.sort_by_key(|(task, seq)| (std::cmp::Reverse(task.priority), *seq));
+    // The current attempt's assignment is the task's own (`tasks.assignment`); it is copied
+    // to the attempt only when the task is assigned again (see `assign`). Storing it twice
+    // made the attempt row as large as the task's, written again at every report.
+    let mut record = conn.prepare_cached(
+        "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome) \
+         VALUES (?1, ?2, ?3, ?4, 'running')",
+    )?;
+    let mut tasks = Vec::with_capacity(claimed.len());
+    let mut changes = Vec::with_capacity(claimed.len());
+    for (task, seq) in claimed {
+        record.execute(params![seq, task.attempt, agent_id, now])?;
+        changes.push(Change::new(
+            task.id,
+            TaskState::Running,
+            task.attempt,
+            task.agent_id.clone(),
+        ));
+        tasks.push(task);
+    }
     let cancel = task_ids(
         conn,
         "SELECT id FROM tasks WHERE agent_id = ?1 AND state IN ('assigned', 'running') \
@@ -287,12 +320,9 @@ pub(super) fn claim(
          AND cancel_requested = 1",
         &[&agent_id],
     )?;
-    let change = task
-        .as_ref()
-        .map(|t| Change::new(t.id, TaskState::Running, t.attempt, t.agent_id.clone()));
-    Ok(Claimed {
-        task,
-        change,
+    Ok(ClaimedBatch {
+        tasks,
+        changes,
         cancel,
     })
 }
@@ -375,6 +405,18 @@ pub(super) fn complete(
     usage: Option<Value>,
     now: i64,
 ) -> StoreResult<Changed> {
+    let change = complete_attempt(conn, task_id, attempt, &result, usage.as_ref(), now)?;
+    changed(conn, change)
+}
+
+fn complete_attempt(
+    conn: &Connection,
+    task_id: Uuid,
+    attempt: u32,
+    result: &Value,
+    usage: Option<&Value>,
+    now: i64,
+) -> StoreResult<Change> {
     let cur = current_by_id(conn, task_id)?;
     lifecycle::check_report(&cur.id, &cur.facts(), attempt)?;
     conn.prepare_cached(
@@ -385,8 +427,8 @@ pub(super) fn complete(
     .execute(params![
         cur.seq,
         attempt,
-        serde_json::to_string(&result)?,
-        usage.as_ref().map(serde_json::to_string).transpose()?,
+        serde_json::to_string(result)?,
+        usage.map(serde_json::to_string).transpose()?,
         now
     ])?;
     conn.prepare_cached(
@@ -396,7 +438,7 @@ pub(super) fn complete(
     .execute(params![cur.seq, attempt, now])?;
     let mut change = cur.change(TaskState::Completed);
     change.released = cur.released();
-    changed(conn, change)
+    Ok(change)
 }
 
 pub(super) fn fail(
@@ -408,18 +450,58 @@ pub(super) fn fail(
     now: i64,
     policy: &RetryPolicy,
 ) -> StoreResult<Changed> {
+    let change = fail_attempt(conn, task_id, attempt, &error, retryable, now, policy)?;
+    changed(conn, change)
+}
+
+fn fail_attempt(
+    conn: &Connection,
+    task_id: Uuid,
+    attempt: u32,
+    error: &str,
+    retryable: bool,
+    now: i64,
+    policy: &RetryPolicy,
+) -> StoreResult<Change> {
     let cur = current_by_id(conn, task_id)?;
     lifecycle::check_report(&cur.id, &cur.facts(), attempt)?;
-    let change = end_attempt(
-        conn,
-        policy,
-        &cur,
-        Ending::Failed { retryable },
-        &error,
-        now,
-    )?
-    .ok_or_else(|| StoreError::Conflict(format!("task {task_id} changed meanwhile")))?;
-    changed(conn, change)
+    end_attempt(conn, policy, &cur, Ending::Failed { retryable }, error, now)?
+        .ok_or_else(|| StoreError::Conflict(format!("task {task_id} changed meanwhile")))
+}
+
+/// Each report in its own savepoint inside the batch's one operation, judged as `complete`
+/// and `fail` judge it: a refused one changes nothing and the rest go on. Only the change is
+/// answered, not the task, which a batch does not send back.
+pub(super) fn report_many(
+    conn: &Connection,
+    reports: Vec<AttemptReport>,
+    now: i64,
+    policy: &RetryPolicy,
+) -> StoreResult<Vec<StoreResult<Change>>> {
+    Ok(reports
+        .iter()
+        .map(|report| {
+            isolated(conn, |conn| match &report.end {
+                AttemptEnd::Completed { result, usage } => complete_attempt(
+                    conn,
+                    report.task_id,
+                    report.attempt,
+                    result,
+                    usage.as_ref(),
+                    now,
+                ),
+                AttemptEnd::Failed { error, retryable } => fail_attempt(
+                    conn,
+                    report.task_id,
+                    report.attempt,
+                    error,
+                    *retryable,
+                    now,
+                    policy,
+                ),
+            })
+        })
+        .collect())
 }
 
 /// Cancels the task and, in the same transaction, writes the audit record of who did it.
@@ -764,13 +846,13 @@ mod tests {
 
     use super::CLAIM_NEXT;
 
-    /// The query plan of `sql` (three parameters) on a migrated, empty database.
+    /// The query plan of `sql` (four parameters) on a migrated, empty database.
     fn plan(sql: &str) -> String {
         let conn = Connection::open_in_memory().unwrap();
         super::super::migrate(&conn).unwrap();
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt
-            .query_map(["agent", "0", "0"], |row| row.get::<_, String>(3))
+            .query_map(["agent", "0", "0", "1"], |row| row.get::<_, String>(3))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
