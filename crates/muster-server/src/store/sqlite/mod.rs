@@ -259,6 +259,10 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement the writer runs stays prepared: rusqlite's default cache of 16 is
+        // smaller than the set one task's lifecycle uses, and a statement evicted is parsed
+        // and planned again at its next use.
+        conn.set_prepared_statement_cache_capacity(256);
         // WAL lets readers run beside the writer; FULL syncs the WAL at every commit, so an
         // acknowledged task survives power loss, not only a crash.
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;

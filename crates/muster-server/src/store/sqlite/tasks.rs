@@ -240,17 +240,8 @@ pub(super) fn assign(
          WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
          RETURNING id, attempt",
     )?;
-    // A task assigned again after an attempt: the attempt keeps the assignment it ran under
-    // (the claim stores none of its own while it is the task's current one, see `claim`).
-    let mut keep = conn.prepare_cached(
-        "UPDATE attempts SET assignment = t.assignment FROM tasks t \
-         WHERE t.seq = ?1 AND t.state = 'queued' AND t.attempt > 0 \
-         AND attempts.task_seq = t.seq AND attempts.attempt = t.attempt \
-         AND attempts.assignment IS NULL",
-    )?;
     let mut applied = Vec::with_capacity(orders.len());
     for order in &orders {
-        keep.execute([order.seq])?;
         let assignment = serde_json::to_string(&order.assignment)?;
         let row = stmt
             .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
@@ -262,14 +253,21 @@ pub(super) fn assign(
     Ok(applied)
 }
 
-/// The claim: up to `?4` of the agent's assigned tasks become running, highest priority first,
-/// then oldest. The subquery repeats the agent index's predicate so SQLite can use that
-/// partial index (a test checks the plan).
-const CLAIM_NEXT: &str = "UPDATE tasks SET state = 'running', attempt = attempt + 1, \
-     started_at = ?2, lease_until = ?3, updated_at = ?2 \
-     WHERE seq IN (SELECT seq FROM tasks WHERE agent_id = ?1 \
-     AND state IN ('assigned', 'running') AND state = 'assigned' \
-     ORDER BY priority DESC, seq LIMIT ?4)";
+/// The claim: up to `{max}` of the agent's assigned tasks become running, highest priority
+/// first, then oldest. The subquery repeats the agent index's predicate so SQLite can use that
+/// partial index (a test checks the plan). The limit is written into the text, not bound: a
+/// bound LIMIT made SQLite prepare the statement again at every execution (measured: 45 % of
+/// the server's instructions), and a claim asks for at most `MAX_CLAIM_BATCH`, so the
+/// statement cache holds the few texts agents use.
+fn claim_sql(max: usize) -> String {
+    format!(
+        "UPDATE tasks SET state = 'running', attempt = attempt + 1, \
+         started_at = ?2, lease_until = ?3, updated_at = ?2 \
+         WHERE seq IN (SELECT seq FROM tasks WHERE agent_id = ?1 \
+         AND state IN ('assigned', 'running') AND state = 'assigned' \
+         ORDER BY priority DESC, seq LIMIT {max})"
+    )
+}
 
 /// Claims up to `max` of the agent's assigned tasks, highest priority first, then oldest: one
 /// conditional update starts them all, and each gets its attempt record.
@@ -281,21 +279,18 @@ pub(super) fn claim_many(
     lease_until: i64,
 ) -> StoreResult<ClaimedBatch> {
     let mut claimed: Vec<(Task, i64)> = conn
-        .prepare_cached(&format!("{CLAIM_NEXT} RETURNING {TASK_COLS}"))?
-        .query_map(
-            params![
-                agent_id,
-                now,
-                lease_until,
-                i64::try_from(max).unwrap_or(i64::MAX)
-            ],
-            |row| Ok((task_from_row(row)?, row.get::<_, i64>(task_col::seq)?)),
-        )?
+        .prepare_cached(&format!(
+            "{} RETURNING {TASK_COLS}",
+            claim_sql(max.clamp(1, muster_api::limits::MAX_CLAIM_BATCH as usize))
+        ))?
+        .query_map(params![agent_id, now, lease_until], |row| {
+            Ok((task_from_row(row)?, row.get::<_, i64>(task_col::seq)?))
+        })?
         .collect::<Result<_, _>>()?;
     // RETURNING promises no order; the agent gets them in the order it should start them.
     claimed.sort_by_key(|(task, seq)| (std::cmp::Reverse(task.priority), *seq));
     // The current attempt's assignment is the task's own (`tasks.assignment`); it is copied
-    // to the attempt only when the task is assigned again (see `assign`). Storing it twice
+    // to the attempt only when the task is assigned again (a trigger, migration 0009). Storing it twice
     // made the attempt row as large as the task's, written again at every report.
     let mut record = conn.prepare_cached(
         "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome) \
@@ -844,15 +839,15 @@ pub(super) fn queued(conn: &Connection, after: i64, limit: usize) -> StoreResult
 mod tests {
     use rusqlite::Connection;
 
-    use super::CLAIM_NEXT;
+    use super::claim_sql;
 
-    /// The query plan of `sql` (four parameters) on a migrated, empty database.
+    /// The query plan of `sql` (three parameters) on a migrated, empty database.
     fn plan(sql: &str) -> String {
         let conn = Connection::open_in_memory().unwrap();
         super::super::migrate(&conn).unwrap();
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt
-            .query_map(["agent", "0", "0", "1"], |row| row.get::<_, String>(3))
+            .query_map(["agent", "0", "0"], |row| row.get::<_, String>(3))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -860,8 +855,21 @@ mod tests {
     }
 
     #[test]
+    fn the_claim_statement_is_prepared_once_whatever_it_is_run_with() {
+        let conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&conn).unwrap();
+        let mut stmt = conn.prepare(&claim_sql(4)).unwrap();
+        for (agent, now) in [("a", 1), ("b", 2), ("c", 3)] {
+            stmt.execute(rusqlite::params![agent, now, now + 1])
+                .unwrap();
+        }
+        let again = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(again, 0, "SQLite planned the claim again at an execution");
+    }
+
+    #[test]
     fn the_claim_finds_the_agents_task_through_the_agent_index() {
-        let plan = plan(CLAIM_NEXT);
+        let plan = plan(&claim_sql(4));
         assert!(
             plan.contains("USING INDEX tasks_by_agent (agent_id=? AND state=?)"),
             "the claim must not scan every assigned task:\n{plan}"
