@@ -38,7 +38,9 @@ const MAX_DELAY: Duration = Duration::from_secs(3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 pub async fn run(app: Arc<App>) {
-    let client = channels::client();
+    // Built at the first send: a TLS client config with its root store is a good part of a
+    // megabyte, which a server without notifications should not carry.
+    let mut client: Option<reqwest::Client> = None;
     match app.store.reclaim_sends(app.now_ms()).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -53,7 +55,7 @@ pub async fn run(app: Arc<App>) {
     // and aborts this loop, they are aborted too (and reclaimed at the next start).
     let mut sending = Sending::default();
     loop {
-        if let Err(err) = start_due(&app, &client, &mut sending).await {
+        if let Err(err) = start_due(&app, &mut client, &mut sending).await {
             tracing::error!(error = %err, "looking for due notifications failed");
         }
         tokio::select! {
@@ -89,7 +91,7 @@ impl Sending {
 /// Starts an attempt for each channel that has a due notification and none in flight.
 async fn start_due(
     app: &Arc<App>,
-    client: &reqwest::Client,
+    client: &mut Option<reqwest::Client>,
     sending: &mut Sending,
 ) -> StoreResult<()> {
     let now = app.now_ms();
@@ -114,7 +116,8 @@ async fn start_due(
             Err(err) => return Err(err),
         };
         let name = channel.name.clone();
-        let (app, client) = (app.clone(), client.clone());
+        let client = client.get_or_insert_with(channels::client).clone();
+        let app = app.clone();
         let task = sending.tasks.spawn(async move {
             attempt_send(&app, &client, &channel, due, attempt).await;
         });
