@@ -171,11 +171,8 @@ async fn attempt_send(
     let now = app.now_ms();
     let next = decide(channel, &due, attempt, &outcome, now, jitter());
     let metrics = &app.changes.metrics;
-    let (send_outcome, detail) = match &outcome {
-        Outcome::Delivered { answer, .. } => (SendOutcome::Delivered, answer.clone()),
-        Outcome::Retry { error, .. } => (SendOutcome::Retry, error.clone()),
-        Outcome::Refused { error, .. } => (SendOutcome::Refused, error.clone()),
-    };
+    let (send_outcome, detail) = outcome.recorded();
+    let detail = detail.to_owned();
     metrics
         .notification_attempts
         .with_label_values(&[channel.name.as_str(), send_outcome.as_str()])
@@ -323,11 +320,8 @@ pub async fn send_test(app: &App, channel: &Channel, actor: Actor) -> NotifyTest
     let client = channels::client();
     let outcome = channels::send(&client, channel, &message, to_utc(now)).await;
     let duration_ms = started.elapsed().as_millis() as u64;
-    let (send_outcome, detail) = match &outcome {
-        Outcome::Delivered { answer, .. } => (SendOutcome::Delivered, answer.clone()),
-        Outcome::Retry { error, .. } => (SendOutcome::Retry, error.clone()),
-        Outcome::Refused { error, .. } => (SendOutcome::Refused, error.clone()),
-    };
+    let (send_outcome, detail) = outcome.recorded();
+    let detail = detail.to_owned();
     let record = AuditRecord::notify_tested(
         app.now_ms(),
         actor,

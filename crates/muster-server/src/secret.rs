@@ -1,5 +1,6 @@
-//! A secret (a key, a token, a webhook URL that grants access) that never prints. A leaf
-//! module: settings, notifiers and auth all hold secrets.
+//! A secret (a key, a token, a webhook URL that grants access) that never prints, and the hex
+//! form digests and tokens are written in. A leaf module: settings, notifiers, sessions and
+//! the audit log all use it.
 
 /// A secret that never prints: `{:?}` and `{}` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -13,6 +14,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// Lowercase hex of `bytes`: how digests, signatures and tokens are written.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for Secret {

@@ -25,6 +25,8 @@ use rand::TryRngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::secret::hex;
+
 /// The cookie that carries the session id.
 pub const COOKIE_NAME: &str = "muster_session";
 
@@ -177,10 +179,6 @@ fn random_bytes() -> [u8; 32] {
         .try_fill_bytes(&mut bytes)
         .expect("the operating system's random source works");
     bytes
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 256 bits from the operating system's CSPRNG, hex-encoded.

@@ -10,6 +10,22 @@ use std::time::Duration;
 use common::Served;
 use serde_json::{Value, json};
 
+/// Waits until `n` of `what` were acknowledged; fails loudly if the load stalls first.
+async fn acknowledged<T>(acked: &Mutex<Vec<T>>, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = acked.lock().unwrap().len();
+        if count >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {count} {what} acknowledged in 60 s, expected {n}: the load stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_load_loses_no_acknowledged_task() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,9 +98,7 @@ async fn sigkill_under_load_loses_no_acknowledged_task() {
         })
     };
     // Kill mid-load, once a good number of submits were acknowledged.
-    while acked.lock().unwrap().len() < 500 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    acknowledged(&acked, 500, "submits").await;
     served.kill();
     for s in submitters {
         s.await.unwrap();
@@ -298,9 +312,7 @@ async fn sigkill_while_agents_send_batch_reports_loses_no_acknowledged_outcome()
         })
         .collect();
     // Kill mid-load, once a good number of reports were acknowledged.
-    while acked.lock().unwrap().len() < 600 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    acknowledged(&acked, 600, "reports").await;
     served.kill();
     for agent in agents {
         agent.await.unwrap();

@@ -22,7 +22,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::{Message, Outcome};
-use crate::secret::Secret;
+use crate::secret::{Secret, hex};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
@@ -1328,13 +1328,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 2 * digest.len());
-    out.push_str("sha256=");
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
 }
 
 /// Sends `message` over `channel` once, within `channel.timeout`, and says what came of it.
@@ -1419,14 +1413,7 @@ fn transport_error(err: reqwest::Error, channel: &Channel) -> String {
 /// The start of an answer: at most [`ANSWER_KEPT_CHARS`] characters, the last one `…` when
 /// the answer was longer.
 fn start_of(text: &str) -> String {
-    if text.chars().count() <= ANSWER_KEPT_CHARS {
-        return text.to_owned();
-    }
-    let end = text
-        .char_indices()
-        .nth(ANSWER_KEPT_CHARS - 1)
-        .map_or(text.len(), |(i, _)| i);
-    format!("{}…", &text[..end])
+    super::cut(text, ANSWER_KEPT_CHARS)
 }
 
 /// What an answer comes to, from its status, its `Retry-After` header and its body.

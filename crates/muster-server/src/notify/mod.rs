@@ -16,6 +16,15 @@ use uuid::Uuid;
 pub use channels::{Channel, ChannelKind, ChannelSpec};
 pub use rules::{Rule, RuleSpec};
 
+/// `text` cut to at most `max` characters, ending with `…` when cut: bounded messages and
+/// kept answers.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((end, _)) if text.chars().count() > max => format!("{}…", &text[..end]),
+        _ => text.to_owned(),
+    }
+}
+
 /// The `[notify]` section, checked and with its secrets read from the environment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NotifyConfig {
@@ -70,6 +79,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How the attempt is recorded, and the service's answer or the error.
+    pub fn recorded(&self) -> (muster_api::SendOutcome, &str) {
+        match self {
+            Outcome::Delivered { answer, .. } => (muster_api::SendOutcome::Delivered, answer),
+            Outcome::Retry { error, .. } => (muster_api::SendOutcome::Retry, error),
+            Outcome::Refused { error, .. } => (muster_api::SendOutcome::Refused, error),
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             Outcome::Delivered { status, .. } | Outcome::Refused { status, .. } => Some(*status),

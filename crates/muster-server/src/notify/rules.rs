@@ -9,6 +9,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::cut;
 use crate::notice::{self, EVENTS, Notice};
 
 /// The quiet period of a rule that does not set one.
@@ -253,14 +254,6 @@ fn check_template(source: &str) -> Result<(), String> {
         )))
         .map(drop)
         .map_err(|e| format!("the template does not render: {e}"))
-}
-
-/// `text` cut to at most `max` characters, ending with `…` when cut.
-fn cut(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max.saturating_sub(1)) {
-        Some((end, _)) if text.chars().count() > max => format!("{}…", &text[..end]),
-        _ => text.to_owned(),
-    }
 }
 
 #[cfg(test)]
