@@ -617,6 +617,7 @@ impl DispatchState {
                         assigned_at: to_utc(now),
                         candidates,
                     },
+                    start: None,
                 },
                 key,
                 entry: Entry { group, lock },

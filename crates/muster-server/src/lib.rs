@@ -17,7 +17,8 @@
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.
 //! - [`changes`]: the one fan-out of a committed change to the [`dispatcher`] (the actor over
 //!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
-//!   [`metrics`].
+//!   [`metrics`]; [`handoff`]: started tasks to the long-poll that asked, or back to assigned
+//!   when it hung up.
 //! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
 //!   listener, runs it and shuts it down; [`connections`]: its accept loop, with the
 //!   connection cap and the idle timeout.
@@ -38,6 +39,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod handoff;
 pub mod http;
 pub mod lifecycle;
 pub mod messenger;

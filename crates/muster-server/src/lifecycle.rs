@@ -153,7 +153,10 @@ pub fn on_retry<T: std::fmt::Display + ?Sized>(task: &T, facts: &Facts) -> Resul
 }
 
 /// Whether a task may move from `from` to `to`. The store's conditional updates only ever
-/// make these moves; the conformance suite checks that no operation makes another.
+/// make these moves; the conformance suite checks that no operation makes another. Running
+/// back to assigned is the undoing of a claim whose answer reached no one (the attempt it
+/// started is forgotten). An assignment that starts the task at once, for an agent already
+/// waiting, is announced as its two moves, queued to assigned to running.
 pub fn is_legal(from: TaskState, to: TaskState) -> bool {
     use TaskState::*;
     matches!(
@@ -163,6 +166,7 @@ pub fn is_legal(from: TaskState, to: TaskState) -> bool {
             | (Assigned, Running)
             | (Assigned, Queued)
             | (Assigned, Cancelled)
+            | (Running, Assigned)
             | (Running, Completed)
             | (Running, Queued)
             | (Running, Failed)

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// Attempts to send a notification, by channel and outcome (delivered, retry, refused).
     pub notification_attempts: IntCounterVec,
+    /// Attempts started, by how: handed over to a waiting long-poll in the assignment's own
+    /// update, or claimed by the agent; and claims put back because the long-poll hung up.
+    pub starts: IntCounterVec,
+    /// Long-polls waiting for work now; set at scrape time.
+    pub long_polls: IntGauge,
 }
 
 impl Default for Metrics {
@@ -133,6 +138,21 @@ impl Metrics {
             &["channel", "outcome"],
         )
         .expect("valid counter");
+        let starts = IntCounterVec::new(
+            Opts::new(
+                "muster_task_starts_total",
+                "Attempts started, by how: handed_over (started in the assignment's own update \
+                 for an agent waiting in a long-poll), claimed (by the agent's claim), put_back \
+                 (started, but the long-poll had hung up: assigned again, no attempt spent).",
+            ),
+            &["how"],
+        )
+        .expect("valid counter");
+        let long_polls = IntGauge::new(
+            "muster_long_polls_waiting",
+            "Agents' long-polls waiting for work now.",
+        )
+        .expect("valid gauge");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -148,6 +168,8 @@ impl Metrics {
             Box::new(oldest_queued_seconds.clone()),
             Box::new(notifications.clone()),
             Box::new(notification_attempts.clone()),
+            Box::new(starts.clone()),
+            Box::new(long_polls.clone()),
         ] {
             registry
                 .register(collector)
@@ -168,6 +190,8 @@ impl Metrics {
             oldest_queued_seconds,
             notifications,
             notification_attempts,
+            starts,
+            long_polls,
             dispatch_seconds,
             http_seconds,
             transitions,
@@ -184,6 +208,13 @@ impl Metrics {
         self.notifications
             .with_label_values(&[channel, outcome])
             .inc();
+    }
+
+    /// `n` attempts started (or put back) `how`.
+    pub fn started(&self, how: &str, n: usize) {
+        if n > 0 {
+            self.starts.with_label_values(&[how]).inc_by(n as u64);
+        }
     }
 
     /// Prometheus text exposition of every metric.

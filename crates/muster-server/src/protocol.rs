@@ -14,10 +14,13 @@ use muster_api::{
 };
 use uuid::Uuid;
 
-use crate::app::App;
+use tokio::sync::oneshot;
+
+use crate::app::{App, AppState};
 use crate::bounds;
 use crate::changes::AgentChange;
-use crate::error::ApiError;
+use crate::error::{ApiError, StoreError};
+use crate::handoff;
 use crate::operator;
 use crate::store::{AttemptEnd, AttemptReport, DrainBy};
 
@@ -170,7 +173,7 @@ pub struct Claim {
 /// Waits up to `wait_s` for a task assigned to the agent and starts its next attempt. Returns
 /// early, without a task, when one of the agent's running tasks must be cancelled or the
 /// server shuts down. A batch claim of one.
-pub async fn claim(app: &App, agent_id: &str, wait_s: u64) -> Result<Claim, ApiError> {
+pub async fn claim(app: &AppState, agent_id: &str, wait_s: u64) -> Result<Claim, ApiError> {
     let batch = claim_up_to(app, agent_id, wait_s, 1).await?;
     Ok(Claim {
         task: batch.tasks.into_iter().next(),
@@ -194,8 +197,13 @@ pub fn claim_max(max: Option<u32>) -> Result<usize, ApiError> {
 /// and starts the next attempt of as many as are assigned (at most `max`), answering as soon
 /// as one is claimed. Like [`claim`], it answers early without tasks for a cancel or a
 /// shutdown.
+///
+/// While it waits, the long-poll stands in the registry's line: the dispatcher starts tasks
+/// for it in the assignment's own update and hands them over, so a task submitted to an idle
+/// agent costs one commit after the submit's, not two. Tasks started for a long-poll that hung
+/// up go back to assigned ([`handoff`]).
 pub async fn claim_up_to(
-    app: &App,
+    app: &AppState,
     agent_id: &str,
     wait_s: u64,
     max: usize,
@@ -220,19 +228,8 @@ pub async fn claim_up_to(
         let notified = waker.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now = app.now_ms();
-        let lease_until = now + app.settings().lease.as_millis() as i64;
-        let claimed = app
-            .store
-            .claim_many(agent_id, max, now, lease_until)
-            .await?;
-        for change in claimed.changes {
-            app.changes.task(change);
-        }
-        let answer = ClaimedTasks {
-            tasks: claimed.tasks,
-            cancel: claimed.cancel,
-        };
+        let lease_ms = app.settings().lease.as_millis() as i64;
+        let answer = claim_assigned(app, agent_id, max, lease_ms).await?;
         if !answer.tasks.is_empty() {
             return Ok(answer);
         }
@@ -240,11 +237,74 @@ pub async fn claim_up_to(
         if (woken && !answer.cancel.is_empty()) || tokio::time::Instant::now() >= deadline {
             return Ok(answer);
         }
+        let (waiter, handed) = app
+            .registry
+            .wait_for_tasks(agent_id, max, lease_ms)
+            .ok_or_else(|| not_registered(agent_id))?;
+        tokio::pin!(handed);
+        let mut shutting_down = false;
         tokio::select! {
-            _ = notified => woken = true,
+            tasks = &mut handed => match tasks {
+                Ok(tasks) => return Ok(ClaimedTasks { tasks, cancel: answer.cancel }),
+                // The dispatcher took this waiter but started nothing: claim again.
+                Err(_) => continue,
+            },
+            _ = &mut notified => woken = true,
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = app.shutdown.cancelled() => return Ok(answer),
+            _ = app.shutdown.cancelled() => shutting_down = true,
         }
+        if !app.registry.withdraw(agent_id, waiter) {
+            // The dispatcher took this waiter: its answer is one commit away.
+            if let Ok(tasks) = handed.await
+                && !tasks.is_empty()
+            {
+                return Ok(ClaimedTasks {
+                    tasks,
+                    cancel: answer.cancel,
+                });
+            }
+        }
+        if shutting_down {
+            return Ok(answer);
+        }
+    }
+}
+
+/// Claims up to `max` of the tasks already assigned to the agent. The claim runs on its own
+/// task and hands its answer over, so a long-poll that hangs up while it commits leaves no
+/// task running that no one runs ([`handoff`]).
+async fn claim_assigned(
+    app: &AppState,
+    agent_id: &str,
+    max: usize,
+    lease_ms: i64,
+) -> Result<ClaimedTasks, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let app = app.clone();
+    let agent_id = agent_id.to_owned();
+    tokio::spawn(async move {
+        let now = app.now_ms();
+        let claimed = app
+            .store
+            .claim_many(&agent_id, max, now, now + lease_ms)
+            .await;
+        let claimed = claimed.map(|claimed| {
+            app.changes.metrics.started("claimed", claimed.tasks.len());
+            for change in claimed.changes {
+                app.changes.task(change);
+            }
+            ClaimedTasks {
+                tasks: claimed.tasks,
+                cancel: claimed.cancel,
+            }
+        });
+        let tasks_of =
+            |claimed: Result<ClaimedTasks, _>| claimed.map(|c| c.tasks).unwrap_or_default();
+        handoff::hand_over(tx, claimed, tasks_of, app.store.as_ref(), &app.changes, now).await;
+    });
+    match rx.await {
+        Ok(claimed) => Ok(claimed?),
+        Err(_) => Err(StoreError::Unavailable("the claim ended without an answer".into()).into()),
     }
 }
 

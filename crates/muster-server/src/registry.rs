@@ -5,10 +5,11 @@
 //! held only for map look-ups, never across an `.await`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use muster_api::{Agent, AgentStatus};
-use tokio::sync::Notify;
+use muster_api::{Agent, AgentStatus, Task};
+use tokio::sync::{Notify, oneshot};
 
 use crate::clock::to_utc;
 
@@ -20,11 +21,25 @@ struct Live {
     cpu_percent: f64,
     memory_percent: f64,
     wake: Arc<Notify>,
+    /// Long-polls waiting for work, oldest first.
+    waiters: Vec<Waiter>,
+}
+
+/// A long-poll waiting for work. The dispatcher takes it and starts up to `max` tasks in the
+/// assignment's own update, with a lease of `lease_ms`, and hands them over through `tx`; a
+/// waiter dropped without tasks sends its long-poll back to claim for itself.
+#[derive(Debug)]
+pub struct Waiter {
+    id: u64,
+    pub max: usize,
+    pub lease_ms: i64,
+    pub tx: oneshot::Sender<Vec<Task>>,
 }
 
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: Mutex<HashMap<String, Live>>,
+    next_waiter: AtomicU64,
 }
 
 impl Registry {
@@ -42,6 +57,7 @@ impl Registry {
             cpu_percent: 0.0,
             memory_percent: 0.0,
             wake: Arc::new(Notify::new()),
+            waiters: Vec::new(),
         });
         live.status = status;
         live.last_seen_ms = now_ms;
@@ -95,6 +111,54 @@ impl Registry {
         self.lock().get(agent_id).map(|l| l.wake.clone())
     }
 
+    /// Puts a long-poll in line for the dispatcher to start tasks for; `None` for an unknown
+    /// agent. The id withdraws it ([`Registry::withdraw`]); the receiver gets the tasks.
+    pub fn wait_for_tasks(
+        &self,
+        agent_id: &str,
+        max: usize,
+        lease_ms: i64,
+    ) -> Option<(u64, oneshot::Receiver<Vec<Task>>)> {
+        let mut agents = self.lock();
+        let live = agents.get_mut(agent_id)?;
+        // Long-polls that hung up leave their waiter behind; it goes at the next one.
+        live.waiters.retain(|w| !w.tx.is_closed());
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        live.waiters.push(Waiter {
+            id,
+            max,
+            lease_ms,
+            tx,
+        });
+        Some((id, rx))
+    }
+
+    /// Takes a waiter back out of line; false when the dispatcher already took it, and so is
+    /// about to answer through it.
+    pub fn withdraw(&self, agent_id: &str, id: u64) -> bool {
+        let mut agents = self.lock();
+        let Some(live) = agents.get_mut(agent_id) else {
+            return false;
+        };
+        let before = live.waiters.len();
+        live.waiters.retain(|w| w.id != id);
+        live.waiters.len() < before
+    }
+
+    /// The agent's oldest waiter whose long-poll is still there, taken out of line.
+    pub fn take_waiter(&self, agent_id: &str) -> Option<Waiter> {
+        let mut agents = self.lock();
+        let waiters = &mut agents.get_mut(agent_id)?.waiters;
+        while !waiters.is_empty() {
+            let waiter = waiters.remove(0);
+            if !waiter.tx.is_closed() {
+                return Some(waiter);
+            }
+        }
+        None
+    }
+
     /// Wakes the agent's waiting long-polls (a task was assigned, or one must be cancelled).
     pub fn wake(&self, agent_id: &str) {
         if let Some(live) = self.lock().get(agent_id) {
@@ -109,6 +173,15 @@ impl Registry {
             .filter(|(_, l)| l.status != AgentStatus::Offline && l.last_seen_ms < cutoff_ms)
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// Long-polls waiting for work whose client is still there, for metrics.
+    pub fn waiting(&self) -> usize {
+        self.lock()
+            .values()
+            .flat_map(|l| &l.waiters)
+            .filter(|w| !w.tx.is_closed())
+            .count()
     }
 
     /// Counts by status, for metrics.

@@ -105,6 +105,7 @@ impl Server {
             store.clone(),
             clock.clone(),
             changes.clone(),
+            registry.clone(),
         );
         // Every connection holds a descriptor: the usual soft limit (1,024) would let a few
         // hundred idle sockets starve the store, so take all the system allows.

@@ -364,6 +364,10 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, Api
             .set(n as i64);
     }
     app.changes.metrics.past_lease.set(stats.past_lease as i64);
+    app.changes
+        .metrics
+        .long_polls
+        .set(app.registry.waiting() as i64);
     let waited_ms = stats
         .oldest_queued_at
         .map_or(0, |at| (app.now_ms() - at).max(0));

@@ -144,6 +144,20 @@ pub struct AssignOrder {
     pub seq: i64,
     pub agent_id: String,
     pub assignment: Assignment,
+    /// Set when the agent is already waiting in a long-poll: the same update starts the
+    /// task's next attempt with this lease (ms), so the agent is answered from the assignment's
+    /// own commit instead of a claim of its own.
+    pub start: Option<i64>,
+}
+
+/// An applied [`AssignOrder`].
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub task_id: Uuid,
+    /// The task's attempt number as it now stands: the new attempt's when it was started.
+    pub attempt: u32,
+    /// The task, running, when the order started it.
+    pub started: Option<Task>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -426,13 +440,17 @@ pub trait Store: Send + Sync + 'static {
         tasks: Vec<NewTask>,
         now: i64,
     ) -> StoreResult<Vec<StoreResult<Submitted>>>;
-    /// Applies each order only if its task is still queued and due; per order, the task's id
-    /// and current attempt number when it was applied.
+    /// Applies each order only if its task is still queued and due, answering per order what
+    /// was applied; an order with `start` also starts the attempt, as a claim would.
     async fn assign(
         &self,
         orders: Vec<AssignOrder>,
         now: i64,
-    ) -> StoreResult<Vec<Option<(Uuid, u32)>>>;
+    ) -> StoreResult<Vec<Option<Assigned>>>;
+    /// Puts tasks whose claim reached no one (the long-poll hung up) back to assigned: each
+    /// `(task, attempt)` still running that attempt has it undone, as if never claimed, so it
+    /// costs no attempt and waits for no lease. One change per task put back.
+    async fn unclaim(&self, tasks: Vec<(Uuid, u32)>, now: i64) -> StoreResult<Vec<Change>>;
     /// Up to `max` of the agent's assigned tasks, highest priority first (then oldest), become
     /// running, each with a new attempt and a lease, in one transaction.
     async fn claim_many(

@@ -6,7 +6,7 @@ use muster_server::{Server, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, secret};
+use crate::helpers::{TestApp, metrics_text, sample, secret};
 use crate::streams::{follow_events, follow_logs};
 
 #[tokio::test]
@@ -466,24 +466,6 @@ async fn a_second_server_on_the_same_file_refuses_to_start_and_names_the_first()
 }
 
 /// The value of one sample line of a Prometheus text exposition, e.g. `muster_tasks{state="queued"}`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
-}
-
-async fn metrics_text(t: &TestApp) -> String {
-    let resp = t.client.get(t.url("/metrics")).send().await.expect("sent");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    resp.text().await.expect("body")
-}
-
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_the_promised_series() {
     let t = TestApp::spawn().await;

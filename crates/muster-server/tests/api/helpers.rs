@@ -224,3 +224,23 @@ impl TestApp {
 pub fn secret(value: &str) -> Option<Secret> {
     Some(Secret::new(value))
 }
+
+/// The value of one series (name and labels, as exposed) in a metrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+/// `/metrics` as text, checked to be served as Prometheus text.
+pub async fn metrics_text(t: &TestApp) -> String {
+    let resp = t.client.get(t.url("/metrics")).send().await.expect("sent");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    resp.text().await.expect("body")
+}

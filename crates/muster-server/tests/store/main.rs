@@ -9,6 +9,7 @@
 mod agents;
 mod batches;
 mod durability;
+mod handoff;
 mod notifications;
 mod reports;
 mod tasks;
@@ -178,6 +179,7 @@ pub fn order(seq: i64, agent_id: &str, now: i64) -> AssignOrder {
             assigned_at: to_utc(now),
             candidates: Vec::new(),
         },
+        start: None,
     }
 }
 
@@ -189,7 +191,7 @@ pub async fn assign(b: &Backend, seq: i64, agent_id: &str, now: i64) -> Option<(
         .await
         .expect("assign");
     assert_eq!(applied.len(), 1, "[{}] one answer per order", b.name);
-    applied.pop().flatten()
+    applied.pop().flatten().map(|a| (a.task_id, a.attempt))
 }
 
 /// Submits a task, registers `agent_id` (once), assigns and claims the task; answers the

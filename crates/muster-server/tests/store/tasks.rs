@@ -94,6 +94,10 @@ async fn assign_applies_only_to_queued_due_tasks() {
             )
             .await
             .expect("assign");
+        let applied: Vec<_> = applied
+            .into_iter()
+            .map(|a| a.map(|a| (a.task_id, a.attempt)))
+            .collect();
         assert_eq!(
             applied,
             vec![Some((due.task.id, 0)), None, None],

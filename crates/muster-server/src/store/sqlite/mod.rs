@@ -25,10 +25,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AgentRegistered, AssignOrder, AttemptReport, Change, Changed, ClaimedBatch, DispatchSnapshot,
-    DrainBy, DueNotification, ExpiryRules, NewNotification, NewTask, NoticeRecorded,
-    NotificationFilter, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy,
-    SendEnded, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
+    AgentRegistered, AssignOrder, Assigned, AttemptReport, Change, Changed, ClaimedBatch,
+    DispatchSnapshot, DrainBy, DueNotification, ExpiryRules, NewNotification, NewTask,
+    NoticeRecorded, NotificationFilter, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask,
+    RetryPolicy, SendEnded, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
 };
 use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
@@ -378,8 +378,13 @@ impl Store for SqliteStore {
         &self,
         orders: Vec<AssignOrder>,
         now: i64,
-    ) -> StoreResult<Vec<Option<(Uuid, u32)>>> {
+    ) -> StoreResult<Vec<Option<Assigned>>> {
         self.write(move |conn| tasks::assign(conn, orders, now))
+            .await
+    }
+
+    async fn unclaim(&self, tasks: Vec<(Uuid, u32)>, now: i64) -> StoreResult<Vec<Change>> {
+        self.write(move |conn| tasks::unclaim(conn, &tasks, now))
             .await
     }
 

@@ -21,9 +21,9 @@ use crate::error::StoreError;
 use crate::lifecycle::{self, CancelPlan, Ending};
 use crate::notice::{FailedTask, Notice};
 use crate::store::{
-    AssignOrder, AttemptEnd, AttemptReport, Change, Changed, ClaimedBatch, ExpiryRules, NewTask,
-    OutboxItem, Pruned, QueuedTask, RetryPolicy, Stats, StoreResult, Submitted, TaskFilter,
-    TaskPage,
+    AssignOrder, Assigned, AttemptEnd, AttemptReport, Change, Changed, ClaimedBatch, ExpiryRules,
+    NewTask, OutboxItem, Pruned, QueuedTask, RetryPolicy, Stats, StoreResult, Submitted,
+    TaskFilter, TaskPage,
 };
 
 /// Finished tasks deleted per retention transaction.
@@ -233,8 +233,8 @@ pub(super) fn assign(
     conn: &Connection,
     orders: Vec<AssignOrder>,
     now: i64,
-) -> StoreResult<Vec<Option<(Uuid, u32)>>> {
-    let mut stmt = conn.prepare_cached(
+) -> StoreResult<Vec<Option<Assigned>>> {
+    let mut assign = conn.prepare_cached(
         "UPDATE tasks SET state = 'assigned', agent_id = ?2, assigned_at = ?3, \
          assignment = ?4, updated_at = ?3 \
          WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
@@ -243,14 +243,106 @@ pub(super) fn assign(
     let mut applied = Vec::with_capacity(orders.len());
     for order in &orders {
         let assignment = serde_json::to_string(&order.assignment)?;
-        let row = stmt
-            .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
-                Ok((uuid_col(row, "id")?, row.get("attempt")?))
-            })
-            .optional()?;
+        let row = match order.start {
+            None => assign
+                .query_row(params![order.seq, order.agent_id, now, assignment], |row| {
+                    Ok(Assigned {
+                        task_id: uuid_col(row, "id")?,
+                        attempt: row.get("attempt")?,
+                        started: None,
+                    })
+                })
+                .optional()?,
+            Some(lease_until) => start_assigned(conn, order, &assignment, now, lease_until)?,
+        };
         applied.push(row);
     }
     Ok(applied)
+}
+
+/// Assigns a task to an agent waiting in a long-poll and starts its next attempt in the same
+/// update: what [`assign`] and then [`claim_many`] would do, in one statement.
+fn start_assigned(
+    conn: &Connection,
+    order: &AssignOrder,
+    assignment: &str,
+    now: i64,
+    lease_until: i64,
+) -> StoreResult<Option<Assigned>> {
+    let started = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'running', agent_id = ?2, assigned_at = ?3, \
+             assignment = ?4, attempt = attempt + 1, started_at = ?3, lease_until = ?5, \
+             updated_at = ?3 \
+             WHERE seq = ?1 AND state = 'queued' AND (run_after IS NULL OR run_after <= ?3) \
+             RETURNING {TASK_COLS}"
+        ))?
+        .query_row(
+            params![order.seq, order.agent_id, now, assignment, lease_until],
+            task_from_row,
+        )
+        .optional()?;
+    let Some(task) = started else {
+        return Ok(None);
+    };
+    record_attempt(conn, order.seq, task.attempt, &order.agent_id, now)?;
+    Ok(Some(Assigned {
+        task_id: task.id,
+        attempt: task.attempt,
+        started: Some(task),
+    }))
+}
+
+/// The record of an attempt just started. The current attempt's assignment is the task's own
+/// (`tasks.assignment`); it is copied to the attempt only when the task is assigned again (a
+/// trigger, migration 0009). Storing it twice made the attempt row as large as the task's,
+/// written again at every report.
+fn record_attempt(
+    conn: &Connection,
+    seq: i64,
+    attempt: u32,
+    agent_id: &str,
+    now: i64,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome) \
+         VALUES (?1, ?2, ?3, ?4, 'running')",
+    )?
+    .execute(params![seq, attempt, agent_id, now])?;
+    Ok(())
+}
+
+/// Undoes claims whose answer reached no one: a task still running the named attempt goes
+/// back to assigned with the attempt before it (its start time restored from that attempt's
+/// record), and the attempt's record goes. A task that has moved on is left alone.
+pub(super) fn unclaim(
+    conn: &Connection,
+    tasks: &[(Uuid, u32)],
+    now: i64,
+) -> StoreResult<Vec<Change>> {
+    let mut put_back = conn.prepare_cached(
+        "UPDATE tasks SET state = 'assigned', attempt = attempt - 1, lease_until = NULL, \
+         started_at = (SELECT a.started_at FROM attempts a \
+                       WHERE a.task_seq = tasks.seq AND a.attempt = tasks.attempt - 1), \
+         updated_at = ?3 \
+         WHERE id = ?1 AND state = 'running' AND attempt = ?2 \
+         RETURNING seq, agent_id",
+    )?;
+    let mut forget =
+        conn.prepare_cached("DELETE FROM attempts WHERE task_seq = ?1 AND attempt = ?2")?;
+    let mut changes = Vec::new();
+    for &(task_id, attempt) in tasks {
+        let row = put_back
+            .query_row(params![task_id.to_string(), attempt, now], |row| {
+                Ok((row.get::<_, i64>("seq")?, row.get::<_, String>("agent_id")?))
+            })
+            .optional()?;
+        if let Some((seq, agent_id)) = row {
+            forget.execute(params![seq, attempt])?;
+            changes.push(Change::assigned(task_id, attempt - 1, agent_id));
+        }
+    }
+    Ok(changes)
 }
 
 /// The claim: up to `{max}` of the agent's assigned tasks become running, highest priority
@@ -289,17 +381,10 @@ pub(super) fn claim_many(
         .collect::<Result<_, _>>()?;
     // RETURNING promises no order; the agent gets them in the order it should start them.
     claimed.sort_by_key(|(task, seq)| (std::cmp::Reverse(task.priority), *seq));
-    // The current attempt's assignment is the task's own (`tasks.assignment`); it is copied
-    // to the attempt only when the task is assigned again (a trigger, migration 0009). Storing it twice
-    // made the attempt row as large as the task's, written again at every report.
-    let mut record = conn.prepare_cached(
-        "INSERT INTO attempts (task_seq, attempt, agent_id, started_at, outcome) \
-         VALUES (?1, ?2, ?3, ?4, 'running')",
-    )?;
     let mut tasks = Vec::with_capacity(claimed.len());
     let mut changes = Vec::with_capacity(claimed.len());
     for (task, seq) in claimed {
-        record.execute(params![seq, task.attempt, agent_id, now])?;
+        record_attempt(conn, seq, task.attempt, agent_id, now)?;
         changes.push(Change::new(
             task.id,
             TaskState::Running,
