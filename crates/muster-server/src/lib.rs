@@ -39,6 +39,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod gitops;
 pub mod handoff;
 pub mod http;
 pub mod lifecycle;
