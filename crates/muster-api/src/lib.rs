@@ -1321,3 +1321,96 @@ mod schema_tests {
         }
     }
 }
+
+closed_enum! {
+    /// Where a GitOps deployment stands, from its tasks: `pending` while none has started,
+    /// `running` while any runs or waits, `succeeded` when every task completed, `failed`
+    /// when any failed or was cancelled, `skipped` when no rule submitted a task.
+    DeploymentState {
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Skipped => "skipped",
+    }
+}
+
+/// A changed file a rule took (or a negation left out), and the glob that decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileMatch {
+    pub path: String,
+    pub glob: String,
+}
+
+/// What one `[[git.rules]]` entry made of a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlannedRule {
+    pub rule: String,
+    /// `matched` (it deploys), `skipped` (it does not apply) or `refused` (it applies but the
+    /// push could not fill its template safely).
+    pub outcome: String,
+    /// Why it was skipped or refused.
+    pub why: Option<String>,
+    pub matched: Vec<FileMatch>,
+    pub excluded: Vec<FileMatch>,
+    /// It runs because the list of changed files was incomplete (`fallback = "run"`).
+    pub fallback: bool,
+    pub kind: Option<String>,
+    pub lock_key: Option<String>,
+    /// The task it submitted (deployments, not plans).
+    pub task_id: Option<Uuid>,
+    pub task_state: Option<TaskState>,
+}
+
+/// `POST /api/v1/gitops/plan`: what a push would deploy, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GitPlan {
+    pub source: String,
+    pub repo: String,
+    pub git_ref: String,
+    pub branch: Option<String>,
+    pub sha: String,
+    pub changed: Vec<String>,
+    /// False when the forge cut the list of changed files.
+    pub complete: bool,
+    pub rules: Vec<PlannedRule>,
+    /// No rule deploys anything for this push.
+    pub nothing_to_do: bool,
+}
+
+/// A GitOps deployment: one push and the tasks its matched rules submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub source: String,
+    /// The forge's delivery id: a redelivery answers this deployment again.
+    pub delivery: String,
+    pub repo: String,
+    pub git_ref: String,
+    pub branch: Option<String>,
+    pub before: String,
+    pub sha: String,
+    pub author: String,
+    pub message: String,
+    pub changed: Vec<String>,
+    pub complete: bool,
+    pub state: DeploymentState,
+    pub created_at: DateTime<Utc>,
+    pub rules: Vec<PlannedRule>,
+}
+
+/// `GET /api/v1/deployments`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentList {
+    pub deployments: Vec<Deployment>,
+}
+
+/// `POST /hooks/git/{source}`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HookAnswer {
+    /// `deployed` (new), `duplicate` (a redelivery: the first deployment), `nothing_to_do`,
+    /// or `pong` (a ping or test event).
+    pub status: String,
+    pub message: String,
+    pub deployment: Option<Deployment>,
+}

@@ -119,6 +119,45 @@ pub struct Submitted {
     pub change: Option<Change>,
 }
 
+/// A push that a rule matched, with the task each matched rule submits (`None` for a rule
+/// skipped or refused).
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub id: Uuid,
+    pub source: String,
+    pub delivery: String,
+    pub repo: String,
+    pub git_ref: String,
+    pub branch: Option<String>,
+    pub before: String,
+    pub sha: String,
+    pub author: String,
+    pub message: String,
+    pub changed: Vec<String>,
+    pub complete: bool,
+    pub rules: Vec<(muster_api::PlannedRule, Option<NewTask>)>,
+}
+
+/// A deployment as stored, and what recording it changed.
+#[derive(Debug, Clone)]
+pub struct DeploymentRecorded {
+    pub deployment: muster_api::Deployment,
+    /// False when the delivery had been recorded before: the first deployment is answered.
+    pub created: bool,
+    /// Its tasks entering the queue.
+    pub changes: Vec<Change>,
+}
+
+/// Which deployments to list: newest first, before a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentFilter {
+    pub repo: Option<String>,
+    pub source: Option<String>,
+    pub limit: usize,
+    /// Only deployments older than this one.
+    pub before: Option<Uuid>,
+}
+
 /// A registration as stored, and what it changed.
 #[derive(Debug, Clone)]
 pub struct AgentRegistered {
@@ -621,4 +660,18 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one batch of notifications delivered or given up on before `finished_before`,
     /// with their attempts; how many went (0: none are left).
     async fn prune_notifications(&self, finished_before: i64) -> StoreResult<u64>;
+
+    // GitOps.
+    /// Records a deployment and submits its tasks in one transaction; a delivery the source
+    /// recorded before answers the first deployment and submits nothing.
+    async fn record_deployment(
+        &self,
+        deployment: NewDeployment,
+        now: i64,
+    ) -> StoreResult<DeploymentRecorded>;
+    async fn deployments(
+        &self,
+        filter: DeploymentFilter,
+    ) -> StoreResult<Vec<muster_api::Deployment>>;
+    async fn deployment(&self, id: Uuid) -> StoreResult<muster_api::Deployment>;
 }

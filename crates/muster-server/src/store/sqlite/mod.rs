@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use muster_api::{
-    Agent, AgentStatus, AppendLogs, LogLine, Notification, NotificationPage, RegisterAgent,
+    Agent, AgentStatus, AppendLogs, Deployment, LogLine, Notification, NotificationPage, RegisterAgent,
     RunningTask, Task, TaskState,
 };
 use rusqlite::{Connection, OpenFlags};
@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AgentRegistered, AssignOrder, Assigned, AttemptReport, Change, Changed, ClaimedBatch,
+    AgentRegistered, AssignOrder, Assigned, DeploymentFilter, DeploymentRecorded, NewDeployment, AttemptReport, Change, Changed, ClaimedBatch,
     DispatchSnapshot, DrainBy, DueNotification, ExpiryRules, NewNotification, NewTask,
     NoticeRecorded, NotificationFilter, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask,
     RetryPolicy, SendEnded, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
@@ -36,6 +36,7 @@ use crate::error::StoreError;
 mod agents;
 mod audit;
 mod lock;
+mod deployments;
 mod notifications;
 mod outbox;
 mod rows;
@@ -54,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_lock_index.sql"),
     include_str!("../migrations/0008_notifications.sql"),
     include_str!("../migrations/0009_agent_index_active.sql"),
+    include_str!("../migrations/0010_deployments.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -694,6 +696,24 @@ impl Store for SqliteStore {
 
     async fn prune_notifications(&self, finished_before: i64) -> StoreResult<u64> {
         self.write(move |conn| notifications::prune(conn, finished_before))
+            .await
+    }
+
+    async fn record_deployment(
+        &self,
+        deployment: NewDeployment,
+        now: i64,
+    ) -> StoreResult<DeploymentRecorded> {
+        self.write(move |conn| deployments::record(conn, deployment, now))
+            .await
+    }
+
+    async fn deployments(&self, filter: DeploymentFilter) -> StoreResult<Vec<Deployment>> {
+        self.read(move |conn| deployments::list(conn, &filter)).await
+    }
+
+    async fn deployment(&self, id: Uuid) -> StoreResult<Deployment> {
+        self.read(move |conn| deployments::deployment(conn, id))
             .await
     }
 }

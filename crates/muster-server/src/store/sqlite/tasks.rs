@@ -29,7 +29,7 @@ use crate::store::{
 /// Finished tasks deleted per retention transaction.
 const PRUNE_BATCH: usize = 500;
 
-fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitted> {
+pub(super) fn insert_task(conn: &Connection, t: &NewTask, now: i64) -> StoreResult<Submitted> {
     if let Some(key) = &t.idempotency_key {
         let existing = conn
             .prepare_cached(&format!(
