@@ -21,6 +21,7 @@ use toml::Spanned;
 use crate::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
 
 pub use crate::secret::Secret;
+use crate::secret::is_variable_name;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -592,13 +593,6 @@ fn duration_text(d: Duration) -> String {
     format!("{secs}s")
 }
 
-fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 /// Which layer a value came from, for `muster config show`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::{Message, Outcome};
-use crate::secret::{Secret, hex};
+use crate::secret::{Secret, hex, read_variable};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
@@ -452,37 +452,6 @@ fn required<'a>(
     value
         .map(String::as_str)
         .ok_or_else(|| format!("{field} is required on a {} channel: {what}", kind.as_str()))
-}
-
-fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Reads the variable that `field` names. `holds` says what it should hold, for the error
-/// when it is unset or empty. Surrounding whitespace is dropped: a value read from a file
-/// into the environment often ends with a newline.
-fn read_variable(
-    field: &str,
-    var: &str,
-    holds: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, String> {
-    if !is_variable_name(var) {
-        return Err(format!(
-            "{field} {var:?} is invalid: expected the name of an environment variable such as \
-             MUSTER_NOTIFY_TOKEN"
-        ));
-    }
-    match env(var) {
-        Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-        _ => Err(format!(
-            "{var} (named by {field}) is unset or empty: set it to {holds}"
-        )),
-    }
 }
 
 /// A token sent as `Authorization: Bearer …`: it must fit in a header.
