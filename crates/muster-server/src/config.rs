@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::gitops::{self, GitConfig, GitRuleSpec, SourceSpec};
 use crate::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
 
 pub use crate::secret::Secret;
@@ -157,6 +158,8 @@ pub struct Settings {
     pub log_limit: usize,
     /// `[[notify.channels]]` and `[[notify.rules]]` from the config file.
     pub notify: NotifyConfig,
+    /// `[[git.sources]]` and `[[git.rules]]` from the config file.
+    pub git: GitConfig,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -593,7 +596,6 @@ fn duration_text(d: Duration) -> String {
     format!("{secs}s")
 }
 
-
 /// Which layer a value came from, for `muster config show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Origin {
@@ -640,6 +642,18 @@ struct FileTree {
     /// `[[notify.channels]]` and `[[notify.rules]]`.
     #[serde(default)]
     notify: NotifyTree,
+    /// `[[git.sources]]` and `[[git.rules]]`.
+    #[serde(default)]
+    git: GitTree,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitTree {
+    #[serde(default)]
+    sources: Vec<Spanned<SourceSpec>>,
+    #[serde(default)]
+    rules: Vec<Spanned<GitRuleSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -662,6 +676,9 @@ struct ConfigFile {
     /// (their `*_env` keys name variables) by [`ConfigFile::notify`].
     channels: Vec<(usize, ChannelSpec)>,
     rules: Vec<(usize, RuleSpec)>,
+    /// The `[git]` entries as written, each with its line; see [`ConfigFile::git`].
+    git_sources: Vec<(usize, SourceSpec)>,
+    git_rules: Vec<(usize, GitRuleSpec)>,
 }
 
 struct FileEntry {
@@ -749,10 +766,23 @@ impl ConfigFile {
                 .into_iter()
                 .map(|r| (line_of(text, r.span().start), r.into_inner()))
                 .collect(),
+            git_sources: tree
+                .git
+                .sources
+                .into_iter()
+                .map(|s| (line_of(text, s.span().start), s.into_inner()))
+                .collect(),
+            git_rules: tree
+                .git
+                .rules
+                .into_iter()
+                .map(|r| (line_of(text, r.span().start), r.into_inner()))
+                .collect(),
         };
         // Everything but the variables' values is checked now, so `muster config check` and
         // a reload refuse a bad rule or channel as a start would.
         file.notify(None)?;
+        file.git(None)?;
         Ok(file)
     }
 
@@ -790,6 +820,21 @@ impl ConfigFile {
             return Ok(NotifyConfig::default());
         }
         Ok(NotifyConfig { channels, rules })
+    }
+
+    /// The `[git]` section checked, its `*_env` keys read through `env`; with no `env`,
+    /// everything but the variables' values, and an empty config answered.
+    fn git(&self, env: Option<&Lookup<'_>>) -> Result<GitConfig, ConfigError> {
+        let at = |(line, why): (usize, String)| {
+            ConfigError::new(format!("{}:{line}: {why}", self.path.display()))
+        };
+        match env {
+            Some(env) => GitConfig::resolve(&self.git_sources, &self.git_rules, env).map_err(at),
+            None => {
+                gitops::sources::check(&self.git_sources, &self.git_rules).map_err(at)?;
+                Ok(GitConfig::default())
+            }
+        }
     }
 
     fn entry(&self, field: &Field) -> Option<&FileEntry> {
@@ -867,8 +912,8 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     ConfigError::new(match key {
         Some(key) if !key.contains('.') && message.starts_with("unknown field") => format!(
             "{file}:{line}: {key}: unknown section or top-level key; server settings go under \
-             [server] (and notifications under [[notify.channels]] and [[notify.rules]]), the \
-             only sections this version reads"
+             [server] (notifications under [[notify.channels]] and [[notify.rules]], GitOps under \
+             [[git.sources]] and [[git.rules]]), the only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -1064,6 +1109,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
     if let Some((file, _)) = &layers.file {
         let env = |name: &str| layers.env(name);
         settings.notify = file.notify(Some(&env))?;
+        settings.git = file.git(Some(&env))?;
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1185,6 +1231,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
     if settings.notify != current.notify {
         changed.push("notify");
     }
+    if settings.git != current.git {
+        changed.push("git");
+    }
     // Keeping the running address while the new load dropped the key would leave a
     // network-facing server open: refuse that as a start would.
     settings.check_exposure()?;
@@ -1277,6 +1326,7 @@ impl Settings {
             max_connections: 1024,
             log_limit: 16 * 1024 * 1024,
             notify: NotifyConfig::default(),
+            git: GitConfig::default(),
         }
     }
 
@@ -1592,6 +1642,70 @@ quiet = "2m"
         );
     }
 
+    const GIT: &str = r#"[[git.sources]]
+name = "infra"
+forge = "gitea"
+secret_env = "INFRA_HOOK_SECRET"
+
+[[git.rules]]
+source = "infra"
+branch = "main"
+paths = ["ansible/playbooks/media/**", "!**/README.md"]
+task = { kind = "ansible", capabilities = ["ansible"], payload = { playbook = "media.yml" } }
+lock_key = "deploy:{repo}:{playbook}"
+"#;
+
+    #[test]
+    fn git_sources_and_rules_load_with_their_secrets_and_name_their_line_when_wrong() {
+        let secret = "0123456789abcdef0123";
+        let s = load(
+            Some(GIT),
+            &[("INFRA_HOOK_SECRET", secret)],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.git.sources.len(), 1);
+        assert_eq!(s.git.sources[0].forge, "gitea");
+        assert_eq!(s.git.rules[0].name, "infra-1");
+        assert!(
+            !format!("{:?}", s.git).contains(secret),
+            "a secret never prints"
+        );
+
+        let err = load(Some(GIT), &[], Overrides::default())
+            .unwrap_err()
+            .message;
+        assert!(
+            err.contains("muster.toml:1: git.sources[0] (\"infra\"): INFRA_HOOK_SECRET"),
+            "{err}"
+        );
+        let short = load(
+            Some(GIT),
+            &[("INFRA_HOOK_SECRET", "short")],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .message;
+        assert!(short.contains("too short"), "{short}");
+        assert!(
+            file_error(&GIT.replace("gitea", "gitee")).contains("forge \"gitee\" is not known"),
+            "{}",
+            file_error(&GIT.replace("gitea", "gitee"))
+        );
+        let err = file_error(&GIT.replace("source = \"infra\"", "source = \"infar\""));
+        assert!(
+            err.starts_with("muster.toml:6: git.rules[0]: source \"infar\""),
+            "{err}"
+        );
+        let err = file_error(&GIT.replace("{playbook}", "{playbok}"));
+        assert!(
+            err.contains("lock_key: {playbok} is not a placeholder"),
+            "{err}"
+        );
+        let err = file_error(&GIT.replace("branch = \"main\"\n", ""));
+        assert!(err.contains("branch"), "{err}");
+    }
+
     #[test]
     fn a_reload_reports_changed_notification_settings() {
         let current = load(Some(NOTIFY), &[("TG_TOKEN", "1:a")], Overrides::default()).unwrap();
@@ -1732,9 +1846,9 @@ quiet = "2m"
             err.contains("server.LEASE: unknown key; file keys are snake_case: write lease"),
             "{err}"
         );
-        let err = file_error("[server]\nlease = \"60s\"\n\n[git]\nurl = \"x\"\n");
+        let err = file_error("[server]\nlease = \"60s\"\n\n[alerts]\nurl = \"x\"\n");
         assert!(
-            err.starts_with("muster.toml:4: git: unknown section"),
+            err.starts_with("muster.toml:4: alerts: unknown section"),
             "{err}"
         );
         let err = file_error("addr = \"127.0.0.1:8000\"\n");

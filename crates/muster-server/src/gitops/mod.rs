@@ -1,2 +1,7 @@
-//! GitOps: pushes to a forge become deployments. [`rules`] decides which pushes deploy what.
+//! GitOps: pushes to a forge become deployments. [`sources`] holds the forges muster takes
+//! hooks from and the `[git]` section as a whole; [`rules`] decides which pushes deploy what.
 pub mod rules;
+pub mod sources;
+
+pub use rules::RuleSpec as GitRuleSpec;
+pub use sources::{GitConfig, Source, SourceSpec};

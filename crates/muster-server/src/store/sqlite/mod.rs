@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use muster_api::{
-    Agent, AgentStatus, AppendLogs, Deployment, LogLine, Notification, NotificationPage, RegisterAgent,
-    RunningTask, Task, TaskState,
+    Agent, AgentStatus, AppendLogs, Deployment, LogLine, Notification, NotificationPage,
+    RegisterAgent, RunningTask, Task, TaskState,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -25,18 +25,19 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AgentRegistered, AssignOrder, Assigned, DeploymentFilter, DeploymentRecorded, NewDeployment, AttemptReport, Change, Changed, ClaimedBatch,
-    DispatchSnapshot, DrainBy, DueNotification, ExpiryRules, NewNotification, NewTask,
-    NoticeRecorded, NotificationFilter, OutboxFailure, OutboxItem, OutboxRow, Pruned, QueuedTask,
-    RetryPolicy, SendEnded, Stats, Store, StoreResult, Submitted, TaskFilter, TaskPage,
+    AgentRegistered, AssignOrder, Assigned, AttemptReport, Change, Changed, ClaimedBatch,
+    DeploymentFilter, DeploymentRecorded, DispatchSnapshot, DrainBy, DueNotification, ExpiryRules,
+    NewDeployment, NewNotification, NewTask, NoticeRecorded, NotificationFilter, OutboxFailure,
+    OutboxItem, OutboxRow, Pruned, QueuedTask, RetryPolicy, SendEnded, Stats, Store, StoreResult,
+    Submitted, TaskFilter, TaskPage,
 };
 use crate::audit::{Actor, AuditRecord, Checkpoint, StoredEntry, Via};
 use crate::error::StoreError;
 
 mod agents;
 mod audit;
-mod lock;
 mod deployments;
+mod lock;
 mod notifications;
 mod outbox;
 mod rows;
@@ -709,7 +710,8 @@ impl Store for SqliteStore {
     }
 
     async fn deployments(&self, filter: DeploymentFilter) -> StoreResult<Vec<Deployment>> {
-        self.read(move |conn| deployments::list(conn, &filter)).await
+        self.read(move |conn| deployments::list(conn, &filter))
+            .await
     }
 
     async fn deployment(&self, id: Uuid) -> StoreResult<Deployment> {
