@@ -34,6 +34,7 @@ pub mod changes;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod deployments;
 pub mod dispatch;
 pub mod dispatcher;
 pub mod error;

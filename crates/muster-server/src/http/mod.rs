@@ -4,6 +4,7 @@
 
 mod agents;
 pub(crate) mod audit;
+mod deployments;
 mod notifications;
 pub mod openapi;
 mod sse;
@@ -61,6 +62,8 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/deployments", get(deployments::list))
+        .route("/api/v1/deployments/{id}", get(deployments::show))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/{id}", get(notifications::show))
         .route("/api/v1/notify/channels", get(notifications::channels))

@@ -53,6 +53,8 @@ use utoipa::{IntoResponses, OpenApi};
         super::sse::logs,
         super::sse::events,
         super::audit::list,
+        super::deployments::list,
+        super::deployments::show,
         super::notifications::list,
         super::notifications::show,
         super::notifications::channels,
@@ -61,7 +63,8 @@ use utoipa::{IntoResponses, OpenApi};
     ),
     components(schemas(muster_api::ErrorBody, muster_api::Health, muster_api::ErrorCode, muster_api::TaskState,
         muster_api::AttemptOutcome, muster_api::AgentStatus, muster_api::LogStream,
-        muster_api::NotificationState, muster_api::SendOutcome, muster_api::ReportOutcome)),
+        muster_api::NotificationState, muster_api::SendOutcome, muster_api::ReportOutcome,
+        muster_api::DeploymentState)),
     modifiers(&SecuritySchemes),
     security(("bearer" = [])),
 )]

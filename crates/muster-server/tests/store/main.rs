@@ -8,6 +8,7 @@
 
 mod agents;
 mod batches;
+mod deployments;
 mod durability;
 mod handoff;
 mod notifications;
