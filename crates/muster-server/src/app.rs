@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
 use crate::store::Store;
+use crate::tally::MinuteTally;
 
 /// What handlers receive from axum.
 pub type AppState = Arc<App>;
@@ -31,6 +32,8 @@ pub struct App {
     pub changes: Changes,
     /// Web UI sessions (in memory; a restart logs everyone out).
     pub sessions: Sessions,
+    /// Git hooks refused for a bad signature, per source and minute, for the audit log.
+    pub refused_hooks: MinuteTally,
     /// Wakes the messenger: a notification was queued.
     pub messenger_wake: Arc<tokio::sync::Notify>,
     /// Cancelled when shutdown begins: streams and long-polls end on it.
@@ -54,6 +57,7 @@ impl App {
             registry,
             changes,
             sessions,
+            refused_hooks: MinuteTally::default(),
             messenger_wake: Arc::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),

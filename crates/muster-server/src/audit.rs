@@ -230,6 +230,20 @@ impl AuditRecord {
         )
     }
 
+    /// `count` hooks for the git source `source` came with a missing or wrong signature in the
+    /// minute starting at `minute_ms`: one entry per source and minute, like failed logins.
+    pub fn hooks_refused(at: i64, source: &str, minute_ms: i64, count: u64) -> Self {
+        let minute =
+            crate::clock::to_utc(minute_ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        Self::new(
+            at,
+            Actor::System,
+            "hook.refused",
+            format!("source:{source}"),
+            json!({"count": count, "minute": minute}),
+        )
+    }
+
     /// A notification reached its channel after `attempts` attempts.
     pub fn notification_delivered(
         at: i64,

@@ -57,6 +57,7 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod sweeper;
+pub mod tally;
 pub mod ui;
 
 pub use app::App;

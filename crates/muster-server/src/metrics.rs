@@ -36,6 +36,8 @@ pub struct Metrics {
     pub starts: IntCounterVec,
     /// Long-polls waiting for work now; set at scrape time.
     pub long_polls: IntGauge,
+    /// Git hooks by source and what became of them.
+    pub git_hooks: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -153,6 +155,16 @@ impl Metrics {
             "Agents' long-polls waiting for work now.",
         )
         .expect("valid gauge");
+        let git_hooks = IntCounterVec::new(
+            Opts::new(
+                "muster_git_hooks_total",
+                "Git push hooks by source and outcome: deployed, duplicate (a redelivery), \
+                 nothing_to_do, ping, refused (a missing or wrong signature: nothing read), \
+                 invalid (not a push, or unreadable).",
+            ),
+            &["source", "outcome"],
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -170,6 +182,7 @@ impl Metrics {
             Box::new(notification_attempts.clone()),
             Box::new(starts.clone()),
             Box::new(long_polls.clone()),
+            Box::new(git_hooks.clone()),
         ] {
             registry
                 .register(collector)
@@ -192,6 +205,7 @@ impl Metrics {
             notification_attempts,
             starts,
             long_polls,
+            git_hooks,
             dispatch_seconds,
             http_seconds,
             transitions,
@@ -215,6 +229,11 @@ impl Metrics {
         if n > 0 {
             self.starts.with_label_values(&[how]).inc_by(n as u64);
         }
+    }
+
+    /// A git hook for `source` ended as `outcome`.
+    pub fn git_hook(&self, source: &str, outcome: &str) {
+        self.git_hooks.with_label_values(&[source, outcome]).inc();
     }
 
     /// Prometheus text exposition of every metric.

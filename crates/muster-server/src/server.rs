@@ -180,8 +180,8 @@ impl Server {
         let _ = delivery.await;
         let _ = messenger.await;
         let _ = dispatcher_task.await;
-        if let Err(err) = crate::sweeper::record_failed_logins(&app, i64::MAX).await {
-            tracing::warn!(error = %err, "could not record the last failed logins");
+        if let Err(err) = crate::sweeper::record_tallies(&app, i64::MAX).await {
+            tracing::warn!(error = %err, "could not record the last failed logins and refused hooks");
         }
         app.store.close().await;
         tracing::info!("stopped");

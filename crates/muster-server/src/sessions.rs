@@ -14,7 +14,7 @@
 //! Failed logins are counted here too ([`FailedLogins`]), per client and minute, so the audit
 //! log gets one entry per client and minute however many wrong keys arrive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::secret::hex;
+use crate::tally::MinuteTally;
 
 /// The cookie that carries the session id.
 pub const COOKIE_NAME: &str = "muster_session";
@@ -61,7 +62,7 @@ pub struct Sessions {
     entries: Mutex<HashMap<String, Entry>>,
     idle_ms: i64,
     /// Wrong keys at the login page, counted until their minute is over.
-    pub failed_logins: FailedLogins,
+    pub failed_logins: MinuteTally,
     /// The key keyless visitors' CSRF tokens are derived with; drawn at start, so a restart
     /// ends them as it ends sessions.
     visitor_key: [u8; 32],
@@ -72,7 +73,7 @@ impl Sessions {
         Sessions {
             entries: Mutex::new(HashMap::new()),
             idle_ms: idle.as_millis() as i64,
-            failed_logins: FailedLogins::default(),
+            failed_logins: MinuteTally::default(),
             visitor_key: random_bytes(),
         }
     }
@@ -191,82 +192,6 @@ fn is_token(value: &str) -> bool {
     value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Clients counted at most per minute; the rest share the client `other`, so a flood from many
-/// addresses cannot grow memory (or the audit log) without bound either.
-const MAX_FAILED_LOGIN_CLIENTS: usize = 1024;
-
-const MINUTE_MS: i64 = 60_000;
-
-/// The wrong keys one client sent in one minute.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedLoginTally {
-    pub client: String,
-    /// The start of the minute (ms since the epoch).
-    pub minute_ms: i64,
-    pub count: u64,
-}
-
-/// Failed logins counted per client and minute, in memory. The sweeper takes the minutes that
-/// are over and writes one audit record for each, so a flood of guesses costs a counter
-/// increment each, not a write.
-#[derive(Debug, Default)]
-pub struct FailedLogins {
-    counts: Mutex<BTreeMap<(i64, String), u64>>,
-}
-
-impl FailedLogins {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(i64, String), u64>> {
-        self.counts.lock().expect("failed-login lock poisoned")
-    }
-
-    /// Counts one wrong key from `client` at `now_ms`.
-    pub fn record(&self, client: &str, now_ms: i64) {
-        let minute = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
-        let mut counts = self.lock();
-        let mut key = (minute, client.to_owned());
-        if !counts.contains_key(&key) && counts.len() >= MAX_FAILED_LOGIN_CLIENTS {
-            key.1 = "other".to_owned();
-        }
-        *counts.entry(key).or_default() += 1;
-    }
-
-    /// Seconds until `client` may try again, when it has sent `limit` wrong keys in the
-    /// minute of `now_ms`; `None` while it may try.
-    pub fn retry_after_s(&self, client: &str, now_ms: i64, limit: u64) -> Option<u64> {
-        let minute = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
-        let count = self
-            .lock()
-            .get(&(minute, client.to_owned()))
-            .copied()
-            .unwrap_or(0);
-        (count >= limit).then(|| ((minute + MINUTE_MS - now_ms) as u64).div_ceil(1000))
-    }
-
-    /// Takes the tallies of the minutes that ended by `now_ms` (all of them for `i64::MAX`),
-    /// oldest first.
-    pub fn take_closed(&self, now_ms: i64) -> Vec<FailedLoginTally> {
-        let mut counts = self.lock();
-        let open = counts.split_off(&(now_ms.div_euclid(MINUTE_MS) * MINUTE_MS, String::new()));
-        let closed = std::mem::replace(&mut *counts, open);
-        closed
-            .into_iter()
-            .map(|((minute_ms, client), count)| FailedLoginTally {
-                client,
-                minute_ms,
-                count,
-            })
-            .collect()
-    }
-
-    /// Puts tallies back that could not be recorded, to be taken again later.
-    pub fn restore(&self, tallies: Vec<FailedLoginTally>) {
-        let mut counts = self.lock();
-        for t in tallies {
-            *counts.entry((t.minute_ms, t.client)).or_default() += t.count;
-        }
-    }
-}
-
 /// The session id from the request's `Cookie` headers.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     cookie(headers, COOKIE_NAME)
@@ -341,69 +266,6 @@ mod tests {
             assert!(sessions.touch(&s.id, now).is_some());
         }
         assert!(sessions.touch(&s.id, MAX_LIFETIME_MS + 1).is_none());
-    }
-
-    #[test]
-    fn failed_logins_are_counted_per_client_and_minute() {
-        let failed = FailedLogins::default();
-        for n in 0..50 {
-            failed.record("10.0.0.1", 60_000 + n * 100);
-        }
-        failed.record("10.0.0.2", 61_000);
-        failed.record("10.0.0.1", 120_500);
-        assert_eq!(
-            failed.take_closed(119_999),
-            vec![],
-            "the minute is not over"
-        );
-        let closed = failed.take_closed(120_000);
-        assert_eq!(
-            closed,
-            vec![
-                FailedLoginTally {
-                    client: "10.0.0.1".into(),
-                    minute_ms: 60_000,
-                    count: 50
-                },
-                FailedLoginTally {
-                    client: "10.0.0.2".into(),
-                    minute_ms: 60_000,
-                    count: 1
-                },
-            ]
-        );
-        failed.restore(closed);
-        assert_eq!(
-            failed.take_closed(180_000).len(),
-            3,
-            "restored and the next minute"
-        );
-        assert_eq!(failed.take_closed(180_000), vec![]);
-    }
-
-    #[test]
-    fn a_client_with_too_many_wrong_keys_waits_for_the_next_minute() {
-        let failed = FailedLogins::default();
-        for n in 0..10 {
-            assert_eq!(failed.retry_after_s("10.0.0.1", 60_000 + n, 10), None);
-            failed.record("10.0.0.1", 60_000 + n);
-        }
-        assert_eq!(failed.retry_after_s("10.0.0.1", 60_500, 10), Some(60));
-        assert_eq!(failed.retry_after_s("10.0.0.1", 119_001, 10), Some(1));
-        assert_eq!(failed.retry_after_s("10.0.0.2", 60_500, 10), None);
-        assert_eq!(failed.retry_after_s("10.0.0.1", 120_000, 10), None);
-    }
-
-    #[test]
-    fn failed_logins_from_too_many_clients_share_one_tally() {
-        let failed = FailedLogins::default();
-        for n in 0..MAX_FAILED_LOGIN_CLIENTS + 10 {
-            failed.record(&format!("client-{n}"), 0);
-        }
-        let closed = failed.take_closed(MINUTE_MS);
-        assert_eq!(closed.len(), MAX_FAILED_LOGIN_CLIENTS + 1);
-        let other = closed.iter().find(|t| t.client == "other").unwrap();
-        assert_eq!(other.count, 10);
     }
 
     #[test]

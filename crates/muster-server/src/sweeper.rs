@@ -88,25 +88,33 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
     for change in changes {
         app.changes.task(change);
     }
-    record_failed_logins(app, now).await?;
+    record_tallies(app, now).await?;
     Ok(swept)
 }
 
-/// One audit record per client and minute of failed logins, for the minutes over by `until`
-/// (at shutdown, `i64::MAX`: the minute in progress too, rather than forget it).
-pub(crate) async fn record_failed_logins(app: &App, until: i64) -> StoreResult<()> {
+/// One audit record per client and minute of failed logins, and per source and minute of git
+/// hooks refused for their signature, for the minutes over by `until` (at shutdown,
+/// `i64::MAX`: the minute in progress too, rather than forget it).
+pub(crate) async fn record_tallies(app: &App, until: i64) -> StoreResult<()> {
     let now = app.now_ms();
-    let tallies = app.sessions.failed_logins.take_closed(until);
-    if tallies.is_empty() {
+    let logins = app.sessions.failed_logins.take_closed(until);
+    let hooks = app.refused_hooks.take_closed(until);
+    if logins.is_empty() && hooks.is_empty() {
         return Ok(());
     }
-    let records = tallies
+    let records = logins
         .iter()
-        .map(|t| AuditRecord::logins_failed(now, &t.client, t.minute_ms, t.count))
+        .map(|t| AuditRecord::logins_failed(now, &t.key, t.minute_ms, t.count))
+        .chain(
+            hooks
+                .iter()
+                .map(|t| AuditRecord::hooks_refused(now, &t.key, t.minute_ms, t.count)),
+        )
         .collect();
     if let Err(err) = crate::outbox::record_audit(app, records).await {
         // Counted again at the next sweep rather than lost.
-        app.sessions.failed_logins.restore(tallies);
+        app.sessions.failed_logins.restore(logins);
+        app.refused_hooks.restore(hooks);
         return Err(err);
     }
     Ok(())
