@@ -11,6 +11,7 @@ mod abuse;
 mod audit;
 mod batches;
 mod edge;
+mod forge_api;
 mod handoff;
 mod identity;
 mod lifecycle;
