@@ -1665,7 +1665,7 @@ lock_key = "deploy:{repo}:{playbook}"
         )
         .unwrap();
         assert_eq!(s.git.sources.len(), 1);
-        assert_eq!(s.git.sources[0].forge, "gitea");
+        assert_eq!(s.git.sources[0].forge, crate::gitops::forge::Forge::Gitea);
         assert_eq!(s.git.rules[0].name, "infra-1");
         assert!(
             !format!("{:?}", s.git).contains(secret),
@@ -1688,7 +1688,7 @@ lock_key = "deploy:{repo}:{playbook}"
         .message;
         assert!(short.contains("too short"), "{short}");
         assert!(
-            file_error(&GIT.replace("gitea", "gitee")).contains("forge \"gitee\" is not known"),
+            file_error(&GIT.replace("gitea", "gitee")).contains("forge: unknown forge \"gitee\""),
             "{}",
             file_error(&GIT.replace("gitea", "gitee"))
         );

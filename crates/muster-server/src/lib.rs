@@ -12,6 +12,8 @@
 //!   to their consumers, at least once; [`messenger`]: the loop that sends notifications.
 //! - [`notice`]: what happened that an operator may want to hear of (written by the store);
 //!   [`notify`]: notification channels and rules, and sending one message over one channel.
+//! - [`gitops`]: forge push webhooks read and verified without I/O, and the forges' commit
+//!   status and compare APIs.
 //! - [`audit`]: the audit log's hash chain as pure logic (records, canonical bytes, checkpoint
 //!   signatures, verification); the outbox's `audit` consumer appends to it.
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.

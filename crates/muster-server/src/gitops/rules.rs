@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The payload keys muster sets from the push on every deployment task, so an executor always
-/// knows which tree to check out; a rule may not set them.
-pub const RESERVED_KEYS: [&str; 4] = ["repo", "clone_url", "sha", "branch"];
+/// knows which tree to check out (the deploy executor's contract); a rule may not set them.
+pub const RESERVED_KEYS: [&str; 3] = ["repo", "clone_url", "sha"];
 
 /// The placeholders a push fills, in lock keys and payload strings, besides the rule's own
 /// payload values (`{playbook}`).
@@ -336,7 +336,7 @@ impl Rule {
     }
 
     /// The rule's task for `push`: its template with the placeholders filled, and the push's
-    /// repository, clone URL, commit and branch in the payload.
+    /// repository, clone URL and commit in the payload.
     fn task(&self, push: &PushFacts<'_>, branch: &str) -> Result<SubmitTask, String> {
         let values = self.values(push, branch)?;
         let mut payload = Map::new();
@@ -351,7 +351,6 @@ impl Rule {
             payload.insert("clone_url".into(), url.into());
         }
         payload.insert("sha".into(), push.sha.into());
-        payload.insert("branch".into(), branch.into());
         let lock_key = match &self.lock_key {
             Some(template) => Some(fill(template, &values).map_err(|e| format!("lock_key: {e}"))?),
             None => None,
@@ -612,7 +611,7 @@ mod tests {
             task.payload,
             serde_json::json!({
                 "playbook": "media.yml", "limit": "main", "repo": "ops/homelab",
-                "clone_url": "https://git.home/ops/homelab.git", "sha": SHA, "branch": "main"
+                "clone_url": "https://git.home/ops/homelab.git", "sha": SHA
             })
         );
     }

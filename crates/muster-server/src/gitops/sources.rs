@@ -5,11 +5,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::forge::Forge;
 use super::rules::{Rule, RuleSpec};
 use crate::secret::{Secret, read_variable};
-
-/// The forges a source may name.
-pub const FORGES: [&str; 4] = ["gitea", "forgejo", "github", "gitlab"];
 
 /// The shortest secret a source takes: a guessable one would let anyone deploy.
 const MIN_SECRET_CHARS: usize = 16;
@@ -35,7 +33,7 @@ pub struct SourceSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     pub name: String,
-    pub forge: String,
+    pub forge: Forge,
     pub secret: Secret,
     pub token: Option<Secret>,
     pub api_url: Option<String>,
@@ -128,13 +126,7 @@ impl Source {
                 spec.name
             ));
         }
-        if !FORGES.contains(&spec.forge.as_str()) {
-            return Err(format!(
-                "forge {:?} is not known: expected one of {}",
-                spec.forge,
-                FORGES.join(", ")
-            ));
-        }
+        let forge: Forge = spec.forge.parse().map_err(|e| format!("forge: {e}"))?;
         let holds = "the secret the forge signs its hooks with (at least 16 characters, such \
                      as the output of openssl rand -hex 32)";
         let secret = read_variable("secret_env", &spec.secret_env, holds, env)?;
@@ -162,7 +154,7 @@ impl Source {
         }
         Ok(Source {
             name: spec.name,
-            forge: spec.forge,
+            forge,
             secret: Secret::new(secret),
             token,
             api_url: spec.api_url.map(|u| u.trim_end_matches('/').to_owned()),

@@ -53,6 +53,7 @@ use utoipa::{IntoResponses, OpenApi};
         super::sse::logs,
         super::sse::events,
         super::audit::list,
+        super::hooks::git_hook,
         super::deployments::list,
         super::deployments::show,
         super::notifications::list,

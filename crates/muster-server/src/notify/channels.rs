@@ -919,8 +919,14 @@ impl ChannelKind {
 /// characters (an ntfy topic such as `alerts`) are left alone: blanking every occurrence of
 /// a common word would garble the text and such a name guards little.
 fn scrub(text: &str, kind: &ChannelKind) -> String {
+    redact(text, &kind.secrets())
+}
+
+/// Replaces every one of `secrets` in `text` with `[redacted]`, leaving alone those shorter
+/// than 8 characters (see [`scrub`]): what any outbound call does with a service's answer.
+pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
     let mut text = text.to_owned();
-    for secret in kind.secrets() {
+    for secret in secrets {
         if secret.len() >= 8 {
             text = text.replace(secret, "[redacted]");
         }
@@ -1321,7 +1327,7 @@ pub async fn send(
     for (name, value) in wire.headers {
         request = request.header(name, value);
     }
-    let mut response = match request.body(wire.body).send().await {
+    let response = match request.body(wire.body).send().await {
         Ok(response) => response,
         Err(err) => {
             return Outcome::Retry {
@@ -1331,39 +1337,82 @@ pub async fn send(
             };
         }
     };
+    let answer = read_answer(response, ANSWER_READ_LIMIT).await;
+    judge(
+        channel,
+        answer.status,
+        answer.retry_after.as_deref(),
+        &answer.body,
+        now,
+    )
+}
+
+/// A service's answer as read: its status, its `Retry-After` header and at most a given
+/// number of bytes of its body.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<String>,
+    pub(crate) body: Vec<u8>,
+    /// Whether the whole body arrived, below the limit and without an error.
+    pub(crate) whole: bool,
+}
+
+/// Reads `response` up to `limit` bytes of body. The status decides; the body only adds
+/// detail, so a body cut short by the timeout or a reset is kept as far as it arrived.
+pub(crate) async fn read_answer(mut response: reqwest::Response, limit: usize) -> Answer {
     let status = response.status().as_u16();
-    let retry_after_header = response
+    let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // The status decides; the body only adds detail, so a body cut short by the timeout or a
-    // reset is judged as far as it arrived.
     let mut body = Vec::new();
-    while body.len() < ANSWER_READ_LIMIT {
+    let whole = loop {
+        // Stopping at the limit, without waiting for more, also stops a service that sends
+        // that much and then holds the connection open.
+        if body.len() >= limit {
+            break false;
+        }
         match response.chunk().await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
+            Ok(None) => break true,
+            Err(_) => break false,
         }
+    };
+    body.truncate(limit);
+    Answer {
+        status,
+        retry_after,
+        body,
+        whole,
     }
-    body.truncate(ANSWER_READ_LIMIT);
-    judge(channel, status, retry_after_header.as_deref(), &body, now)
 }
 
 /// A failed request in muster's own words: reqwest's text names the URL, which may hold
 /// the secret.
 fn transport_error(err: reqwest::Error, channel: &Channel) -> String {
-    let service = channel.kind.service();
+    let text = describe_transport_error(err, channel.kind.service(), channel.timeout);
+    scrub(&text, &channel.kind)
+}
+
+/// A request to `service` that got no answer, said without the URL (which may hold a
+/// secret); `timeout` is the limit the whole request had. The caller scrubs the text of
+/// its own secrets.
+pub(crate) fn describe_transport_error(
+    err: reqwest::Error,
+    service: &str,
+    timeout: Duration,
+) -> String {
     let err = err.without_url();
-    let text = if err.is_connect() && err.is_timeout() {
+    if err.is_connect() && err.is_timeout() {
         format!(
             "could not connect to {service} within {}",
-            humantime::format_duration(CONNECT_TIMEOUT.min(channel.timeout))
+            humantime::format_duration(CONNECT_TIMEOUT.min(timeout))
         )
     } else if err.is_timeout() {
         format!(
             "{service} did not answer within {}",
-            humantime::format_duration(channel.timeout)
+            humantime::format_duration(timeout)
         )
     } else {
         let mut cause: &dyn std::error::Error = &err;
@@ -1375,13 +1424,12 @@ fn transport_error(err: reqwest::Error, channel: &Channel) -> String {
         } else {
             format!("the request to {service} failed: {cause}")
         }
-    };
-    scrub(&text, &channel.kind)
+    }
 }
 
 /// The start of an answer: at most [`ANSWER_KEPT_CHARS`] characters, the last one `…` when
 /// the answer was longer.
-fn start_of(text: &str) -> String {
+pub(crate) fn start_of(text: &str) -> String {
     super::cut(text, ANSWER_KEPT_CHARS)
 }
 
@@ -1417,7 +1465,14 @@ fn judge(
     }
 }
 
-fn by_status(service: &str, status: u16, answer: String, after: Option<Duration>) -> Outcome {
+/// The judgement every service shares: 2xx delivered; 408, 429 and 5xx worth trying again
+/// (after `after`, the service's own word, if any); a redirect or another 4xx refused.
+pub(crate) fn by_status(
+    service: &str,
+    status: u16,
+    answer: String,
+    after: Option<Duration>,
+) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered { status, answer },
         408 | 429 | 500..=599 => Outcome::Retry {
@@ -1495,7 +1550,7 @@ fn judge_telegram(
 
 /// A `Retry-After` value: delay-seconds, or an HTTP date measured from `now` (a date already
 /// past means now).
-fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+pub(crate) fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

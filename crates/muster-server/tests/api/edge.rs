@@ -582,6 +582,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/notifications/{id}", &["get"]),
     ("/api/v1/notify/channels", &["get"]),
     ("/api/v1/notify/channels/{name}/test", &["post"]),
+    ("/hooks/git/{source}", &["post"]),
+    ("/api/v1/deployments", &["get"]),
+    ("/api/v1/deployments/{id}", &["get"]),
 ];
 
 #[tokio::test]
@@ -636,6 +639,12 @@ async fn the_openapi_document_covers_every_route() {
         assert!(status("503"), "{what} does not list 503");
         if PUBLIC.contains(&path.as_str()) {
             assert_eq!(op["security"], json!([{}]), "{what} needs no key");
+        } else if SIGNED.contains(&path.as_str()) {
+            assert_eq!(op["security"], json!([{}]), "{what} is signed, not keyed");
+            for code in ["401", "413"] {
+                assert!(status(code), "{what} is signed but does not list {code}");
+            }
+            continue;
         } else {
             let security = effective_security(&doc, &op);
             assert!(
@@ -679,6 +688,9 @@ async fn the_openapi_document_covers_every_route() {
 /// The routes that need no key.
 const PUBLIC: &[&str] = &["/health", "/metrics", "/api/v1/openapi.json"];
 
+/// Routes a forge calls: no key, but a signature over the body (see `gitops`).
+const SIGNED: &[&str] = &["/hooks/git/{source}"];
+
 /// Every operation of the document: method, path, operation.
 fn operations(doc: &Value) -> Vec<(String, String, Value)> {
     let mut all = Vec::new();
@@ -702,14 +714,28 @@ fn effective_security(doc: &Value, op: &Value) -> Vec<serde_json::Map<String, Va
 }
 
 /// The document's security says the truth: every operation it marks as keyed refuses a request
-/// without a key (401), and the public ones answer it.
+/// without a key (401), and the public ones answer it. A forge's hook carries a signature, not
+/// a key: unsigned, it is refused (401) too.
 #[tokio::test]
 async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_key() {
-    let t = TestApp::spawn_with(|s| s.api_key = secret("admin")).await;
+    let t = TestApp::spawn_with(|s| {
+        s.api_key = secret("admin");
+        let source = toml::from_str("name = \"infra\"\nforge = \"github\"\nsecret_env = \"S\"")
+            .expect("a source");
+        s.git = muster_server::gitops::GitConfig::resolve(&[(1, source)], &[], &|_| {
+            Some("0123456789abcdef-secret".into())
+        })
+        .expect("valid");
+    })
+    .await;
     let (_, doc) = t.get("/api/v1/openapi.json").await;
     let keyless = reqwest::Client::new();
     for (method, path, op) in operations(&doc) {
-        let url = t.url(&path.replace("{id}", &uuid::Uuid::now_v7().to_string()));
+        let url = t.url(
+            &path
+                .replace("{id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{source}", "infra"),
+        );
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let mut request = keyless.request(method.clone(), url);
         if op.get("requestBody").is_some() {

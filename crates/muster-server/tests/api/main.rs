@@ -11,6 +11,8 @@ mod abuse;
 mod audit;
 mod batches;
 mod edge;
+mod forge_api;
+mod gitops;
 mod handoff;
 mod identity;
 mod lifecycle;
