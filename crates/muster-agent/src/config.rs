@@ -1,9 +1,10 @@
 //! The agent's TOML configuration: who it is, the allow-listed actions it may run, the SSH
-//! hosts it may run them on, and the URLs it may call. Everything is checked when the file is
-//! loaded, so a bad config stops the start with the field at fault, never a task later.
+//! hosts it may run them on, the URLs it may call and the repositories it may deploy from.
+//! Everything is checked when the file is loaded, so a bad config stops the start with the
+//! field at fault, never a task later.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -21,6 +22,8 @@ pub struct AgentConfig {
     pub hosts: Vec<HostConfig>,
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub deploy: Option<DeployConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -101,6 +104,123 @@ pub struct HttpConfig {
     pub allow: Vec<String>,
     #[serde(default)]
     pub timeout_s: Option<u64>,
+}
+
+/// Deployments from infrastructure repositories: tasks of kind `ansible` and `terraform` run
+/// the program on a checkout of the pushed commit (see [`crate::deploy`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Where this agent keeps its clones (`clones/`) and the per-task worktrees
+    /// (`worktrees/`): an absolute path no other agent uses. Required, since the agent has no
+    /// state directory of its own to put it under.
+    pub workdir: PathBuf,
+    /// The clone URLs tasks may name: an entry ending in `/` allows every URL it begins,
+    /// any other entry exactly itself.
+    pub repos: Vec<String>,
+    /// The program for kind `ansible`, or `false` for none.
+    #[serde(default)]
+    pub ansible_playbook: ProgramSetting,
+    /// The program for kind `terraform`, or `false` for none.
+    #[serde(default)]
+    pub terraform: ProgramSetting,
+    #[serde(default = "default_git")]
+    pub git: String,
+    /// Upper bound of one deployment (fetch, checkout and run), in seconds.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+fn default_git() -> String {
+    "git".into()
+}
+
+/// A program the agent may run, or `false` to turn its task kind off (`true` is the default
+/// program).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ProgramSetting {
+    Program(String),
+    Enabled(bool),
+}
+
+impl Default for ProgramSetting {
+    fn default() -> Self {
+        ProgramSetting::Enabled(true)
+    }
+}
+
+impl ProgramSetting {
+    /// The program to run, `default` unless another is named; `None` when turned off.
+    pub fn program(&self, default: &str) -> Option<String> {
+        match self {
+            ProgramSetting::Program(program) => Some(program.clone()),
+            ProgramSetting::Enabled(true) => Some(default.to_owned()),
+            ProgramSetting::Enabled(false) => None,
+        }
+    }
+}
+
+impl DeployConfig {
+    /// `ansible-playbook` unless the file names another program; `None` when turned off.
+    pub fn ansible_program(&self) -> Option<String> {
+        self.ansible_playbook.program("ansible-playbook")
+    }
+
+    /// `terraform` unless the file names another program; `None` when turned off.
+    pub fn terraform_program(&self) -> Option<String> {
+        self.terraform.program("terraform")
+    }
+
+    fn check(&self, warnings: &mut Vec<String>) -> Result<(), String> {
+        if !self.workdir.is_absolute() {
+            return Err(format!(
+                "deploy.workdir: {:?} must be an absolute path",
+                self.workdir
+            ));
+        }
+        if self.repos.is_empty() {
+            return Err(
+                "deploy.repos: name at least one clone URL (exact, or a prefix \
+                        ending in '/')"
+                    .into(),
+            );
+        }
+        for (i, entry) in self.repos.iter().enumerate() {
+            crate::deploy::check_clone_url(entry)
+                .map_err(|e| format!("deploy.repos[{i}]: {entry:?}: {e}"))?;
+        }
+        let programs = [
+            ("ansible_playbook", self.ansible_program()),
+            ("terraform", self.terraform_program()),
+            ("git", Some(self.git.clone())),
+        ];
+        for (field, program) in programs {
+            // A relative path with a `/` would be looked up from each task's worktree, where
+            // the task's commit, not the operator, decides what it is.
+            if let Some(program) = program
+                && (program.is_empty()
+                    || program.starts_with('-')
+                    || (program.contains('/') && !program.starts_with('/')))
+            {
+                return Err(format!(
+                    "deploy.{field}: {program:?} must be a program name looked up in PATH or \
+                     an absolute path"
+                ));
+            }
+        }
+        if self.timeout_s == Some(0) {
+            return Err("deploy.timeout_s: must be at least 1".into());
+        }
+        if self.ansible_program().is_none() && self.terraform_program().is_none() {
+            warnings.push(
+                "deploy: ansible_playbook and terraform are both false; the agent takes no \
+                 deployments"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A config that passed every check, with templates compiled.
@@ -198,6 +318,9 @@ impl AgentConfig {
                     .map_err(|e| format!("http.allow[{i}]: {prefix:?}: {e}"))?;
             }
         }
+        if let Some(deploy) = &self.deploy {
+            deploy.check(&mut warnings)?;
+        }
         Ok(Checked {
             config: self,
             actions,
@@ -208,8 +331,8 @@ impl AgentConfig {
 }
 
 impl Checked {
-    /// What the agent registers with: its own capabilities, each action's, and `http` when it
-    /// may call URLs.
+    /// What the agent registers with: its own capabilities, each action's, `http` when it
+    /// may call URLs, and `ansible` and `terraform` when it deploys with them.
     pub fn capabilities(&self) -> Vec<String> {
         let mut caps = self.config.agent.capabilities.clone();
         caps.extend(
@@ -219,6 +342,13 @@ impl Checked {
         );
         if self.config.http.is_some() {
             caps.push("http".into());
+        }
+        if let Some(deploy) = &self.config.deploy {
+            caps.extend(
+                crate::deploy::Tool::ALL
+                    .iter()
+                    .filter_map(|tool| tool.program(deploy).map(|_| tool.kind().to_owned())),
+            );
         }
         caps.sort();
         caps.dedup();
@@ -274,6 +404,101 @@ mod tests {
             "{warning}"
         );
         assert!(AgentConfig::parse(GOOD).unwrap().warnings.is_empty());
+    }
+
+    const DEPLOY: &str = r#"
+        [agent]
+        id = "infra"
+
+        [deploy]
+        workdir = "/var/lib/muster/deploy"
+        repos = ["https://git.home/homelab/", "git@git.home:solo/infra.git"]
+    "#;
+
+    #[test]
+    fn a_deploy_section_registers_the_kinds_it_turns_on() {
+        let checked = AgentConfig::parse(DEPLOY).unwrap();
+        assert_eq!(checked.capabilities(), ["ansible", "terraform"]);
+        let deploy = checked.config.deploy.unwrap();
+        assert_eq!(
+            deploy.ansible_program().as_deref(),
+            Some("ansible-playbook")
+        );
+        assert_eq!(deploy.terraform_program().as_deref(), Some("terraform"));
+        assert_eq!(deploy.git, "git");
+        let only_ansible = AgentConfig::parse(&format!(
+            "{DEPLOY}\nterraform = false\nansible_playbook = \"/opt/ansible/bin/ansible-playbook\"\n"
+        ))
+        .unwrap();
+        assert_eq!(only_ansible.capabilities(), ["ansible"]);
+        let deploy = only_ansible.config.deploy.unwrap();
+        assert_eq!(
+            deploy.ansible_program().as_deref(),
+            Some("/opt/ansible/bin/ansible-playbook")
+        );
+        assert_eq!(deploy.terraform_program(), None);
+        let none = AgentConfig::parse(&format!(
+            "{DEPLOY}\nterraform = false\nansible_playbook = false\n"
+        ))
+        .unwrap();
+        assert!(none.capabilities().is_empty());
+        assert_eq!(none.warnings.len(), 1, "{:?}", none.warnings);
+        assert!(AgentConfig::parse(GOOD).unwrap().config.deploy.is_none());
+    }
+
+    #[test]
+    fn deploy_errors_name_the_field_at_fault() {
+        for (from, to, field) in [
+            ("\"/var/lib/muster/deploy\"", "\"deploy\"", "deploy.workdir"),
+            (
+                "[\"https://git.home/homelab/\", \"git@git.home:solo/infra.git\"]",
+                "[]",
+                "deploy.repos",
+            ),
+            (
+                "\"git@git.home:solo/infra.git\"",
+                "\"ext::sh -c x\"",
+                "deploy.repos[1]",
+            ),
+            (
+                "\"https://git.home/homelab/\"",
+                "\"https://git.home/homelab/../x/\"",
+                "deploy.repos[0]",
+            ),
+        ] {
+            let err = AgentConfig::parse(&DEPLOY.replace(from, to)).unwrap_err();
+            assert!(err.contains(field), "{to}: {err}");
+        }
+        for (line, field) in [
+            (
+                "ansible_playbook = \"bin/ansible-playbook\"",
+                "deploy.ansible_playbook",
+            ),
+            ("terraform = \"\"", "deploy.terraform"),
+            ("git = \"--exec-path\"", "deploy.git"),
+            ("timeout_s = 0", "deploy.timeout_s"),
+        ] {
+            let err = AgentConfig::parse(&format!("{DEPLOY}\n{line}\n")).unwrap_err();
+            assert!(err.contains(field), "{line}: {err}");
+        }
+        let err = AgentConfig::parse(&format!("{DEPLOY}\nrepo = []\n")).unwrap_err();
+        assert!(err.contains("repo"), "{err}");
+    }
+
+    #[test]
+    fn the_example_deploy_section_loads_once_uncommented() {
+        let example = include_str!("../../../examples/agent.toml");
+        let (_, section) = example
+            .split_once("# [deploy]\n")
+            .expect("the example shows a [deploy] section");
+        let uncommented: String = section
+            .lines()
+            .map(|line| format!("{}\n", line.trim_start_matches("# ")))
+            .collect();
+        let config = format!("[agent]\nid = \"x\"\n[deploy]\n{uncommented}");
+        let checked = AgentConfig::parse(&config).unwrap();
+        assert_eq!(checked.capabilities(), ["ansible", "terraform"]);
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The executors `muster agent` runs: allow-listed actions (argv templates whose parameters are
-//! checked against patterns, run locally or over SSH) and HTTP calls to allow-listed URLs.
+//! checked against patterns, run locally or over SSH), HTTP calls to allow-listed URLs, and
+//! deployments (Ansible playbooks, Terraform modules) from allow-listed repositories at the
+//! pushed commit.
 //! The configuration is one TOML file ([`config`]); [`run`] turns it into an agent runtime.
 //!
 //! Architecture Invariant: only [`process`] starts programs, never through a local shell; the
@@ -7,6 +9,7 @@
 
 pub mod action;
 pub mod config;
+pub mod deploy;
 pub mod http_call;
 pub mod process;
 pub mod template;
@@ -33,7 +36,8 @@ pub enum AgentError {
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
 /// Builds the runtime for a checked config: an `action` handler always, starting programs the
-/// way `launcher` says, and an `http` handler when the config allows URLs.
+/// way `launcher` says, an `http` handler when the config allows URLs, and `ansible` and
+/// `terraform` handlers when it has a `[deploy]` section that turns them on.
 pub fn runtime(
     checked: config::Checked,
     client: Client,
@@ -51,15 +55,27 @@ pub fn runtime(
         options.heartbeat_interval = Duration::from_secs(s.max(1));
     }
     let http = checked.config.http.clone();
+    let deploy = checked.config.deploy.clone();
     let checked = Arc::new(checked);
-    let mut runtime = AgentRuntime::new(client, options)
-        .handle("action", action::ActionHandler::new(checked, launcher));
+    let mut runtime = AgentRuntime::new(client, options).handle(
+        "action",
+        action::ActionHandler::new(checked, launcher.clone()),
+    );
     if let Some(http) = http {
         let timeout = Duration::from_secs(http.timeout_s.unwrap_or(30));
         runtime = runtime.handle(
             "http",
             http_call::HttpHandler::new(&http.allow, timeout).map_err(AgentError::Config)?,
         );
+    }
+    if let Some(deploy) = deploy {
+        let deployer =
+            Arc::new(deploy::Deployer::new(deploy, launcher).map_err(AgentError::Config)?);
+        for tool in deploy::Tool::ALL {
+            if let Some(handler) = deploy::DeployHandler::new(deployer.clone(), tool) {
+                runtime = runtime.handle(tool.kind(), handler);
+            }
+        }
     }
     Ok(runtime)
 }

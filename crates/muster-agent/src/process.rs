@@ -50,14 +50,69 @@ pub enum Launcher {
     },
 }
 
-/// Runs `argv` to the end, or until `timeout` or a cancel, which kill its process group.
+/// What to start: the argv, and where and with what environment when not the agent's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Program<'a> {
+    pub argv: &'a [String],
+    /// The working directory; the agent's own when `None`.
+    pub cwd: Option<&'a Path>,
+    /// Variables set for the program on top of the agent's environment.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Program<'a> {
+    /// `argv` in the agent's own directory and environment.
+    pub fn new(argv: &'a [String]) -> Self {
+        Program {
+            argv,
+            cwd: None,
+            env: &[],
+        }
+    }
+}
+
+/// How a program that was let run to its end ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// Killed by a signal nobody here sent (the OOM killer, an operator).
+    Signal,
+}
+
+/// Runs `argv` to the end, or until `timeout` or a cancel, which kill its process group. The
+/// exit code decides: 0 is the result `{"exit_code": 0}`, anything else a retryable error.
 pub async fn run(
     ctx: &TaskContext,
     launcher: &Launcher,
     argv: &[String],
     timeout: Option<Duration>,
 ) -> Result<Value, HandlerError> {
-    let (mut child, agent_alive) = spawn(ctx, launcher, argv)?;
+    match run_program(ctx, launcher, Program::new(argv), timeout, &|_, _| {}).await? {
+        Exit::Code(0) => Ok(json!({"exit_code": 0})),
+        Exit::Code(code) => Err(HandlerError::Retryable(format!(
+            "{:?} exited with code {code}",
+            argv[0]
+        ))),
+        Exit::Signal => Err(HandlerError::Retryable(format!(
+            "{:?} was killed by a signal",
+            argv[0]
+        ))),
+    }
+}
+
+/// Runs `program` like [`run`], and hands every output line to `observe` as it goes to the
+/// task's log, for executors that read what a program says (a summary, the last lines for an
+/// error). How the program ended is the caller's to judge; only a start that fails, a cancel
+/// and a timeout are errors here.
+pub async fn run_program(
+    ctx: &TaskContext,
+    launcher: &Launcher,
+    program: Program<'_>,
+    timeout: Option<Duration>,
+    observe: &(dyn Fn(LogStream, &str) + Sync),
+) -> Result<Exit, HandlerError> {
+    let argv = program.argv;
+    let (mut child, agent_alive) = spawn(ctx, launcher, program)?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
     // Should this future be dropped before the program ends (the runtime gives up on a
     // handler that outlives its cancel grace), the whole group goes, not only its leader.
@@ -75,8 +130,8 @@ pub async fn run(
     let stderr = child.stderr.take().expect("stderr piped");
     let ended = async {
         tokio::join!(
-            pump(stdout, LogStream::Stdout, ctx),
-            pump(stderr, LogStream::Stderr, ctx)
+            pump(stdout, LogStream::Stdout, ctx, observe),
+            pump(stderr, LogStream::Stderr, ctx, observe)
         );
         child.wait().await
     };
@@ -91,17 +146,13 @@ pub async fn run(
             group_guard.0 = None;
             drop(agent_alive);
             let status = status.map_err(|e| HandlerError::Retryable(format!("waiting for the process failed: {e}")))?;
-            return match status.code() {
-                Some(0) => {
-                    ctx.log(LogStream::System, "exit code 0");
-                    Ok(json!({"exit_code": 0}))
-                }
+            return Ok(match status.code() {
                 Some(code) => {
                     ctx.log(LogStream::System, format!("exit code {code}"));
-                    Err(HandlerError::Retryable(format!("{:?} exited with code {code}", argv[0])))
+                    Exit::Code(code)
                 }
-                None => Err(HandlerError::Retryable(format!("{:?} was killed by a signal", argv[0]))),
-            };
+                None => Exit::Signal,
+            });
         }
         _ = ctx.cancellation().cancelled() => "cancelled",
         _ = deadline => "timed out",
@@ -124,17 +175,22 @@ pub async fn run(
     }
 }
 
-/// Starts `argv` the way `launcher` says, as the leader of a new process group, and returns
+/// Starts `program` the way `launcher` says, as the leader of a new process group, and returns
 /// the child with, under a supervisor, the pipe end that keeps it from killing the group.
 fn spawn(
     ctx: &TaskContext,
     launcher: &Launcher,
-    argv: &[String],
+    program: Program<'_>,
 ) -> Result<(tokio::process::Child, Option<tokio::process::ChildStdin>), HandlerError> {
+    let argv = program.argv;
     let cannot_start =
         |e: std::io::Error| HandlerError::Permanent(format!("cannot start {:?}: {e}", argv[0]));
-    let direct = || command(&argv[0], &argv[1..], Stdio::null()).spawn();
-    let Launcher::Supervised { program, args } = launcher else {
+    let direct = || command(&argv[0], &argv[1..], Stdio::null(), program).spawn();
+    let Launcher::Supervised {
+        program: supervisor,
+        args,
+    } = launcher
+    else {
         return Ok((direct().map_err(cannot_start)?, None));
     };
     // The supervisor reports a program it cannot start only through its exit code, which any
@@ -143,7 +199,10 @@ fn spawn(
     if !findable(&argv[0]) {
         return Err(cannot_start(std::io::ErrorKind::NotFound.into()));
     }
-    let supervised = command(program, args, Stdio::piped()).args(argv).spawn();
+    // The supervisor starts the action in the directory and environment it has itself.
+    let supervised = command(supervisor, args, Stdio::piped(), program)
+        .args(argv)
+        .spawn();
     match supervised {
         Ok(mut child) => {
             // Held, never written, until the program ends: tokio's `wait` would close it.
@@ -156,7 +215,7 @@ fn spawn(
             let warning = format!(
                 "the supervisor {} cannot start ({e}); starting {:?} directly: it will \
                  outlive this agent if the agent is killed",
-                program.display(),
+                supervisor.display(),
                 argv[0]
             );
             tracing::warn!("{warning}");
@@ -165,17 +224,22 @@ fn spawn(
         }
         Err(e) => Err(HandlerError::Retryable(format!(
             "cannot start the supervisor {}: {e}",
-            program.display()
+            supervisor.display()
         ))),
     }
 }
 
 fn command(
-    program: impl AsRef<std::ffi::OsStr>,
+    executable: impl AsRef<std::ffi::OsStr>,
     args: &[impl AsRef<std::ffi::OsStr>],
     stdin: Stdio,
+    program: Program<'_>,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = tokio::process::Command::new(executable);
+    if let Some(dir) = program.cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.envs(program.env.iter().copied());
     cmd.args(args)
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -224,7 +288,12 @@ async fn kill_group(pid: Pid, child: &mut tokio::process::Child) {
     let _ = killpg(pid, Signal::SIGKILL);
 }
 
-async fn pump(reader: impl AsyncRead + Unpin, stream: LogStream, ctx: &TaskContext) {
+async fn pump(
+    reader: impl AsyncRead + Unpin,
+    stream: LogStream,
+    ctx: &TaskContext,
+    observe: &(dyn Fn(LogStream, &str) + Sync),
+) {
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
     loop {
@@ -236,7 +305,9 @@ async fn pump(reader: impl AsyncRead + Unpin, stream: LogStream, ctx: &TaskConte
                     buf.pop();
                 }
                 buf.truncate(MAX_LINE);
-                ctx.log(stream, String::from_utf8_lossy(&buf).into_owned());
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                observe(stream, &line);
+                ctx.log(stream, line);
             }
         }
     }

@@ -442,6 +442,7 @@ fn agent_help_describes_the_config_file() {
         "[[actions]]",
         "[[hosts]]",
         "[http]",
+        "[deploy]",
         "key_env",
         "examples/agent.toml",
     ] {

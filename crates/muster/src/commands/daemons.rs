@@ -26,6 +26,9 @@ The config file (TOML) says who the agent is and what it may run; nothing else r
   [[hosts]]    name, ssh (user@host), port, identity_file, options: where actions may run
                over SSH
   [http]       allow (URL prefixes), timeout_s: for tasks of kind \"http\"
+  [deploy]     workdir (required), repos (clone URLs: exact, or a prefix ending in /),
+               ansible_playbook, terraform (programs, or false), git, timeout_s: for
+               tasks of kind \"ansible\" and \"terraform\" at a pushed commit
 
 A task of kind \"action\" names one and its parameters:
   muster task submit action --cap docker \\
