@@ -816,3 +816,94 @@ async fn two_deployments_of_one_repository_run_in_separate_worktrees() {
     }
     d.finish().await;
 }
+
+/// The whole path: a forge's signed push to `POST /hooks/git/{source}` becomes a deployment
+/// whose task a real agent runs at the pushed commit of a real repository.
+#[tokio::test]
+async fn a_signed_push_through_the_hook_deploys_the_pushed_commit() {
+    use hmac::{Hmac, KeyInit, Mac};
+
+    const SECRET: &str = "0123456789abcdef-hook-secret";
+    let fx = Fixture::new();
+    let [first, second] = fx.shas.clone();
+    let source =
+        toml::from_str("name = \"infra\"\nforge = \"gitea\"\nsecret_env = \"HOOK\"").unwrap();
+    let rule = toml::from_str(
+        "name = \"media\"\nsource = \"infra\"\nbranch = \"main\"\n\
+         paths = [\"ansible/playbooks/**\"]\n\
+         task = { kind = \"ansible\", capabilities = [\"ansible\"], payload = { playbook = \"ansible/playbooks/media.yml\" } }\n\
+         lock_key = \"deploy:{repo}:{playbook}\"",
+    )
+    .unwrap();
+    let git = muster_server::gitops::GitConfig::resolve(&[(1, source)], &[(1, rule)], &|_| {
+        Some(SECRET.to_owned())
+    })
+    .unwrap();
+    let plane = Plane::start_with(|s| s.git = git).await;
+    let (stop, agent) = start_agent(&plane, &fx.config());
+
+    // Gitea's push, as in the server's fixtures, pointed at this repository's two commits.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../muster-server/tests/fixtures/forges/gitea/push.json"
+    );
+    let mut push: Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    push["before"] = json!(first);
+    push["after"] = json!(second);
+    push["repository"]["clone_url"] = json!(fx.url);
+    push["total_commits"] = json!(1);
+    let mut commit = push["commits"][0].clone();
+    commit["id"] = json!(second);
+    commit["added"] = json!([]);
+    commit["removed"] = json!([]);
+    commit["modified"] = json!(["ansible/playbooks/media.yml"]);
+    push["commits"] = json!([commit]);
+    push["head_commit"] = commit;
+    let body = serde_json::to_vec(&push).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = muster_server::secret::hex(&mac.finalize().into_bytes());
+
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/hooks/git/infra", plane.base))
+        .header("content-type", "application/json")
+        .header("X-Gitea-Event", "push")
+        .header("X-Gitea-Delivery", "e2e-1")
+        .header("X-Gitea-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "deployed", "{answer}");
+    let rule = &answer["deployment"]["rules"][0];
+    assert_eq!(rule["matched"][0]["path"], "ansible/playbooks/media.yml");
+    let task_id: uuid::Uuid = rule["task_id"].as_str().unwrap().parse().unwrap();
+    let task = plane.client.task(task_id).await.unwrap();
+    let task = plane.wait_final(&task).await;
+    assert_state(&task, TaskState::Completed);
+    let top = fx.record(&second, "top");
+    assert_eq!(
+        lines(&fx.record(&second, "argv")),
+        [format!("{top}/ansible/playbooks/media.yml")],
+        "the rule's playbook, at the pushed commit"
+    );
+    assert_eq!(task.result.as_ref().unwrap()["sha"], second.as_str());
+    let deployment: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/deployments/{}",
+            plane.base,
+            answer["deployment"]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    stop.cancel();
+    agent.await.unwrap();
+}

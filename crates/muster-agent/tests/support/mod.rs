@@ -22,9 +22,15 @@ pub struct Plane {
 
 impl Plane {
     pub async fn start() -> Plane {
+        Plane::start_with(|_| {}).await
+    }
+
+    /// A control plane with settings `configure` adjusts (GitOps sources and rules, say).
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Plane {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::new(dir.path().join("muster.db"));
         settings.sweep_interval = Duration::from_millis(100);
+        configure(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = Server::build(settings, listener).await.unwrap();
         let base = format!("http://{}", server.local_addr());
