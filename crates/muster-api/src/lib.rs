@@ -1362,6 +1362,16 @@ pub struct PlannedRule {
     pub task_state: Option<TaskState>,
 }
 
+/// `POST /api/v1/gitops/plan`'s request: a push as its forge sent it, and the source it came
+/// to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanRequest {
+    /// A `[[git.sources]]` entry's name.
+    pub source: String,
+    /// The forge's push payload (the webhook's JSON body).
+    pub payload: Value,
+}
+
 /// `POST /api/v1/gitops/plan`: what a push would deploy, and why.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GitPlan {

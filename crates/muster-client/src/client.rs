@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use muster_api::{
-    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, DrainAgent, ErrorBody,
-    ErrorCode, FailTask, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted,
-    NotificationPage, NotificationState, NotifyChannel, NotifyTestResult, RegisterAgent, Report,
-    ReportBatch, ReportResult, ReportResults, SubmitBatch, SubmitResult, SubmitResults, SubmitTask,
-    Task, TaskList, TaskState,
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, DeploymentList,
+    DrainAgent, ErrorBody, ErrorCode, FailTask, GitPlan, Health, Heartbeat, HeartbeatAck, LogLine,
+    LogPage, LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
+    PlanRequest, RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch,
+    SubmitResult, SubmitResults, SubmitTask, Task, TaskList, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -371,6 +371,39 @@ impl Client {
         query.extend(state.map(|s| ("state", s.as_str().to_owned())));
         self.json(
             self.request(Method::GET, "/api/v1/notifications")
+                .query(&query),
+        )
+        .await
+    }
+
+    /// What a forge's push would deploy through the source `source`, rule by rule, and why;
+    /// nothing is deployed (admin key).
+    pub async fn gitops_plan(
+        &self,
+        source: &str,
+        payload: serde_json::Value,
+    ) -> Result<GitPlan, ClientError> {
+        let body = PlanRequest {
+            source: source.to_owned(),
+            payload,
+        };
+        self.json(
+            self.request(Method::POST, "/api/v1/gitops/plan")
+                .json(&body),
+        )
+        .await
+    }
+
+    /// GitOps deployments, newest first, optionally of one repository (admin key).
+    pub async fn deployments(
+        &self,
+        repo: Option<&str>,
+        limit: usize,
+    ) -> Result<DeploymentList, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        query.extend(repo.map(|r| ("repo", r.to_owned())));
+        self.json(
+            self.request(Method::GET, "/api/v1/deployments")
                 .query(&query),
         )
         .await

@@ -2,11 +2,17 @@
 //! the same transaction as its record), and the deployments' reads. The hook route and the
 //! plan preview call these; what a rule makes of a push is decided in [`crate::gitops`].
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use muster_api::{Deployment, GitPlan};
 use uuid::Uuid;
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::gitops::Source;
+use crate::gitops::forge::Push;
+use crate::gitops::forge_api::ForgeApi;
 use crate::gitops::plan::{PushSummary, plan};
 use crate::operator;
 use crate::store::{DeploymentFilter, NewDeployment};
@@ -35,6 +41,29 @@ pub enum Recorded {
         deployment: Box<Deployment>,
         created: bool,
     },
+}
+
+/// What the rules need of a push: its facts, with a cut list of changed files completed
+/// through the forge's compare API when the source can ask it.
+pub async fn summarize(source: &Source, push: &Push) -> PushSummary {
+    let mut changed = push.changed.clone();
+    let complete = !push.truncated || complete_list(source, push, &mut changed).await;
+    PushSummary {
+        source: source.name.clone(),
+        repo: push.repo.clone(),
+        clone_url: push.clone_url.clone(),
+        git_ref: push.git_ref.clone(),
+        branch: push.branch.clone(),
+        sha: push.after.clone(),
+        author: push.author.name.clone(),
+        changed,
+        complete,
+    }
+}
+
+/// What `push` would deploy, and why, without deploying anything.
+pub fn preview(app: &App, summary: &PushSummary) -> GitPlan {
+    plan(&app.settings().git, summary).0
 }
 
 /// Plans `push` against the rules of its source and, when a rule matched, records the
@@ -99,4 +128,42 @@ pub async fn list(app: &App, filter: DeploymentFilter) -> Result<Vec<Deployment>
         ));
     }
     Ok(app.store.deployments(filter).await?)
+}
+
+/// How long a hook waits for the forge's compare API: forges give up on a hook after about
+/// ten seconds, and a redelivery is answered from the record, so a slow forge only costs the
+/// rules their fallback.
+const COMPARE_WAIT: Duration = Duration::from_secs(8);
+
+/// Completes a cut list of changed files through the forge's compare API, when the source has
+/// an `api_url`; true when the list is now complete.
+async fn complete_list(source: &Source, push: &Push, changed: &mut BTreeSet<String>) -> bool {
+    let Some(api_url) = &source.api_url else {
+        return false;
+    };
+    // A new branch has no `before` to compare with.
+    if push.created {
+        return false;
+    }
+    let api = ForgeApi {
+        forge: source.forge,
+        api_url: api_url.clone(),
+        token: source.token.clone(),
+    };
+    let client = crate::notify::channels::client();
+    let asked = api.changed_files(&client, &push.repo, &push.before, &push.after);
+    match tokio::time::timeout(COMPARE_WAIT, asked).await {
+        Ok(Ok(files)) => {
+            changed.extend(files);
+            true
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(source = %source.name, error = %err, "the forge's compare API did not complete a cut list of changed files; rules use their fallback");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(source = %source.name, "the forge's compare API did not answer in time; rules use their fallback");
+            false
+        }
+    }
 }

@@ -15,6 +15,7 @@ use commands::bench::BenchArgs;
 use commands::config::ConfigCommand;
 use commands::connection::ServerArgs;
 use commands::daemons::{AgentArgs, ServeArgs};
+use commands::gitops::GitopsCommand;
 use commands::notify::NotifyCommand;
 use commands::task::TaskCommand;
 
@@ -59,6 +60,13 @@ enum Command {
         #[command(subcommand)]
         command: NotifyCommand,
     },
+    /// GitOps: what a push would deploy (plan), and the deployments pushes made.
+    Gitops {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: GitopsCommand,
+    },
     /// Measure: end-to-end throughput and latency by default, or one figure (see --help).
     Bench(BenchArgs),
     /// Copy the database to FILE through SQLite's online backup (safe while serving).
@@ -98,6 +106,9 @@ fn main() -> ExitCode {
         }),
         Command::Agents { server, command } => commands::operate(server, async |session| {
             commands::agents::run(session, command).await
+        }),
+        Command::Gitops { server, command } => commands::operate(server, async |session| {
+            commands::gitops::run(session, command).await
         }),
         Command::Notify { server, command } => commands::operate(server, async |session| {
             commands::notify::run(session, command).await

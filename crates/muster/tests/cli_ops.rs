@@ -998,3 +998,65 @@ fn notify_test_sends_a_message_and_prints_what_the_service_answered() {
         "a test message is not a notification"
     );
 }
+
+#[test]
+fn gitops_plan_names_the_matched_files_and_deployments_list_what_pushes_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    std::fs::write(
+        &config,
+        "[[git.sources]]\nname = \"infra\"\nforge = \"github\"\nsecret_env = \"HOOK_SECRET\"\n\n\
+         [[git.rules]]\nname = \"web\"\nsource = \"infra\"\nbranch = \"main\"\n\
+         paths = [\"roles/web/**\"]\ntask = { kind = \"ansible\", payload = { playbook = \"web.yml\" } }\n\
+         lock_key = \"deploy:{repo}:{playbook}\"\n\n\
+         [[git.rules]]\nname = \"dns\"\nsource = \"infra\"\nbranch = \"main\"\n\
+         paths = [\"roles/dns/**\"]\ntask = { kind = \"ansible\" }\n",
+    )
+    .unwrap();
+    let served = Served::start(
+        &dir.path().join("muster.db"),
+        &[
+            ("MUSTER_CONFIG", config.to_str().unwrap()),
+            ("HOOK_SECRET", "a-hook-secret-0123456789"),
+        ],
+    );
+    let base = served.base.as_str();
+    let payload = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../muster-server/tests/fixtures/forges/github/push.json"
+    );
+
+    let out = ok(base, &["gitops", "plan", "--source", "infra", payload]);
+    assert!(
+        out.contains("push of homelab/infra main at c3d4e5f6"),
+        "{out}"
+    );
+    assert!(
+        out.contains("roles/web/tasks.yml (roles/web/**)")
+            && out.contains("deploy:homelab/infra:web.yml"),
+        "{out}"
+    );
+    assert!(out.contains("none of the"), "dns says why it skips: {out}");
+    let plan = ok_json(base, &["gitops", "plan", "--source", "infra", payload]);
+    assert_eq!(plan["rules"][0]["outcome"], "matched");
+    assert_eq!(plan["rules"][1]["outcome"], "skipped");
+
+    let err = fails(base, &["gitops", "plan", "--source", "nowhere", payload]);
+    assert!(err.contains("\"nowhere\""), "{err}");
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "{\"ref\": 3}").unwrap();
+    let err = fails(
+        base,
+        &[
+            "gitops",
+            "plan",
+            "--source",
+            "infra",
+            junk.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("payload: not a GitHub push"), "{err}");
+    // A plan deploys nothing.
+    let list = ok_json(base, &["gitops", "deployments"]);
+    assert_eq!(list["deployments"], json!([]), "{list}");
+}

@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use muster_api::{Deployment, DeploymentList};
+use muster_api::{Deployment, DeploymentList, ErrorCode, GitPlan, PlanRequest};
 
 use crate::app::AppState;
 use crate::auth::AdminAuth;
 use crate::deployments;
 use crate::error::ApiError;
-use crate::extract::QueryPairs;
+use crate::extract::{ApiJson, QueryPairs};
+use crate::gitops::forge;
 use crate::http::openapi::{AdminKey, Invalid};
 use crate::store::DeploymentFilter;
 
@@ -55,4 +56,32 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Deployment>, ApiError> {
     Ok(Json(app.store.deployment(deployment_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/gitops/plan", operation_id = "plan_push", tag = "gitops",
+    request_body = PlanRequest,
+    responses(AdminKey, Invalid, (status = 200, body = GitPlan, description = "what the push would deploy, rule by rule, and why; nothing is deployed"),
+              (status = 404, body = muster_api::ErrorBody, description = "no source of that name")))]
+/// What a push would deploy, rule by rule, and why, without deploying anything.
+pub(crate) async fn plan(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<PlanRequest>,
+) -> Result<Json<GitPlan>, ApiError> {
+    let source = app
+        .settings()
+        .git
+        .source(&req.source)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("git source {:?}", req.source)))?;
+    let body = serde_json::to_vec(&req.payload)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let push = forge::parse_push(source.forge, &body).map_err(|e| {
+        ApiError::invalid(
+            "payload",
+            format!("not a {} push: {e}", source.forge.title()),
+        )
+    })?;
+    let summary = deployments::summarize(&source, &push).await;
+    Ok(Json(deployments::preview(&app, &summary)))
 }

@@ -2,9 +2,6 @@
 //! body before anything reads it; the forge's delivery id makes a redelivery answer the first
 //! deployment. No API key: a forge cannot send one, and the signature is the proof.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -14,10 +11,7 @@ use muster_api::{ErrorCode, HookAnswer};
 use crate::app::AppState;
 use crate::deployments::{self, Recorded, VerifiedPush};
 use crate::error::ApiError;
-use crate::gitops::Source;
-use crate::gitops::forge::{self, HookEvent, Push};
-use crate::gitops::forge_api::ForgeApi;
-use crate::gitops::plan::PushSummary;
+use crate::gitops::forge::{self, HookEvent};
 use crate::http::openapi::Public;
 
 fn answer(
@@ -129,23 +123,8 @@ pub(crate) async fn git_hook(
             format!("{} was deleted: nothing to deploy", push.git_ref),
         ));
     }
-    let mut changed = push.changed.clone();
-    let mut complete = !push.truncated;
-    if push.truncated {
-        complete = complete_list(&source, &push, &mut changed).await;
-    }
     let verified = VerifiedPush {
-        summary: PushSummary {
-            source: name.clone(),
-            repo: push.repo.clone(),
-            clone_url: push.clone_url.clone(),
-            git_ref: push.git_ref.clone(),
-            branch: push.branch.clone(),
-            sha: push.after.clone(),
-            author: push.author.name.clone(),
-            changed,
-            complete,
-        },
+        summary: deployments::summarize(&source, &push).await,
         delivery,
         before: push.before.clone(),
         message: push.message.clone(),
@@ -193,42 +172,4 @@ pub(crate) async fn git_hook(
             )
         }
     })
-}
-
-/// How long a hook waits for the forge's compare API: forges give up on a hook after about
-/// ten seconds, and a redelivery is answered from the record, so a slow forge only costs the
-/// rules their fallback.
-const COMPARE_WAIT: Duration = Duration::from_secs(8);
-
-/// Completes a cut list of changed files through the forge's compare API, when the source has
-/// an `api_url`; true when the list is now complete.
-async fn complete_list(source: &Source, push: &Push, changed: &mut BTreeSet<String>) -> bool {
-    let Some(api_url) = &source.api_url else {
-        return false;
-    };
-    // A new branch has no `before` to compare with.
-    if push.created {
-        return false;
-    }
-    let api = ForgeApi {
-        forge: source.forge,
-        api_url: api_url.clone(),
-        token: source.token.clone(),
-    };
-    let client = crate::notify::channels::client();
-    let asked = api.changed_files(&client, &push.repo, &push.before, &push.after);
-    match tokio::time::timeout(COMPARE_WAIT, asked).await {
-        Ok(Ok(files)) => {
-            changed.extend(files);
-            true
-        }
-        Ok(Err(err)) => {
-            tracing::warn!(source = %source.name, error = %err, "the forge's compare API did not complete a cut list of changed files; rules use their fallback");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(source = %source.name, "the forge's compare API did not answer in time; rules use their fallback");
-            false
-        }
-    }
 }

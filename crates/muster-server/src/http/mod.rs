@@ -64,6 +64,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/events", get(sse::events))
         .route("/api/v1/audit", get(audit::list))
         .route("/hooks/git/{source}", post(hooks::git_hook))
+        .route("/api/v1/gitops/plan", post(deployments::plan))
         .route("/api/v1/deployments", get(deployments::list))
         .route("/api/v1/deployments/{id}", get(deployments::show))
         .route("/api/v1/notifications", get(notifications::list))

@@ -54,6 +54,7 @@ use utoipa::{IntoResponses, OpenApi};
         super::sse::events,
         super::audit::list,
         super::hooks::git_hook,
+        super::deployments::plan,
         super::deployments::list,
         super::deployments::show,
         super::notifications::list,

@@ -583,6 +583,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/notify/channels", &["get"]),
     ("/api/v1/notify/channels/{name}/test", &["post"]),
     ("/hooks/git/{source}", &["post"]),
+    ("/api/v1/gitops/plan", &["post"]),
     ("/api/v1/deployments", &["get"]),
     ("/api/v1/deployments/{id}", &["get"]),
 ];
