@@ -502,6 +502,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_deploy_example_loads() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split_once("\n## GitOps\n")
+            .expect("a GitOps section")
+            .1;
+        let block = section
+            .split("```toml\n")
+            .map(|b| b.split_once("\n```").map_or(b, |(block, _)| block))
+            .find(|b| b.starts_with("[deploy]"))
+            .expect("the agent's [deploy] example");
+        let checked = AgentConfig::parse(&format!("[agent]\nid = \"x\"\n{block}")).unwrap();
+        assert_eq!(checked.capabilities(), ["ansible", "terraform"]);
+    }
+
+    #[test]
     fn the_example_config_loads_without_warnings() {
         let example = include_str!("../../../examples/agent.toml");
         let checked = AgentConfig::parse(example).unwrap();

@@ -2187,28 +2187,45 @@ lock_key = "deploy:{repo}:{playbook}"
         );
     }
 
-    #[test]
-    fn the_readmes_notification_examples_load() {
+    /// The ```toml blocks of the README's section `title`.
+    fn readme_toml_blocks(title: &str) -> Vec<String> {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
                 .unwrap();
         let section = readme
-            .split_once("\n## Notifications\n")
-            .expect("a Notifications section")
+            .split_once(&format!("\n## {title}\n"))
+            .unwrap_or_else(|| panic!("a {title} section"))
             .1
             .split_once("\n## ")
             .unwrap()
-            .0;
-        let blocks: Vec<&str> = section
+            .0
+            .to_owned();
+        section
             .split("```toml\n")
             .skip(1)
-            .map(|b| b.split_once("\n```").unwrap().0)
-            .collect();
+            .map(|b| b.split_once("\n```").unwrap().0.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_readmes_gitops_server_example_loads() {
+        let blocks = readme_toml_blocks("GitOps");
+        let server: Vec<&String> = blocks.iter().filter(|b| b.contains("[[git.")).collect();
+        assert_eq!(server.len(), 1, "the server's example");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.toml");
+        std::fs::write(&path, server[0]).unwrap();
+        check_file(&path).unwrap_or_else(|e| panic!("{e}\n{}", server[0]));
+    }
+
+    #[test]
+    fn the_readmes_notification_examples_load() {
+        let blocks = readme_toml_blocks("Notifications");
         assert_eq!(blocks.len(), 2, "the ntfy and Telegram examples");
         for block in blocks {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("muster.toml");
-            std::fs::write(&path, block).unwrap();
+            std::fs::write(&path, &block).unwrap();
             check_file(&path).unwrap_or_else(|e| panic!("{e}\n{block}"));
         }
     }
