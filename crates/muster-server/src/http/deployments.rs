@@ -10,7 +10,7 @@ use crate::deployments;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, QueryPairs};
 use crate::gitops::forge;
-use crate::http::openapi::{AdminKey, Invalid};
+use crate::http::openapi::{AdminKey, Invalid, JsonBody};
 use crate::store::DeploymentFilter;
 
 fn deployment_id(text: &str) -> Result<uuid::Uuid, ApiError> {
@@ -60,7 +60,7 @@ pub(crate) async fn show(
 
 #[utoipa::path(post, path = "/api/v1/gitops/plan", operation_id = "plan_push", tag = "gitops",
     request_body = PlanRequest,
-    responses(AdminKey, Invalid, (status = 200, body = GitPlan, description = "what the push would deploy, rule by rule, and why; nothing is deployed"),
+    responses(AdminKey, JsonBody, (status = 200, body = GitPlan, description = "what the push would deploy, rule by rule, and why; nothing is deployed"),
               (status = 404, body = muster_api::ErrorBody, description = "no source of that name")))]
 /// What a push would deploy, rule by rule, and why, without deploying anything.
 pub(crate) async fn plan(
