@@ -43,6 +43,8 @@ pub async fn run(app: Arc<App>) {
                         log_lines = p.log_lines,
                         outbox_rows = p.outbox_rows,
                         audit_entries = p.audit_entries,
+                        notifications = p.notifications,
+                        deployments = p.deployments,
                         "pruned past the retention period"
                     )
                 }
@@ -121,7 +123,8 @@ pub(crate) async fn record_tallies(app: &App, until: i64) -> StoreResult<()> {
 }
 
 /// Deletes what is older than the retention period, in batches: finished tasks with their
-/// logs, delivered outbox rows, finished notifications, and audit entries (which leave a signed checkpoint behind, so
+/// logs, delivered outbox rows, finished notifications, deployments whose tasks all ended,
+/// and audit entries (which leave a signed checkpoint behind, so
 /// the chain still verifies).
 pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     let now = app.now_ms();
@@ -145,6 +148,13 @@ pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     loop {
         let n = app.store.prune_notifications(cutoff).await?;
         total.notifications += n;
+        if n == 0 || app.shutdown.is_cancelled() {
+            break;
+        }
+    }
+    loop {
+        let n = app.store.prune_deployments(cutoff).await?;
+        total.deployments += n;
         if n == 0 || app.shutdown.is_cancelled() {
             break;
         }

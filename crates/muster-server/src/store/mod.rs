@@ -303,6 +303,8 @@ pub struct Pruned {
     pub audit_entries: u64,
     /// Notifications delivered or given up on, with their attempts.
     pub notifications: u64,
+    /// Deployments none of whose tasks still runs or waits.
+    pub deployments: u64,
 }
 
 /// Who consumes an outbox row. Stored by name; `nats` and `commit_status` join later.
@@ -674,4 +676,7 @@ pub trait Store: Send + Sync + 'static {
         filter: DeploymentFilter,
     ) -> StoreResult<Vec<muster_api::Deployment>>;
     async fn deployment(&self, id: Uuid) -> StoreResult<muster_api::Deployment>;
+    /// Deletes deployments recorded before `before` none of whose tasks is still queued,
+    /// assigned or running, in a batch; answers how many.
+    async fn prune_deployments(&self, before: i64) -> StoreResult<u64>;
 }

@@ -185,3 +185,52 @@ async fn a_deployments_state_follows_its_tasks_and_the_list_pages_newest_first()
         );
     }
 }
+
+#[tokio::test]
+async fn retention_prunes_old_deployments_whose_tasks_all_ended_and_keeps_one_at_work() {
+    for b in backends().await {
+        let done = b
+            .store
+            .record_deployment(push("d-1", "ops/homelab"), T0)
+            .await
+            .expect("record");
+        let working = b
+            .store
+            .record_deployment(push("d-2", "ops/homelab"), T0)
+            .await
+            .expect("record");
+        let task_id = done.deployment.rules[0].task_id.unwrap();
+        b.store
+            .cancel(task_id, operator(), T0 + 1)
+            .await
+            .expect("cancel");
+        assert_eq!(
+            b.store.prune_deployments(T0).await.expect("prune"),
+            0,
+            "[{}] nothing is older than the cutoff",
+            b.name
+        );
+        assert_eq!(
+            b.store.prune_deployments(T0 + 10).await.expect("prune"),
+            1,
+            "[{}] the ended one goes",
+            b.name
+        );
+        assert_not_found(
+            &b,
+            "a pruned deployment",
+            b.store.deployment(done.deployment.id).await,
+        );
+        let kept = b
+            .store
+            .deployment(working.deployment.id)
+            .await
+            .expect("kept");
+        assert_eq!(
+            kept.state,
+            DeploymentState::Pending,
+            "[{}] still queued: kept",
+            b.name
+        );
+    }
+}

@@ -105,6 +105,25 @@ pub(super) fn list(conn: &Connection, filter: &DeploymentFilter) -> StoreResult<
         .collect()
 }
 
+/// Deployments deleted per retention transaction.
+const PRUNE_BATCH: i64 = 500;
+
+/// Deletes a batch of deployments recorded before `before` whose tasks have all ended (or
+/// were pruned already): a deployment still at work stays, whatever its age.
+pub(super) fn prune(conn: &Connection, before: i64) -> StoreResult<u64> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM deployments WHERE seq IN (SELECT d.seq FROM deployments d \
+             WHERE d.created_at < ?1 AND NOT EXISTS ( \
+                 SELECT 1 FROM json_each(d.plan) r JOIN tasks t \
+                 ON t.id = json_extract(r.value, '$.task_id') \
+                 WHERE t.state IN ('queued', 'assigned', 'running')) \
+             ORDER BY d.seq LIMIT ?2)",
+        )?
+        .execute(params![before, PRUNE_BATCH])?;
+    Ok(deleted as u64)
+}
+
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
         id: uuid_col(row, "id")?,

@@ -714,6 +714,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn prune_deployments(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |conn| deployments::prune(conn, before))
+            .await
+    }
+
     async fn deployment(&self, id: Uuid) -> StoreResult<Deployment> {
         self.read(move |conn| deployments::deployment(conn, id))
             .await
