@@ -129,8 +129,14 @@ impl QueryPairs {
 
 /// Parses a task id from the path; a malformed one cannot name a task.
 pub fn task_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    record_id("id", "task", raw)
+}
+
+/// Parses the id of a record (`what`: task, notification, deployment) given as `field`; the
+/// refusal names the field and what the id should be.
+pub fn record_id(field: &str, what: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw)
-        .map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a task id (UUID)")))
+        .map_err(|_| ApiError::invalid(field, format!("{raw:?} is not a {what} id (UUID)")))
 }
 
 /// Reads the filters and paging of a task list from a query string, naming a field at fault.

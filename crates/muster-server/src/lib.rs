@@ -21,6 +21,8 @@
 //!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
 //!   [`metrics`]; [`handoff`]: started tasks to the long-poll that asked, or back to assigned
 //!   when it hung up.
+//! - [`deployments`]: the GitOps verbs (a verified push becomes a deployment, previews, the
+//!   history); [`tally`]: refusals counted per key and minute for the audit log.
 //! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
 //!   listener, runs it and shuts it down; [`connections`]: its accept loop, with the
 //!   connection cap and the idle timeout.

@@ -8,15 +8,10 @@ use crate::app::AppState;
 use crate::auth::AdminAuth;
 use crate::deployments;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, QueryPairs};
+use crate::extract::{ApiJson, QueryPairs, record_id};
 use crate::gitops::forge;
 use crate::http::openapi::{AdminKey, Invalid, JsonBody};
 use crate::store::DeploymentFilter;
-
-fn deployment_id(text: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(text)
-        .map_err(|_| ApiError::invalid("id", format!("{text:?} is not a deployment id (UUID)")))
-}
 
 #[utoipa::path(get, path = "/api/v1/deployments", operation_id = "list_deployments", tag = "gitops",
     params(("repo" = Option<String>, Query, description = "only this repository (owner/name)"),
@@ -30,9 +25,7 @@ pub(crate) async fn list(
     query: QueryPairs,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let before = match query.get("before") {
-        Some(text) => Some(uuid::Uuid::parse_str(text).map_err(|_| {
-            ApiError::invalid("before", format!("{text:?} is not a deployment id (UUID)"))
-        })?),
+        Some(text) => Some(record_id("before", "deployment", text)?),
         None => None,
     };
     let filter = DeploymentFilter {
@@ -55,7 +48,11 @@ pub(crate) async fn show(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Deployment>, ApiError> {
-    Ok(Json(app.store.deployment(deployment_id(&id)?).await?))
+    Ok(Json(
+        app.store
+            .deployment(record_id("id", "deployment", &id)?)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/gitops/plan", operation_id = "plan_push", tag = "gitops",

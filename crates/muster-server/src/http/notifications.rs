@@ -9,7 +9,7 @@ use crate::app::AppState;
 use crate::audit::Via;
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
-use crate::extract::{QueryPairs, notification_filter_from_query};
+use crate::extract::{QueryPairs, notification_filter_from_query, record_id};
 use crate::http::openapi::{AdminKey, Invalid};
 use crate::operator;
 
@@ -37,8 +37,7 @@ pub(crate) async fn show(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Notification>, ApiError> {
-    let id = uuid::Uuid::parse_str(&id)
-        .map_err(|_| ApiError::invalid("id", format!("{id:?} is not a notification id (UUID)")))?;
+    let id = record_id("id", "notification", &id)?;
     Ok(Json(app.store.notification(id).await?))
 }
 
