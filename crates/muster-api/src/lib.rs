@@ -581,7 +581,7 @@ pub const CANCEL_HEADER: &str = "x-muster-cancel";
 // Tasks
 
 /// `POST /api/v1/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// What to do; the agent's handler for this kind runs it. Not blank, no control characters.
@@ -1324,14 +1324,37 @@ mod schema_tests {
 
 closed_enum! {
     /// Where a GitOps deployment stands, from its tasks: `pending` while none has started,
-    /// `running` while any runs or waits, `succeeded` when every task completed, `failed`
-    /// when any failed or was cancelled, `skipped` when no rule submitted a task.
+    /// `running` while any runs or waits, `paused` while a rule's tasks wait for its source or
+    /// rule to be resumed, `succeeded` when every task completed, `failed` when any failed or
+    /// was cancelled (a check that failed stops its rule's real run), `skipped` when no rule
+    /// submitted a task.
     DeploymentState {
         Pending => "pending",
         Running => "running",
+        Paused => "paused",
         Succeeded => "succeeded",
         Failed => "failed",
         Skipped => "skipped",
+    }
+}
+
+closed_enum! {
+    /// What a rule made of a push: `matched` (it deploys), `skipped` (it does not apply) or
+    /// `refused` (it applies, but the push could not fill its template safely, or the server
+    /// refused the task).
+    RuleOutcome {
+        Matched => "matched",
+        Skipped => "skipped",
+        Refused => "refused",
+    }
+}
+
+closed_enum! {
+    /// What a GitOps pause holds: every rule of a `[[git.sources]]` entry, or one
+    /// `[[git.rules]]` entry.
+    PauseScope {
+        Source => "source",
+        Rule => "rule",
     }
 }
 
@@ -1346,9 +1369,7 @@ pub struct FileMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PlannedRule {
     pub rule: String,
-    /// `matched` (it deploys), `skipped` (it does not apply) or `refused` (it applies but the
-    /// push could not fill its template safely).
-    pub outcome: String,
+    pub outcome: RuleOutcome,
     /// Why it was skipped or refused.
     pub why: Option<String>,
     pub matched: Vec<FileMatch>,
@@ -1357,7 +1378,19 @@ pub struct PlannedRule {
     pub fallback: bool,
     pub kind: Option<String>,
     pub lock_key: Option<String>,
-    /// The task it submitted (deployments, not plans).
+    /// The task a matched rule submits (its real run), with the push's values filled in.
+    pub task: Option<SubmitTask>,
+    /// With `check_first`: the same task in check mode (`ansible-playbook --check --diff`,
+    /// `terraform plan`), run first; the real run is submitted only once it completed.
+    pub check_task: Option<SubmitTask>,
+    /// The rule or its source was paused when the push came (or still is): its tasks wait,
+    /// unsubmitted, until it is resumed (deployments, not plans).
+    #[serde(default)]
+    pub held: bool,
+    /// The check-mode task it submitted, with `check_first` (deployments, not plans).
+    pub check_task_id: Option<Uuid>,
+    pub check_task_state: Option<TaskState>,
+    /// The task of the real run it submitted (deployments, not plans).
     pub task_id: Option<Uuid>,
     pub task_state: Option<TaskState>,
 }
@@ -1368,8 +1401,10 @@ pub struct PlannedRule {
 pub struct PlanRequest {
     /// A `[[git.sources]]` entry's name.
     pub source: String,
-    /// The forge's push payload (the webhook's JSON body).
-    pub payload: Value,
+    /// The forge's push payload (the webhook's JSON body). Give this or `delivery`.
+    pub payload: Option<Value>,
+    /// The delivery id of a push the source recorded: planned again against today's rules.
+    pub delivery: Option<String>,
 }
 
 /// `POST /api/v1/gitops/plan`: what a push would deploy, and why.
@@ -1396,6 +1431,7 @@ pub struct Deployment {
     /// The forge's delivery id: a redelivery answers this deployment again.
     pub delivery: String,
     pub repo: String,
+    pub clone_url: Option<String>,
     pub git_ref: String,
     pub branch: Option<String>,
     pub before: String,
@@ -1407,6 +1443,49 @@ pub struct Deployment {
     pub state: DeploymentState,
     pub created_at: DateTime<Utc>,
     pub rules: Vec<PlannedRule>,
+    /// The deployment this one re-submitted (a redeploy).
+    pub redeploy_of: Option<Uuid>,
+    /// The commit status the forge was last given (`pending`, `success`, `failure`,
+    /// `error`), once one was.
+    pub forge_status: Option<String>,
+    /// Why the forge's status API refused or could not be reached, when it last failed.
+    pub forge_status_error: Option<String>,
+}
+
+/// A paused source or rule: its pushes are recorded and planned, and their tasks wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GitPause {
+    pub scope: PauseScope,
+    /// The source's or rule's name.
+    pub name: String,
+    pub paused_at: DateTime<Utc>,
+    /// Who paused it, as the audit log names them.
+    pub paused_by: String,
+}
+
+/// `GET /api/v1/gitops/pauses`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GitPauseList {
+    pub pauses: Vec<GitPause>,
+}
+
+/// `POST /api/v1/gitops/pause` and `/resume`: which source or rule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PauseRequest {
+    pub scope: PauseScope,
+    pub name: String,
+}
+
+/// The answer of a pause or resume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PauseAnswer {
+    pub scope: PauseScope,
+    pub name: String,
+    pub paused: bool,
+    /// False when it already stood so (nothing changed, nothing audited).
+    pub changed: bool,
+    /// Tasks a resume submitted for held deployments, in push order.
+    pub released_tasks: usize,
 }
 
 /// `GET /api/v1/deployments`: newest first.

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use muster_api::{
-    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, DeploymentList,
-    DrainAgent, ErrorBody, ErrorCode, FailTask, GitPlan, Health, Heartbeat, HeartbeatAck, LogLine,
-    LogPage, LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
-    PlanRequest, RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch,
-    SubmitResult, SubmitResults, SubmitTask, Task, TaskList, TaskState,
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, Deployment,
+    DeploymentList, DrainAgent, ErrorBody, ErrorCode, FailTask, GitPauseList, GitPlan, Health,
+    Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, NotificationPage, NotificationState,
+    NotifyChannel, NotifyTestResult, PauseAnswer, PauseRequest, PauseScope, PlanRequest,
+    RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch, SubmitResult,
+    SubmitResults, SubmitTask, Task, TaskList, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -385,13 +386,65 @@ impl Client {
     ) -> Result<GitPlan, ClientError> {
         let body = PlanRequest {
             source: source.to_owned(),
-            payload,
+            payload: Some(payload),
+            delivery: None,
         };
         self.json(
             self.request(Method::POST, "/api/v1/gitops/plan")
                 .json(&body),
         )
         .await
+    }
+
+    /// What a push the source recorded (by its delivery id) would deploy under today's rules
+    /// (admin key).
+    pub async fn gitops_replan(
+        &self,
+        source: &str,
+        delivery: &str,
+    ) -> Result<GitPlan, ClientError> {
+        let body = PlanRequest {
+            source: source.to_owned(),
+            payload: None,
+            delivery: Some(delivery.to_owned()),
+        };
+        self.json(
+            self.request(Method::POST, "/api/v1/gitops/plan")
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Runs a past deployment's tasks again as a new deployment (admin key).
+    pub async fn redeploy(&self, id: Uuid) -> Result<Deployment, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/v1/deployments/{id}/redeploy")))
+            .await
+    }
+
+    /// Pauses (`paused`) or resumes a GitOps source or rule (admin key).
+    pub async fn gitops_set_paused(
+        &self,
+        scope: PauseScope,
+        name: &str,
+        paused: bool,
+    ) -> Result<PauseAnswer, ClientError> {
+        let body = PauseRequest {
+            scope,
+            name: name.to_owned(),
+        };
+        let path = if paused {
+            "/api/v1/gitops/pause"
+        } else {
+            "/api/v1/gitops/resume"
+        };
+        self.json(self.request(Method::POST, path).json(&body))
+            .await
+    }
+
+    /// The paused GitOps sources and rules (admin key).
+    pub async fn gitops_pauses(&self) -> Result<GitPauseList, ClientError> {
+        self.json(self.request(Method::GET, "/api/v1/gitops/pauses"))
+            .await
     }
 
     /// GitOps deployments, newest first, optionally of one repository (admin key).

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
-use muster_api::TaskState;
+use muster_api::{PauseScope, TaskState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -201,6 +201,41 @@ impl AuditRecord {
             "agent.remove",
             format!("agent:{agent_id}"),
             json!({"tasks_requeued": tasks_requeued}),
+        )
+    }
+
+    /// An operator paused (`paused`) or resumed a GitOps source or rule; a resume names how
+    /// many held tasks it submitted.
+    pub fn gitops_paused(
+        at: i64,
+        actor: Actor,
+        scope: PauseScope,
+        name: &str,
+        paused: bool,
+        released_tasks: usize,
+    ) -> Self {
+        let (action, detail) = if paused {
+            ("gitops.pause", json!({}))
+        } else {
+            ("gitops.resume", json!({"released_tasks": released_tasks}))
+        };
+        Self::new(
+            at,
+            actor,
+            action,
+            format!("git-{}:{name}", scope.as_str()),
+            detail,
+        )
+    }
+
+    /// An operator re-submitted a past deployment as a new one.
+    pub fn deployment_redeployed(at: i64, actor: Actor, of: Uuid, new: Uuid, sha: &str) -> Self {
+        Self::new(
+            at,
+            actor,
+            "deployment.redeploy",
+            format!("deployment:{of}"),
+            json!({"deployment": new, "sha": sha}),
         )
     }
 

@@ -63,7 +63,8 @@ impl Changes {
     }
 
     /// Announces one committed task transition.
-    pub fn task(&self, change: Change) {
+    pub fn task(&self, mut change: Change) {
+        let then = std::mem::take(&mut change.then);
         self.count(&change);
         match (change.released, change.requeued) {
             // One event, so the dispatcher never sees the slot free without the task back.
@@ -87,6 +88,11 @@ impl Changes {
             agent_id: change.agent_id,
             attempt: change.attempt,
         });
+        // After the change that caused them: a released lock key before the task that waits
+        // for it.
+        for next in then {
+            self.task(next);
+        }
     }
 
     /// New log lines of a task: only its followers care.

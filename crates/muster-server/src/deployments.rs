@@ -5,17 +5,21 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use muster_api::{Deployment, GitPlan};
+use muster_api::{
+    Deployment, DeploymentState, GitPlan, PauseAnswer, PauseScope, RuleOutcome, SubmitTask,
+    TaskState,
+};
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::audit::Actor;
 use crate::error::ApiError;
 use crate::gitops::Source;
 use crate::gitops::forge::Push;
-use crate::gitops::forge_api::ForgeApi;
+use crate::gitops::forge_api::{CommitStatus, ForgeApi, StatusState};
 use crate::gitops::plan::{PushSummary, plan};
 use crate::operator;
-use crate::store::{DeploymentFilter, NewDeployment};
+use crate::store::{DeploymentFilter, NewDeployment, PauseOrder};
 
 /// Most deployments on one page of the list.
 pub const MAX_PAGE: usize = 200;
@@ -63,30 +67,41 @@ pub async fn summarize(source: &Source, push: &Push) -> PushSummary {
 
 /// What `push` would deploy, and why, without deploying anything.
 pub fn preview(app: &App, summary: &PushSummary) -> GitPlan {
-    plan(&app.settings().git, summary).0
+    plan(&app.settings().git, summary)
 }
 
 /// Plans `push` against the rules of its source and, when a rule matched, records the
-/// deployment and submits each matched rule's task in one transaction. A rule whose task the
-/// server would refuse (a bad capability in the config) is recorded as refused, with why.
+/// deployment and submits each matched rule's first task in one transaction (a paused rule's
+/// wait). A rule whose task the server would refuse (a bad capability in the config) is
+/// recorded as refused, with why.
 pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiError> {
     let settings = app.settings();
-    let (plan, tasks) = plan(&settings.git, &push.summary);
+    let mut plan = plan(&settings.git, &push.summary);
     if plan.nothing_to_do {
         return Ok(Recorded::NothingToDo(plan));
     }
-    let mut rules = Vec::with_capacity(plan.rules.len());
-    for (mut rule, task) in plan.rules.into_iter().zip(tasks) {
-        let task = match task.map(|t| operator::validate_submit(t, settings.default_max_retries)) {
-            Some(Ok(task)) => Some(task),
-            Some(Err(refused)) => {
-                rule.outcome = "refused".into();
-                rule.why = Some(format!("the server refuses its task: {}", refused.message));
-                None
+    for rule in &mut plan.rules {
+        let max_retries = settings.default_max_retries;
+        let checked = rule
+            .task
+            .take()
+            .map(|t| validated(t, max_retries))
+            .transpose();
+        let check = rule
+            .check_task
+            .take()
+            .map(|t| validated(t, max_retries))
+            .transpose();
+        match (checked, check) {
+            (Ok(task), Ok(check)) => {
+                rule.task = task;
+                rule.check_task = check;
             }
-            None => None,
-        };
-        rules.push((rule, task));
+            (Err(refused), _) | (_, Err(refused)) => {
+                rule.outcome = RuleOutcome::Refused;
+                rule.why = Some(format!("the server refuses its task: {}", refused.message));
+            }
+        }
     }
     let summary = push.summary;
     let recorded = app
@@ -97,6 +112,7 @@ pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiE
                 source: summary.source,
                 delivery: push.delivery,
                 repo: summary.repo,
+                clone_url: summary.clone_url,
                 git_ref: summary.git_ref,
                 branch: summary.branch,
                 before: push.before,
@@ -105,7 +121,7 @@ pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiE
                 message: push.message,
                 changed: summary.changed.into_iter().collect(),
                 complete: summary.complete,
-                rules,
+                rules: plan.rules,
             },
             app.now_ms(),
         )
@@ -117,6 +133,110 @@ pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiE
         deployment: Box::new(recorded.deployment),
         created: recorded.created,
     })
+}
+
+/// A rule's task as the store keeps it: checked as a submit is, capabilities normalised and
+/// `max_retries` filled in, so that submitting it later (a check passed, a pause ended, a
+/// redeploy) needs no second look.
+fn validated(task: SubmitTask, default_max_retries: u32) -> Result<SubmitTask, ApiError> {
+    let new = operator::validate_submit(task.clone(), default_max_retries)?;
+    Ok(SubmitTask {
+        capabilities: new.capabilities,
+        max_retries: Some(new.max_retries),
+        ..task
+    })
+}
+
+/// Re-submits deployment `of`'s tasks as a new deployment, audited as `actor`'s.
+pub async fn redeploy(app: &App, of: Uuid, actor: Actor) -> Result<Deployment, ApiError> {
+    let recorded = app
+        .store
+        .redeploy(of, Uuid::now_v7(), actor, app.now_ms())
+        .await?;
+    for change in recorded.changes {
+        app.changes.task(change);
+    }
+    Ok(recorded.deployment)
+}
+
+/// Pauses or resumes a source or rule. A pause names a configured one; a resume takes any
+/// paused name, so a pause outlives the removal of its rule no longer than the operator likes.
+pub async fn set_paused(
+    app: &App,
+    scope: PauseScope,
+    name: String,
+    paused: bool,
+    actor: Actor,
+) -> Result<PauseAnswer, ApiError> {
+    let order = PauseOrder {
+        scope,
+        name: name.clone(),
+        actor,
+    };
+    let now = app.now_ms();
+    if paused {
+        let settings = app.settings();
+        let known: Vec<&str> = match scope {
+            PauseScope::Source => settings
+                .git
+                .sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect(),
+            PauseScope::Rule => settings.git.rules.iter().map(|r| r.name.as_str()).collect(),
+        };
+        if !known.contains(&name.as_str()) {
+            return Err(ApiError::not_found(format!(
+                "git {} {name:?} (configured: {})",
+                scope.as_str(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let changed = app.store.pause_gitops(order, now).await?;
+        return Ok(PauseAnswer {
+            scope,
+            name,
+            paused: true,
+            changed,
+            released_tasks: 0,
+        });
+    }
+    let resumed = app.store.resume_gitops(order, now).await?;
+    let released_tasks = resumed.changes.len();
+    for change in resumed.changes {
+        app.changes.task(change);
+    }
+    Ok(PauseAnswer {
+        scope,
+        name,
+        paused: false,
+        changed: resumed.changed,
+        released_tasks,
+    })
+}
+
+/// The plan of a push the source recorded (by its delivery id), against today's rules.
+pub async fn replan(app: &App, source: &str, delivery: &str) -> Result<GitPlan, ApiError> {
+    let d = app
+        .store
+        .deployment_by_delivery(source.to_owned(), delivery.to_owned())
+        .await?;
+    let summary = PushSummary {
+        source: d.source,
+        repo: d.repo,
+        clone_url: d.clone_url,
+        git_ref: d.git_ref,
+        branch: d.branch,
+        sha: d.sha,
+        author: d.author,
+        changed: d.changed.into_iter().collect(),
+        complete: d.complete,
+    };
+    Ok(preview(app, &summary))
 }
 
 /// Deployments, newest first.
@@ -165,5 +285,111 @@ async fn complete_list(source: &Source, push: &Push, changed: &mut BTreeSet<Stri
             tracing::warn!(source = %source.name, "the forge's compare API did not answer in time; rules use their fallback");
             false
         }
+    }
+}
+
+/// What muster's commit statuses are called on the forge, so they replace each other and no
+/// one else's.
+pub const STATUS_CONTEXT: &str = "muster/deploy";
+
+/// Sends deployment `id`'s state, as it is now, to its forge as the commit's status. `Err` is
+/// worth trying again (the forge is down or busy); what cannot succeed by trying again (no
+/// status API configured, the deployment pruned, the forge refused the token or the
+/// repository) is logged, counted, recorded on the deployment, and `Ok`.
+pub async fn send_commit_status(app: &App, id: &str) -> Result<(), String> {
+    let Ok(id) = id.parse::<Uuid>() else {
+        return Ok(());
+    };
+    let d = match app.store.deployment(id).await {
+        Ok(d) => d,
+        Err(crate::error::StoreError::NotFound(_)) => return Ok(()),
+        Err(err) => return Err(format!("reading the deployment: {err}")),
+    };
+    let settings = app.settings();
+    let Some(source) = settings.git.source(&d.source) else {
+        return Ok(());
+    };
+    let Some(api_url) = &source.api_url else {
+        return Ok(());
+    };
+    let api = ForgeApi {
+        forge: source.forge,
+        api_url: api_url.clone(),
+        token: source.token.clone(),
+    };
+    let status = commit_status(&d, settings.public_url.as_ref().map(|u| u.as_str()));
+    let client = crate::notify::channels::client();
+    let sent = api.set_status(&client, &d.repo, &d.sha, &status).await;
+    let metric = |outcome: &str| {
+        app.changes
+            .metrics
+            .commit_statuses
+            .with_label_values(&[&d.source, outcome])
+            .inc()
+    };
+    let record =
+        |state: Option<String>, error: Option<String>| app.store.set_forge_status(id, state, error);
+    use crate::notify::Outcome;
+    match sent {
+        Ok(Outcome::Delivered { .. }) => {
+            metric("delivered");
+            let state = status.state.wire(source.forge).to_owned();
+            record(Some(state), None).await.map_err(|e| e.to_string())
+        }
+        Ok(Outcome::Retry { error, .. }) => {
+            metric("retry");
+            let _ = record(None, Some(error.clone())).await;
+            Err(error)
+        }
+        Ok(Outcome::Refused { error, .. }) => {
+            metric("refused");
+            tracing::warn!(deployment = %id, source = %d.source, error, "the forge refused the commit status");
+            record(None, Some(error)).await.map_err(|e| e.to_string())
+        }
+        Err(err) => {
+            metric("refused");
+            let error = err.to_string();
+            tracing::warn!(deployment = %id, source = %d.source, error, "no commit status could be sent");
+            record(None, Some(error)).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// A deployment's state as a commit status: the forge's four states, one line that says how
+/// far it got, and a link to its page when `PUBLIC_URL` is set.
+pub fn commit_status(d: &Deployment, public_url: Option<&str>) -> CommitStatus {
+    let failed: Vec<&str> = d
+        .rules
+        .iter()
+        .filter(|r| {
+            [r.check_task_state, r.task_state]
+                .iter()
+                .any(|s| matches!(s, Some(TaskState::Failed | TaskState::Cancelled)))
+        })
+        .map(|r| r.rule.as_str())
+        .collect();
+    let deploying = d.rules.iter().filter(|r| r.task.is_some()).count();
+    let (state, description) = match d.state {
+        DeploymentState::Pending => (
+            StatusState::Pending,
+            format!("{deploying} to deploy, waiting for an agent"),
+        ),
+        DeploymentState::Running => (StatusState::Pending, format!("deploying {deploying}")),
+        DeploymentState::Paused => (
+            StatusState::Pending,
+            "paused: waits for a resume".to_owned(),
+        ),
+        DeploymentState::Succeeded => (StatusState::Success, format!("deployed {deploying}")),
+        DeploymentState::Failed => (
+            StatusState::Failure,
+            format!("failed: {}", failed.join(", ")),
+        ),
+        DeploymentState::Skipped => (StatusState::Error, "no task could be submitted".to_owned()),
+    };
+    CommitStatus {
+        state,
+        target_url: public_url.map(|base| format!("{base}/deployments/{}", d.id)),
+        description,
+        context: STATUS_CONTEXT.to_owned(),
     }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub long_polls: IntGauge,
     /// Git hooks by source and what became of them.
     pub git_hooks: IntCounterVec,
+    /// Commit statuses sent to forges, by source and what the forge answered.
+    pub commit_statuses: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,16 @@ impl Metrics {
             &["source", "outcome"],
         )
         .expect("valid counter");
+        let commit_statuses = IntCounterVec::new(
+            Opts::new(
+                "muster_commit_statuses_total",
+                "Commit statuses sent to forges, by source and outcome: delivered, retry (the \
+                 forge was down or busy; tried again later), refused (the forge refused it: \
+                 a token or repository to check).",
+            ),
+            &["source", "outcome"],
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -183,6 +195,7 @@ impl Metrics {
             Box::new(starts.clone()),
             Box::new(long_polls.clone()),
             Box::new(git_hooks.clone()),
+            Box::new(commit_statuses.clone()),
         ] {
             registry
                 .register(collector)
@@ -206,6 +219,7 @@ impl Metrics {
             starts,
             long_polls,
             git_hooks,
+            commit_statuses,
             dispatch_seconds,
             http_seconds,
             transitions,

@@ -24,11 +24,16 @@ pub const EVENTS: &[(&str, &str)] = &[
         AGENT_ONLINE,
         "an agent registered for the first time, or was heard from again after being offline",
     ),
+    (
+        DEPLOYMENT_FAILED,
+        "a GitOps deployment ended with a task failed or cancelled (a failed check stops its rule's real run)",
+    ),
 ];
 
 pub const TASK_FAILED: &str = "task.failed";
 pub const AGENT_OFFLINE: &str = "agent.offline";
 pub const AGENT_ONLINE: &str = "agent.online";
+pub const DEPLOYMENT_FAILED: &str = "deployment.failed";
 
 /// The README's table of events, drawn from [`EVENTS`]; a test checks that the README carries
 /// it verbatim.
@@ -113,6 +118,30 @@ impl Notice {
             path: Some("/agents".to_owned()),
             data: json!({
                 "agent": { "id": agent_id, "hostname": hostname, "first": first }
+            }),
+        }
+    }
+
+    /// A deployment ended with failures: `failed` names each failed rule and why.
+    pub fn deployment_failed(d: &muster_api::Deployment, failed: Vec<Value>, at: i64) -> Notice {
+        Notice {
+            event: DEPLOYMENT_FAILED.to_owned(),
+            at,
+            subject: format!("deployment:{}", d.id),
+            group: format!("git-repo:{}", d.repo),
+            path: Some(format!("/deployments/{}", d.id)),
+            data: json!({
+                "deployment": {
+                    "id": d.id,
+                    "source": d.source,
+                    "repo": d.repo,
+                    "branch": d.branch,
+                    "sha": d.sha,
+                    "short_sha": d.sha.get(..8).unwrap_or(&d.sha),
+                    "author": d.author,
+                    "message": d.message.lines().next().unwrap_or_default(),
+                    "failed": failed,
+                }
             }),
         }
     }

@@ -1,9 +1,10 @@
 //! Outbox delivery: takes due rows, hands each to its topic's consumer, and marks it delivered
 //! or schedules a retry with capped exponential backoff, so whatever a committed change must
-//! cause (an audit entry, a notice for the notification rules; NATS events and commit
-//! statuses later) happens at least once, after a crash too. [`deliver_once`] is one step; [`run`] adds the waiting: it
-//! wakes when a commit wrote outbox rows and polls every second besides, and ends when the
-//! server shuts down.
+//! cause (an audit entry, a notice for the notification rules, a deployment's commit status
+//! for its forge) happens at least once, after a crash too. [`deliver_once`] is one step;
+//! [`run`] adds the waiting: it wakes when a commit wrote outbox rows and polls every second
+//! besides, and ends when the server shuts down. Rows for remote services (commit statuses)
+//! go in a lane of their own, so a forge that hangs never delays an audit entry.
 //!
 //! The rows and their types belong to the store ([`crate::store::OutboxItem`]): a row is
 //! written inside the transaction of the change that causes it. Consumers de-duplicate by the
@@ -12,16 +13,19 @@
 //!
 //! [`Store::mark_delivered`]: crate::store::Store::mark_delivered
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::app::App;
 use crate::audit::AuditRecord;
+use crate::deployments;
 use crate::notice::Notice;
 use crate::store::{
-    NewNotification, OutboxFailure, OutboxItem, OutboxRow, RetryPolicy, StoreResult, Topic,
+    Lane, NewNotification, OutboxFailure, OutboxItem, OutboxRow, RetryPolicy, StoreResult, Topic,
 };
 
 /// Rows taken per step.
@@ -47,12 +51,36 @@ pub struct Delivered {
 }
 
 pub async fn run(app: Arc<App>) {
-    let wake = app.store.outbox_written();
+    // The store wakes one waiter per commit; each lane keeps its own wake-up, so neither
+    // misses one while the other waits.
+    let written = app.store.outbox_written();
+    let lanes = [Arc::new(Notify::new()), Arc::new(Notify::new())];
+    let forward = {
+        let lanes = lanes.clone();
+        let shutdown = app.shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = written.notified() => lanes.iter().for_each(|l| l.notify_one()),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    let [local, remote] = lanes;
+    tokio::join!(
+        forward,
+        run_lane(app.clone(), Lane::Local, local),
+        run_lane(app, Lane::Remote, remote)
+    );
+}
+
+async fn run_lane(app: Arc<App>, lane: Lane, wake: Arc<Notify>) {
     loop {
-        let full = match deliver_once(&app).await {
+        let full = match deliver_lane(&app, lane).await {
             Ok(step) => step.delivered + step.failed == BATCH,
             Err(err) => {
-                tracing::error!(error = %err, "outbox delivery failed");
+                tracing::error!(error = %err, ?lane, "outbox delivery failed");
                 false
             }
         };
@@ -67,10 +95,20 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-/// Delivers the rows due at the clock's current time, up to one batch.
+/// Delivers the rows of both lanes due at the clock's current time, up to one batch each.
 pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
+    let local = deliver_lane(app, Lane::Local).await?;
+    let remote = deliver_lane(app, Lane::Remote).await?;
+    Ok(Delivered {
+        delivered: local.delivered + remote.delivered,
+        failed: local.failed + remote.failed,
+    })
+}
+
+/// Delivers the rows of `lane` due at the clock's current time, up to one batch.
+async fn deliver_lane(app: &App, lane: Lane) -> StoreResult<Delivered> {
     let now = app.now_ms();
-    let due = app.store.due_outbox(now, BATCH).await?;
+    let due = app.store.due_outbox(now, BATCH, lane).await?;
     if due.is_empty() {
         return Ok(Delivered::default());
     }
@@ -78,6 +116,7 @@ pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
     let mut failed: Vec<(OutboxRow, String)> = Vec::new();
     let mut audit: Vec<(OutboxRow, AuditRecord)> = Vec::new();
     let mut notices = 0;
+    let mut sent_status: HashSet<String> = HashSet::new();
     for row in due {
         match Topic::parse(&row.topic) {
             Some(Topic::Audit) => match serde_json::from_value(row.payload.clone()) {
@@ -88,6 +127,18 @@ pub async fn deliver_once(app: &App) -> StoreResult<Delivered> {
             Some(Topic::Notice) => match record_notice(app, &row, now).await {
                 Ok(()) => notices += 1,
                 Err(why) => failed.push((row, why)),
+            },
+            // One deployment's rows in a batch send its status once: the state as it is now.
+            Some(Topic::CommitStatus) => match row.payload["deployment"].as_str() {
+                Some(id) if sent_status.contains(id) => delivered.push(row.id),
+                Some(id) => match deployments::send_commit_status(app, id).await {
+                    Ok(()) => {
+                        sent_status.insert(id.to_owned());
+                        delivered.push(row.id);
+                    }
+                    Err(why) => failed.push((row, why)),
+                },
+                None => failed.push((row, "not a commit status: no deployment".into())),
             },
             None => {
                 let why = format!("no consumer for topic {:?} in this build", row.topic);

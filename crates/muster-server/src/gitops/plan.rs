@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use muster_api::{FileMatch, GitPlan, PlannedRule, SubmitTask};
+use muster_api::{FileMatch, GitPlan, PlannedRule, RuleOutcome as ApiOutcome, SubmitTask};
 
-use super::rules::{self, PushFacts, RuleOutcome};
+use super::rules::{self, PushFacts, RuleOutcome, check_variant};
 use super::sources::GitConfig;
 
 /// What one push is, as far as planning goes.
@@ -24,8 +24,8 @@ pub struct PushSummary {
     pub complete: bool,
 }
 
-/// The plan of `push`, and per rule the task it would submit (in the plan's order).
-pub fn plan(config: &GitConfig, push: &PushSummary) -> (GitPlan, Vec<Option<SubmitTask>>) {
+/// The plan of `push`: per rule, what it made of the push and the task it would submit.
+pub fn plan(config: &GitConfig, push: &PushSummary) -> GitPlan {
     let facts = PushFacts {
         source: &push.source,
         repo: &push.repo,
@@ -37,14 +37,16 @@ pub fn plan(config: &GitConfig, push: &PushSummary) -> (GitPlan, Vec<Option<Subm
         complete: push.complete,
     };
     let mut planned = Vec::new();
-    let mut tasks = Vec::new();
     for rule in config.rules_of(&push.source) {
-        let (entry, task) = planned_rule(&rule.name, rule.plan(&facts));
+        let (mut entry, task) = planned_rule(&rule.name, rule.plan(&facts));
+        if rule.check_first {
+            entry.check_task = task.as_ref().map(check_variant);
+        }
+        entry.task = task;
         planned.push(entry);
-        tasks.push(task);
     }
-    let nothing_to_do = tasks.iter().all(Option::is_none);
-    let plan = GitPlan {
+    let nothing_to_do = planned.iter().all(|r| r.task.is_none());
+    GitPlan {
         source: push.source.clone(),
         repo: push.repo.clone(),
         git_ref: push.git_ref.clone(),
@@ -54,20 +56,24 @@ pub fn plan(config: &GitConfig, push: &PushSummary) -> (GitPlan, Vec<Option<Subm
         complete: push.complete,
         rules: planned,
         nothing_to_do,
-    };
-    (plan, tasks)
+    }
 }
 
 fn planned_rule(name: &str, outcome: RuleOutcome) -> (PlannedRule, Option<SubmitTask>) {
     let mut entry = PlannedRule {
         rule: name.to_owned(),
-        outcome: String::new(),
+        outcome: ApiOutcome::Skipped,
         why: None,
         matched: Vec::new(),
         excluded: Vec::new(),
         fallback: false,
         kind: None,
         lock_key: None,
+        task: None,
+        check_task: None,
+        held: false,
+        check_task_id: None,
+        check_task_state: None,
         task_id: None,
         task_state: None,
     };
@@ -78,7 +84,7 @@ fn planned_rule(name: &str, outcome: RuleOutcome) -> (PlannedRule, Option<Submit
             fallback,
             task,
         } => {
-            entry.outcome = "matched".into();
+            entry.outcome = ApiOutcome::Matched;
             entry.matched = matched.into_iter().map(api_match).collect();
             entry.excluded = excluded.into_iter().map(api_match).collect();
             entry.fallback = fallback;
@@ -87,12 +93,12 @@ fn planned_rule(name: &str, outcome: RuleOutcome) -> (PlannedRule, Option<Submit
             Some(*task)
         }
         RuleOutcome::Skipped { why } => {
-            entry.outcome = "skipped".into();
+            entry.outcome = ApiOutcome::Skipped;
             entry.why = Some(why);
             None
         }
         RuleOutcome::Refused { why } => {
-            entry.outcome = "refused".into();
+            entry.outcome = ApiOutcome::Refused;
             entry.why = Some(why);
             None
         }
@@ -147,26 +153,27 @@ mod tests {
 
     #[test]
     fn the_plan_names_each_rule_with_the_files_that_matched_it() {
-        let (plan, tasks) = plan(&config(), &push(&["ansible/media/site.yml"], "main"));
+        let plan = plan(&config(), &push(&["ansible/media/site.yml"], "main"));
         assert!(!plan.nothing_to_do);
         assert_eq!(plan.rules.len(), 2);
         assert_eq!(plan.rules[0].rule, "media");
-        assert_eq!(plan.rules[0].outcome, "matched");
+        assert_eq!(plan.rules[0].outcome, ApiOutcome::Matched);
         assert_eq!(plan.rules[0].matched[0].path, "ansible/media/site.yml");
         assert_eq!(plan.rules[0].matched[0].glob, "ansible/media/**");
         assert_eq!(
             plan.rules[0].lock_key.as_deref(),
             Some("deploy:ops/homelab:media.yml")
         );
-        assert_eq!(plan.rules[1].outcome, "skipped");
-        assert!(tasks[0].is_some() && tasks[1].is_none());
+        assert_eq!(plan.rules[1].outcome, ApiOutcome::Skipped);
+        assert!(plan.rules[0].task.is_some() && plan.rules[1].task.is_none());
+        assert!(plan.rules[0].check_task.is_none());
     }
 
     #[test]
     fn a_push_no_rule_watches_is_nothing_to_do() {
-        let (plan, tasks) = plan(&config(), &push(&["ansible/media/site.yml"], "dev"));
+        let plan = plan(&config(), &push(&["ansible/media/site.yml"], "dev"));
         assert!(plan.nothing_to_do);
-        assert!(tasks.iter().all(Option::is_none));
+        assert!(plan.rules.iter().all(|r| r.task.is_none()));
         assert_eq!(
             plan.rules[0].why.as_deref(),
             Some("branch dev does not match main")

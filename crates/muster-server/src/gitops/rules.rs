@@ -19,6 +19,29 @@ pub const RESERVED_KEYS: [&str; 3] = ["repo", "clone_url", "sha"];
 /// payload values (`{playbook}`).
 pub const PUSH_PLACEHOLDERS: [&str; 6] = ["source", "repo", "branch", "sha", "short_sha", "author"];
 
+/// The task kinds of the deploy executor, which can run in check mode.
+const CHECKABLE_KINDS: [&str; 2] = ["ansible", "terraform"];
+
+/// `task` in check mode: `ansible` with `check` (`ansible-playbook --check --diff`),
+/// `terraform` with `mode = "plan"`; what it would change is in its log, and nothing changes.
+pub fn check_variant(task: &SubmitTask) -> SubmitTask {
+    let mut check = task.clone();
+    if let Value::Object(payload) = &mut check.payload {
+        match task.kind.as_str() {
+            "terraform" => {
+                payload.insert("mode".into(), "plan".into());
+            }
+            _ => {
+                payload.insert("check".into(), true.into());
+            }
+        }
+    }
+    check
+        .labels
+        .insert("deploy_step".to_owned(), "check".to_owned());
+    check
+}
+
 /// What a rule does with a push whose list of changed files is incomplete (the forge cut it
 /// and its compare API could not be asked).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -71,6 +94,10 @@ pub struct RuleSpec {
     pub lock_key: Option<String>,
     #[serde(default)]
     pub fallback: Fallback,
+    /// Run the task in check mode first (`ansible`: `--check --diff`; `terraform`: `plan`),
+    /// and the real run only once the check completed.
+    #[serde(default)]
+    pub check_first: bool,
 }
 
 /// A rule, checked and compiled.
@@ -85,6 +112,7 @@ pub struct Rule {
     pub task: TaskTemplate,
     pub lock_key: Option<String>,
     pub fallback: Fallback,
+    pub check_first: bool,
 }
 
 /// A rule is equal to another when written the same way (for reloads).
@@ -99,6 +127,7 @@ impl PartialEq for Rule {
             && self.task == other.task
             && self.lock_key == other.lock_key
             && self.fallback == other.fallback
+            && self.check_first == other.check_first
     }
 }
 
@@ -242,6 +271,20 @@ impl Rule {
                 ));
             }
         }
+        if spec.check_first && !CHECKABLE_KINDS.contains(&spec.task.kind.as_str()) {
+            return Err(format!(
+                "check_first needs a task of kind {}, which have a check mode; this rule's is {:?}",
+                CHECKABLE_KINDS.join(" or "),
+                spec.task.kind
+            ));
+        }
+        for key in ["check", "mode"] {
+            if spec.check_first && spec.task.payload.contains_key(key) {
+                return Err(format!(
+                    "task.payload.{key} is set by check_first for the check; remove one of them"
+                ));
+            }
+        }
         let own: Vec<&str> = spec
             .task
             .payload
@@ -266,6 +309,7 @@ impl Rule {
             task: spec.task,
             lock_key: spec.lock_key,
             fallback: spec.fallback,
+            check_first: spec.check_first,
         })
     }
 

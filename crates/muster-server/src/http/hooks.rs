@@ -135,7 +135,13 @@ pub(crate) async fn git_hook(
             let why: Vec<String> = plan
                 .rules
                 .iter()
-                .map(|r| format!("{}: {}", r.rule, r.why.as_deref().unwrap_or(&r.outcome)))
+                .map(|r| {
+                    format!(
+                        "{}: {}",
+                        r.rule,
+                        r.why.as_deref().unwrap_or(r.outcome.as_str())
+                    )
+                })
                 .collect();
             let message = if why.is_empty() {
                 format!("nothing to do: no rule watches source {name}")

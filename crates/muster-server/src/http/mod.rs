@@ -67,6 +67,13 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/gitops/plan", post(deployments::plan))
         .route("/api/v1/deployments", get(deployments::list))
         .route("/api/v1/deployments/{id}", get(deployments::show))
+        .route(
+            "/api/v1/deployments/{id}/redeploy",
+            post(deployments::redeploy),
+        )
+        .route("/api/v1/gitops/pauses", get(deployments::pauses))
+        .route("/api/v1/gitops/pause", post(deployments::pause))
+        .route("/api/v1/gitops/resume", post(deployments::resume))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/{id}", get(notifications::show))
         .route("/api/v1/notify/channels", get(notifications::channels))

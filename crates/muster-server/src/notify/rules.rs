@@ -196,6 +196,12 @@ fn defaults(event: &str) -> (&'static str, &'static str) {
             "{% if agent.first %}New agent {{ agent.id }} ({{ agent.hostname }}) registered.\
              {% else %}Agent {{ agent.id }} ({{ agent.hostname }}) is back.{% endif %}",
         ),
+        notice::DEPLOYMENT_FAILED => (
+            "Deployment of {{ deployment.repo }} failed",
+            "Deployment of {{ deployment.repo }}@{{ deployment.short_sha }} \
+             ({{ deployment.branch }}, by {{ deployment.author }}: {{ deployment.message }}) \
+             failed:{% for f in deployment.failed %} {{ f.rule }} ({{ f.error }}){% endfor %}",
+        ),
         _ => ("{{ event }}", "{{ event }} at {{ at }}"),
     }
 }

@@ -74,6 +74,9 @@ pub struct Change {
     pub submitted: bool,
     /// The change ended an attempt lost through no fault of the task.
     pub lost_attempt: bool,
+    /// Changes it caused in the same transaction: a deployment's real run submitted when its
+    /// check completed.
+    pub then: Vec<Change>,
 }
 
 impl Change {
@@ -91,6 +94,7 @@ impl Change {
             wake_agent: None,
             submitted: false,
             lost_attempt: false,
+            then: Vec::new(),
         }
     }
 
@@ -119,14 +123,16 @@ pub struct Submitted {
     pub change: Option<Change>,
 }
 
-/// A push that a rule matched, with the task each matched rule submits (`None` for a rule
-/// skipped or refused).
+/// A push that a rule matched. Each matched rule carries in `task` the task it submits,
+/// already validated (capabilities normalised, `max_retries` filled in): the store submits it,
+/// or its check first, or holds it while its source or rule is paused.
 #[derive(Debug, Clone)]
 pub struct NewDeployment {
     pub id: Uuid,
     pub source: String,
     pub delivery: String,
     pub repo: String,
+    pub clone_url: Option<String>,
     pub git_ref: String,
     pub branch: Option<String>,
     pub before: String,
@@ -135,7 +141,43 @@ pub struct NewDeployment {
     pub message: String,
     pub changed: Vec<String>,
     pub complete: bool,
-    pub rules: Vec<(muster_api::PlannedRule, Option<NewTask>)>,
+    pub rules: Vec<muster_api::PlannedRule>,
+}
+
+impl NewTask {
+    /// A task validated before it was stored (a deployment's rule task): only a new id.
+    pub fn from_validated(task: &muster_api::SubmitTask) -> NewTask {
+        NewTask {
+            id: Uuid::now_v7(),
+            kind: task.kind.clone(),
+            payload: task.payload.clone(),
+            capabilities: task.capabilities.clone(),
+            priority: task.priority,
+            max_retries: task.max_retries.unwrap_or(0),
+            timeout_s: task.timeout_s,
+            lock_key: task.lock_key.clone(),
+            idempotency_key: None,
+            run_after: None,
+            labels: task.labels.clone(),
+        }
+    }
+}
+
+/// Who paused a GitOps source or rule, or resumed it.
+#[derive(Debug, Clone)]
+pub struct PauseOrder {
+    pub scope: muster_api::PauseScope,
+    pub name: String,
+    pub actor: Actor,
+}
+
+/// What a resume did.
+#[derive(Debug, Clone, Default)]
+pub struct Resumed {
+    /// False when it was not paused.
+    pub changed: bool,
+    /// The held tasks it submitted, in push order.
+    pub changes: Vec<Change>,
 }
 
 /// A deployment as stored, and what recording it changed.
@@ -307,13 +349,24 @@ pub struct Pruned {
     pub deployments: u64,
 }
 
-/// Who consumes an outbox row. Stored by name; `nats` and `commit_status` join later.
+/// Who consumes an outbox row. Stored by name; `nats` joins later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic {
     /// Appended to the hash-chained audit log.
     Audit,
     /// A [`Notice`], matched against the notification rules.
     Notice,
+    /// A deployment's commit status, for its forge: the payload names the deployment, and
+    /// the consumer sends the deployment's state as it is then.
+    CommitStatus,
+}
+
+/// Outbox rows are delivered in two lanes, so that a slow remote service never delays what
+/// stays local (audit entries, notices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Local,
+    Remote,
 }
 
 impl Topic {
@@ -321,6 +374,14 @@ impl Topic {
         match self {
             Topic::Audit => "audit",
             Topic::Notice => "notice",
+            Topic::CommitStatus => "commit_status",
+        }
+    }
+
+    pub fn lane(self) -> Lane {
+        match self {
+            Topic::Audit | Topic::Notice => Lane::Local,
+            Topic::CommitStatus => Lane::Remote,
         }
     }
 
@@ -328,6 +389,7 @@ impl Topic {
         match text {
             "audit" => Some(Topic::Audit),
             "notice" => Some(Topic::Notice),
+            "commit_status" => Some(Topic::CommitStatus),
             _ => None,
         }
     }
@@ -351,6 +413,15 @@ impl OutboxItem {
             id: Uuid::now_v7(),
             topic: Topic::Audit,
             payload: serde_json::to_value(record).expect("an audit record is plain data"),
+        }
+    }
+
+    /// A deployment's commit status on its way to the forge.
+    pub fn commit_status(deployment: Uuid) -> OutboxItem {
+        OutboxItem {
+            id: Uuid::now_v7(),
+            topic: Topic::CommitStatus,
+            payload: serde_json::json!({ "deployment": deployment }),
         }
     }
 
@@ -608,7 +679,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes outbox rows that no other change carries (logins, reloads), due at once.
     async fn enqueue(&self, items: Vec<OutboxItem>, now: i64) -> StoreResult<()>;
     /// Undelivered rows due at `now`, oldest first, at most `limit`.
-    async fn due_outbox(&self, now: i64, limit: usize) -> StoreResult<Vec<OutboxRow>>;
+    async fn due_outbox(&self, now: i64, limit: usize, lane: Lane) -> StoreResult<Vec<OutboxRow>>;
     async fn mark_delivered(&self, ids: Vec<Uuid>, now: i64) -> StoreResult<()>;
     /// Counts the attempt, keeps the error and schedules the next try.
     async fn mark_failed(&self, failures: Vec<OutboxFailure>) -> StoreResult<()>;
@@ -676,7 +747,34 @@ pub trait Store: Send + Sync + 'static {
         filter: DeploymentFilter,
     ) -> StoreResult<Vec<muster_api::Deployment>>;
     async fn deployment(&self, id: Uuid) -> StoreResult<muster_api::Deployment>;
+    /// The deployment a source recorded for a delivery id.
+    async fn deployment_by_delivery(
+        &self,
+        source: String,
+        delivery: String,
+    ) -> StoreResult<muster_api::Deployment>;
+    /// Records a new deployment re-submitting the tasks of deployment `of` (pauses apply),
+    /// with the audit entry of who asked.
+    async fn redeploy(
+        &self,
+        of: Uuid,
+        id: Uuid,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<DeploymentRecorded>;
+    /// Pauses a source or rule; false when it was paused already (nothing is audited then).
+    async fn pause_gitops(&self, order: PauseOrder, now: i64) -> StoreResult<bool>;
+    /// Resumes a source or rule and submits what its pause held, oldest push first.
+    async fn resume_gitops(&self, order: PauseOrder, now: i64) -> StoreResult<Resumed>;
+    async fn gitops_pauses(&self) -> StoreResult<Vec<muster_api::GitPause>>;
+    /// Records what the forge was last told of a deployment, or why it could not be told.
+    async fn set_forge_status(
+        &self,
+        id: Uuid,
+        state: Option<String>,
+        error: Option<String>,
+    ) -> StoreResult<()>;
     /// Deletes deployments recorded before `before` none of whose tasks is still queued,
-    /// assigned or running, in a batch; answers how many.
+    /// assigned or running, and none held by a pause, in a batch; answers how many.
     async fn prune_deployments(&self, before: i64) -> StoreResult<u64>;
 }

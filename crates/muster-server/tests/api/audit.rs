@@ -179,7 +179,10 @@ async fn an_outbox_row_delivered_again_appends_once() {
         .enqueue(vec![item.clone()], system_now())
         .await
         .unwrap();
-    let due = store.due_outbox(i64::MAX, 10).await.unwrap();
+    let due = store
+        .due_outbox(i64::MAX, 10, muster_server::store::Lane::Local)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, item.id);
     let appended = store
@@ -196,7 +199,12 @@ async fn an_outbox_row_delivered_again_appends_once() {
     assert_eq!(entries[0]["id"], item.id.to_string());
     assert_eq!(entries[0]["action"], "config.reload");
     assert_eq!(entries[0]["actor"], "system");
-    let due = t.app.store.due_outbox(i64::MAX, 10).await.unwrap();
+    let due = t
+        .app
+        .store
+        .due_outbox(i64::MAX, 10, muster_server::store::Lane::Local)
+        .await
+        .unwrap();
     assert!(due.is_empty(), "the row is delivered now: {due:?}");
 }
 

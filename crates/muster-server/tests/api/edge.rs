@@ -586,6 +586,10 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/gitops/plan", &["post"]),
     ("/api/v1/deployments", &["get"]),
     ("/api/v1/deployments/{id}", &["get"]),
+    ("/api/v1/deployments/{id}/redeploy", &["post"]),
+    ("/api/v1/gitops/pauses", &["get"]),
+    ("/api/v1/gitops/pause", &["post"]),
+    ("/api/v1/gitops/resume", &["post"]),
 ];
 
 #[tokio::test]

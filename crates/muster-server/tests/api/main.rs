@@ -13,6 +13,7 @@ mod batches;
 mod edge;
 mod forge_api;
 mod gitops;
+mod gitops_flow;
 mod handoff;
 mod identity;
 mod lifecycle;

@@ -11,7 +11,7 @@ use crate::*;
 /// The notices written and not yet consumed, oldest first.
 async fn notices(b: &Backend, now: i64) -> Vec<(Uuid, Notice)> {
     b.store
-        .due_outbox(now, 1000)
+        .due_outbox(now, 1000, muster_server::store::Lane::Local)
         .await
         .expect("due outbox")
         .into_iter()

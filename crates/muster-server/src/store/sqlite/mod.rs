@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_notifications.sql"),
     include_str!("../migrations/0009_agent_index_active.sql"),
     include_str!("../migrations/0010_deployments.sql"),
+    include_str!("../migrations/0011_deployment_steps.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -610,8 +611,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn due_outbox(&self, now: i64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
-        self.read(move |conn| outbox::due(conn, now, limit)).await
+    async fn due_outbox(
+        &self,
+        now: i64,
+        limit: usize,
+        lane: super::Lane,
+    ) -> StoreResult<Vec<OutboxRow>> {
+        self.read(move |conn| outbox::due(conn, now, limit, lane))
+            .await
     }
 
     async fn mark_delivered(&self, ids: Vec<Uuid>, now: i64) -> StoreResult<()> {
@@ -721,6 +728,54 @@ impl Store for SqliteStore {
 
     async fn deployment(&self, id: Uuid) -> StoreResult<Deployment> {
         self.read(move |conn| deployments::deployment(conn, id))
+            .await
+    }
+
+    async fn deployment_by_delivery(
+        &self,
+        source: String,
+        delivery: String,
+    ) -> StoreResult<Deployment> {
+        self.read(move |conn| deployments::by_delivery(conn, &source, &delivery))
+            .await
+    }
+
+    async fn redeploy(
+        &self,
+        of: Uuid,
+        id: Uuid,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<DeploymentRecorded> {
+        self.write(move |conn| deployments::redeploy(conn, of, id, &actor, now))
+            .await
+    }
+
+    async fn pause_gitops(&self, order: super::PauseOrder, now: i64) -> StoreResult<bool> {
+        self.write(move |conn| deployments::pause(conn, &order, now))
+            .await
+    }
+
+    async fn resume_gitops(
+        &self,
+        order: super::PauseOrder,
+        now: i64,
+    ) -> StoreResult<super::Resumed> {
+        self.write(move |conn| deployments::resume(conn, &order, now))
+            .await
+    }
+
+    async fn gitops_pauses(&self) -> StoreResult<Vec<muster_api::GitPause>> {
+        self.read(deployments::pauses).await
+    }
+
+    async fn set_forge_status(
+        &self,
+        id: Uuid,
+        state: Option<String>,
+        error: Option<String>,
+    ) -> StoreResult<()> {
+        self.write(move |conn| deployments::set_forge_status(conn, id, state, error))
             .await
     }
 }

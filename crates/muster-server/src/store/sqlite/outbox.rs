@@ -8,7 +8,7 @@ use rusqlite::{Connection, params};
 use uuid::Uuid;
 
 use super::rows::{json_col, uuid_col};
-use crate::store::{OutboxFailure, OutboxItem, OutboxRow, StoreResult};
+use crate::store::{Lane, OutboxFailure, OutboxItem, OutboxRow, StoreResult};
 
 /// Delivered rows deleted per retention transaction.
 const PRUNE_BATCH: usize = 1000;
@@ -50,13 +50,21 @@ pub(super) fn enqueue(conn: &Connection, items: Vec<OutboxItem>, now: i64) -> St
     Ok(())
 }
 
-pub(super) fn due(conn: &Connection, now: i64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
+pub(super) fn due(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+    lane: Lane,
+) -> StoreResult<Vec<OutboxRow>> {
+    // The remote lane's topics; every other topic (one this build does not know included)
+    // is local.
     let mut stmt = conn.prepare_cached(
         "SELECT id, topic, payload, attempts, created_at FROM outbox \
-         WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2",
+         WHERE delivered_at IS NULL AND next_attempt_at <= ?1 \
+         AND (topic IN ('commit_status')) = ?3 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt
-        .query_map(params![now, limit as i64], |row| {
+        .query_map(params![now, limit as i64, lane == Lane::Remote], |row| {
             Ok(OutboxRow {
                 id: uuid_col(row, "id")?,
                 topic: row.get("topic")?,
@@ -108,7 +116,7 @@ mod tests {
 
     use crate::audit::AuditRecord;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{NewTask, OutboxFailure, OutboxItem, RetryPolicy, Store};
+    use crate::store::{Lane, NewTask, OutboxFailure, OutboxItem, RetryPolicy, Store, Topic};
 
     fn store(dir: &tempfile::TempDir) -> SqliteStore {
         let policy = RetryPolicy {
@@ -153,6 +161,36 @@ mod tests {
         store.close().await;
     }
 
+    /// The due query names the remote lane's topics in SQL; each topic must come out in the
+    /// lane [`Topic::lane`] gives it.
+    #[tokio::test]
+    async fn each_topic_is_due_in_its_own_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let items = vec![
+            OutboxItem::audit(&AuditRecord::config_reloaded(1, json!({}))),
+            OutboxItem::commit_status(uuid::Uuid::now_v7()),
+        ];
+        store.enqueue(items.clone(), 100).await.unwrap();
+        for lane in [Lane::Local, Lane::Remote] {
+            let due = store.due_outbox(100, 10, lane).await.unwrap();
+            let want: Vec<_> = items
+                .iter()
+                .filter(|i| i.topic.lane() == lane)
+                .map(|i| i.id)
+                .collect();
+            assert_eq!(
+                due.iter().map(|r| r.id).collect::<Vec<_>>(),
+                want,
+                "{lane:?}"
+            );
+            for row in due {
+                assert_eq!(Topic::parse(&row.topic).unwrap().lane(), lane);
+            }
+        }
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn outbox_rows_are_due_until_delivered_and_wait_out_their_backoff() {
         let dir = tempfile::tempdir().unwrap();
@@ -162,10 +200,14 @@ mod tests {
             .collect();
         store.enqueue(items.clone(), 100).await.unwrap();
         assert!(
-            store.due_outbox(99, 10).await.unwrap().is_empty(),
+            store
+                .due_outbox(99, 10, Lane::Local)
+                .await
+                .unwrap()
+                .is_empty(),
             "not due yet"
         );
-        let due = store.due_outbox(100, 10).await.unwrap();
+        let due = store.due_outbox(100, 10, Lane::Local).await.unwrap();
         assert_eq!(
             due.iter().map(|r| r.id).collect::<Vec<_>>(),
             [items[0].id, items[1].id]
@@ -179,15 +221,28 @@ mod tests {
             next_attempt_at: 5_000,
         };
         store.mark_failed(vec![failure]).await.unwrap();
-        assert!(store.due_outbox(4_999, 10).await.unwrap().is_empty());
-        let again = store.due_outbox(5_000, 10).await.unwrap();
+        assert!(
+            store
+                .due_outbox(4_999, 10, Lane::Local)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = store.due_outbox(5_000, 10, Lane::Local).await.unwrap();
         assert_eq!((again.len(), again[0].attempts), (1, 1));
 
         // Only delivered rows are pruned, and only past the cutoff.
         assert_eq!(store.prune_outbox(200).await.unwrap(), 0);
         assert_eq!(store.prune_outbox(201).await.unwrap(), 1);
         assert_eq!(store.prune_outbox(i64::MAX).await.unwrap(), 0);
-        assert_eq!(store.due_outbox(5_000, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .due_outbox(5_000, 10, Lane::Local)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         store.close().await;
     }
 }

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::deployments;
 use super::isolated;
 use super::outbox::insert_outbox;
 use super::rows::{
@@ -176,6 +177,9 @@ pub(super) fn end_attempt(
         notify_failed(conn, cur, error, now)?;
     }
     let mut change = cur.change(state);
+    if state.is_final() {
+        change.then = deployments::task_moved(conn, cur.id, state, now)?;
+    }
     change.released = cur.released();
     change.agent_id = agent_after;
     change.lost_attempt = after.lost;
@@ -518,6 +522,7 @@ fn complete_attempt(
     .execute(params![cur.seq, attempt, now])?;
     let mut change = cur.change(TaskState::Completed);
     change.released = cur.released();
+    change.then = deployments::task_moved(conn, cur.id, TaskState::Completed, now)?;
     Ok(change)
 }
 
@@ -613,6 +618,7 @@ pub(super) fn cancel(
             if cur.state == TaskState::Queued {
                 change.dropped = Some(cur.queued(cur.run_after));
             }
+            change.then = deployments::task_moved(conn, cur.id, TaskState::Cancelled, now)?;
             change
         }
         CancelPlan::AskAgent => {
@@ -650,6 +656,7 @@ pub(super) fn retry(
     let mut change = cur.change(TaskState::Queued);
     change.agent_id = None;
     change.requeued = Some(cur.queued(None));
+    change.then = deployments::task_moved(conn, cur.id, TaskState::Queued, now)?;
     changed(conn, change)
 }
 
