@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every figure of DESIGN.md's table, each the median of RUNS runs (default 5); the figures go
-# to docs/PERFORMANCE.md. Takes about 15 minutes with the defaults.
+# Every figure of DESIGN.md's table and the GitOps webhooks figure, each the median of RUNS
+# runs (default 5); the figures go to docs/PERFORMANCE.md. Takes about 15 minutes with the
+# defaults.
 source "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-5}
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -26,4 +27,12 @@ for _ in $(seq "$RUNS"); do
   hb+=("$($MUSTER bench heartbeats --duration 30s --json | field 'd["cpu_percent"]')")
 done
 echo "10,000 agents heartbeating every 30 s: $(printf '%s\n' "${hb[@]}" | median)% of one core"
+wh=(); wp50=(); wp99=()
+for _ in $(seq "$RUNS"); do
+  r=$($MUSTER bench webhooks --json)
+  wh+=("$(field 'd["accept"]["accepted_per_s"]' <<<"$r")")
+  wp50+=("$(field 'd["push_to_claim"]["latency"]["p50_ms"]' <<<"$r")")
+  wp99+=("$(field 'd["push_to_claim"]["latency"]["p99_ms"]' <<<"$r")")
+done
+echo "GitOps webhooks: $(printf '%s\n' "${wh[@]}" | median) signed pushes/s accepted, push->claim p50 $(printf '%s\n' "${wp50[@]}" | median) ms, p99 $(printf '%s\n' "${wp99[@]}" | median) ms"
 echo "queue depth (one run): $($MUSTER bench queue-depth)"

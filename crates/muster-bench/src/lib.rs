@@ -4,6 +4,8 @@
 //! heartbeat cost, queue depth). [`local`] runs the server under test as a child process so its
 //! memory, CPU time and writes can be read from /proc, and [`wal`] reads its SQLite commits
 //! from the WAL index. [`routes`] calls the batch routes (bulk submit, batch claim, reports).
+//! [`webhooks`] measures GitOps push hooks: signed pushes accepted per second, and push →
+//! claim by a waiting agent.
 
 pub mod figures;
 pub mod lifecycle;
@@ -11,6 +13,7 @@ pub mod local;
 pub mod routes;
 pub mod stats;
 pub mod wal;
+pub mod webhooks;
 
 /// Why a measurement could not be made.
 #[derive(Debug, thiserror::Error)]

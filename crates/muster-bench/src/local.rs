@@ -13,6 +13,7 @@ use crate::BenchError;
 const TICKS_PER_SECOND: f64 = 100.0;
 
 const DB_FILE: &str = "bench.db";
+const CONFIG_FILE: &str = "muster.toml";
 
 /// A `muster serve` child on a temporary database; killed when dropped.
 pub struct LocalServer {
@@ -45,8 +46,25 @@ pub struct IoCounters {
 impl LocalServer {
     /// Starts `binary serve` on 127.0.0.1:0 and waits for the address it reports.
     pub fn start(binary: &Path, env: &[(&str, &str)]) -> Result<LocalServer, BenchError> {
+        LocalServer::start_with_config(binary, None, env)
+    }
+
+    /// As [`LocalServer::start`], with `config` (TOML) as its config file: written next to the
+    /// database and named by MUSTER_CONFIG, for the settings that have no variable
+    /// (`[[git.sources]]`, `[[git.rules]]`).
+    pub fn start_with_config(
+        binary: &Path,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<LocalServer, BenchError> {
         let dir = tempfile::tempdir().map_err(|e| BenchError::Setup(format!("temp dir: {e}")))?;
         let mut cmd = Command::new(binary);
+        if let Some(config) = config {
+            let path = dir.path().join(CONFIG_FILE);
+            std::fs::write(&path, config)
+                .map_err(|e| BenchError::Setup(format!("cannot write {}: {e}", path.display())))?;
+            cmd.env("MUSTER_CONFIG", path);
+        }
         cmd.arg("serve")
             .env("DB_PATH", dir.path().join(DB_FILE))
             .env("ADDR", "127.0.0.1:0")

@@ -20,10 +20,7 @@ impl Percentiles {
             return Percentiles::default();
         }
         samples.sort_unstable();
-        let at = |q: f64| {
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples[rank - 1].as_secs_f64() * 1000.0
-        };
+        let at = |q: f64| nearest_rank(samples, q);
         Percentiles {
             count: samples.len(),
             p50_ms: at(0.50),
@@ -42,6 +39,16 @@ impl std::fmt::Display for Percentiles {
             self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms
         )
     }
+}
+
+/// The `q` quantile (0 to 1) of `sorted` samples by nearest rank, in milliseconds; 0 when
+/// there are none.
+pub fn nearest_rank(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
 }
 
 /// The median of a few figures (each measurement is repeated, the median reported).

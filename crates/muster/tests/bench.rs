@@ -1,5 +1,6 @@
 //! `muster bench` end to end on a small load: it starts its own server, drives the whole
-//! lifecycle and reports figures that add up; the figure subcommands answer in one line.
+//! lifecycle and reports figures that add up; the figure subcommands answer in one line, and
+//! the webhooks figure counts its pushes and refusals.
 
 use std::process::{Command, Output};
 
@@ -141,6 +142,43 @@ fn the_figure_subcommands_measure_a_fresh_server() {
     assert_eq!(beats["agents"], 20, "{beats}");
     assert_eq!(beats["errors"], 0, "{beats}");
     assert!(beats["heartbeats"].as_u64().unwrap() >= 10, "{beats}");
+}
+
+#[test]
+fn the_webhooks_figure_counts_every_push_and_every_refusal() {
+    let w = bench(&[
+        "webhooks",
+        "--pushes",
+        "20",
+        "--concurrency",
+        "4",
+        "--wrong-signatures",
+        "3",
+        "--probes",
+        "5",
+    ]);
+    assert_eq!(w["forge"], "gitea", "{w}");
+    assert_eq!(w["errors"], 0, "{w}");
+    assert_eq!(w["error_samples"], serde_json::json!([]), "{w}");
+    let accept = &w["accept"];
+    assert_eq!(accept["pushes"], 20, "{w}");
+    assert_eq!(accept["concurrency"], 4, "{w}");
+    assert_eq!(accept["accepted"], 20, "{w}");
+    assert_eq!(accept["answer"]["count"], 20, "{w}");
+    assert_eq!(accept["wrong_signature_sent"], 3, "{w}");
+    assert_eq!(accept["wrong_signature_refused"], 3, "{w}");
+    assert!(accept["accepted_per_s"].as_f64().unwrap() > 0.0, "{w}");
+    assert!(
+        accept["server"]["peak_rss_mib"].as_f64().unwrap() > 0.0,
+        "{w}"
+    );
+    let claim = &w["push_to_claim"];
+    assert_eq!(claim["pushes"], 5, "{w}");
+    assert_eq!(claim["claimed"], 5, "{w}");
+    assert_eq!(claim["latency"]["count"], 5, "{w}");
+    for key in ["p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+        assert!(claim["latency"][key].is_f64(), "{key}: {w}");
+    }
 }
 
 /// A stand-in for a server with the batch routes, in front of a real one without them: it

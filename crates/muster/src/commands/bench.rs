@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use muster_bench::{figures, lifecycle, local::this_binary};
+use muster_bench::{figures, lifecycle, local::this_binary, webhooks};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -80,6 +80,22 @@ enum Figure {
         /// instead of one set for all.
         #[arg(long)]
         distinct: bool,
+    },
+    /// GitOps push hooks: signed Gitea pushes accepted per second, and push → claim by a
+    /// waiting agent.
+    Webhooks {
+        /// Signed pushes for the throughput figure.
+        #[arg(long, default_value_t = 2000)]
+        pushes: usize,
+        /// Pushes in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Pushes signed with a wrong secret afterwards, each of which must be refused (401).
+        #[arg(long, default_value_t = 20)]
+        wrong_signatures: usize,
+        /// Pushes sent one at a time to an agent waiting in a long-poll, for push → claim.
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
     },
 }
 
@@ -176,6 +192,32 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 q.fill_tasks_per_s
             );
             print(json, &q, line)?;
+        }
+        Some(Figure::Webhooks {
+            pushes,
+            concurrency,
+            wrong_signatures,
+            probes,
+        }) => {
+            let options = webhooks::Options {
+                pushes,
+                concurrency,
+                wrong_signatures,
+                probes,
+            };
+            let w = webhooks::run(&this_binary()?, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&w)?);
+            } else {
+                print!("{w}");
+            }
+            // Every unexpected answer is a fault of the run: say which, and fail.
+            for e in &w.error_samples {
+                eprintln!("error: {e}");
+            }
+            if w.errors > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
