@@ -505,15 +505,15 @@ mod tests {
     fn the_readmes_deploy_example_loads() {
         let readme = include_str!("../../../README.md");
         let section = readme
-            .split_once("\n## GitOps\n")
+            .split_once("\n## GitOps in five minutes\n")
             .expect("a GitOps section")
             .1;
         let block = section
             .split("```toml\n")
             .map(|b| b.split_once("\n```").map_or(b, |(block, _)| block))
-            .find(|b| b.starts_with("[deploy]"))
+            .find(|b| b.contains("\n[deploy]\n"))
             .expect("the agent's [deploy] example");
-        let checked = AgentConfig::parse(&format!("[agent]\nid = \"x\"\n{block}")).unwrap();
+        let checked = AgentConfig::parse(block).unwrap();
         assert_eq!(checked.capabilities(), ["ansible", "terraform"]);
     }
 

@@ -2209,7 +2209,7 @@ lock_key = "deploy:{repo}:{playbook}"
 
     #[test]
     fn the_readmes_gitops_server_example_loads() {
-        let blocks = readme_toml_blocks("GitOps");
+        let blocks = readme_toml_blocks("GitOps in five minutes");
         let server: Vec<&String> = blocks.iter().filter(|b| b.contains("[[git.")).collect();
         assert_eq!(server.len(), 1, "the server's example");
         let dir = tempfile::tempdir().unwrap();

@@ -21,8 +21,10 @@
 //!   [`dispatch`]'s pure index), the [`registry`]'s wake-ups, the [`events`] feed and
 //!   [`metrics`]; [`handoff`]: started tasks to the long-poll that asked, or back to assigned
 //!   when it hung up.
-//! - [`deployments`]: the GitOps verbs (a verified push becomes a deployment, previews, the
-//!   history); [`tally`]: refusals counted per key and minute for the audit log.
+//! - [`deployments`]: the GitOps verbs (a verified push becomes a deployment, previews,
+//!   redeploys, pauses, the history); [`commit_status`]: a deployment's state sent to its
+//!   forge, for the outbox's remote lane; [`tally`]: refusals counted per key and minute for
+//!   the audit log.
 //! - [`app`]: the shared state; [`server`]: builds all of the above from settings and a bound
 //!   listener, runs it and shuts it down; [`connections`]: its accept loop, with the
 //!   connection cap and the idle timeout.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod bounds;
 pub mod changes;
 pub mod clock;
+pub mod commit_status;
 pub mod config;
 pub mod connections;
 pub mod deployments;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::audit::AuditRecord;
-use crate::deployments;
+use crate::commit_status;
 use crate::notice::Notice;
 use crate::store::{
     Lane, NewNotification, OutboxFailure, OutboxItem, OutboxRow, RetryPolicy, StoreResult, Topic,
@@ -131,7 +131,7 @@ async fn deliver_lane(app: &App, lane: Lane) -> StoreResult<Delivered> {
             // One deployment's rows in a batch send its status once: the state as it is now.
             Some(Topic::CommitStatus) => match row.payload["deployment"].as_str() {
                 Some(id) if sent_status.contains(id) => delivered.push(row.id),
-                Some(id) => match deployments::send_commit_status(app, id).await {
+                Some(id) => match commit_status::send_commit_status(app, id).await {
                     Ok(()) => {
                         sent_status.insert(id.to_owned());
                         delivered.push(row.id);

@@ -200,7 +200,8 @@ fn defaults(event: &str) -> (&'static str, &'static str) {
             "Deployment of {{ deployment.repo }} failed",
             "Deployment of {{ deployment.repo }}@{{ deployment.short_sha }} \
              ({{ deployment.branch }}, by {{ deployment.author }}: {{ deployment.message }}) \
-             failed:{% for f in deployment.failed %} {{ f.rule }} ({{ f.error }}){% endfor %}",
+             failed:{% for f in deployment.failed %}{% if not loop.first %},{% endif %} \
+             {{ f.rule }} ({{ f.error }}){% endfor %}",
         ),
         _ => ("{{ event }}", "{{ event }} at {{ at }}"),
     }
@@ -390,6 +391,39 @@ mod tests {
         assert_eq!(first.message, "New agent pi (pi.lan) registered.");
         let back = online.render(&Notice::agent_online("pi", "pi.lan", false, 1), None);
         assert_eq!(back.message, "Agent pi (pi.lan) is back.");
+    }
+
+    #[test]
+    fn a_failed_deployment_names_the_push_and_each_failed_rule() {
+        let d: muster_api::Deployment = serde_json::from_value(serde_json::json!({
+            "id": "00000000-0000-0000-0000-000000000001", "source": "infra",
+            "delivery": "d-1", "repo": "homelab/infra", "clone_url": null,
+            "git_ref": "refs/heads/main", "branch": "main", "before": "0".repeat(40),
+            "sha": "c3d4e5f60718293a4b5c6d7e8f90123456789abc", "author": "Ada",
+            "message": "media: new port\n\nand a longer body", "changed": [],
+            "complete": true, "state": "failed", "created_at": "2026-11-27T00:00:00Z",
+            "rules": [], "redeploy_of": null, "forge_status": null,
+            "forge_status_error": null
+        }))
+        .unwrap();
+        let failed = vec![
+            serde_json::json!({"rule": "media", "step": "check", "error": "exit code 2"}),
+            serde_json::json!({"rule": "dns", "step": "run", "error": "cancelled"}),
+        ];
+        let notice = Notice::deployment_failed(&d, failed, 1);
+        let rule = Rule::resolve(spec(&["deployment.*"], &["p"]), &["p"]).unwrap();
+        assert!(rule.matches(&notice));
+        let out = rule.render(&notice, Some("https://m"));
+        assert_eq!(out.title, "Deployment of homelab/infra failed");
+        assert_eq!(
+            out.message,
+            "Deployment of homelab/infra@c3d4e5f6 (main, by Ada: media: new port) failed: \
+             media (exit code 2), dns (cancelled)"
+        );
+        assert_eq!(
+            out.link.as_deref(),
+            Some("https://m/deployments/00000000-0000-0000-0000-000000000001")
+        );
     }
 
     #[test]
