@@ -817,23 +817,25 @@ async fn two_deployments_of_one_repository_run_in_separate_worktrees() {
     d.finish().await;
 }
 
-/// The whole path: a forge's signed push to `POST /hooks/git/{source}` becomes a deployment
-/// whose task a real agent runs at the pushed commit of a real repository.
-#[tokio::test]
-async fn a_signed_push_through_the_hook_deploys_the_pushed_commit() {
+/// A server whose one Gitea source has a rule deploying the media playbook (checked first
+/// when `check_first`), an agent running `fx`'s stand-ins, and a signed push of `fx`'s second
+/// commit sent to the hook; answers the hook's answer.
+async fn push_through_the_hook(
+    fx: &Fixture,
+    check_first: bool,
+) -> (Plane, CancellationToken, tokio::task::JoinHandle<()>, Value) {
     use hmac::{Hmac, KeyInit, Mac};
 
     const SECRET: &str = "0123456789abcdef-hook-secret";
-    let fx = Fixture::new();
     let [first, second] = fx.shas.clone();
     let source =
         toml::from_str("name = \"infra\"\nforge = \"gitea\"\nsecret_env = \"HOOK\"").unwrap();
-    let rule = toml::from_str(
+    let rule = toml::from_str(&format!(
         "name = \"media\"\nsource = \"infra\"\nbranch = \"main\"\n\
          paths = [\"ansible/playbooks/**\"]\n\
-         task = { kind = \"ansible\", capabilities = [\"ansible\"], payload = { playbook = \"ansible/playbooks/media.yml\" } }\n\
-         lock_key = \"deploy:{repo}:{playbook}\"",
-    )
+         task = {{ kind = \"ansible\", capabilities = [\"ansible\"], payload = {{ playbook = \"ansible/playbooks/media.yml\" }} }}\n\
+         lock_key = \"deploy:{{repo}}:{{playbook}}\"\ncheck_first = {check_first}"
+    ))
     .unwrap();
     let git = muster_server::gitops::GitConfig::resolve(&[(1, source)], &[(1, rule)], &|_| {
         Some(SECRET.to_owned())
@@ -878,6 +880,31 @@ async fn a_signed_push_through_the_hook_deploys_the_pushed_commit() {
         .await
         .unwrap();
     assert_eq!(answer["status"], "deployed", "{answer}");
+    (plane, stop, agent, answer)
+}
+
+async fn deployment(plane: &Plane, answer: &Value) -> Value {
+    reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/deployments/{}",
+            plane.base,
+            answer["deployment"]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The whole path: a forge's signed push to `POST /hooks/git/{source}` becomes a deployment
+/// whose task a real agent runs at the pushed commit of a real repository.
+#[tokio::test]
+async fn a_signed_push_through_the_hook_deploys_the_pushed_commit() {
+    let fx = Fixture::new();
+    let second = fx.shas[1].clone();
+    let (plane, stop, agent, answer) = push_through_the_hook(&fx, false).await;
     let rule = &answer["deployment"]["rules"][0];
     assert_eq!(rule["matched"][0]["path"], "ansible/playbooks/media.yml");
     let task_id: uuid::Uuid = rule["task_id"].as_str().unwrap().parse().unwrap();
@@ -891,19 +918,73 @@ async fn a_signed_push_through_the_hook_deploys_the_pushed_commit() {
         "the rule's playbook, at the pushed commit"
     );
     assert_eq!(task.result.as_ref().unwrap()["sha"], second.as_str());
-    let deployment: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/deployments/{}",
-            plane.base,
-            answer["deployment"]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deployment = deployment(&plane, &answer).await;
     assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+/// `check_first`: the agent runs the playbook with `--check --diff`, and only once that
+/// passed, for real; a failing check runs nothing more.
+#[tokio::test]
+async fn a_check_first_rule_checks_the_pushed_commit_then_deploys_it() {
+    let fx = Fixture::new();
+    let second = fx.shas[1].clone();
+    let (plane, stop, agent, answer) = push_through_the_hook(&fx, true).await;
+    let rule = &answer["deployment"]["rules"][0];
+    assert!(rule["task_id"].is_null(), "the real run waits: {answer}");
+    let check_id: uuid::Uuid = rule["check_task_id"].as_str().unwrap().parse().unwrap();
+    let check = plane.client.task(check_id).await.unwrap();
+    assert_state(&plane.wait_final(&check).await, TaskState::Completed);
+    let mut shown = deployment(&plane, &answer).await;
+    let run_id: uuid::Uuid = shown["rules"][0]["task_id"]
+        .as_str()
+        .expect("the real run is submitted once the check passed")
+        .parse()
+        .unwrap();
+    let run = plane.client.task(run_id).await.unwrap();
+    assert_state(&plane.wait_final(&run).await, TaskState::Completed);
+    // Each task runs in a worktree of its own, both at the pushed commit.
+    let argv = fx.record(&second, "argv");
+    let argv = lines(&argv);
+    assert_eq!(
+        argv.len(),
+        4,
+        "the check's argv, then the real run's: {argv:?}"
+    );
+    assert_eq!(argv[..2], ["--check", "--diff"], "{argv:?}");
+    for playbook in [argv[2], argv[3]] {
+        assert!(
+            playbook.ends_with("/ansible/playbooks/media.yml"),
+            "{argv:?}"
+        );
+    }
+    assert_ne!(argv[2], argv[3], "two worktrees");
+    assert!(argv[3].starts_with(&fx.record(&second, "top")), "{argv:?}");
+    shown = deployment(&plane, &answer).await;
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    stop.cancel();
+    agent.await.unwrap();
+
+    // A check that fails stops the rule.
+    let fx = Fixture::new();
+    fx.set_exit("ansible", 2);
+    let (plane, stop, agent, answer) = push_through_the_hook(&fx, true).await;
+    let check_id: uuid::Uuid = answer["deployment"]["rules"][0]["check_task_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let check = plane.client.task(check_id).await.unwrap();
+    assert_state(&plane.wait_final(&check).await, TaskState::Failed);
+    let shown = deployment(&plane, &answer).await;
+    assert_eq!(shown["state"], "failed", "{shown}");
+    assert!(shown["rules"][0]["task_id"].is_null(), "{shown}");
+    assert_eq!(
+        lines(&fx.record(&fx.shas[1], "argv")).len(),
+        3,
+        "one run only"
+    );
     stop.cancel();
     agent.await.unwrap();
 }
