@@ -1060,3 +1060,103 @@ fn gitops_plan_names_the_matched_files_and_deployments_list_what_pushes_made() {
     let list = ok_json(base, &["gitops", "deployments"]);
     assert_eq!(list["deployments"], json!([]), "{list}");
 }
+
+#[tokio::test]
+async fn gitops_pause_holds_a_push_resume_runs_it_and_redeploy_runs_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    std::fs::write(
+        &config,
+        "[[git.sources]]\nname = \"infra\"\nforge = \"gitlab\"\nsecret_env = \"HOOK_SECRET\"\n\n\
+         [[git.rules]]\nname = \"web\"\nsource = \"infra\"\nbranch = \"main\"\n\
+         paths = [\"roles/web/**\"]\ntask = { kind = \"ansible\", payload = { playbook = \"web.yml\" } }\n\
+         check_first = true\n",
+    )
+    .unwrap();
+    const SECRET: &str = "a-hook-secret-0123456789";
+    let served = Served::start(
+        &dir.path().join("muster.db"),
+        &[
+            ("MUSTER_CONFIG", config.to_str().unwrap()),
+            ("HOOK_SECRET", SECRET),
+        ],
+    );
+    let base = served.base.as_str();
+
+    let out = ok(base, &["gitops", "pause", "--rule", "web"]);
+    assert!(out.contains("paused rule web"), "{out}");
+    let again = ok(base, &["gitops", "pause", "--rule", "web"]);
+    assert!(again.contains("was paused already"), "{again}");
+    let err = fails(base, &["gitops", "pause", "--source", "nowhere"]);
+    assert!(
+        err.contains("\"nowhere\"") && err.contains("infra"),
+        "{err}"
+    );
+    let pauses = ok(base, &["gitops", "pauses"]);
+    assert!(
+        pauses.contains("rule") && pauses.contains("web"),
+        "{pauses}"
+    );
+    assert!(pauses.contains("operator:api"), "{pauses}");
+
+    // A push while paused is recorded, and waits.
+    let payload = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../muster-server/tests/fixtures/forges/gitlab/push.json"
+    ))
+    .unwrap();
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/hooks/git/infra"))
+        .header("content-type", "application/json")
+        .header("X-Gitlab-Event", "Push Hook")
+        .header("Idempotency-Key", "cli-1")
+        .header("X-Gitlab-Token", SECRET)
+        .body(payload)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "deployed", "{answer}");
+    let id = answer["deployment"]["id"].as_str().unwrap().to_owned();
+    let list = ok(base, &["gitops", "deployments"]);
+    assert!(
+        list.contains("paused") && list.contains("web (held by a pause)"),
+        "{list}"
+    );
+
+    let out = ok(base, &["gitops", "resume", "--rule", "web"]);
+    assert!(
+        out.contains("resumed rule web: 1 held task(s) submitted"),
+        "{out}"
+    );
+    let list = ok(base, &["gitops", "deployments"]);
+    assert!(list.contains("web (check queued)"), "{list}");
+    let out = ok(base, &["gitops", "resume", "--rule", "web"]);
+    assert!(out.contains("was not paused"), "{out}");
+
+    let plan = ok(
+        base,
+        &["gitops", "plan", "--source", "infra", "--delivery", "cli-1"],
+    );
+    assert!(
+        plan.contains("roles/web/tasks.yml (roles/web/**)") && plan.contains("check first"),
+        "{plan}"
+    );
+    let err = fails(
+        base,
+        &["gitops", "plan", "--source", "infra", "--delivery", "never"],
+    );
+    assert!(err.contains("\"never\""), "{err}");
+
+    let out = ok(base, &["gitops", "redeploy", &id]);
+    assert!(out.contains(&format!("redeploys {id}")), "{out}");
+    let err = fails(
+        base,
+        &["gitops", "redeploy", &uuid::Uuid::now_v7().to_string()],
+    );
+    assert!(err.contains("not found") || err.contains("no "), "{err}");
+    let list = ok_json(base, &["gitops", "deployments"]);
+    assert_eq!(list["deployments"][0]["redeploy_of"], id.as_str(), "{list}");
+}
