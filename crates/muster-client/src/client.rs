@@ -6,11 +6,11 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use muster_api::{
     Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, Deployment,
-    DeploymentList, DrainAgent, ErrorBody, ErrorCode, FailTask, GitPauseList, GitPlan, Health,
-    Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, NotificationPage, NotificationState,
-    NotifyChannel, NotifyTestResult, PauseAnswer, PauseRequest, PauseScope, PlanRequest,
-    RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch, SubmitResult,
-    SubmitResults, SubmitTask, Task, TaskList, TaskState,
+    DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode, FailTask, GitPauseList,
+    GitPlan, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, NotificationPage,
+    NotificationState, NotifyChannel, NotifyTestResult, PauseAnswer, PauseRequest, PauseScope,
+    PlanRequest, RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch,
+    SubmitResult, SubmitResults, SubmitTask, Task, TaskList, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -447,14 +447,19 @@ impl Client {
             .await
     }
 
-    /// GitOps deployments, newest first, optionally of one repository (admin key).
+    /// GitOps deployments, newest first, optionally only those of one repository, matched by
+    /// one rule, or in one state (admin key).
     pub async fn deployments(
         &self,
         repo: Option<&str>,
+        rule: Option<&str>,
+        state: Option<DeploymentState>,
         limit: usize,
     ) -> Result<DeploymentList, ClientError> {
         let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         query.extend(repo.map(|r| ("repo", r.to_owned())));
+        query.extend(rule.map(|r| ("rule", r.to_owned())));
+        query.extend(state.map(|s| ("state", s.as_str().to_owned())));
         self.json(
             self.request(Method::GET, "/api/v1/deployments")
                 .query(&query),

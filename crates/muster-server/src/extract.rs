@@ -119,6 +119,29 @@ impl QueryPairs {
         }
     }
 
+    /// `field` as one of a closed set of names (`all`, each named by `name`); the refusal
+    /// lists them.
+    pub fn one_of<T: Copy>(
+        &self,
+        field: &str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+    ) -> Result<Option<T>, ApiError> {
+        let Some(raw) = self.get(field) else {
+            return Ok(None);
+        };
+        match all.iter().copied().find(|v| name(*v) == raw) {
+            Some(value) => Ok(Some(value)),
+            None => {
+                let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+                Err(ApiError::invalid(
+                    field,
+                    format!("{raw:?} is not one of {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
     pub fn get(&self, field: &str) -> Option<&str> {
         self.0
             .get(field)
@@ -141,16 +164,7 @@ pub fn record_id(field: &str, what: &str, raw: &str) -> Result<uuid::Uuid, ApiEr
 
 /// Reads the filters and paging of a task list from a query string, naming a field at fault.
 pub fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
-    let state = match query.get("state") {
-        None => None,
-        Some(raw) => Some(TaskState::parse(raw).ok_or_else(|| {
-            let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::invalid(
-                "state",
-                format!("{raw:?} is not one of {}", names.join(", ")),
-            )
-        })?),
-    };
+    let state = query.one_of("state", TaskState::ALL, |s| s.as_str())?;
     let limit = query.parse::<usize>("limit")?.unwrap_or(50);
     if !(1..=MAX_TASK_PAGE).contains(&limit) {
         return Err(ApiError::invalid(
@@ -169,16 +183,7 @@ pub fn filter_from_query(query: &QueryPairs) -> Result<TaskFilter, ApiError> {
 
 /// Reads the filters and paging of a notification list from a query string.
 pub fn notification_filter_from_query(query: &QueryPairs) -> Result<NotificationFilter, ApiError> {
-    let state = match query.get("state") {
-        None => None,
-        Some(raw) => Some(NotificationState::parse(raw).ok_or_else(|| {
-            let names: Vec<&str> = NotificationState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::invalid(
-                "state",
-                format!("{raw:?} is not one of {}", names.join(", ")),
-            )
-        })?),
-    };
+    let state = query.one_of("state", NotificationState::ALL, |s| s.as_str())?;
     let limit = query.parse::<usize>("limit")?.unwrap_or(50);
     if !(1..=MAX_NOTIFICATION_PAGE).contains(&limit) {
         return Err(ApiError::invalid(

@@ -1159,4 +1159,16 @@ async fn gitops_pause_holds_a_push_resume_runs_it_and_redeploy_runs_it_again() {
     assert!(err.contains("not found") || err.contains("no "), "{err}");
     let list = ok_json(base, &["gitops", "deployments"]);
     assert_eq!(list["deployments"][0]["redeploy_of"], id.as_str(), "{list}");
+    let none = ok_json(base, &["gitops", "deployments", "--state", "failed"]);
+    assert_eq!(none["deployments"], json!([]), "{none}");
+    let by_rule = ok_json(base, &["gitops", "deployments", "--rule", "web"]);
+    assert_eq!(
+        by_rule["deployments"].as_array().unwrap().len(),
+        2,
+        "{by_rule}"
+    );
+    let usage = run(base, &["gitops", "deployments", "--state", "broken"]);
+    assert_eq!(usage.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&usage.stderr);
+    assert!(err.contains("not one of pending"), "{err}");
 }

@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use muster_api::{
-    Deployment, DeploymentList, ErrorCode, GitPauseList, GitPlan, PauseAnswer, PauseRequest,
-    PlanRequest,
+    Deployment, DeploymentList, DeploymentState, ErrorCode, GitPauseList, GitPlan, PauseAnswer,
+    PauseRequest, PlanRequest,
 };
 
 use crate::app::AppState;
@@ -22,6 +22,8 @@ use crate::store::DeploymentFilter;
 #[utoipa::path(get, path = "/api/v1/deployments", operation_id = "list_deployments", tag = "gitops",
     params(("repo" = Option<String>, Query, description = "only this repository (owner/name)"),
            ("source" = Option<String>, Query, description = "only this [[git.sources]] entry"),
+           ("rule" = Option<String>, Query, description = "only deployments this [[git.rules]] entry matched"),
+           ("state" = Option<muster_api::DeploymentState>, Query, description = "only deployments in this state"),
            ("before" = Option<uuid::Uuid>, Query, description = "only older ones: the id of a page's last deployment"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "page size, 1 to 200 (default 50)")),
     responses(AdminKey, Invalid, (status = 200, body = DeploymentList)))]
@@ -34,9 +36,12 @@ pub(crate) async fn list(
         Some(text) => Some(record_id("before", "deployment", text)?),
         None => None,
     };
+    let state = query.one_of("state", DeploymentState::ALL, |s| s.as_str())?;
     let filter = DeploymentFilter {
         repo: query.get("repo").map(str::to_owned),
         source: query.get("source").map(str::to_owned),
+        rule: query.get("rule").map(str::to_owned),
+        state,
         limit: query.parse::<usize>("limit")?.unwrap_or(50),
         before,
     };

@@ -195,6 +195,10 @@ pub struct DeploymentRecorded {
 pub struct DeploymentFilter {
     pub repo: Option<String>,
     pub source: Option<String>,
+    /// Only deployments this rule matched.
+    pub rule: Option<String>,
+    /// Only deployments in this state (read from their tasks, so the store filters as it reads).
+    pub state: Option<muster_api::DeploymentState>,
     pub limit: usize,
     /// Only deployments older than this one.
     pub before: Option<Uuid>,

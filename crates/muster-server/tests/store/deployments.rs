@@ -564,3 +564,83 @@ async fn a_redeploy_submits_the_same_tasks_as_a_new_audited_deployment() {
         assert_eq!(found.id, of, "[{}]", b.name);
     }
 }
+
+#[tokio::test]
+async fn the_list_filters_by_rule_and_by_the_state_read_from_the_tasks() {
+    for b in backends().await {
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let recorded = b
+                .store
+                .record_deployment(push(&format!("d-{n}"), "ops/homelab"), T0 + n)
+                .await
+                .expect("record");
+            ids.push(recorded.deployment);
+        }
+        // The second-newest fails.
+        let failing = &ids[3];
+        let task_id = failing.rules[0].task_id.unwrap();
+        b.store
+            .cancel(task_id, operator(), T0 + 10)
+            .await
+            .expect("cancel");
+        let list = |filter: DeploymentFilter| {
+            let store = b.store.clone();
+            async move {
+                store
+                    .deployments(filter)
+                    .await
+                    .expect("list")
+                    .into_iter()
+                    .map(|d| d.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let failed = list(DeploymentFilter {
+            state: Some(DeploymentState::Failed),
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(failed, vec![failing.id], "[{}]", b.name);
+        let pending = list(DeploymentFilter {
+            state: Some(DeploymentState::Pending),
+            limit: 2,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            pending,
+            vec![ids[4].id, ids[2].id],
+            "[{}] skips the failed one",
+            b.name
+        );
+        let older = list(DeploymentFilter {
+            state: Some(DeploymentState::Pending),
+            limit: 10,
+            before: Some(ids[2].id),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            older,
+            vec![ids[1].id, ids[0].id],
+            "[{}] the next page",
+            b.name
+        );
+        let by_rule = list(DeploymentFilter {
+            rule: Some("media".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(by_rule.len(), 5, "[{}]", b.name);
+        let skipped_rule = list(DeploymentFilter {
+            rule: Some("dns".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert!(skipped_rule.is_empty(), "[{}] dns matched none", b.name);
+    }
+}

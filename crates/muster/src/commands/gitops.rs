@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use muster_api::{ErrorCode, GitPlan, PauseScope, PlannedRule, TaskState};
+use muster_api::{DeploymentState, ErrorCode, GitPlan, PauseScope, PlannedRule, TaskState};
 use muster_client::ClientError;
 use uuid::Uuid;
 
@@ -33,6 +33,13 @@ pub(crate) enum GitopsCommand {
         /// Only this repository (owner/name).
         #[arg(long)]
         repo: Option<String>,
+        /// Only deployments this rule matched.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only deployments in this state: pending, running, paused, succeeded, failed,
+        /// skipped.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<DeploymentState>,
         /// How many (1 to 200).
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -87,9 +94,12 @@ pub(crate) async fn run(session: &Session, command: GitopsCommand) -> anyhow::Re
             delivery,
             file,
         } => plan(session, &source, delivery.as_deref(), file.as_ref()).await,
-        GitopsCommand::Deployments { repo, limit } => {
-            deployments(session, repo.as_deref(), limit).await
-        }
+        GitopsCommand::Deployments {
+            repo,
+            rule,
+            state,
+            limit,
+        } => deployments(session, repo.as_deref(), rule.as_deref(), state, limit).await,
         GitopsCommand::Redeploy { id } => redeploy(session, id).await,
         GitopsCommand::Pause { target } => set_paused(session, target, true).await,
         GitopsCommand::Resume { target } => set_paused(session, target, false).await,
@@ -298,14 +308,23 @@ fn short(sha: &str) -> &str {
     &sha[..sha.len().min(8)]
 }
 
+fn parse_state(text: &str) -> Result<DeploymentState, String> {
+    DeploymentState::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("not one of {}", names.join(", "))
+    })
+}
+
 async fn deployments(
     session: &Session,
     repo: Option<&str>,
+    rule: Option<&str>,
+    state: Option<DeploymentState>,
     limit: usize,
 ) -> anyhow::Result<ExitCode> {
     let list = session
         .client
-        .deployments(repo, limit)
+        .deployments(repo, rule, state, limit)
         .await
         .map_err(|err| session.explain(err, "list", "deployments"))?;
     if session.json {

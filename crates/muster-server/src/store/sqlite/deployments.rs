@@ -499,27 +499,61 @@ fn by_seq(conn: &Connection, seq: i64) -> StoreResult<Option<Deployment>> {
         .optional()?)
 }
 
+/// Rows read per step of a list filtered by state.
+const LIST_STEP: usize = 200;
+/// Most rows one list reads when filtering by state, so a state no deployment is in costs a
+/// bounded scan; the page is then short, and its cursor goes on from where the scan stopped.
+const LIST_SCAN: usize = 10_000;
+
 pub(super) fn list(conn: &Connection, filter: &DeploymentFilter) -> StoreResult<Vec<Deployment>> {
-    let rows = conn
-        .prepare_cached(&format!(
-            "SELECT {COLS} FROM deployments \
-             WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR source = ?2) \
-             AND (?3 IS NULL OR seq < (SELECT seq FROM deployments WHERE id = ?3)) \
-             ORDER BY seq DESC LIMIT ?4"
-        ))?
-        .query_map(
-            params![
-                filter.repo,
-                filter.source,
-                filter.before.map(|id| id.to_string()),
-                filter.limit as i64
-            ],
-            from_row,
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|row| with_task_states(conn, row))
-        .collect()
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLS} FROM deployments \
+         WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR source = ?2) \
+         AND (?3 IS NULL OR seq < ?3) \
+         AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(plan) r \
+             WHERE json_extract(r.value, '$.rule') = ?4 \
+             AND json_extract(r.value, '$.outcome') = 'matched')) \
+         ORDER BY seq DESC LIMIT ?5"
+    ))?;
+    let mut before: Option<i64> = match filter.before {
+        Some(id) => Some(
+            conn.prepare_cached("SELECT seq FROM deployments WHERE id = ?1")?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()?
+                .unwrap_or(i64::MIN),
+        ),
+        None => None,
+    };
+    let step = if filter.state.is_some() {
+        LIST_STEP.max(filter.limit)
+    } else {
+        filter.limit
+    };
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let rows = stmt
+            .query_map(
+                params![filter.repo, filter.source, before, filter.rule, step as i64],
+                |row| Ok((row.get::<_, i64>("seq")?, from_row(row)?)),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let exhausted = rows.len() < step;
+        scanned += rows.len();
+        for (seq, row) in rows {
+            before = Some(seq);
+            let d = with_task_states(conn, row)?;
+            if filter.state.is_none_or(|state| d.state == state) {
+                out.push(d);
+                if out.len() == filter.limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if exhausted || filter.state.is_none() || scanned >= LIST_SCAN {
+            return Ok(out);
+        }
+    }
 }
 
 /// Deployments deleted per retention transaction.
