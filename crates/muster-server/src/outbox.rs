@@ -13,7 +13,7 @@
 //!
 //! [`Store::mark_delivered`]: crate::store::Store::mark_delivered
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ async fn deliver_lane(app: &App, lane: Lane) -> StoreResult<Delivered> {
     let mut failed: Vec<(OutboxRow, String)> = Vec::new();
     let mut audit: Vec<(OutboxRow, AuditRecord)> = Vec::new();
     let mut notices = 0;
-    let mut sent_status: HashSet<String> = HashSet::new();
+    let mut status_sent: HashMap<String, Result<(), String>> = HashMap::new();
     for row in due {
         match Topic::parse(&row.topic) {
             Some(Topic::Audit) => match serde_json::from_value(row.payload.clone()) {
@@ -128,16 +128,23 @@ async fn deliver_lane(app: &App, lane: Lane) -> StoreResult<Delivered> {
                 Ok(()) => notices += 1,
                 Err(why) => failed.push((row, why)),
             },
-            // One deployment's rows in a batch send its status once: the state as it is now.
+            // One deployment's rows in a batch make one call: the state as it is now.
             Some(Topic::CommitStatus) => match row.payload["deployment"].as_str() {
-                Some(id) if sent_status.contains(id) => delivered.push(row.id),
-                Some(id) => match commit_status::send_commit_status(app, id).await {
-                    Ok(()) => {
-                        sent_status.insert(id.to_owned());
-                        delivered.push(row.id);
+                Some(id) => {
+                    let id = id.to_owned();
+                    let sent = match status_sent.get(&id) {
+                        Some(sent) => sent.clone(),
+                        None => {
+                            let sent = commit_status::send_commit_status(app, &id).await;
+                            status_sent.insert(id, sent.clone());
+                            sent
+                        }
+                    };
+                    match sent {
+                        Ok(()) => delivered.push(row.id),
+                        Err(why) => failed.push((row, why)),
                     }
-                    Err(why) => failed.push((row, why)),
-                },
+                }
                 None => failed.push((row, "not a commit status: no deployment".into())),
             },
             None => {

@@ -183,10 +183,10 @@ pub(super) fn task_moved(
     let Some((seq, index, step)) = step else {
         return Ok(Vec::new());
     };
-    let Some(stored) = by_seq(conn, seq)? else {
+    let Some(mut stored) = by_seq(conn, seq)? else {
         return Ok(Vec::new());
     };
-    let mut plan = stored.rules.clone();
+    let mut plan = std::mem::take(&mut stored.rules);
     let mut changes = Vec::new();
     if state == TaskState::Completed
         && step == CHECK
