@@ -198,7 +198,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The value of the cookie `name` from the request's `Cookie` headers.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()

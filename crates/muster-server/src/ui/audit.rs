@@ -76,10 +76,13 @@ pub(super) async fn page(
 }
 
 fn row(entry: &StoredEntry) -> Markup {
-    let task = entry
-        .subject
-        .strip_prefix("task:")
-        .and_then(|id| uuid::Uuid::parse_str(id).ok());
+    let record = |prefix: &str| {
+        entry
+            .subject
+            .strip_prefix(prefix)
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+    };
+    let (task, deployment) = (record("task:"), record("deployment:"));
     html! {
         tr {
             td.num { (entry.seq) }
@@ -87,9 +90,12 @@ fn row(entry: &StoredEntry) -> Markup {
             td { (entry.actor) }
             td { code { (entry.action) } }
             td {
-                @match task {
-                    Some(id) => a href={ "/tasks/" (id) } title=(id) { "task " code.id { (layout::short_id(id)) } },
-                    None => (entry.subject),
+                @if let Some(id) = task {
+                    a href={ "/tasks/" (id) } title=(id) { "task " code.id { (layout::short_id(id)) } }
+                } @else if let Some(id) = deployment {
+                    a href={ "/deployments/" (id) } title=(id) { "deployment " code.id { (layout::short_id(id)) } }
+                } @else {
+                    (entry.subject)
                 }
             }
             td { @if entry.detail != "{}" { code { (entry.detail) } } }

@@ -35,7 +35,7 @@ use crate::auth::same_key;
 use crate::sessions::{self, Session};
 
 /// Behind a TLS-terminating proxy the cookie is marked Secure.
-fn came_over_https(headers: &HeaderMap) -> bool {
+pub(super) fn came_over_https(headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())

@@ -10,14 +10,15 @@ use uuid::Uuid;
 use super::assets;
 use crate::sessions::Session;
 
-/// The sections in the navigation. Later pages (deployments, repairs, LLM usage, schedules)
-/// add a variant here and an entry in [`NAV`]; the bar wraps on a phone.
+/// The sections in the navigation. Later pages (repairs, LLM usage, schedules) add a variant
+/// here and an entry in [`NAV`]; the bar wraps on a phone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
     Overview,
     Agents,
     Tasks,
     Submit,
+    Deployments,
     Notifications,
     Audit,
 }
@@ -27,6 +28,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Agents, "/agents", "Agents"),
     (Section::Tasks, "/tasks", "Tasks"),
     (Section::Submit, "/tasks/new", "Submit"),
+    (Section::Deployments, "/deployments", "Deployments"),
     (Section::Notifications, "/notifications", "Notifications"),
     (Section::Audit, "/audit", "Audit"),
 ];

@@ -5,19 +5,23 @@
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
 //! - [`layout`]: the page shell and shared pieces.
-//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`notifications`], [`audit`]: the pages.
+//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`notifications`],
+//!   [`audit`]: the pages.
+//! - [`flash`]: the one-time message a form leaves for the page it redirects to.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
 //!
 //! Pages read through the [`crate::store::Store`] trait and change things only through
-//! [`crate::operator`], the functions the API handlers call too. Live updates come from the
-//! API's own SSE routes, which accept the session cookie for reading (see
-//! [`crate::auth::ReaderAuth`]); the script refetches the page and swaps its `data-live`
-//! regions when an event concerns it.
+//! [`crate::operator`] and [`crate::deployments`], the functions the API handlers call too.
+//! Live updates come from the API's own SSE routes, which accept the session cookie for
+//! reading (see [`crate::auth::ReaderAuth`]); the script refetches the page and swaps its
+//! `data-live` regions when an event concerns it.
 
 mod agents;
 mod assets;
 mod audit;
 mod auth;
+mod deployments;
+mod flash;
 mod layout;
 mod notifications;
 mod overview;
@@ -50,6 +54,10 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/tasks/{id}", get(tasks::show))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/deployments", get(deployments::list))
+        .route("/deployments/pause", post(deployments::pause))
+        .route("/deployments/{id}", get(deployments::show))
+        .route("/deployments/{id}/redeploy", post(deployments::redeploy))
         .route("/audit", get(audit::page))
         .route("/notifications", get(notifications::page))
         .route(

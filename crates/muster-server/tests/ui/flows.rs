@@ -427,3 +427,59 @@ async fn the_notifications_page_shows_a_failure_sent_and_tests_a_channel() {
     b.screenshot("notifications").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn the_deployments_pages_follow_tasks_live_pause_a_rule_and_redeploy() {
+    use crate::deployments::{DB, WEB, git_config, push};
+
+    let git = git_config(&[WEB, DB]);
+    let t = TestApp::spawn_with(|s| {
+        s.api_key = secret(KEY);
+        s.git = git;
+    })
+    .await;
+    t.register("ansible-1", &["ansible"], 2).await;
+    let d = push(&t, "b-1").await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let Some(b) = Browser::start("deployments").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.click("nav a[href='/deployments']").await;
+    b.wait_text("main h1", "Deployments").await;
+    b.wait_text("#deployment-list", "Grace Hopper").await;
+    b.wait_live().await;
+    b.mark_document().await;
+
+    // The agent takes both first steps; the list follows without a reload.
+    t.settle().await;
+    t.claim("ansible-1", 1).await.expect("a task");
+    t.claim("ansible-1", 1).await.expect("another");
+    b.wait_text("#deployment-list", "web: running").await;
+    b.wait_text("#deployment-list", "db: check running").await;
+    assert!(b.still_marked().await, "the states came without a reload");
+    b.screenshot("deployments").await;
+
+    b.click("tr[data-pause='rule:db'] button[type=submit]")
+        .await;
+    b.wait_text("[role=status]", "Paused rule db").await;
+    b.wait_text("tr[data-pause='rule:db']", "by operator:ui")
+        .await;
+
+    // The deployment's page, then a redeploy of it: the new deployment's page, its db rule
+    // held by the pause.
+    b.click(&format!("#deployment-list a[href='/deployments/{id}']"))
+        .await;
+    b.wait_text("#deployment-rules", "roles/web/**").await;
+    b.screenshot("deployment").await;
+    b.click(&format!(
+        "form[action='/deployments/{id}/redeploy'] button[type=submit]"
+    ))
+    .await;
+    b.wait_text("[role=status]", "Redeployed c3d4e5f6").await;
+    assert_ne!(b.path().await, format!("/deployments/{id}"));
+    b.wait_text("#deployment-commit", "Redeploy of").await;
+    b.wait_text("#deployment-rules", "Held by a pause").await;
+    b.screenshot("deployment-redeployed").await;
+    b.close().await;
+}

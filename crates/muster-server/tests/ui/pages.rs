@@ -43,6 +43,8 @@ fn pages(task_id: &str) -> Vec<String> {
         "/tasks?state=failed&kind=restart&agent_id=nas".into(),
         "/tasks/new".into(),
         format!("/tasks/{task_id}"),
+        "/deployments".into(),
+        "/deployments?repo=homelab%2Finfra".into(),
         "/audit".into(),
         "/audit?before=2".into(),
         "/notifications".into(),

@@ -48,6 +48,17 @@ impl Answer {
             .map(str::to_owned)
     }
 
+    /// The `muster_flash=…` pair a form's redirect sets: the message for the page it leads to.
+    pub fn flash_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|c| c.split(';').next())
+            .find(|pair| pair.starts_with("muster_flash=") && pair.len() > 13)
+            .map(str::to_owned)
+    }
+
     /// The value of the first hidden `csrf` field in the page.
     pub fn csrf(&self) -> String {
         let marker = r#"name="csrf" value=""#;
@@ -80,7 +91,11 @@ impl Web {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
-        let req = match &self.cookie {
+        Self::send_with(req, self.cookie.as_deref()).await
+    }
+
+    async fn send_with(req: reqwest::RequestBuilder, cookie: Option<&str>) -> Answer {
+        let req = match cookie {
             Some(cookie) => req.header(COOKIE, cookie),
             None => req,
         };
@@ -112,6 +127,23 @@ impl Web {
                 .form(fields),
         )
         .await
+    }
+
+    /// Follows a form's redirect as a browser would: with the flash cookie the redirect set
+    /// beside this client's own.
+    pub async fn follow(&self, redirect: &Answer) -> Answer {
+        assert_eq!(redirect.status, StatusCode::SEE_OTHER, "{}", redirect.body);
+        let cookies: Vec<String> = self
+            .cookie
+            .iter()
+            .cloned()
+            .chain(redirect.flash_cookie())
+            .collect();
+        let req = self
+            .client
+            .get(format!("{}{}", self.base, redirect.location()));
+        let joined = cookies.join("; ");
+        Self::send_with(req, (!joined.is_empty()).then_some(joined.as_str())).await
     }
 
     /// Opens a page without a key configured: the answer's cookie (a session, or the keyless
