@@ -101,6 +101,7 @@ pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiE
         }
     }
     let summary = push.summary;
+    let statuses = sends_statuses(app, &summary.source);
     let recorded = app
         .store
         .record_deployment(
@@ -118,6 +119,7 @@ pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiE
                 message: push.message,
                 changed: summary.changed.into_iter().collect(),
                 complete: summary.complete,
+                statuses,
                 rules: plan.rules,
             },
             app.now_ms(),
@@ -130,6 +132,14 @@ pub async fn record_push(app: &App, push: VerifiedPush) -> Result<Recorded, ApiE
         deployment: Box::new(recorded.deployment),
         created: recorded.created,
     })
+}
+
+/// Whether deployments from `source` send commit statuses: it has a status API.
+fn sends_statuses(app: &App, source: &str) -> bool {
+    app.settings()
+        .git
+        .source(source)
+        .is_some_and(|s| s.api_url.is_some())
 }
 
 /// A rule's task as the store keeps it: checked as a submit is, capabilities normalised and
@@ -146,9 +156,11 @@ fn validated(task: SubmitTask, default_max_retries: u32) -> Result<SubmitTask, A
 
 /// Re-submits deployment `of`'s tasks as a new deployment, audited as `actor`'s.
 pub async fn redeploy(app: &App, of: Uuid, actor: Actor) -> Result<Deployment, ApiError> {
+    let first = app.store.deployment(of).await?;
+    let statuses = sends_statuses(app, &first.source);
     let recorded = app
         .store
-        .redeploy(of, Uuid::now_v7(), actor, app.now_ms())
+        .redeploy(of, Uuid::now_v7(), statuses, actor, app.now_ms())
         .await?;
     for change in recorded.changes {
         app.changes.task(change);

@@ -141,6 +141,8 @@ pub struct NewDeployment {
     pub message: String,
     pub changed: Vec<String>,
     pub complete: bool,
+    /// Its commit statuses go to the forge: the source has a status API (`api_url`).
+    pub statuses: bool,
     pub rules: Vec<muster_api::PlannedRule>,
 }
 
@@ -763,6 +765,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         of: Uuid,
         id: Uuid,
+        statuses: bool,
         actor: Actor,
         now: i64,
     ) -> StoreResult<DeploymentRecorded>;

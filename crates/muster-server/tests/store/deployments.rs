@@ -56,6 +56,7 @@ fn push(delivery: &str, repo: &str) -> NewDeployment {
         message: "media: new port".into(),
         changed: vec!["ansible/media/site.yml".into()],
         complete: true,
+        statuses: true,
         rules: vec![
             planned("media", RuleOutcome::Matched, Some(rule_task("media.yml"))),
             planned("dns", RuleOutcome::Skipped, None),
@@ -512,7 +513,7 @@ async fn a_redeploy_submits_the_same_tasks_as_a_new_audited_deployment() {
         let of = first.deployment.id;
         let again = b
             .store
-            .redeploy(of, Uuid::now_v7(), operator(), T0 + 5)
+            .redeploy(of, Uuid::now_v7(), false, operator(), T0 + 5)
             .await
             .expect("redeploy");
         assert!(again.created, "[{}]", b.name);
@@ -546,14 +547,20 @@ async fn a_redeploy_submits_the_same_tasks_as_a_new_audited_deployment() {
             &b,
             "a deployment with no task",
             b.store
-                .redeploy(nothing.deployment.id, Uuid::now_v7(), operator(), T0 + 7)
+                .redeploy(
+                    nothing.deployment.id,
+                    Uuid::now_v7(),
+                    false,
+                    operator(),
+                    T0 + 7,
+                )
                 .await,
         );
         assert_not_found(
             &b,
             "an unknown deployment",
             b.store
-                .redeploy(Uuid::now_v7(), Uuid::now_v7(), operator(), T0 + 7)
+                .redeploy(Uuid::now_v7(), Uuid::now_v7(), false, operator(), T0 + 7)
                 .await,
         );
         let found = b
@@ -642,5 +649,39 @@ async fn the_list_filters_by_rule_and_by_the_state_read_from_the_tasks() {
         })
         .await;
         assert!(skipped_rule.is_empty(), "[{}] dns matched none", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_whose_source_has_no_status_api_queues_no_commit_status() {
+    for b in backends().await {
+        let first = b
+            .store
+            .record_deployment(
+                NewDeployment {
+                    statuses: false,
+                    ..push("d-1", "ops/homelab")
+                },
+                T0,
+            )
+            .await
+            .expect("record");
+        let task_id = first.deployment.rules[0].task_id.unwrap();
+        b.store
+            .cancel(task_id, operator(), T0 + 1)
+            .await
+            .expect("cancel");
+        assert!(
+            outbox_rows(&b, Topic::CommitStatus).await.is_empty(),
+            "[{}]",
+            b.name
+        );
+        // Its failure is still told to the notification rules.
+        let notices = outbox_rows(&b, Topic::Notice).await;
+        assert!(
+            notices.iter().any(|n| n["event"] == "deployment.failed"),
+            "[{}] {notices:?}",
+            b.name
+        );
     }
 }

@@ -15,6 +15,8 @@ ALTER TABLE deployments ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deployments ADD COLUMN redeploy_of TEXT;
 ALTER TABLE deployments ADD COLUMN forge_status TEXT;
 ALTER TABLE deployments ADD COLUMN forge_status_error TEXT;
+-- Whether its commit statuses go to the forge (the source had a status API when it came).
+ALTER TABLE deployments ADD COLUMN statuses INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX deployments_held ON deployments(seq) WHERE held > 0;
 
 -- Paused sources and rules. A pause outlives a restart; pausing and resuming are audited.

@@ -9,8 +9,7 @@
 //! until [`resume`]. Every task a deployment submitted is named in `deployment_tasks`.
 
 use muster_api::{
-    Deployment, DeploymentState, GitPause, PauseScope, PlannedRule, RuleOutcome, SubmitTask,
-    TaskState,
+    Deployment, DeploymentState, GitPause, PauseScope, PlannedRule, RuleOutcome, TaskState,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
@@ -57,7 +56,8 @@ pub(super) fn record(
 }
 
 /// Inserts the deployment and submits the first step of each matched rule that no pause
-/// holds; queues the forge's first commit status.
+/// holds; queues the forge's first commit status when the deployment sends them. The tasks'
+/// ids are chosen first, so the row is written once, with its whole plan.
 fn insert(
     conn: &Connection,
     new: NewDeployment,
@@ -65,17 +65,28 @@ fn insert(
     now: i64,
 ) -> StoreResult<DeploymentRecorded> {
     let mut plan = new.rules;
-    for rule in &mut plan {
+    let mut first_steps = Vec::new();
+    for (index, rule) in plan.iter_mut().enumerate() {
         rule.task_id = None;
         rule.task_state = None;
         rule.check_task_id = None;
         rule.check_task_state = None;
         rule.held = false;
+        if rule.outcome != RuleOutcome::Matched || rule.task.is_none() {
+            continue;
+        }
+        if is_paused(conn, &new.source, &rule.rule)? {
+            rule.held = true;
+            continue;
+        }
+        first_steps.push((index, first_step(rule)));
     }
+    let held = plan.iter().filter(|r| r.held).count() as i64;
     conn.prepare_cached(
         "INSERT INTO deployments (id, source, delivery, repo, clone_url, git_ref, branch, \
-         before_sha, sha, author, message, changed, complete, plan, created_at, redeploy_of) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, '[]', ?14, ?15)",
+         before_sha, sha, author, message, changed, complete, plan, created_at, redeploy_of, \
+         held, statuses) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         new.id.to_string(),
@@ -91,23 +102,20 @@ fn insert(
         new.message,
         serde_json::to_string(&new.changed)?,
         new.complete,
+        serde_json::to_string(&plan)?,
         now,
         redeploy_of.map(|id| id.to_string()),
+        held,
+        new.statuses,
     ])?;
     let seq = conn.last_insert_rowid();
-    let mut changes = Vec::new();
-    for (index, rule) in plan.iter_mut().enumerate() {
-        if rule.outcome != RuleOutcome::Matched || rule.task.is_none() {
-            continue;
-        }
-        if is_paused(conn, &new.source, &rule.rule)? {
-            rule.held = true;
-            continue;
-        }
-        changes.push(submit_first_step(conn, seq, index, rule, now)?);
+    let mut changes = Vec::with_capacity(first_steps.len());
+    for (index, (step, task)) in first_steps {
+        changes.push(submit_step(conn, seq, index, step, task, now)?);
     }
-    save_plan(conn, seq, &plan)?;
-    insert_outbox(conn, &OutboxItem::commit_status(new.id), now)?;
+    if new.statuses {
+        insert_outbox(conn, &OutboxItem::commit_status(new.id), now)?;
+    }
     Ok(DeploymentRecorded {
         deployment: deployment(conn, new.id)?,
         created: true,
@@ -115,23 +123,16 @@ fn insert(
     })
 }
 
-/// Submits a rule's check when it has one, else its real run.
-fn submit_first_step(
-    conn: &Connection,
-    seq: i64,
-    index: usize,
-    rule: &mut PlannedRule,
-    now: i64,
-) -> StoreResult<Change> {
+/// A rule's first task (its check when it has one, else its real run), its id set on the rule.
+fn first_step(rule: &mut PlannedRule) -> (&'static str, NewTask) {
     if let Some(check) = &rule.check_task {
-        let (id, change) = submit_step(conn, seq, index, CHECK, check, now)?;
-        rule.check_task_id = Some(id);
-        return Ok(change);
+        let task = NewTask::from_validated(check);
+        rule.check_task_id = Some(task.id);
+        return (CHECK, task);
     }
-    let task = rule.task.as_ref().expect("a matched rule carries its task");
-    let (id, change) = submit_step(conn, seq, index, RUN, task, now)?;
-    rule.task_id = Some(id);
-    Ok(change)
+    let task = NewTask::from_validated(rule.task.as_ref().expect("a matched rule's task"));
+    rule.task_id = Some(task.id);
+    (RUN, task)
 }
 
 fn submit_step(
@@ -139,20 +140,19 @@ fn submit_step(
     seq: i64,
     index: usize,
     step: &str,
-    task: &SubmitTask,
+    task: NewTask,
     now: i64,
-) -> StoreResult<(Uuid, Change)> {
-    let submitted = insert_task(conn, &NewTask::from_validated(task), now)?;
+) -> StoreResult<Change> {
+    let submitted = insert_task(conn, &task, now)?;
     let id = submitted.task.id;
     conn.prepare_cached(
         "INSERT INTO deployment_tasks (task_id, deployment_seq, rule_index, step) \
          VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![id.to_string(), seq, index as i64, step])?;
-    let change = submitted
+    submitted
         .change
-        .ok_or_else(|| StoreError::Conflict(format!("task {id} existed already")))?;
-    Ok((id, change))
+        .ok_or_else(|| StoreError::Conflict(format!("task {id} existed already")))
 }
 
 fn save_plan(conn: &Connection, seq: i64, plan: &[PlannedRule]) -> StoreResult<()> {
@@ -186,17 +186,18 @@ pub(super) fn task_moved(
     let Some(mut stored) = by_seq(conn, seq)? else {
         return Ok(Vec::new());
     };
+    let statuses = sends_statuses(conn, seq)?;
     let mut plan = std::mem::take(&mut stored.rules);
     let mut changes = Vec::new();
     if state == TaskState::Completed
         && step == CHECK
         && let Some(rule) = plan.get_mut(index as usize)
         && rule.task_id.is_none()
-        && let Some(task) = rule.task.clone()
+        && let Some(task) = &rule.task
     {
-        let (id, change) = submit_step(conn, seq, index as usize, RUN, &task, now)?;
-        rule.task_id = Some(id);
-        changes.push(change);
+        let task = NewTask::from_validated(task);
+        rule.task_id = Some(task.id);
+        changes.push(submit_step(conn, seq, index as usize, RUN, task, now)?);
         save_plan(conn, seq, &plan)?;
     }
     let d = with_task_states(
@@ -206,7 +207,9 @@ pub(super) fn task_moved(
             ..stored
         },
     )?;
-    insert_outbox(conn, &OutboxItem::commit_status(d.id), now)?;
+    if statuses {
+        insert_outbox(conn, &OutboxItem::commit_status(d.id), now)?;
+    }
     if state.is_final() && ended(&d) && d.state == DeploymentState::Failed {
         let notice = Notice::deployment_failed(&d, failures(conn, &d)?, now);
         insert_outbox(conn, &OutboxItem::notice(&notice), now)?;
@@ -313,6 +316,7 @@ pub(super) fn redeploy(
     conn: &Connection,
     of: Uuid,
     id: Uuid,
+    statuses: bool,
     actor: &Actor,
     now: i64,
 ) -> StoreResult<DeploymentRecorded> {
@@ -342,6 +346,7 @@ pub(super) fn redeploy(
         message: d.message,
         changed: d.changed,
         complete: d.complete,
+        statuses,
         rules: d.rules,
     };
     insert(conn, new, Some(of), now)
@@ -405,12 +410,15 @@ pub(super) fn resume(conn: &Connection, order: &PauseOrder, now: i64) -> StoreRe
                 continue;
             }
             rule.held = false;
-            changes.push(submit_first_step(conn, seq, index, rule, now)?);
+            let (step, task) = first_step(rule);
+            changes.push(submit_step(conn, seq, index, step, task, now)?);
             released = true;
         }
         if released {
             save_plan(conn, seq, &plan)?;
-            insert_outbox(conn, &OutboxItem::commit_status(stored.id), now)?;
+            if sends_statuses(conn, seq)? {
+                insert_outbox(conn, &OutboxItem::commit_status(stored.id), now)?;
+            }
         }
     }
     let record = AuditRecord::gitops_paused(
@@ -490,6 +498,14 @@ pub(super) fn by_delivery(
             ))
         })?;
     with_task_states(conn, row)
+}
+
+/// Whether deployment `seq` sends commit statuses (its source had a status API when the push
+/// came).
+fn sends_statuses(conn: &Connection, seq: i64) -> StoreResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT statuses FROM deployments WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))?)
 }
 
 fn by_seq(conn: &Connection, seq: i64) -> StoreResult<Option<Deployment>> {

@@ -744,10 +744,11 @@ impl Store for SqliteStore {
         &self,
         of: Uuid,
         id: Uuid,
+        statuses: bool,
         actor: Actor,
         now: i64,
     ) -> StoreResult<DeploymentRecorded> {
-        self.write(move |conn| deployments::redeploy(conn, of, id, &actor, now))
+        self.write(move |conn| deployments::redeploy(conn, of, id, statuses, &actor, now))
             .await
     }
 
