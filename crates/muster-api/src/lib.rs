@@ -1503,3 +1503,60 @@ pub struct HookAnswer {
     pub message: String,
     pub deployment: Option<Deployment>,
 }
+
+closed_enum! {
+    /// How an LLM call ended: `ok` (the model answered), `error` (it did not: unreachable,
+    /// timed out, refused the request), `refused` (a budget stopped it before it was sent).
+    LlmOutcome {
+        Ok => "ok",
+        Error => "error",
+        Refused => "refused",
+    }
+}
+
+closed_enum! {
+    /// How `GET /api/v1/llm/usage` sums the ledger: per `workflow`, per provider and `model`,
+    /// or per `day` and workflow.
+    UsageGroup {
+        Workflow => "workflow",
+        Model => "model",
+        Day => "day",
+    }
+}
+
+/// One sum of the LLM ledger. Which of `day`, `workflow`, `provider` and `model` are set
+/// depends on the grouping: `workflow`; `provider` and `model`; `day` and `workflow`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: Option<String>,
+    pub workflow: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub calls: u64,
+    /// Calls that failed or that a budget refused.
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// In the price table's currency.
+    pub cost: f64,
+}
+
+/// The 95th percentile of the latency of one provider's model, over the calls still kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LatencyRow {
+    pub provider: String,
+    pub model: String,
+    pub calls: u64,
+    pub p95_ms: u64,
+}
+
+/// `GET /api/v1/llm/usage`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LlmUsage {
+    pub group_by: UsageGroup,
+    /// The first day summed (UTC midnight).
+    pub since: DateTime<Utc>,
+    pub rows: Vec<UsageRow>,
+    pub latency: Vec<LatencyRow>,
+}

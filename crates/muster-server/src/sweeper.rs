@@ -45,6 +45,7 @@ pub async fn run(app: Arc<App>) {
                         audit_entries = p.audit_entries,
                         notifications = p.notifications,
                         deployments = p.deployments,
+                        llm_calls = p.llm_calls,
                         "pruned past the retention period"
                     )
                 }
@@ -124,7 +125,7 @@ pub(crate) async fn record_tallies(app: &App, until: i64) -> StoreResult<()> {
 
 /// Deletes what is older than the retention period, in batches: finished tasks with their
 /// logs, delivered outbox rows, finished notifications, deployments whose tasks all ended,
-/// and audit entries (which leave a signed checkpoint behind, so
+/// LLM calls (folded into the daily sums, which stay), and audit entries (which leave a signed checkpoint behind, so
 /// the chain still verifies).
 pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     let now = app.now_ms();
@@ -138,30 +139,25 @@ pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
             break;
         }
     }
+    total.outbox_rows += in_batches(app, || app.store.prune_outbox(cutoff)).await?;
+    total.notifications += in_batches(app, || app.store.prune_notifications(cutoff)).await?;
+    total.deployments += in_batches(app, || app.store.prune_deployments(cutoff)).await?;
+    total.llm_calls += in_batches(app, || app.store.prune_llm_calls(cutoff)).await?;
+    total.audit_entries += in_batches(app, || app.store.prune_audit(cutoff, now)).await?;
+    Ok(total)
+}
+
+/// Runs one batch of pruning after another until one finds nothing or shutdown begins, so no
+/// transaction holds the writer long; answers how many went in all.
+async fn in_batches<F, Fut>(app: &App, mut batch: F) -> StoreResult<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<u64>>,
+{
+    let mut total = 0;
     loop {
-        let n = app.store.prune_outbox(cutoff).await?;
-        total.outbox_rows += n;
-        if n == 0 || app.shutdown.is_cancelled() {
-            break;
-        }
-    }
-    loop {
-        let n = app.store.prune_notifications(cutoff).await?;
-        total.notifications += n;
-        if n == 0 || app.shutdown.is_cancelled() {
-            break;
-        }
-    }
-    loop {
-        let n = app.store.prune_deployments(cutoff).await?;
-        total.deployments += n;
-        if n == 0 || app.shutdown.is_cancelled() {
-            break;
-        }
-    }
-    loop {
-        let n = app.store.prune_audit(cutoff, now).await?;
-        total.audit_entries += n;
+        let n = batch().await?;
+        total += n;
         if n == 0 || app.shutdown.is_cancelled() {
             return Ok(total);
         }

@@ -165,6 +165,34 @@ impl NewTask {
     }
 }
 
+/// One call to a language model, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmCall {
+    pub id: Uuid,
+    pub at: i64,
+    pub workflow: String,
+    pub provider: String,
+    pub model: String,
+    /// A hash of the prompt template (not of the filled prompt), so calls of one prompt group.
+    pub prompt_hash: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub latency_ms: u64,
+    /// Millionths of the price table's currency.
+    pub cost_micros: i64,
+    pub outcome: muster_api::LlmOutcome,
+    pub error: Option<String>,
+}
+
+/// What a workflow spent since a time: calls kept and daily sums together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    pub calls: u64,
+    pub tokens: u64,
+    pub cost_micros: i64,
+}
+
 /// Who paused a GitOps source or rule, or resumed it.
 #[derive(Debug, Clone)]
 pub struct PauseOrder {
@@ -353,6 +381,8 @@ pub struct Pruned {
     pub notifications: u64,
     /// Deployments none of whose tasks still runs or waits.
     pub deployments: u64,
+    /// LLM calls folded into the daily sums.
+    pub llm_calls: u64,
 }
 
 /// Who consumes an outbox row. Stored by name; `nats` joins later.
@@ -781,6 +811,29 @@ pub trait Store: Send + Sync + 'static {
         state: Option<String>,
         error: Option<String>,
     ) -> StoreResult<()>;
+    // The LLM ledger.
+    /// Records a call with the notices it raised (a budget exceeded, a spike), in one
+    /// transaction.
+    async fn record_llm_call(&self, call: LlmCall, notices: Vec<Notice>) -> StoreResult<()>;
+    /// What `workflow` spent from `since` (ms, a UTC midnight) on.
+    async fn llm_spent(&self, workflow: String, since: i64) -> StoreResult<Spent>;
+    /// Per day (`YYYY-MM-DD`, UTC) from `since`, what `workflow` spent, oldest first; days
+    /// without calls are left out.
+    async fn llm_daily_spend(
+        &self,
+        workflow: String,
+        since: i64,
+    ) -> StoreResult<Vec<(String, Spent)>>;
+    /// The ledger summed from `since` (a UTC midnight) on, as `group` asks.
+    async fn llm_usage(
+        &self,
+        group: muster_api::UsageGroup,
+        since: i64,
+    ) -> StoreResult<Vec<muster_api::UsageRow>>;
+    /// p95 latency per provider and model over the calls kept from `since` on.
+    async fn llm_latency(&self, since: i64) -> StoreResult<Vec<muster_api::LatencyRow>>;
+    /// Folds a batch of calls made before `before` into the daily sums; answers how many.
+    async fn prune_llm_calls(&self, before: i64) -> StoreResult<u64>;
     /// Deletes deployments recorded before `before` none of whose tasks is still queued,
     /// assigned or running, and none held by a pause, in a batch; answers how many.
     async fn prune_deployments(&self, before: i64) -> StoreResult<u64>;

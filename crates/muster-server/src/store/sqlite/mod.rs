@@ -37,6 +37,7 @@ use crate::error::StoreError;
 mod agents;
 mod audit;
 mod deployments;
+mod llm;
 mod lock;
 mod notifications;
 mod outbox;
@@ -58,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_agent_index_active.sql"),
     include_str!("../migrations/0010_deployments.sql"),
     include_str!("../migrations/0011_deployment_steps.sql"),
+    include_str!("../migrations/0012_llm_ledger.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -768,6 +770,45 @@ impl Store for SqliteStore {
 
     async fn gitops_pauses(&self) -> StoreResult<Vec<muster_api::GitPause>> {
         self.read(deployments::pauses).await
+    }
+
+    async fn record_llm_call(
+        &self,
+        call: super::LlmCall,
+        notices: Vec<crate::notice::Notice>,
+    ) -> StoreResult<()> {
+        self.write(move |conn| llm::record(conn, &call, &notices))
+            .await
+    }
+
+    async fn llm_spent(&self, workflow: String, since: i64) -> StoreResult<super::Spent> {
+        self.read(move |conn| llm::spent(conn, &workflow, since))
+            .await
+    }
+
+    async fn llm_daily_spend(
+        &self,
+        workflow: String,
+        since: i64,
+    ) -> StoreResult<Vec<(String, super::Spent)>> {
+        self.read(move |conn| llm::daily_spend(conn, &workflow, since))
+            .await
+    }
+
+    async fn llm_usage(
+        &self,
+        group: muster_api::UsageGroup,
+        since: i64,
+    ) -> StoreResult<Vec<muster_api::UsageRow>> {
+        self.read(move |conn| llm::usage(conn, group, since)).await
+    }
+
+    async fn llm_latency(&self, since: i64) -> StoreResult<Vec<muster_api::LatencyRow>> {
+        self.read(move |conn| llm::latency(conn, since)).await
+    }
+
+    async fn prune_llm_calls(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |conn| llm::prune(conn, before)).await
     }
 
     async fn set_forge_status(
