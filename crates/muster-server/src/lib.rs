@@ -14,6 +14,7 @@
 //!   [`notify`]: notification channels and rules, and sending one message over one channel.
 //! - [`gitops`]: forge push webhooks read and verified without I/O, and the forges' commit
 //!   status and compare APIs.
+//! - [`budgets`]: LLM budgets as pure rules (periods, verdicts, spikes).
 //! - [`audit`]: the audit log's hash chain as pure logic (records, canonical bytes, checkpoint
 //!   signatures, verification); the outbox's `audit` consumer appends to it.
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.
@@ -36,6 +37,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bounds;
+pub mod budgets;
 pub mod changes;
 pub mod clock;
 pub mod commit_status;
