@@ -389,6 +389,10 @@ closed_enum! {
         UnsupportedMediaType => "unsupported_media_type",
         InvalidField => "invalid_field",
         TooManyRequests => "too_many_requests",
+        /// A workflow's LLM budget is spent for its period and it has no fallback.
+        BudgetExceeded => "budget_exceeded",
+        /// An upstream service (a language model's API) failed or answered wrongly.
+        BadGateway => "bad_gateway",
         Unavailable => "unavailable",
         Internal => "internal",
     }
@@ -408,6 +412,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidField => 422,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::BudgetExceeded => 429,
+            ErrorCode::BadGateway => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -1559,4 +1565,30 @@ pub struct LlmUsage {
     pub since: DateTime<Utc>,
     pub rows: Vec<UsageRow>,
     pub latency: Vec<LatencyRow>,
+}
+
+/// `POST /api/v1/llm/test`: one short prompt to a provider, to check its key and price table.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmTestRequest {
+    /// A `[[llm.providers]]` entry.
+    pub provider: String,
+    /// The prompt; a one-line greeting when absent.
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+/// What a test prompt came to. It is in the ledger under the workflow `test`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LlmTestResult {
+    /// The provider that answered (another one when the `test` budget fell back).
+    pub provider: String,
+    /// The model as the provider named it.
+    pub model: String,
+    pub answer: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub latency_ms: u64,
+    /// In the price table's currency; 0 without a price.
+    pub cost: f64,
 }

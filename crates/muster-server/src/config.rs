@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::gitops::{self, GitConfig, GitRuleSpec, SourceSpec};
+use crate::llm::{self, BudgetSpec, LlmConfig, ProviderSpec};
 use crate::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
 
 pub use crate::secret::Secret;
@@ -160,6 +161,8 @@ pub struct Settings {
     pub notify: NotifyConfig,
     /// `[[git.sources]]` and `[[git.rules]]` from the config file.
     pub git: GitConfig,
+    /// `[[llm.providers]]` and `[[llm.budgets]]` from the config file.
+    pub llm: LlmConfig,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -645,6 +648,18 @@ struct FileTree {
     /// `[[git.sources]]` and `[[git.rules]]`.
     #[serde(default)]
     git: GitTree,
+    /// `[[llm.providers]]` and `[[llm.budgets]]`.
+    #[serde(default)]
+    llm: LlmTree,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LlmTree {
+    #[serde(default)]
+    providers: Vec<Spanned<ProviderSpec>>,
+    #[serde(default)]
+    budgets: Vec<Spanned<BudgetSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -679,6 +694,9 @@ struct ConfigFile {
     /// The `[git]` entries as written, each with its line; see [`ConfigFile::git`].
     git_sources: Vec<(usize, SourceSpec)>,
     git_rules: Vec<(usize, GitRuleSpec)>,
+    /// The `[llm]` entries as written, each with its line; see [`ConfigFile::llm`].
+    llm_providers: Vec<(usize, ProviderSpec)>,
+    llm_budgets: Vec<(usize, BudgetSpec)>,
 }
 
 struct FileEntry {
@@ -778,11 +796,24 @@ impl ConfigFile {
                 .into_iter()
                 .map(|r| (line_of(text, r.span().start), r.into_inner()))
                 .collect(),
+            llm_providers: tree
+                .llm
+                .providers
+                .into_iter()
+                .map(|p| (line_of(text, p.span().start), p.into_inner()))
+                .collect(),
+            llm_budgets: tree
+                .llm
+                .budgets
+                .into_iter()
+                .map(|b| (line_of(text, b.span().start), b.into_inner()))
+                .collect(),
         };
         // Everything but the variables' values is checked now, so `muster config check` and
         // a reload refuse a bad rule or channel as a start would.
         file.notify(None)?;
         file.git(None)?;
+        file.llm(None)?;
         Ok(file)
     }
 
@@ -833,6 +864,23 @@ impl ConfigFile {
             None => {
                 gitops::sources::check(&self.git_sources, &self.git_rules).map_err(at)?;
                 Ok(GitConfig::default())
+            }
+        }
+    }
+
+    /// The `[llm]` section checked, its `key_env` keys read through `env`; with no `env`,
+    /// everything but the variables' values, and an empty config answered.
+    fn llm(&self, env: Option<&Lookup<'_>>) -> Result<LlmConfig, ConfigError> {
+        let at = |(line, why): (usize, String)| {
+            ConfigError::new(format!("{}:{line}: {why}", self.path.display()))
+        };
+        match env {
+            Some(env) => {
+                LlmConfig::resolve(&self.llm_providers, &self.llm_budgets, env).map_err(at)
+            }
+            None => {
+                llm::providers::check(&self.llm_providers, &self.llm_budgets).map_err(at)?;
+                Ok(LlmConfig::default())
             }
         }
     }
@@ -913,7 +961,8 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
         Some(key) if !key.contains('.') && message.starts_with("unknown field") => format!(
             "{file}:{line}: {key}: unknown section or top-level key; server settings go under \
              [server] (notifications under [[notify.channels]] and [[notify.rules]], GitOps under \
-             [[git.sources]] and [[git.rules]]), the only sections this version reads"
+             [[git.sources]] and [[git.rules]], language models under [[llm.providers]] and \
+             [[llm.budgets]]), the only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -1110,6 +1159,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
         let env = |name: &str| layers.env(name);
         settings.notify = file.notify(Some(&env))?;
         settings.git = file.git(Some(&env))?;
+        settings.llm = file.llm(Some(&env))?;
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1231,6 +1281,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
     if settings.notify != current.notify {
         changed.push("notify");
     }
+    if settings.llm != current.llm {
+        changed.push("llm");
+    }
     if settings.git != current.git {
         changed.push("git");
     }
@@ -1327,6 +1380,7 @@ impl Settings {
             log_limit: 16 * 1024 * 1024,
             notify: NotifyConfig::default(),
             git: GitConfig::default(),
+            llm: LlmConfig::default(),
         }
     }
 

@@ -14,7 +14,10 @@
 //!   [`notify`]: notification channels and rules, and sending one message over one channel.
 //! - [`gitops`]: forge push webhooks read and verified without I/O, and the forges' commit
 //!   status and compare APIs.
-//! - [`budgets`]: LLM budgets as pure rules (periods, verdicts, spikes).
+//! - [`ledger`]: the verbs of LLM calls (a budget checked before the call, the call, its
+//!   price and its ledger row with any `budget.*` notice), and the ledger's reads.
+//! - [`llm`]: `[[llm.providers]]` (each a `muster_llm::Provider` with its price) and
+//!   `[[llm.budgets]]` (periods, verdicts, spikes) as pure rules.
 //! - [`audit`]: the audit log's hash chain as pure logic (records, canonical bytes, checkpoint
 //!   signatures, verification); the outbox's `audit` consumer appends to it.
 //! - [`store`]: the `Store` trait of durable domain operations; [`store::sqlite`] implements it.
@@ -37,7 +40,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bounds;
-pub mod budgets;
+
 pub mod changes;
 pub mod clock;
 pub mod commit_status;
@@ -52,7 +55,9 @@ pub mod extract;
 pub mod gitops;
 pub mod handoff;
 pub mod http;
+pub mod ledger;
 pub mod lifecycle;
+pub mod llm;
 pub mod messenger;
 pub mod metrics;
 pub mod notice;

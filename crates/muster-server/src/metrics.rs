@@ -40,6 +40,16 @@ pub struct Metrics {
     pub git_hooks: IntCounterVec,
     /// Commit statuses sent to forges, by source and what the forge answered.
     pub commit_statuses: IntCounterVec,
+    /// LLM calls by workflow, provider, model and outcome (ok, error, refused).
+    pub llm_calls: IntCounterVec,
+    /// LLM tokens by workflow, model and direction (in, out).
+    pub llm_tokens: IntCounterVec,
+    /// LLM spend in the price table's currency, by workflow and model.
+    pub llm_cost: prometheus::CounterVec,
+    /// What each budgeted workflow spent this period, and what is left, by unit (tokens,
+    /// money); set at scrape time.
+    pub llm_budget_spent: prometheus::GaugeVec,
+    pub llm_budget_left: prometheus::GaugeVec,
 }
 
 impl Default for Metrics {
@@ -177,6 +187,49 @@ impl Metrics {
             &["source", "outcome"],
         )
         .expect("valid counter");
+        let llm_calls = IntCounterVec::new(
+            Opts::new(
+                "muster_llm_calls_total",
+                "LLM calls by workflow, provider, model and outcome: ok, error (the provider \
+                 failed), refused (a budget stopped it before it was sent).",
+            ),
+            &["workflow", "provider", "model", "outcome"],
+        )
+        .expect("valid counter");
+        let llm_tokens = IntCounterVec::new(
+            Opts::new(
+                "muster_llm_tokens_total",
+                "LLM tokens by workflow, model and direction (in, out).",
+            ),
+            &["workflow", "model", "direction"],
+        )
+        .expect("valid counter");
+        let llm_cost = prometheus::CounterVec::new(
+            Opts::new(
+                "muster_llm_cost_total",
+                "LLM spend in the price table's currency, by workflow and model.",
+            ),
+            &["workflow", "model"],
+        )
+        .expect("valid counter");
+        let llm_budget_spent = prometheus::GaugeVec::new(
+            Opts::new(
+                "muster_llm_budget_spent",
+                "What each budgeted workflow spent in its current period, by unit (tokens, \
+                 money).",
+            ),
+            &["workflow", "unit"],
+        )
+        .expect("valid gauge");
+        let llm_budget_left = prometheus::GaugeVec::new(
+            Opts::new(
+                "muster_llm_budget_left",
+                "What is left of each workflow's budget in its current period, by unit \
+                 (tokens, money); 0 once spent.",
+            ),
+            &["workflow", "unit"],
+        )
+        .expect("valid gauge");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -196,6 +249,11 @@ impl Metrics {
             Box::new(long_polls.clone()),
             Box::new(git_hooks.clone()),
             Box::new(commit_statuses.clone()),
+            Box::new(llm_calls.clone()),
+            Box::new(llm_tokens.clone()),
+            Box::new(llm_cost.clone()),
+            Box::new(llm_budget_spent.clone()),
+            Box::new(llm_budget_left.clone()),
         ] {
             registry
                 .register(collector)
@@ -220,6 +278,11 @@ impl Metrics {
             long_polls,
             git_hooks,
             commit_statuses,
+            llm_calls,
+            llm_tokens,
+            llm_cost,
+            llm_budget_spent,
+            llm_budget_left,
             dispatch_seconds,
             http_seconds,
             transitions,
@@ -248,6 +311,23 @@ impl Metrics {
     /// A git hook for `source` ended as `outcome`.
     pub fn git_hook(&self, source: &str, outcome: &str) {
         self.git_hooks.with_label_values(&[source, outcome]).inc();
+    }
+
+    /// Counts one LLM call of the ledger.
+    pub fn llm_call(&self, call: &crate::store::LlmCall) {
+        let (workflow, model) = (call.workflow.as_str(), call.model.as_str());
+        self.llm_calls
+            .with_label_values(&[workflow, &call.provider, model, call.outcome.as_str()])
+            .inc();
+        self.llm_tokens
+            .with_label_values(&[workflow, model, "in"])
+            .inc_by(call.input_tokens);
+        self.llm_tokens
+            .with_label_values(&[workflow, model, "out"])
+            .inc_by(call.output_tokens);
+        self.llm_cost
+            .with_label_values(&[workflow, model])
+            .inc_by(call.cost_micros as f64 / 1e6);
     }
 
     /// Prometheus text exposition of every metric.

@@ -25,6 +25,14 @@ pub const EVENTS: &[(&str, &str)] = &[
         "an agent registered for the first time, or was heard from again after being offline",
     ),
     (
+        BUDGET_EXCEEDED,
+        "a workflow spent its LLM budget for the day or month (then its calls are refused or go to the fallback model)",
+    ),
+    (
+        BUDGET_SPIKE,
+        "a workflow's LLM spend today passed its spike factor times the median of the seven days before",
+    ),
+    (
         DEPLOYMENT_FAILED,
         "a GitOps deployment ended with a task failed or cancelled (a failed check stops its rule's real run)",
     ),
@@ -34,6 +42,8 @@ pub const TASK_FAILED: &str = "task.failed";
 pub const AGENT_OFFLINE: &str = "agent.offline";
 pub const AGENT_ONLINE: &str = "agent.online";
 pub const DEPLOYMENT_FAILED: &str = "deployment.failed";
+pub const BUDGET_EXCEEDED: &str = "budget.exceeded";
+pub const BUDGET_SPIKE: &str = "budget.spike";
 
 /// The README's table of events, drawn from [`EVENTS`]; a test checks that the README carries
 /// it verbatim.
@@ -143,6 +153,19 @@ impl Notice {
                     "failed": failed,
                 }
             }),
+        }
+    }
+
+    /// A workflow's LLM budget or spend crossed a line (`event`: [`BUDGET_EXCEEDED`] or
+    /// [`BUDGET_SPIKE`]); `budget` is what templates see of it.
+    pub fn budget(event: &str, workflow: &str, budget: Value, at: i64) -> Notice {
+        Notice {
+            event: event.to_owned(),
+            at,
+            subject: format!("budget:{workflow}"),
+            group: format!("budget:{workflow}"),
+            path: Some("/llm".to_owned()),
+            data: json!({ "budget": budget }),
         }
     }
 

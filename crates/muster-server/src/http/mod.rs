@@ -6,6 +6,7 @@ mod agents;
 pub(crate) mod audit;
 mod deployments;
 mod hooks;
+mod llm;
 mod notifications;
 pub mod openapi;
 mod sse;
@@ -71,6 +72,8 @@ pub fn router(app: AppState) -> Router {
             "/api/v1/deployments/{id}/redeploy",
             post(deployments::redeploy),
         )
+        .route("/api/v1/llm/usage", get(llm::usage))
+        .route("/api/v1/llm/test", post(llm::test))
         .route("/api/v1/gitops/pauses", get(deployments::pauses))
         .route("/api/v1/gitops/pause", post(deployments::pause))
         .route("/api/v1/gitops/resume", post(deployments::resume))
@@ -377,6 +380,7 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, Api
             .set(n as i64);
     }
     app.changes.metrics.past_lease.set(stats.past_lease as i64);
+    crate::ledger::refresh_budget_metrics(&app).await?;
     app.changes
         .metrics
         .long_polls

@@ -61,6 +61,8 @@ use utoipa::{IntoResponses, OpenApi};
         super::deployments::pauses,
         super::deployments::pause,
         super::deployments::resume,
+        super::llm::usage,
+        super::llm::test,
         super::notifications::list,
         super::notifications::show,
         super::notifications::channels,
@@ -70,7 +72,7 @@ use utoipa::{IntoResponses, OpenApi};
     components(schemas(muster_api::ErrorBody, muster_api::Health, muster_api::ErrorCode, muster_api::TaskState,
         muster_api::AttemptOutcome, muster_api::AgentStatus, muster_api::LogStream,
         muster_api::NotificationState, muster_api::SendOutcome, muster_api::ReportOutcome,
-        muster_api::DeploymentState, muster_api::RuleOutcome, muster_api::PauseScope)),
+        muster_api::DeploymentState, muster_api::RuleOutcome, muster_api::PauseScope, muster_api::UsageGroup, muster_api::LlmOutcome)),
     modifiers(&SecuritySchemes),
     security(("bearer" = [])),
 )]

@@ -203,6 +203,16 @@ fn defaults(event: &str) -> (&'static str, &'static str) {
              failed:{% for f in deployment.failed %}{% if not loop.first %},{% endif %} \
              {{ f.rule }} ({{ f.error }}){% endfor %}",
         ),
+        notice::BUDGET_EXCEEDED => (
+            "LLM budget of {{ budget.workflow }} spent",
+            "{{ budget.workflow }} spent {{ budget.limit }}: {{ budget.tokens }} tokens, \
+             {{ budget.money }} in money so far; its calls are {{ budget.then }}.",
+        ),
+        notice::BUDGET_SPIKE => (
+            "LLM spend spike in {{ budget.workflow }}",
+            "{{ budget.workflow }} spent {{ budget.today }} today, over {{ budget.factor }} times \
+             the median day of the week before ({{ budget.median }}).",
+        ),
         _ => ("{{ event }}", "{{ event }} at {{ at }}"),
     }
 }

@@ -17,6 +17,7 @@ mod gitops_flow;
 mod handoff;
 mod identity;
 mod lifecycle;
+mod llm;
 mod notifications;
 mod notify_wire;
 mod operations;

@@ -150,6 +150,17 @@ impl Budget {
     }
 }
 
+/// Millionths of money as an operator reads them: cents for sums of a cent or more, else as
+/// many decimals as it takes (`0.0007`), so a cheap model's spend never reads as 0.00.
+pub fn money(micros: i64) -> String {
+    let amount = micros as f64 / 1e6;
+    if micros.abs() >= 10_000 || micros == 0 {
+        return format!("{amount:.2}");
+    }
+    let text = format!("{amount:.6}");
+    text.trim_end_matches('0').to_owned()
+}
+
 /// When the period holding `now_ms` began: UTC midnight, or the first of the month.
 pub fn period_start(period: Period, now_ms: i64) -> i64 {
     let now = Utc
@@ -248,6 +259,15 @@ mod tests {
             .contains("spike_factor")
         );
         assert!(toml::from_str::<BudgetSpec>("workflow = \"r\"\nperiod = \"week\"").is_err());
+    }
+
+    #[test]
+    fn money_reads_in_cents_or_in_as_many_decimals_as_it_takes() {
+        assert_eq!(money(1_500_000), "1.50");
+        assert_eq!(money(0), "0.00");
+        assert_eq!(money(700), "0.0007");
+        assert_eq!(money(2_000), "0.002");
+        assert_eq!(money(12_345), "0.01");
     }
 
     #[test]
