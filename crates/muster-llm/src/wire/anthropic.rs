@@ -43,7 +43,7 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
             .collect();
     }
     if let Some(temperature) = request.temperature {
-        body["temperature"] = temperature.into();
+        body["temperature"] = super::temperature(temperature);
     }
     if delivery == Delivery::Stream {
         body["stream"] = true.into();

@@ -157,6 +157,17 @@ impl FunctionCall {
     }
 }
 
+/// A temperature as JSON, written as it reads: `0.7f32` widened to f64 would go out as
+/// `0.699999988079071`.
+fn temperature(value: f32) -> Value {
+    value
+        .to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 /// Arguments echoed to a format that takes them as an object (Ollama, Anthropic). Arguments
 /// that were not an object cannot be sent back as they came, and the call is still part of
 /// the conversation, so it goes back without arguments; its result says what was wrong.
@@ -238,6 +249,13 @@ mod tests {
         assert_eq!(model(Some("reported")), "reported");
         assert_eq!(model(Some("")), "asked");
         assert_eq!(model(None), "asked");
+    }
+
+    #[test]
+    fn temperatures_go_out_as_written() {
+        assert_eq!(temperature(0.7).to_string(), "0.7");
+        assert_eq!(temperature(1.0).to_string(), "1.0");
+        assert_eq!(temperature(f32::NAN), Value::Null);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
         options.insert("num_predict".to_owned(), max_tokens.into());
     }
     if let Some(temperature) = request.temperature {
-        options.insert("temperature".to_owned(), temperature.into());
+        options.insert("temperature".to_owned(), super::temperature(temperature));
     }
     if !options.is_empty() {
         body["options"] = options.into();

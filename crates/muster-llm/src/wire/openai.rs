@@ -62,13 +62,13 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
     if !request.tools.is_empty() {
         body["tools"] = function_tools(&request.tools);
     }
-    // `max_tokens` rather than the newer `max_completion_tokens`: every compatible server
-    // takes it.
+    // `max_tokens`, which every compatible server takes, rather than the newer
+    // `max_completion_tokens`, which OpenAI's own reasoning models require instead.
     if let Some(max_tokens) = request.max_tokens {
         body["max_tokens"] = max_tokens.into();
     }
     if let Some(temperature) = request.temperature {
-        body["temperature"] = temperature.into();
+        body["temperature"] = super::temperature(temperature);
     }
     if delivery == Delivery::Stream {
         body["stream"] = true.into();

@@ -135,7 +135,7 @@ async fn a_plain_answer_is_read_with_cached_usage_and_sent_in_anthropics_shape()
             "max_tokens": 64,
             "system": "You are terse.",
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
-            "temperature": 0.5,
+            "temperature": 0.7,
         })
     );
 }

@@ -119,7 +119,7 @@ pub fn greeting() -> ChatRequest {
         system: Some("You are terse.".to_owned()),
         messages: vec![Message::User("Hello".to_owned())],
         max_tokens: Some(64),
-        temperature: Some(0.5),
+        temperature: Some(0.7),
         ..ChatRequest::default()
     }
 }

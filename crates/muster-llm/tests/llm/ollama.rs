@@ -90,7 +90,7 @@ async fn a_plain_answer_is_read_with_its_usage_and_sent_in_ollamas_shape() {
                 {"role": "user", "content": "Hello"},
             ],
             "stream": false,
-            "options": {"num_predict": 64, "temperature": 0.5},
+            "options": {"num_predict": 64, "temperature": 0.7},
         })
     );
 }

@@ -125,7 +125,7 @@ async fn a_plain_answer_is_read_with_cached_usage_and_sent_in_openais_shape() {
                 {"role": "user", "content": "Hello"},
             ],
             "max_tokens": 64,
-            "temperature": 0.5,
+            "temperature": 0.7,
         })
     );
 }
