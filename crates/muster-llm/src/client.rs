@@ -19,7 +19,7 @@ use crate::chat::{ChatRequest, ChatResponse, Delta};
 use crate::error::{LlmError, cut};
 use crate::provider::{Api, Provider};
 use crate::retry;
-use crate::wire::{self, Answer, Assembly, Delivery, Frame, anthropic, ollama, openai};
+use crate::wire::{self, Answer, Assembly, Delivery, anthropic, ollama, openai};
 
 /// The limit on connecting, within the provider's timeout for the whole attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -330,12 +330,8 @@ impl<'a> Call<'a> {
                     )));
                 }
             };
-            let frame = Frame {
-                event: &frame.event,
-                data: &frame.data,
-            };
             assembly
-                .take(frame, on_text)
+                .take(&frame, on_text)
                 .map_err(|broken| match broken {
                     wire::Broken::Malformed(why) => self.malformed(&why),
                     wire::Broken::Failed(why) => self.cut(&format!(
@@ -380,13 +376,8 @@ enum ReadError {
     Framing(String),
 }
 
-/// A stream's frames, owned: an event's name and data, or one NDJSON line.
-struct OwnedFrame {
-    event: String,
-    data: String,
-}
-
-type Frames = Pin<Box<dyn Stream<Item = Result<OwnedFrame, ReadError>> + Send>>;
+/// A stream's frames: each server-sent event's data, or each NDJSON line.
+type Frames = Pin<Box<dyn Stream<Item = Result<String, ReadError>> + Send>>;
 
 /// The body's bytes, failing once more than [`ANSWER_LIMIT`] have come.
 fn bounded_bytes(
@@ -408,10 +399,7 @@ fn bounded_bytes(
 fn events(response: reqwest::Response) -> Frames {
     Box::pin(
         EventStream::new(bounded_bytes(response)).map(|event| match event {
-            Ok(event) => Ok(OwnedFrame {
-                event: event.event,
-                data: event.data,
-            }),
+            Ok(event) => Ok(event.data),
             Err(EventStreamError::Transport(err)) => Err(err),
             Err(EventStreamError::Utf8(err)) => Err(ReadError::Framing(format!(
                 "a stream that is not UTF-8: {err}"
@@ -440,10 +428,7 @@ fn lines(response: reqwest::Response) -> Frames {
                 if let Some(line) = line {
                     let frame = match String::from_utf8(line) {
                         Ok(text) if text.trim().is_empty() => continue,
-                        Ok(text) => Ok(OwnedFrame {
-                            event: String::new(),
-                            data: text,
-                        }),
+                        Ok(text) => Ok(text),
                         Err(err) => Err(ReadError::Framing(format!(
                             "a line that is not UTF-8: {}",
                             err.utf8_error()
@@ -459,4 +444,23 @@ fn lines(response: reqwest::Response) -> Frames {
             }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::ChatRequest;
+
+    #[test]
+    fn calls_can_be_spawned_onto_any_thread() {
+        fn spawnable<T: Send + 'static>(_: T) {}
+        let client = Client::new();
+        let provider = Provider::new("p", Api::Ollama, "http://127.0.0.1:9", "m");
+        // Owned, as a spawned task would hold them.
+        spawnable(async move {
+            let request = ChatRequest::default();
+            let _ = client.chat(&provider, &request).await;
+            let _ = client.chat_stream(&provider, &request, |_| {}).await;
+        });
+    }
 }

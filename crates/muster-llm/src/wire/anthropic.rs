@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Answer, Broken, Delivery, Frame, arguments_object, error_text, start_of};
+use super::{Answer, Broken, Delivery, arguments_object, error_text, parse_frame, start_of};
 use crate::chat::{
     ChatRequest, Message, StopReason, ToolCall, Usage, arguments_from_text, arguments_from_value,
 };
@@ -43,7 +43,7 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
             .collect();
     }
     if let Some(temperature) = request.temperature {
-        body["temperature"] = temperature.into();
+        body["temperature"] = super::temperature(temperature);
     }
     if delivery == Delivery::Stream {
         body["stream"] = true.into();
@@ -281,17 +281,11 @@ impl super::Assembly for Assembly {
 
     fn take(
         &mut self,
-        frame: Frame<'_>,
+        frame: &str,
         on_text: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), Broken> {
         // Each event's data repeats its name as `type`, which is what is read.
-        let event: Event = serde_json::from_str(frame.data).map_err(|err| {
-            Broken::Malformed(format!(
-                "not a messages stream event ({err}): {} {}",
-                frame.event,
-                start_of(frame.data)
-            ))
-        })?;
+        let event: Event = parse_frame(frame, "a messages stream event")?;
         match event {
             Event::MessageStart { message } => {
                 self.answer.model = message.model;

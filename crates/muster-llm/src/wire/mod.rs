@@ -1,7 +1,7 @@
 //! The three wire formats, without I/O: how a [`ChatRequest`] becomes each format's request
 //! body, and how each format's answer, whole or streamed, becomes an [`Answer`]. The client
 //! sends, reads and frames (NDJSON lines for Ollama, server-sent events for the others); each
-//! format's `Assembly` takes the frames in order.
+//! format's `Assembly` takes the frames' data in order.
 
 pub(crate) mod anthropic;
 pub(crate) mod ollama;
@@ -9,9 +9,14 @@ pub(crate) mod openai;
 
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::chat::{BadArguments, ChatRequest, ChatResponse, StopReason, Tool, ToolCall, Usage};
+use crate::chat::{
+    BadArguments, ChatRequest, ChatResponse, StopReason, Tool, ToolCall, Usage,
+    arguments_from_value,
+};
 use crate::provider::{Api, Provider};
 
 /// Whether the answer is asked for whole or as a stream.
@@ -60,14 +65,6 @@ impl Answer {
     }
 }
 
-/// One frame of a stream: a server-sent event's name and data, or one NDJSON line (with an
-/// empty name).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Frame<'a> {
-    pub(crate) event: &'a str,
-    pub(crate) data: &'a str,
-}
-
 /// Why a frame ends the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Broken {
@@ -82,12 +79,11 @@ pub(crate) trait Assembly: Default + Send {
     /// The frame that ends a complete stream, as error texts name it.
     const FINAL_FRAME: &'static str;
 
-    /// Takes the next frame, handing each piece of text it holds to `on_text` in order.
-    fn take(
-        &mut self,
-        frame: Frame<'_>,
-        on_text: &mut (dyn FnMut(String) + Send),
-    ) -> Result<(), Broken>;
+    /// Takes the next frame's data (a server-sent event's, or one NDJSON line), handing each
+    /// piece of text it holds to `on_text` in order. Event names are not needed: each
+    /// format's data says what it is.
+    fn take(&mut self, frame: &str, on_text: &mut (dyn FnMut(String) + Send))
+    -> Result<(), Broken>;
 
     /// Whether the final frame has arrived; nothing after it is read.
     fn finished(&self) -> bool;
@@ -134,6 +130,44 @@ fn function_tools(tools: &[Tool]) -> Value {
         .collect()
 }
 
+/// A whole tool call as Ollama and OpenAI write it: `{id?, function: {name, arguments}}`,
+/// the arguments an object (Ollama) or a JSON string (OpenAI).
+#[derive(Deserialize)]
+struct FunctionCall {
+    /// OpenAI's id; Ollama's newer builds give one too, older ones none.
+    id: Option<String>,
+    function: FunctionCallBody,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallBody {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+impl FunctionCall {
+    /// The call as the `position`-th of its answer, which names it when it has no id.
+    fn into_tool_call(self, position: usize) -> ToolCall {
+        ToolCall {
+            id: self.id.unwrap_or_else(|| format!("call_{position}")),
+            name: self.function.name,
+            arguments: arguments_from_value(self.function.arguments),
+        }
+    }
+}
+
+/// A temperature as JSON, written as it reads: `0.7f32` widened to f64 would go out as
+/// `0.699999988079071`.
+fn temperature(value: f32) -> Value {
+    value
+        .to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 /// Arguments echoed to a format that takes them as an object (Ollama, Anthropic). Arguments
 /// that were not an object cannot be sent back as they came, and the call is still part of
 /// the conversation, so it goes back without arguments; its result says what was wrong.
@@ -142,6 +176,12 @@ fn arguments_object(arguments: &Result<Value, BadArguments>) -> Value {
         Ok(value) => value.clone(),
         Err(_) => json!({}),
     }
+}
+
+/// A frame read as `T`, or why it is not `what` the format sends.
+fn parse_frame<T: DeserializeOwned>(frame: &str, what: &str) -> Result<T, Broken> {
+    serde_json::from_str(frame)
+        .map_err(|err| Broken::Malformed(format!("not {what} ({err}): {}", start_of(frame))))
 }
 
 /// The start of a text that is not what was expected, for an error message.
@@ -209,6 +249,13 @@ mod tests {
         assert_eq!(model(Some("reported")), "reported");
         assert_eq!(model(Some("")), "asked");
         assert_eq!(model(None), "asked");
+    }
+
+    #[test]
+    fn temperatures_go_out_as_written() {
+        assert_eq!(temperature(0.7).to_string(), "0.7");
+        assert_eq!(temperature(1.0).to_string(), "1.0");
+        assert_eq!(temperature(f32::NAN), Value::Null);
     }
 
     #[test]

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Answer, Assembly as _, Broken, Delivery, Frame, arguments_object, error_text, function_tools,
-    start_of,
+    Answer, Assembly as _, Broken, Delivery, FunctionCall, arguments_object, error_text,
+    function_tools, parse_frame, start_of,
 };
-use crate::chat::{ChatRequest, Message, StopReason, ToolCall, Usage, arguments_from_value};
+use crate::chat::{ChatRequest, Message, StopReason, Usage};
 
 pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Delivery) -> Value {
     let mut messages = Vec::new();
@@ -55,7 +55,7 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
         options.insert("num_predict".to_owned(), max_tokens.into());
     }
     if let Some(temperature) = request.temperature {
-        options.insert("temperature".to_owned(), temperature.into());
+        options.insert("temperature".to_owned(), super::temperature(temperature));
     }
     if !options.is_empty() {
         body["options"] = options.into();
@@ -67,13 +67,7 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
 pub(crate) fn parse_whole(body: &[u8]) -> Result<Answer, String> {
     let text = std::str::from_utf8(body).map_err(|err| format!("not UTF-8: {err}"))?;
     let mut assembly = Assembly::default();
-    match assembly.take(
-        Frame {
-            event: "",
-            data: text,
-        },
-        &mut |_| {},
-    ) {
+    match assembly.take(text, &mut |_| {}) {
         Ok(()) if assembly.finished() => Ok(assembly.into_answer()),
         Ok(()) => Err(format!("no done:true in {}", start_of(text))),
         Err(Broken::Malformed(why)) => Err(why),
@@ -96,21 +90,7 @@ struct Chunk {
 #[derive(Deserialize)]
 struct ChunkMessage {
     content: Option<String>,
-    tool_calls: Option<Vec<WireToolCall>>,
-}
-
-#[derive(Deserialize)]
-struct WireToolCall {
-    /// Newer builds give an id; older ones none.
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
+    tool_calls: Option<Vec<FunctionCall>>,
 }
 
 #[derive(Default)]
@@ -124,15 +104,10 @@ impl super::Assembly for Assembly {
 
     fn take(
         &mut self,
-        frame: Frame<'_>,
+        frame: &str,
         on_text: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), Broken> {
-        let chunk: Chunk = serde_json::from_str(frame.data).map_err(|err| {
-            Broken::Malformed(format!(
-                "not Ollama's chat answer ({err}): {}",
-                start_of(frame.data)
-            ))
-        })?;
+        let chunk: Chunk = parse_frame(frame, "Ollama's chat answer")?;
         if let Some(error) = chunk.error {
             return Err(Broken::Failed(error_text(&error)));
         }
@@ -146,14 +121,8 @@ impl super::Assembly for Assembly {
                 on_text(text);
             }
             for call in message.tool_calls.unwrap_or_default() {
-                let id = call
-                    .id
-                    .unwrap_or_else(|| format!("call_{}", answer.tool_calls.len()));
-                answer.tool_calls.push(ToolCall {
-                    id,
-                    name: call.function.name,
-                    arguments: arguments_from_value(call.function.arguments),
-                });
+                let position = answer.tool_calls.len();
+                answer.tool_calls.push(call.into_tool_call(position));
             }
         }
         if chunk.done {

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Answer, Broken, Delivery, Frame, error_text, function_tools, start_of};
-use crate::chat::{
-    ChatRequest, Message, StopReason, ToolCall, Usage, arguments_from_text, arguments_from_value,
+use super::{
+    Answer, Broken, Delivery, FunctionCall, error_text, function_tools, parse_frame, start_of,
 };
+use crate::chat::{ChatRequest, Message, StopReason, ToolCall, Usage, arguments_from_text};
 
 pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Delivery) -> Value {
     let mut messages = Vec::new();
@@ -62,13 +62,13 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, delivery: Deliver
     if !request.tools.is_empty() {
         body["tools"] = function_tools(&request.tools);
     }
-    // `max_tokens` rather than the newer `max_completion_tokens`: every compatible server
-    // takes it.
+    // `max_tokens`, which every compatible server takes, rather than the newer
+    // `max_completion_tokens`, which OpenAI's own reasoning models require instead.
     if let Some(max_tokens) = request.max_tokens {
         body["max_tokens"] = max_tokens.into();
     }
     if let Some(temperature) = request.temperature {
-        body["temperature"] = temperature.into();
+        body["temperature"] = super::temperature(temperature);
     }
     if delivery == Delivery::Stream {
         body["stream"] = true.into();
@@ -131,20 +131,7 @@ struct ChoiceMessage {
     content: Option<String>,
     /// Set, instead of the content, when the model declines.
     refusal: Option<String>,
-    tool_calls: Option<Vec<WireToolCall>>,
-}
-
-#[derive(Deserialize)]
-struct WireToolCall {
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
+    tool_calls: Option<Vec<FunctionCall>>,
 }
 
 pub(crate) fn parse_whole(body: &[u8]) -> Result<Answer, String> {
@@ -171,11 +158,7 @@ pub(crate) fn parse_whole(body: &[u8]) -> Result<Answer, String> {
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(n, call)| ToolCall {
-            id: call.id.unwrap_or_else(|| format!("call_{n}")),
-            name: call.function.name,
-            arguments: arguments_from_value(call.function.arguments),
-        })
+        .map(|(position, call)| call.into_tool_call(position))
         .collect();
     Ok(Answer {
         text,
@@ -243,19 +226,14 @@ impl super::Assembly for Assembly {
 
     fn take(
         &mut self,
-        frame: Frame<'_>,
+        frame: &str,
         on_text: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), Broken> {
-        if frame.data.trim() == "[DONE]" {
+        if frame.trim() == "[DONE]" {
             self.done = true;
             return Ok(());
         }
-        let chunk: Chunk = serde_json::from_str(frame.data).map_err(|err| {
-            Broken::Malformed(format!(
-                "not a chat completion chunk ({err}): {}",
-                start_of(frame.data)
-            ))
-        })?;
+        let chunk: Chunk = parse_frame(frame, "a chat completion chunk")?;
         if let Some(error) = chunk.error {
             return Err(Broken::Failed(error_text(&error)));
         }
