@@ -7,10 +7,11 @@ use futures::{Stream, StreamExt};
 use muster_api::{
     Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, Deployment,
     DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode, FailTask, GitPauseList,
-    GitPlan, Health, Heartbeat, HeartbeatAck, LogLine, LogPage, LogsAccepted, NotificationPage,
-    NotificationState, NotifyChannel, NotifyTestResult, PauseAnswer, PauseRequest, PauseScope,
-    PlanRequest, RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch,
-    SubmitResult, SubmitResults, SubmitTask, Task, TaskList, TaskState,
+    GitPlan, Health, Heartbeat, HeartbeatAck, LlmTestRequest, LlmTestResult, LlmUsage, LogLine,
+    LogPage, LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
+    PauseAnswer, PauseRequest, PauseScope, PlanRequest, RegisterAgent, Report, ReportBatch,
+    ReportResult, ReportResults, SubmitBatch, SubmitResult, SubmitResults, SubmitTask, Task,
+    TaskList, TaskState, UsageGroup,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -465,6 +466,31 @@ impl Client {
                 .query(&query),
         )
         .await
+    }
+
+    /// Sends one short prompt to an LLM provider through the server; answers what it said,
+    /// the tokens, the latency and the cost (admin key).
+    pub async fn llm_test(
+        &self,
+        provider: &str,
+        prompt: Option<&str>,
+    ) -> Result<LlmTestResult, ClientError> {
+        let body = LlmTestRequest {
+            provider: provider.to_owned(),
+            prompt: prompt.map(str::to_owned),
+        };
+        self.json(self.request(Method::POST, "/api/v1/llm/test").json(&body))
+            .await
+    }
+
+    /// The LLM ledger summed over the last `days` days (admin key).
+    pub async fn llm_usage(&self, group: UsageGroup, days: u32) -> Result<LlmUsage, ClientError> {
+        let query = [
+            ("group_by", group.as_str().to_owned()),
+            ("days", days.to_string()),
+        ];
+        self.json(self.request(Method::GET, "/api/v1/llm/usage").query(&query))
+            .await
     }
 
     /// The configured notification channels, without their secrets (admin key).

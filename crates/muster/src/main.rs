@@ -16,6 +16,7 @@ use commands::config::ConfigCommand;
 use commands::connection::ServerArgs;
 use commands::daemons::{AgentArgs, ServeArgs};
 use commands::gitops::GitopsCommand;
+use commands::llm::LlmCommand;
 use commands::notify::NotifyCommand;
 use commands::task::TaskCommand;
 
@@ -67,6 +68,13 @@ enum Command {
         #[command(subcommand)]
         command: GitopsCommand,
     },
+    /// LLM providers: check one with a short prompt (test), and what the calls cost (usage).
+    Llm {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: LlmCommand,
+    },
     /// Measure: end-to-end throughput and latency by default, or one figure (see --help).
     Bench(BenchArgs),
     /// Copy the database to FILE through SQLite's online backup (safe while serving).
@@ -109,6 +117,9 @@ fn main() -> ExitCode {
         }),
         Command::Gitops { server, command } => commands::operate(server, async |session| {
             commands::gitops::run(session, command).await
+        }),
+        Command::Llm { server, command } => commands::operate(server, async |session| {
+            commands::llm::run(session, command).await
         }),
         Command::Notify { server, command } => commands::operate(server, async |session| {
             commands::notify::run(session, command).await

@@ -929,9 +929,14 @@ async fn an_offline_agent_is_listed_without_its_stale_load() {
 
 /// A webhook receiver on a thread: answers each request 200 with `{"ok":true}`.
 fn receiver() -> String {
+    format!("{}/hook", answering(r#"{"ok":true}"#.to_owned()))
+}
+
+/// A plain HTTP service on loopback that answers every request 200 with `body`; its base URL.
+fn answering(body: String) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -946,11 +951,14 @@ fn receiver() -> String {
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .unwrap_or(0);
-            let mut body = vec![0u8; length];
-            let _ = stream.read_exact(&mut body);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}",
+            let mut request = vec![0u8; length];
+            let _ = stream.read_exact(&mut request);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
             );
+            let _ = stream.write_all(answer.as_bytes());
         }
     });
     url
@@ -1171,4 +1179,59 @@ async fn gitops_pause_holds_a_push_resume_runs_it_and_redeploy_runs_it_again() {
     assert_eq!(usage.status.code(), Some(2), "a usage error");
     let err = String::from_utf8_lossy(&usage.stderr);
     assert!(err.contains("not one of pending"), "{err}");
+}
+
+#[test]
+fn llm_test_prints_the_answer_tokens_and_cost_and_usage_sums_the_ledger() {
+    let provider = answering(
+        serde_json::json!({
+            "id": "c1", "object": "chat.completion", "model": "gpt-test-2026",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello, operator!"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+        })
+        .to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[llm.providers]]\nname = \"cloud\"\napi = \"openai\"\nurl = \"{provider}/v1\"\n\
+             model = \"gpt-test\"\nkey_env = \"CLOUD_KEY\"\nprice = {{ input = 0.5, output = 1.5 }}\n"
+        ),
+    )
+    .unwrap();
+    let served = Served::start(
+        &dir.path().join("muster.db"),
+        &[
+            ("MUSTER_CONFIG", config.to_str().unwrap()),
+            ("CLOUD_KEY", "sk-cli-test-0123456789"),
+        ],
+    );
+    let base = served.base.as_str();
+
+    let out = ok(base, &["llm", "test", "cloud"]);
+    assert!(
+        out.contains("cloud (gpt-test-2026) answered in ")
+            && out.contains("12 tokens in, 5 out, cost 0.000014")
+            && out.contains("Hello, operator!"),
+        "{out}"
+    );
+    let missing = run(base, &["llm", "test", "nowhere"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("\"nowhere\"") && err.contains("cloud"),
+        "{err}"
+    );
+
+    let usage = ok(base, &["llm", "usage"]);
+    assert!(
+        usage.contains("test") && usage.contains("0.000014"),
+        "{usage}"
+    );
+    let by_model = ok_json(base, &["llm", "usage", "--by", "model"]);
+    assert_eq!(by_model["rows"][0]["model"], "gpt-test-2026", "{by_model}");
+    assert_eq!(by_model["rows"][0]["input_tokens"], 12);
 }

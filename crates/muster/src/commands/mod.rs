@@ -7,6 +7,7 @@ pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod daemons;
 pub(crate) mod gitops;
+pub(crate) mod llm;
 pub(crate) mod notify;
 pub(crate) mod task;
 
