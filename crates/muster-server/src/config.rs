@@ -2262,6 +2262,23 @@ lock_key = "deploy:{repo}:{playbook}"
     }
 
     #[test]
+    fn the_readmes_llm_example_loads_with_its_key() {
+        let blocks = readme_toml_blocks("LLM providers and budgets");
+        assert_eq!(blocks.len(), 1, "the server's example");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.toml");
+        std::fs::write(&path, &blocks[0]).unwrap();
+        check_file(&path).unwrap_or_else(|e| panic!("{e}\n{}", blocks[0]));
+        let env = |name: &str| (name == "GROQ_API_KEY").then(|| "gsk-readme".to_owned());
+        let file = ConfigFile::read(&path).unwrap();
+        let llm = file.llm(Some(&env)).unwrap();
+        assert_eq!(llm.providers.len(), 2);
+        let budget = llm.budget("repair").expect("the repair budget");
+        assert_eq!(budget.fallback.as_deref(), Some("local"));
+        assert_eq!(budget.money_micros, Some(500_000));
+    }
+
+    #[test]
     fn the_readmes_gitops_server_example_loads() {
         let blocks = readme_toml_blocks("GitOps in five minutes");
         let server: Vec<&String> = blocks.iter().filter(|b| b.contains("[[git.")).collect();
