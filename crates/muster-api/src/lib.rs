@@ -1592,3 +1592,96 @@ pub struct LlmTestResult {
     /// In the price table's currency; 0 without a price.
     pub cost: f64,
 }
+
+/// A tool a model may call, as `POST /api/v1/llm/chat` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmTool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema object describing the arguments.
+    pub parameters: Value,
+}
+
+/// A tool call a model made. `arguments` is the JSON object it sent; when it sent something
+/// that is not one, `arguments` is null and `bad_arguments` holds the text, for the caller to
+/// answer with a tool error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmToolCall {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Value,
+    #[serde(default)]
+    pub bad_arguments: Option<String>,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LlmMessage {
+    User {
+        content: String,
+    },
+    /// The model's earlier answer, echoed back with its tool calls.
+    Assistant {
+        #[serde(default)]
+        content: String,
+        #[serde(default)]
+        tool_calls: Vec<LlmToolCall>,
+    },
+    /// The result of one tool call.
+    Tool {
+        call_id: String,
+        name: String,
+        content: String,
+        #[serde(default)]
+        is_error: bool,
+    },
+}
+
+/// `POST /api/v1/llm/chat`: one call to a model through the server, under a workflow's budget
+/// and in the ledger (agents call models this way; the provider's key stays on the server).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmChatRequest {
+    /// What the call is for: the ledger's and the budgets' name (`repair`, a schedule's name).
+    pub workflow: String,
+    /// A `[[llm.providers]]` entry.
+    pub provider: String,
+    /// The prompt's template before it was filled, so calls of one prompt group together in
+    /// the ledger; the system prompt stands for it when absent.
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub system: Option<String>,
+    pub messages: Vec<LlmMessage>,
+    #[serde(default)]
+    pub tools: Vec<LlmTool>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+}
+
+/// What the model answered, and what it cost.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LlmChatAnswer {
+    /// The provider that answered: the budget's fallback when the budget was spent.
+    pub provider: String,
+    pub model: String,
+    pub text: String,
+    pub tool_calls: Vec<LlmToolCall>,
+    /// `done`, `tool_calls`, `length`, `refused`, or the provider's own word.
+    pub stop: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub latency_ms: u64,
+    /// In the price table's currency.
+    pub cost: f64,
+    /// The workflow's budget was spent, so the call went to its fallback provider.
+    pub fell_back: bool,
+}

@@ -7,11 +7,11 @@ use futures::{Stream, StreamExt};
 use muster_api::{
     Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, Deployment,
     DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode, FailTask, GitPauseList,
-    GitPlan, Health, Heartbeat, HeartbeatAck, LlmTestRequest, LlmTestResult, LlmUsage, LogLine,
-    LogPage, LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
-    PauseAnswer, PauseRequest, PauseScope, PlanRequest, RegisterAgent, Report, ReportBatch,
-    ReportResult, ReportResults, SubmitBatch, SubmitResult, SubmitResults, SubmitTask, Task,
-    TaskList, TaskState, UsageGroup,
+    GitPlan, Health, Heartbeat, HeartbeatAck, LlmChatAnswer, LlmChatRequest, LlmTestRequest,
+    LlmTestResult, LlmUsage, LogLine, LogPage, LogsAccepted, NotificationPage, NotificationState,
+    NotifyChannel, NotifyTestResult, PauseAnswer, PauseRequest, PauseScope, PlanRequest,
+    RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch, SubmitResult,
+    SubmitResults, SubmitTask, Task, TaskList, TaskState, UsageGroup,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -480,6 +480,13 @@ impl Client {
             prompt: prompt.map(str::to_owned),
         };
         self.json(self.request(Method::POST, "/api/v1/llm/test").json(&body))
+            .await
+    }
+
+    /// One call to a model through the server, under the workflow's budget and in the ledger
+    /// (agent key): the provider's key stays on the server.
+    pub async fn llm_chat(&self, request: &LlmChatRequest) -> Result<LlmChatAnswer, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/llm/chat").json(request))
             .await
     }
 

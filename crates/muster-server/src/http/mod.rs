@@ -74,6 +74,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/v1/llm/usage", get(llm::usage))
         .route("/api/v1/llm/test", post(llm::test))
+        .route("/api/v1/llm/chat", post(llm::chat))
         .route("/api/v1/gitops/pauses", get(deployments::pauses))
         .route("/api/v1/gitops/pause", post(deployments::pause))
         .route("/api/v1/gitops/resume", post(deployments::resume))

@@ -63,6 +63,7 @@ use utoipa::{IntoResponses, OpenApi};
         super::deployments::resume,
         super::llm::usage,
         super::llm::test,
+        super::llm::chat,
         super::notifications::list,
         super::notifications::show,
         super::notifications::channels,

@@ -590,6 +590,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/gitops/pauses", &["get"]),
     ("/api/v1/llm/usage", &["get"]),
     ("/api/v1/llm/test", &["post"]),
+    ("/api/v1/llm/chat", &["post"]),
     ("/api/v1/gitops/pause", &["post"]),
     ("/api/v1/gitops/resume", &["post"]),
 ];

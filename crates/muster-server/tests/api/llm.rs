@@ -330,3 +330,92 @@ async fn a_day_five_times_the_median_raises_a_spike_and_an_ordinary_day_does_not
         "{words}"
     );
 }
+
+#[tokio::test]
+async fn an_agents_chat_goes_through_the_server_with_its_tools_and_its_budget() {
+    let (cloud, local) = (FakeService::start().await, FakeService::start().await);
+    cloud.default_reply(Reply::ok(
+        json!({
+            "id": "c2", "object": "chat.completion", "model": "gpt-test-2026",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [
+                    {"id": "call_a", "type": "function",
+                     "function": {"name": "restart_container", "arguments": "{\"container\": \"jellyfin\"}"}},
+                    {"id": "call_b", "type": "function",
+                     "function": {"name": "restart_container", "arguments": "{container: jellyfin"}}
+                ]}}],
+            "usage": {"prompt_tokens": 300, "completion_tokens": 40, "total_tokens": 340}
+        })
+        .to_string(),
+    ));
+    let t = spawn(
+        &cloud,
+        &local,
+        Some("workflow = \"repair\"\nperiod = \"day\"\ntokens = 300"),
+    )
+    .await;
+    let chat = json!({
+        "workflow": "repair",
+        "provider": "cloud",
+        "system": "Choose one action.",
+        "messages": [{"role": "user", "content": "jellyfin is down"}],
+        "tools": [{"name": "restart_container", "description": "Restart a container",
+                   "parameters": {"type": "object", "properties": {"container": {"type": "string"}}}}]
+    });
+    let (status, answer) = t.post("/api/v1/llm/chat", chat.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["stop"], "tool_calls");
+    let calls = answer["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{answer}");
+    assert_eq!(calls[0]["arguments"]["container"], "jellyfin");
+    assert!(calls[0]["bad_arguments"].is_null());
+    assert!(calls[1]["arguments"].is_null());
+    assert_eq!(calls[1]["bad_arguments"], "{container: jellyfin");
+    let sent = cloud.requests()[0].json();
+    assert_eq!(sent["tools"][0]["function"]["name"], "restart_container");
+    assert_eq!(sent["messages"][0]["role"], "system");
+
+    // The follow-up turn echoes the calls and answers them; the budget is spent by now.
+    let mut follow = chat.clone();
+    follow["messages"] = json!([
+        {"role": "user", "content": "jellyfin is down"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "call_id": "call_a", "name": "restart_container", "content": "restarted"}
+    ]);
+    let (status, refused) = t.post("/api/v1/llm/chat", follow).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(cloud.requests().len(), 1, "nothing sent over budget");
+    let (_, usage) = t.get("/api/v1/llm/usage").await;
+    assert_eq!(usage["rows"][0]["workflow"], "repair", "{usage}");
+    assert_eq!(usage["rows"][0]["calls"], 2);
+
+    for (bad, field) in [
+        (
+            json!({"workflow": "repair", "provider": "cloud", "messages": []}),
+            "messages",
+        ),
+        (
+            json!({"workflow": " ", "provider": "cloud",
+                "messages": [{"role": "user", "content": "x"}]}),
+            "workflow",
+        ),
+        (
+            json!({"workflow": "repair", "provider": "cloud",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"name": "t", "parameters": "string"}]}),
+            "tools[0].parameters",
+        ),
+        (
+            json!({"workflow": "repair", "provider": "cloud",
+                "messages": [{"role": "robot", "content": "x"}]}),
+            "role",
+        ),
+    ] {
+        let (status, body) = t.post("/api/v1/llm/chat", bad).await;
+        assert!(status.is_client_error(), "{field}: {status} {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{field}: {message}");
+    }
+    assert_eq!(cloud.requests().len(), 1, "a refused request sends nothing");
+}
