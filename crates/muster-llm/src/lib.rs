@@ -45,3 +45,4 @@ pub use client::Client;
 pub use error::LlmError;
 pub use price::Price;
 pub use provider::{Api, Provider};
+pub use retry::retry_after;

@@ -35,7 +35,9 @@ pub(crate) fn asked_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Dura
 }
 
 /// A `Retry-After` value: delay-seconds, or an HTTP date (a date already past means now).
-fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+/// Public because every HTTP caller of muster reads it the same way (the server's notifiers
+/// and forge calls too).
+pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -39,9 +39,7 @@ use url::Url;
 
 use super::forge::Forge;
 use crate::notify::Outcome;
-use crate::notify::channels::{
-    by_status, describe_transport_error, read_answer, redact, retry_after, start_of,
-};
+use crate::notify::channels::{by_status, describe_transport_error, read_answer, redact, start_of};
 use crate::secret::Secret;
 
 /// The limit on one call, connecting included.
@@ -414,7 +412,7 @@ impl ForgeApi {
         let after = answer
             .retry_after
             .as_deref()
-            .and_then(|value| retry_after(value, Utc::now()));
+            .and_then(|value| muster_llm::retry_after(value, Utc::now()));
         Called {
             outcome: by_status(shown, answer.status, kept, after),
             body: answer.body,

@@ -1445,7 +1445,7 @@ fn judge(
     // Scrubbed before it is cut, so a secret at the cut is not left half shown.
     let answer = start_of(scrub(text.trim(), &channel.kind).as_str());
     let service = channel.kind.service();
-    let header_after = retry_after_header.and_then(|v| retry_after(v, now));
+    let header_after = retry_after_header.and_then(|v| muster_llm::retry_after(v, now));
     let json: Option<Value> = serde_json::from_str(&text).ok();
     match &channel.kind {
         ChannelKind::Telegram { .. } => {
@@ -1546,22 +1546,6 @@ fn judge_telegram(
             error,
         },
     }
-}
-
-/// A `Retry-After` value: delay-seconds, or an HTTP date measured from `now` (a date already
-/// past means now).
-pub(crate) fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    // The HTTP date's preferred form (`Sun, 06 Nov 1994 08:49:37 GMT`) is an RFC 2822 date.
-    let when = DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (when.with_timezone(&Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 #[cfg(test)]
@@ -2282,24 +2266,6 @@ mod tests {
             ),
             "sha256=d3d3b087c0d31e47dd8d55734753ed791438aafa9335b0e490053bdaee401f65"
         );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let now = Utc.with_ymd_and_hms(2015, 10, 21, 7, 27, 0).unwrap();
-        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after("soon", now), None);
-        assert_eq!(retry_after("-5", now), None);
-        assert_eq!(retry_after("1.5", now), None);
     }
 
     #[test]
