@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::assets;
 use crate::sessions::Session;
 
-/// The sections in the navigation. Later pages (repairs, LLM usage, schedules) add a variant
-/// here and an entry in [`NAV`]; the bar wraps on a phone.
+/// The sections in the navigation. Later pages (repairs, schedules) add a variant here and an
+/// entry in [`NAV`]; the bar wraps on a phone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
     Overview,
@@ -19,6 +19,7 @@ pub(super) enum Section {
     Tasks,
     Submit,
     Deployments,
+    Llm,
     Notifications,
     Audit,
 }
@@ -29,6 +30,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Tasks, "/tasks", "Tasks"),
     (Section::Submit, "/tasks/new", "Submit"),
     (Section::Deployments, "/deployments", "Deployments"),
+    (Section::Llm, "/llm", "LLM"),
     (Section::Notifications, "/notifications", "Notifications"),
     (Section::Audit, "/audit", "Audit"),
 ];

@@ -5,8 +5,9 @@
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
 //! - [`layout`]: the page shell and shared pieces.
-//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`notifications`],
-//!   [`audit`]: the pages.
+//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`llm`],
+//!   [`notifications`], [`audit`]: the pages. [`llm`] draws its spend chart as SVG on the
+//!   server (no script), reading the ledger through [`crate::ledger`].
 //! - [`flash`]: the one-time message a form leaves for the page it redirects to.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
 //!
@@ -23,6 +24,7 @@ mod auth;
 mod deployments;
 mod flash;
 mod layout;
+mod llm;
 mod notifications;
 mod overview;
 mod submit;
@@ -58,6 +60,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/deployments/pause", post(deployments::pause))
         .route("/deployments/{id}", get(deployments::show))
         .route("/deployments/{id}/redeploy", post(deployments::redeploy))
+        .route("/llm", get(llm::page))
         .route("/audit", get(audit::page))
         .route("/notifications", get(notifications::page))
         .route(

@@ -483,3 +483,76 @@ async fn the_deployments_pages_follow_tasks_live_pause_a_rule_and_redeploy() {
     b.screenshot("deployment-redeployed").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn the_llm_page_draws_its_chart_in_the_stylesheets_colours_and_fits_a_phone() {
+    use crate::llm::{BUDGET, CLOUD, DAY_MS, LOCAL, llm_config, ok, record};
+
+    let llm = llm_config(&[CLOUD, LOCAL], &[BUDGET]);
+    let t = TestApp::spawn_with(|s| {
+        s.api_key = secret(KEY);
+        s.llm = llm;
+    })
+    .await;
+    record(
+        &t,
+        &[
+            ok("repair", 0, (2_000, 800), 3_600, 900),
+            ok("canary", 0, (400, 100), 600, 300),
+            ok("repair", DAY_MS, (1_000, 300), 1_600, 700),
+            ok("repair", 3 * DAY_MS, (3_000, 1_000), 5_000, 1_200),
+        ],
+    )
+    .await;
+    let Some(b) = Browser::start("llm").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.click("nav a[href='/llm']").await;
+    b.wait_text("main h1", "LLM usage").await;
+    b.wait_text("figure.chart", "canary").await;
+    b.screenshot("llm").await;
+    let measure = "const segs = [...document.querySelectorAll('figure.chart rect.seg')]; \
+                   const box = document.querySelector('figure.chart svg').getBoundingClientRect(); \
+                   return [segs.map(s => s.getAttribute('class') + '=' + getComputedStyle(s).fill), \
+                           box.width, box.height, \
+                           document.documentElement.scrollWidth, window.innerWidth];";
+    let check = |seen: serde_json::Value| {
+        let fills: Vec<String> = seen[0]
+            .as_array()
+            .expect("segments")
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(fills.len(), 4, "{fills:?}");
+        // The SVG's default black means the stylesheet's palette did not apply.
+        assert!(
+            fills.iter().all(|f| !f.ends_with("rgb(0, 0, 0)")),
+            "{fills:?}"
+        );
+        // Sorted, canary is the first series and repair the second.
+        let of = |class: &str| -> Vec<&str> {
+            fills.iter().filter_map(|f| f.strip_prefix(class)).collect()
+        };
+        let (canary, repair) = (of("seg s0="), of("seg s1="));
+        assert_eq!((canary.len(), repair.len()), (1, 3), "{fills:?}");
+        assert!(
+            repair.iter().all(|f| *f == repair[0]),
+            "one colour a workflow: {fills:?}"
+        );
+        assert_ne!(canary[0], repair[0], "{fills:?}");
+        let width = seen[1].as_f64().unwrap();
+        assert!(width > 200.0 && seen[2].as_f64().unwrap() > 60.0, "{seen}");
+        assert!(
+            seen[3].as_u64().unwrap() <= seen[4].as_u64().unwrap(),
+            "the page scrolls sideways: {seen}"
+        );
+    };
+    check(b.client.execute(measure, vec![]).await.expect("measure"));
+
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.wait_text("main h1", "LLM usage").await;
+    check(b.client.execute(measure, vec![]).await.expect("measure"));
+    b.screenshot("llm-phone").await;
+    b.close().await;
+}

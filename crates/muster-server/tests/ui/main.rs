@@ -1,7 +1,8 @@
 //! Tests of the web UI against a real server on 127.0.0.1:0: plain HTTP checks of the pages,
 //! sessions, CSRF and assets (`pages`), of the GitOps pages fed by signed pushes
-//! (`deployments`), and flows in a real headless Chromium (`flows`, skipped loudly unless
-//! `MUSTER_TEST_BROWSER` is set).
+//! (`deployments`), of the LLM usage page fed by calls recorded in the ledger (`llm`), and
+//! flows in a real headless Chromium (`flows`, skipped loudly unless `MUSTER_TEST_BROWSER` is
+//! set).
 
 // Test helpers are `pub` for the modules of this one test binary, not for the world.
 #![allow(unreachable_pub)]
@@ -18,5 +19,6 @@ mod fake_service;
 mod browser;
 mod deployments;
 mod flows;
+mod llm;
 mod pages;
 mod web;

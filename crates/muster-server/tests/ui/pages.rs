@@ -45,6 +45,8 @@ fn pages(task_id: &str) -> Vec<String> {
         format!("/tasks/{task_id}"),
         "/deployments".into(),
         "/deployments?repo=homelab%2Finfra".into(),
+        "/llm".into(),
+        "/llm?days=7".into(),
         "/audit".into(),
         "/audit?before=2".into(),
         "/notifications".into(),
