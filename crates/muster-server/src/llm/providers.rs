@@ -126,6 +126,14 @@ fn resolve_provider(
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("url {:?} is not an http or https URL", spec.url));
     }
+    // A key in the URL would show wherever the URL does (pages, logs): it belongs in key_env.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "url carries a user name or password: put the key in a variable named \
+                    by key_env instead"
+                .into(),
+        );
+    }
     if spec.model.trim().is_empty() {
         return Err("model is empty; name the model, e.g. \"qwen2.5:7b\"".into());
     }
@@ -188,4 +196,95 @@ pub fn check(
 ) -> Result<(), (usize, String)> {
     let stand_in = |_: &str| Some("stand-in-key".to_owned());
     LlmConfig::resolve(providers, budgets, &stand_in).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(providers: &[&str], budgets: &[&str]) -> Result<LlmConfig, String> {
+        let providers: Vec<(usize, ProviderSpec)> = providers
+            .iter()
+            .map(|p| (1, toml::from_str(p).unwrap()))
+            .collect();
+        let budgets: Vec<(usize, BudgetSpec)> = budgets
+            .iter()
+            .map(|b| (2, toml::from_str(b).unwrap()))
+            .collect();
+        LlmConfig::resolve(&providers, &budgets, &|name| {
+            (name == "KEY").then(|| "sk-0123".to_owned())
+        })
+        .map_err(|(line, why)| format!("{line}: {why}"))
+    }
+
+    const LOCAL: &str =
+        "name = \"local\"\napi = \"ollama\"\nurl = \"http://ai.lan:11434/\"\nmodel = \"qwen\"";
+
+    #[test]
+    fn providers_are_checked_and_their_keys_read() {
+        let ok = resolve(
+            &[
+                LOCAL,
+                "name = \"cloud\"\napi = \"openai\"\nurl = \"https://api.example/v1\"\nmodel = \"m\"\n\
+                 key_env = \"KEY\"\ntimeout = \"30s\"\nprice = { input = 0.5, output = 1.5 }",
+            ],
+            &["workflow = \"repair\"\nperiod = \"day\"\ntokens = 10\nover = \"fallback\"\nfallback = \"local\""],
+        )
+        .unwrap();
+        let local = ok.provider("local").unwrap();
+        assert_eq!(
+            local.provider.url, "http://ai.lan:11434",
+            "a trailing slash is dropped"
+        );
+        assert_eq!(local.price, None);
+        let cloud = ok.provider("cloud").unwrap();
+        assert_eq!(cloud.provider.key.as_deref(), Some("sk-0123"));
+        assert_eq!(cloud.provider.timeout, std::time::Duration::from_secs(30));
+        assert!(
+            !format!("{ok:?}").contains("sk-0123"),
+            "the key never prints"
+        );
+        assert_eq!(
+            ok.budget("repair").unwrap().fallback.as_deref(),
+            Some("local")
+        );
+    }
+
+    #[test]
+    fn a_bad_provider_or_budget_is_refused_naming_its_entry_and_field() {
+        let refused =
+            |providers: &[&str], budgets: &[&str]| resolve(providers, budgets).unwrap_err();
+        let e = refused(&[&LOCAL.replace("ollama", "gemini")], &[]);
+        assert!(
+            e.starts_with("1: llm.providers[0] (\"local\"): api \"gemini\""),
+            "{e}"
+        );
+        let e = refused(
+            &[&LOCAL.replace("http://ai.lan", "http://me:secret@ai.lan")],
+            &[],
+        );
+        assert!(e.contains("key_env") && !e.contains("secret"), "{e}");
+        let e = refused(&[LOCAL, LOCAL], &[]);
+        assert!(e.contains("another provider has this name"), "{e}");
+        let e = refused(&[&format!("{LOCAL}\nkey_env = \"MISSING\"")], &[]);
+        assert!(e.contains("MISSING"), "{e}");
+        let e = refused(
+            &[&format!(
+                "{LOCAL}\nprice = {{ input = -1.0, output = 0.0 }}"
+            )],
+            &[],
+        );
+        assert!(e.contains("price.input"), "{e}");
+        let e = refused(
+            &[LOCAL],
+            &[
+                "workflow = \"r\"\nperiod = \"day\"\ntokens = 1",
+                "workflow = \"r\"\nperiod = \"month\"\ntokens = 2",
+            ],
+        );
+        assert!(
+            e.starts_with("2: llm.budgets[1]") && e.contains("has a budget already"),
+            "{e}"
+        );
+    }
 }

@@ -394,7 +394,7 @@ fn provider_table(providers: &[std::sync::Arc<LlmProvider>]) -> Markup {
                             th scope="row" { (p.provider.name) }
                             td { (p.provider.api.as_str()) }
                             td { code { (p.provider.model) } }
-                            td.url { code { (p.provider.url) } }
+                            td.url { code { (shown_url(&p.provider.url)) } }
                             td { @if p.provider.key.is_some() { "key set" } @else { span.muted { "no key" } } }
                             td { @match &p.price {
                                 Some(price) => {
@@ -411,6 +411,11 @@ fn provider_table(providers: &[std::sync::Arc<LlmProvider>]) -> Markup {
             }
         }
     }
+}
+
+/// A provider's URL without its query, which could carry a token (`?key=`).
+fn shown_url(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
 }
 
 #[cfg(test)]
