@@ -44,7 +44,11 @@ def test_every_error_code_has_its_exception_and_status() -> None:
         assert type(err).__name__ in muster_client.__all__
     # Without the envelope (a proxy's page), the status decides.
     assert isinstance(error_for(404, None, "Not Found"), muster_client.NotFound)
-    assert isinstance(error_for(502, None, "Bad Gateway"), muster_client.InternalError)
+    assert isinstance(error_for(502, None, "Bad Gateway"), muster_client.BadGateway)
+    assert error_for(502, None, "Bad Gateway").transient
+    assert isinstance(error_for(500, None, "Server Error"), muster_client.InternalError)
+    # A bare 429 is a rate limit; only the code says a budget is spent.
+    assert isinstance(error_for(429, None, "Slow down"), muster_client.TooManyRequests)
     # A code from a newer server is kept as text.
     assert error_for(418, "teapot", "short and stout").code == "teapot"
 

@@ -15,7 +15,9 @@ __version__ = "0.1.0"
 from .agent import Agent, NonRetryable, Permanent, TaskCancelled, TaskContext  # noqa: E402
 from .client import Client  # noqa: E402
 from .errors import (  # noqa: E402
+    BadGateway,
     BadRequest,
+    BudgetExceeded,
     Conflict,
     Forbidden,
     InternalError,
@@ -102,6 +104,8 @@ __all__ = [
     "UnsupportedMediaType",
     "InvalidField",
     "TooManyRequests",
+    "BudgetExceeded",
+    "BadGateway",
     "Unavailable",
     "InternalError",
     "MusterConnectionError",

@@ -149,6 +149,22 @@ class TooManyRequests(MusterError):
         return True
 
 
+class BudgetExceeded(MusterError):
+    """429: a workflow's LLM budget is spent for its period; nothing was sent to the model."""
+
+    error_code = ErrorCode.BUDGET_EXCEEDED
+
+
+class BadGateway(MusterError):
+    """502: a language model's API failed; the message names the provider."""
+
+    error_code = ErrorCode.BAD_GATEWAY
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
 class Unavailable(MusterError):
     """503: the store is unavailable; retry later."""
 
@@ -195,7 +211,10 @@ _BY_CODE: Dict[str, Type[MusterError]] = {
         PayloadTooLarge,
         UnsupportedMediaType,
         InvalidField,
+        # Before TooManyRequests, which a bare 429 without a code maps to.
+        BudgetExceeded,
         TooManyRequests,
+        BadGateway,
         Unavailable,
         InternalError,
     )

@@ -119,6 +119,8 @@ class ErrorCode(_WireEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INVALID_FIELD = "invalid_field"
     TOO_MANY_REQUESTS = "too_many_requests"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    BAD_GATEWAY = "bad_gateway"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -139,6 +141,8 @@ _ERROR_STATUS = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.INVALID_FIELD: 422,
     ErrorCode.TOO_MANY_REQUESTS: 429,
+    ErrorCode.BUDGET_EXCEEDED: 429,
+    ErrorCode.BAD_GATEWAY: 502,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
