@@ -1573,8 +1573,13 @@ pub struct LlmUsage {
 pub struct LlmTestRequest {
     /// A `[[llm.providers]]` entry.
     pub provider: String,
-    /// The prompt; a one-line greeting when absent.
+    /// The prompt, one line; a short greeting when absent.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 4000,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub prompt: Option<String>,
 }
 
@@ -1601,6 +1606,7 @@ pub struct LlmTool {
     #[serde(default)]
     pub description: String,
     /// A JSON Schema object describing the arguments.
+    #[schema(value_type = Object)]
     pub parameters: Value,
 }
 
@@ -1648,6 +1654,11 @@ pub enum LlmMessage {
 #[serde(deny_unknown_fields)]
 pub struct LlmChatRequest {
     /// What the call is for: the ledger's and the budgets' name (`repair`, a schedule's name).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub workflow: String,
     /// A `[[llm.providers]]` entry.
     pub provider: String,
@@ -1657,8 +1668,10 @@ pub struct LlmChatRequest {
     pub template: Option<String>,
     #[serde(default)]
     pub system: Option<String>,
+    #[schema(min_items = 1, max_items = 500)]
     pub messages: Vec<LlmMessage>,
     #[serde(default)]
+    #[schema(max_items = 128)]
     pub tools: Vec<LlmTool>,
     #[serde(default)]
     pub max_tokens: Option<u32>,

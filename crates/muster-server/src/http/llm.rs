@@ -55,12 +55,7 @@ pub(crate) async fn test(
     ApiJson(req): ApiJson<LlmTestRequest>,
 ) -> Result<Json<LlmTestResult>, ApiError> {
     let prompt = req.prompt.unwrap_or_else(|| TEST_PROMPT.to_owned());
-    if prompt.trim().is_empty() || prompt.chars().count() > MAX_TEST_PROMPT {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!("must be 1 to {MAX_TEST_PROMPT} characters"),
-        ));
-    }
+    bounds::required_text("prompt", &prompt, MAX_TEST_PROMPT)?;
     let answered = ledger::call(
         &app,
         CallOrder {
