@@ -1624,9 +1624,11 @@ pub struct LlmToolCall {
     pub bad_arguments: Option<String>,
 }
 
-/// One turn of a conversation.
+/// One turn of a conversation. Fields a role does not have are ignored, not refused: the
+/// document cannot say "no other field" of one variant of a tagged union, and a request the
+/// document allows must not be refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "role", rename_all = "snake_case")]
 pub enum LlmMessage {
     User {
         content: String,
@@ -1673,7 +1675,9 @@ pub struct LlmChatRequest {
     #[serde(default)]
     #[schema(max_items = 128)]
     pub tools: Vec<LlmTool>,
-    #[serde(default)]
+    /// The longest answer, in tokens.
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_i64)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
