@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::fake_service::{FakeService, Recorded, Reply};
-use crate::helpers::{TestApp, metrics_text, sample};
+use crate::helpers::{TestApp, eventually, metrics_text, sample};
 
 const SECRET: &str = "0123456789abcdef-hook-secret";
 const SHA: &str = "c3d4e5f60718293a4b5c6d7e8f90123456789abc";
@@ -137,14 +137,11 @@ async fn the_commit_status_goes_pending_then_success_and_a_down_forge_delays_onl
     assert_eq!(status, StatusCode::OK);
     let success = status_request(&fake, "success").await.json();
     assert_eq!(success["description"], "deployed 1");
-    let mut shown = deployment(&t, &d["id"]).await;
-    for _ in 0..100 {
-        if shown["forge_status"] == "success" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        shown = deployment(&t, &d["id"]).await;
-    }
+    let shown = eventually("the forge's success recorded on the deployment", || async {
+        let shown = deployment(&t, &d["id"]).await;
+        (shown["forge_status"] == "success").then_some(shown)
+    })
+    .await;
     assert_eq!(shown["state"], "succeeded", "{shown}");
     assert_eq!(shown["forge_status"], "success", "{shown}");
     let metrics = metrics_text(&t).await;
@@ -167,14 +164,11 @@ async fn a_forge_that_refuses_the_status_is_recorded_on_the_deployment_and_not_r
     let t = spawn(Some(&api), false).await;
     let d = push(&t, "s-1", SHA).await;
     fake.wait_for(1).await;
-    let mut shown = deployment(&t, &d["id"]).await;
-    for _ in 0..100 {
-        if !shown["forge_status_error"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        shown = deployment(&t, &d["id"]).await;
-    }
+    let shown = eventually("the forge's refusal recorded on the deployment", || async {
+        let shown = deployment(&t, &d["id"]).await;
+        (!shown["forge_status_error"].is_null()).then_some(shown)
+    })
+    .await;
     let error = shown["forge_status_error"].as_str().unwrap_or_default();
     assert!(error.contains("401"), "{shown}");
     assert!(shown["forge_status"].is_null(), "{shown}");

@@ -244,3 +244,23 @@ pub async fn metrics_text(t: &TestApp) -> String {
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     resp.text().await.expect("body")
 }
+
+/// Polls `check` until it answers `Some`; fails the test with `what` after 30 s. A deadline for
+/// a hang, not a timing assertion.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

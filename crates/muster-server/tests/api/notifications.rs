@@ -3,7 +3,6 @@
 //! point by the order of events (what a fake has received, what the server says), never by
 //! timing.
 
-use std::future::Future;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::fake_service::{FakeService, Reply};
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, eventually};
 
 const SECRET: &str = "whsec-notifications-test-0123456789";
 
@@ -49,26 +48,6 @@ fn webhook(name: &str, fake: &FakeService, extra: &str) -> String {
          backoff = \"20ms\"\n{extra}",
         fake.url
     )
-}
-
-/// Polls `check` until it answers `Some`; fails the test with `what` after 30 s. A deadline for
-/// a hang, not a timing assertion.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn notifications(t: &TestApp) -> Vec<Value> {
