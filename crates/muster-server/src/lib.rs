@@ -12,6 +12,8 @@
 //!   to their consumers, at least once; [`messenger`]: the loop that sends notifications.
 //! - [`notice`]: what happened that an operator may want to hear of (written by the store);
 //!   [`notify`]: notification channels and rules, and sending one message over one channel.
+//! - [`alerts`]: monitoring webhooks (Uptime Kuma, Alertmanager, a generic form) read into
+//!   alerts without I/O, for self-repair's incidents.
 //! - [`gitops`]: forge push webhooks read and verified without I/O, and the forges' commit
 //!   status and compare APIs.
 //! - [`ledger`]: the verbs of LLM calls (a budget checked before the call, the call, its
@@ -36,6 +38,7 @@
 //!   that never print ([`secret`]); [`lifecycle`]: the task lifecycle's pure rules; [`sessions`]: web UI sessions;
 //!   [`clock`]: time; [`error`]: the store's and the API's error types.
 
+pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod auth;
