@@ -137,6 +137,32 @@ pub fn mcp_servers(servers: &[Value]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The name of a config entry (a git source, an LLM provider): 1 to 64 ASCII letters, digits,
+/// `_`, `.` or `-`, since it becomes a path segment and a metric label.
+pub fn entry_name(name: &str) -> Result<(), String> {
+    let fits = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?} is invalid: expected 1 to 64 letters, digits, _, . or -"
+        ))
+    }
+}
+
+/// An http or https URL from the config file; the error names `field`.
+pub fn http_url(field: &str, text: &str) -> Result<url::Url, String> {
+    let parsed =
+        url::Url::parse(text).map_err(|e| format!("{field} {text:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{field} {text:?} is not an http or https URL"));
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use muster_api::limits::{REQUIRED_TEXT_PATTERN, TEXT_PATTERN};

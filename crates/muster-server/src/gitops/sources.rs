@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::forge::Forge;
 use super::rules::{Rule, RuleSpec};
+use crate::bounds::{entry_name, http_url};
 use crate::secret::{Secret, read_variable};
 
 /// The shortest secret a source takes: a guessable one would let anyone deploy.
@@ -114,18 +115,8 @@ impl Source {
         spec: SourceSpec,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Source, String> {
-        let fits = (1..=64).contains(&spec.name.len())
-            && spec
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !fits {
-            return Err(format!(
-                "name {:?} is invalid: expected 1 to 64 letters, digits, _, . or - (it becomes \
-                 the path /hooks/git/{{name}})",
-                spec.name
-            ));
-        }
+        entry_name(&spec.name)
+            .map_err(|e| format!("{e} (it becomes the path /hooks/git/{{name}})"))?;
         let forge: Forge = spec.forge.parse().map_err(|e| format!("forge: {e}"))?;
         let holds = "the secret the forge signs its hooks with (at least 16 characters, such \
                      as the output of openssl rand -hex 32)";
@@ -146,11 +137,7 @@ impl Source {
             None => None,
         };
         if let Some(url) = &spec.api_url {
-            let parsed =
-                url::Url::parse(url).map_err(|e| format!("api_url {url:?} is not a URL: {e}"))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(format!("api_url {url:?} is not an http or https URL"));
-            }
+            http_url("api_url", url)?;
         }
         Ok(Source {
             name: spec.name,

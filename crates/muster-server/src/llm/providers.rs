@@ -6,6 +6,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use super::budgets::{Budget, BudgetSpec};
+use crate::bounds::{entry_name, http_url};
 use crate::secret::read_variable;
 
 /// One `[[llm.providers]]` entry as written.
@@ -109,23 +110,9 @@ fn resolve_provider(
     spec: ProviderSpec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LlmProvider, String> {
-    let fits = (1..=64).contains(&spec.name.len())
-        && spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !fits {
-        return Err(format!(
-            "name {:?} is invalid: expected 1 to 64 letters, digits, _, . or -",
-            spec.name
-        ));
-    }
+    entry_name(&spec.name)?;
     let api: Api = spec.api.parse()?;
-    let parsed =
-        url::Url::parse(&spec.url).map_err(|e| format!("url {:?} is not a URL: {e}", spec.url))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("url {:?} is not an http or https URL", spec.url));
-    }
+    let parsed = http_url("url", &spec.url)?;
     // A key in the URL would show wherever the URL does (pages, logs): it belongs in key_env.
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(
