@@ -1702,3 +1702,189 @@ pub struct LlmChatAnswer {
     /// The workflow's budget was spent, so the call went to its fallback provider.
     pub fell_back: bool,
 }
+
+closed_enum! {
+    /// Where an incident stands. `open`: an alert came and nothing is decided yet (or it waits
+    /// out its target's cooldown); `deciding`: the model (or the runbook) is choosing an action;
+    /// `awaiting_approval`: a risky action waits for an operator; `repairing`: the action's task
+    /// runs; `verifying`: the task ended and muster waits for the monitor's recovery or its own
+    /// probe; `resolved`: the thing is up again; `escalated`: a human must act (the reason says
+    /// why: nothing allow-listed was chosen, the repairs did not heal it, a cap or pause held
+    /// them, an approval was denied or expired).
+    IncidentState {
+        Open => "open",
+        Deciding => "deciding",
+        AwaitingApproval => "awaiting_approval",
+        Repairing => "repairing",
+        Verifying => "verifying",
+        Resolved => "resolved",
+        Escalated => "escalated",
+    }
+}
+
+impl IncidentState {
+    /// Resolved and escalated incidents take no more alerts: the next firing opens a new one.
+    pub fn is_closed(self) -> bool {
+        matches!(self, IncidentState::Resolved | IncidentState::Escalated)
+    }
+}
+
+closed_enum! {
+    /// Who chose a repair: the target's `model`, or its static `runbook` (the model was
+    /// unreachable, timed out or over budget, or the target has no provider).
+    ChoiceBy {
+        Model => "model",
+        Runbook => "runbook",
+    }
+}
+
+/// The action an incident's repair runs, once validated against the allow-list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RepairChoice {
+    /// An `[[actions]]` entry the target allows.
+    pub action: String,
+    /// Its parameters, the target's fixed ones included.
+    pub params: BTreeMap<String, String>,
+    /// The action is marked risky: it waits for an operator's approval.
+    pub risky: bool,
+    pub by: ChoiceBy,
+    /// What the model said of its choice (its text beside the tool call), as data.
+    pub reasoning: Option<String>,
+}
+
+/// One step of an incident's story: an alert, a decision and its validation, an approval, a
+/// repair task, a verification, a notice. Each is also in the audit log, as
+/// `incident.<kind>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IncidentEvent {
+    pub at: DateTime<Utc>,
+    /// `opened`, `alert`, `decided`, `refused`, `approval_requested`, `approved`, `denied`,
+    /// `approval_expired`, `repair_started`, `repair_ended`, `verified`, `not_healed`,
+    /// `held`, `resolved`, `escalated`.
+    pub kind: String,
+    /// Who: `system`, `operator:api`, `operator:ui`.
+    pub actor: String,
+    /// One line an operator reads.
+    pub message: String,
+    /// The details (the model's answer, the task, the probe's result).
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// An outage a monitor reported, and what muster did about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Incident {
+    pub id: Uuid,
+    /// The `[[alerts.sources]]` entry the alerts came through.
+    pub source: String,
+    /// What fires and resolves together (Uptime Kuma's monitor id, Alertmanager's
+    /// fingerprint): alerts of one key fold into one open incident.
+    pub key: String,
+    pub monitor: String,
+    /// The `[[repair.targets]]` entry that matched, if any.
+    pub target: Option<String>,
+    pub state: IncidentState,
+    /// Why it was resolved or escalated, or what it waits for.
+    pub reason: Option<String>,
+    /// What the first alert said.
+    pub message: String,
+    pub labels: BTreeMap<String, String>,
+    /// A link back to the monitor.
+    pub url: Option<String>,
+    /// Alerts folded into it (a storm of firing alerts counts here, not as new incidents).
+    pub alerts: u32,
+    /// Repair steps taken, and the most it may take.
+    pub steps: u32,
+    pub max_steps: u32,
+    /// The action chosen last: running, waiting for approval, or run.
+    pub choice: Option<RepairChoice>,
+    /// The last repair task.
+    pub task_id: Option<Uuid>,
+    /// When a waiting approval expires.
+    pub approval_expires_at: Option<DateTime<Utc>>,
+    /// When it is looked at next: the end of a cooldown or of a verification's time limit.
+    pub due_at: Option<DateTime<Utc>>,
+    /// Repairs its target started in the last hour, and its cap.
+    pub repairs_last_hour: u32,
+    pub max_repairs_per_hour: u32,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    /// The story, oldest first (`GET /api/v1/incidents/{id}` only; empty in lists).
+    #[serde(default)]
+    pub events: Vec<IncidentEvent>,
+}
+
+/// `GET /api/v1/incidents`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncidentList {
+    pub incidents: Vec<Incident>,
+}
+
+/// `POST /api/v1/incidents/{id}/deny`'s optional body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRequest {
+    /// Why, for the story and the audit log.
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+/// `POST /hooks/alerts/{source}`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertAnswer {
+    /// `recorded` (alerts opened, folded into or closed incidents), `test` (a monitor's test
+    /// notification) or `ignored` (a state that opens and closes nothing).
+    pub status: String,
+    pub message: String,
+    /// The incidents the alerts touched.
+    pub incidents: Vec<Uuid>,
+}
+
+/// A pause of self-repair: everything (`target` none) or one `[[repair.targets]]` entry.
+/// Incidents are still recorded and decided; nothing runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RepairPause {
+    pub target: Option<String>,
+    pub paused_at: DateTime<Utc>,
+    pub paused_by: String,
+}
+
+/// A `[[repair.targets]]` entry and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RepairTargetStatus {
+    pub name: String,
+    pub actions: Vec<String>,
+    pub provider: Option<String>,
+    pub paused: bool,
+    pub repairs_last_hour: u32,
+    pub max_repairs_per_hour: u32,
+}
+
+/// `GET /api/v1/repair`: pauses and targets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RepairStatus {
+    /// Self-repair as a whole is paused.
+    pub paused: bool,
+    pub pauses: Vec<RepairPause>,
+    pub targets: Vec<RepairTargetStatus>,
+}
+
+/// `POST /api/v1/repair/pause` and `/resume`: everything, or one target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepairPauseRequest {
+    /// A `[[repair.targets]]` entry; none for all of self-repair.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// The answer of a repair pause or resume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RepairPauseAnswer {
+    pub target: Option<String>,
+    pub paused: bool,
+    /// False when it already stood so (nothing changed, nothing audited).
+    pub changed: bool,
+}

@@ -21,6 +21,10 @@ use toml::Spanned;
 use crate::gitops::{self, GitConfig, GitRuleSpec, SourceSpec};
 use crate::llm::{self, BudgetSpec, LlmConfig, ProviderSpec};
 use crate::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
+use crate::repair::config::{
+    self as repair_config, ActionSpec, AlertSourceSpec, RepairConfig, RepairEntries, RepairSpec,
+    TargetSpec,
+};
 
 pub use crate::secret::Secret;
 use crate::secret::is_variable_name;
@@ -163,6 +167,8 @@ pub struct Settings {
     pub git: GitConfig,
     /// `[[llm.providers]]` and `[[llm.budgets]]` from the config file.
     pub llm: LlmConfig,
+    /// `[[alerts.sources]]`, `[[actions]]`, `[repair]` and `[[repair.targets]]`.
+    pub repair: RepairConfig,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -651,6 +657,22 @@ struct FileTree {
     /// `[[llm.providers]]` and `[[llm.budgets]]`.
     #[serde(default)]
     llm: LlmTree,
+    /// `[[alerts.sources]]`.
+    #[serde(default)]
+    alerts: AlertsTree,
+    /// `[[actions]]`: the server's allow-list for repairs.
+    #[serde(default)]
+    actions: Vec<Spanned<ActionSpec>>,
+    /// `[repair]` and `[[repair.targets]]`.
+    #[serde(default)]
+    repair: Option<Spanned<RepairSpec>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsTree {
+    #[serde(default)]
+    sources: Vec<Spanned<AlertSourceSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -697,6 +719,11 @@ struct ConfigFile {
     /// The `[llm]` entries as written, each with its line; see [`ConfigFile::llm`].
     llm_providers: Vec<(usize, ProviderSpec)>,
     llm_budgets: Vec<(usize, BudgetSpec)>,
+    /// The self-repair entries as written, each with its line; see [`ConfigFile::repair`].
+    alert_sources: Vec<(usize, AlertSourceSpec)>,
+    actions: Vec<(usize, ActionSpec)>,
+    repair_targets: Vec<(usize, TargetSpec)>,
+    repair: (usize, RepairSpec),
 }
 
 struct FileEntry {
@@ -808,12 +835,39 @@ impl ConfigFile {
                 .into_iter()
                 .map(|b| (line_of(text, b.span().start), b.into_inner()))
                 .collect(),
+            alert_sources: tree
+                .alerts
+                .sources
+                .into_iter()
+                .map(|s| (line_of(text, s.span().start), s.into_inner()))
+                .collect(),
+            actions: tree
+                .actions
+                .into_iter()
+                .map(|a| (line_of(text, a.span().start), a.into_inner()))
+                .collect(),
+            repair_targets: tree
+                .repair
+                .as_ref()
+                .map(|r| {
+                    r.get_ref()
+                        .targets
+                        .iter()
+                        .map(|t| (line_of(text, t.span().start), t.get_ref().clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            repair: match tree.repair {
+                Some(r) => (line_of(text, r.span().start), r.into_inner()),
+                None => (0, RepairSpec::default()),
+            },
         };
         // Everything but the variables' values is checked now, so `muster config check` and
         // a reload refuse a bad rule or channel as a start would.
         file.notify(None)?;
         file.git(None)?;
         file.llm(None)?;
+        file.repair(None)?;
         Ok(file)
     }
 
@@ -881,6 +935,32 @@ impl ConfigFile {
             None => {
                 llm::providers::check(&self.llm_providers, &self.llm_budgets).map_err(at)?;
                 Ok(LlmConfig::default())
+            }
+        }
+    }
+
+    /// The self-repair sections checked, the sources' tokens read through `env`; with no
+    /// `env`, everything but the variables' values, and an empty config answered.
+    fn repair(&self, env: Option<&Lookup<'_>>) -> Result<RepairConfig, ConfigError> {
+        let at = |(line, why): (usize, String)| {
+            ConfigError::new(format!("{}:{line}: {why}", self.path.display()))
+        };
+        let providers: Vec<&str> = self
+            .llm_providers
+            .iter()
+            .map(|(_, p)| p.name.as_str())
+            .collect();
+        let entries = RepairEntries {
+            sources: &self.alert_sources,
+            actions: &self.actions,
+            targets: &self.repair_targets,
+            defaults: (self.repair.0, &self.repair.1),
+        };
+        match env {
+            Some(env) => RepairConfig::resolve(entries, &providers, env).map_err(at),
+            None => {
+                repair_config::check(entries, &providers).map_err(at)?;
+                Ok(RepairConfig::default())
             }
         }
     }
@@ -962,7 +1042,8 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
             "{file}:{line}: {key}: unknown section or top-level key; server settings go under \
              [server] (notifications under [[notify.channels]] and [[notify.rules]], GitOps under \
              [[git.sources]] and [[git.rules]], language models under [[llm.providers]] and \
-             [[llm.budgets]]), the only sections this version reads"
+             [[llm.budgets]], self-repair under [[alerts.sources]], [[actions]], [repair] and \
+             [[repair.targets]]), the only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -1160,6 +1241,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
         settings.notify = file.notify(Some(&env))?;
         settings.git = file.git(Some(&env))?;
         settings.llm = file.llm(Some(&env))?;
+        settings.repair = file.repair(Some(&env))?;
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1284,6 +1366,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
     if settings.llm != current.llm {
         changed.push("llm");
     }
+    if settings.repair != current.repair {
+        changed.push("repair");
+    }
     if settings.git != current.git {
         changed.push("git");
     }
@@ -1381,6 +1466,7 @@ impl Settings {
             notify: NotifyConfig::default(),
             git: GitConfig::default(),
             llm: LlmConfig::default(),
+            repair: RepairConfig::default(),
         }
     }
 

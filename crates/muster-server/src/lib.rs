@@ -69,6 +69,7 @@ pub mod operator;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod repair;
 pub mod secret;
 pub mod server;
 pub mod sessions;
