@@ -4,5 +4,6 @@
 //! [`crate::incidents`]; the loop that drives them is [`crate::repairer`].
 
 pub mod config;
+pub mod decide;
 
 pub use config::{Action, AlertSource, RepairConfig, Target};
