@@ -239,6 +239,37 @@ impl AuditRecord {
         )
     }
 
+    /// A step of an incident's story (`incident.opened`, `incident.decided`,
+    /// `incident.approved`, …), with the event's details.
+    pub fn incident(at: i64, actor: Actor, kind: &str, id: Uuid, detail: Value) -> Self {
+        Self::new(
+            at,
+            actor,
+            &format!("incident.{kind}"),
+            format!("incident:{id}"),
+            detail,
+        )
+    }
+
+    /// An operator paused or resumed self-repair, for everything (`target` none) or one
+    /// target.
+    pub fn repair_paused(at: i64, actor: Actor, target: Option<&str>, paused: bool) -> Self {
+        Self::new(
+            at,
+            actor,
+            if paused {
+                "repair.pause"
+            } else {
+                "repair.resume"
+            },
+            match target {
+                Some(t) => format!("repair-target:{t}"),
+                None => "repair".to_owned(),
+            },
+            json!({}),
+        )
+    }
+
     /// Someone logged in to the web UI from `client`.
     pub fn login_succeeded(at: i64, client: &str) -> Self {
         Self::new(

@@ -33,6 +33,22 @@ pub const EVENTS: &[(&str, &str)] = &[
         "a workflow's LLM spend today passed its spike factor times the median of the seven days before",
     ),
     (
+        INCIDENT_OPENED,
+        "a monitor reported an outage and muster opened an incident for it",
+    ),
+    (
+        INCIDENT_APPROVAL,
+        "a repair chose a risky action: it waits for an operator to approve it on the incident's page",
+    ),
+    (
+        INCIDENT_RESOLVED,
+        "an incident's thing is up again: a repair healed it, or the monitor reported it recovered",
+    ),
+    (
+        INCIDENT_ESCALATED,
+        "self-repair stopped and a human must act: the reason says why (nothing allowed was chosen, repairs did not heal it, a cap or a pause held them, an approval was denied or expired)",
+    ),
+    (
         DEPLOYMENT_FAILED,
         "a GitOps deployment ended with a task failed or cancelled (a failed check stops its rule's real run)",
     ),
@@ -44,6 +60,10 @@ pub const AGENT_ONLINE: &str = "agent.online";
 pub const DEPLOYMENT_FAILED: &str = "deployment.failed";
 pub const BUDGET_EXCEEDED: &str = "budget.exceeded";
 pub const BUDGET_SPIKE: &str = "budget.spike";
+pub const INCIDENT_OPENED: &str = "incident.opened";
+pub const INCIDENT_APPROVAL: &str = "incident.approval";
+pub const INCIDENT_RESOLVED: &str = "incident.resolved";
+pub const INCIDENT_ESCALATED: &str = "incident.escalated";
 
 /// The README's table of events, drawn from [`EVENTS`]; a test checks that the README carries
 /// it verbatim.
@@ -166,6 +186,38 @@ impl Notice {
             group: format!("budget:{workflow}"),
             path: Some("/llm".to_owned()),
             data: json!({ "budget": budget }),
+        }
+    }
+
+    /// Something happened to an incident (`event`: one of the `incident.*` events). Notices
+    /// of one target (or monitor) share a quiet period.
+    pub fn incident(event: &str, incident: &muster_api::Incident, at: i64) -> Notice {
+        let choice = incident.choice.as_ref().map(|c| {
+            json!({"action": c.action, "params": c.params, "risky": c.risky, "by": c.by.as_str()})
+        });
+        Notice {
+            event: event.to_owned(),
+            at,
+            subject: format!("incident:{}", incident.id),
+            group: format!(
+                "incident:{}",
+                incident.target.as_deref().unwrap_or(&incident.monitor)
+            ),
+            path: Some(format!("/incidents/{}", incident.id)),
+            data: json!({
+                "incident": {
+                    "id": incident.id,
+                    "source": incident.source,
+                    "monitor": incident.monitor,
+                    "target": incident.target,
+                    "state": incident.state.as_str(),
+                    "reason": incident.reason,
+                    "message": incident.message,
+                    "alerts": incident.alerts,
+                    "steps": incident.steps,
+                    "choice": choice,
+                }
+            }),
         }
     }
 

@@ -213,6 +213,27 @@ fn defaults(event: &str) -> (&'static str, &'static str) {
             "{{ budget.workflow }} spent {{ budget.today }} today, over {{ budget.factor }} times \
              the median day of the week before ({{ budget.median }}).",
         ),
+        notice::INCIDENT_OPENED => (
+            "{{ incident.monitor }} is down",
+            "{{ incident.monitor }} is down ({{ incident.message }}).\
+             {% if incident.target %} Self-repair target {{ incident.target }} is deciding.\
+             {% else %} No repair target matches it.{% endif %}",
+        ),
+        notice::INCIDENT_APPROVAL => (
+            "Approve a repair of {{ incident.monitor }}?",
+            "{{ incident.monitor }} is down. The repair chose {{ incident.choice.action }}\
+             {% for k, v in incident.choice.params|items %} {{ k }}={{ v }}{% endfor %}, which is \
+             risky: approve or deny it{% if link %} at {{ link }}{% else %} on the incident's \
+             page{% endif %}.",
+        ),
+        notice::INCIDENT_RESOLVED => (
+            "{{ incident.monitor }} is back",
+            "{{ incident.monitor }} is back: {{ incident.reason }}",
+        ),
+        notice::INCIDENT_ESCALATED => (
+            "{{ incident.monitor }} needs you",
+            "{{ incident.monitor }} is down and self-repair stopped: {{ incident.reason }}",
+        ),
         _ => ("{{ event }}", "{{ event }} at {{ at }}"),
     }
 }

@@ -576,6 +576,134 @@ pub struct NotificationFilter {
     pub limit: usize,
 }
 
+/// An alert as the store records it: the incident it opens, folds into or closes is found by
+/// (source, key); the target it matched was decided from the config by the caller.
+#[derive(Debug, Clone)]
+pub struct AlertIn {
+    pub source: String,
+    pub alert: crate::alerts::Alert,
+    pub target: Option<String>,
+    /// The target's `max_steps`, kept on the incident it opens.
+    pub max_steps: u32,
+}
+
+/// What an alert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertEffect {
+    /// A new incident.
+    Opened,
+    /// A repeat of a firing alert: counted on the open incident.
+    Folded,
+    /// The monitor reports it up: the open incident is resolved.
+    Resolved,
+    /// A recovery with no open incident: nothing to close.
+    Unmatched,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertRecorded {
+    pub incident: Option<Uuid>,
+    pub effect: AlertEffect,
+}
+
+/// Which incidents `GET /api/v1/incidents` lists, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub states: Vec<muster_api::IncidentState>,
+    pub target: Option<String>,
+    pub limit: usize,
+}
+
+/// One conditional move of an incident: from one of `from` to `to`, with the event for its
+/// story (and the audit log), in one transaction. A field left `None` keeps its value.
+#[derive(Debug, Clone)]
+pub struct IncidentStep {
+    pub id: Uuid,
+    pub from: Vec<muster_api::IncidentState>,
+    pub to: muster_api::IncidentState,
+    pub actor: Actor,
+    /// The event's kind (`decided`, `approved`, …) and its line.
+    pub kind: String,
+    pub message: String,
+    pub data: serde_json::Value,
+    pub reason: Option<Option<String>>,
+    pub choice: Option<Option<muster_api::RepairChoice>>,
+    pub approval_expires_at: Option<Option<i64>>,
+    pub due_at: Option<Option<i64>>,
+    /// Counts one more repair step.
+    pub count_step: bool,
+    /// Submits the repair's task, unless a pause, the target's cap or its cooldown holds it.
+    pub run: Option<RepairRun>,
+    /// A notice of the incident (`incident.escalated`, …) in the same transaction.
+    pub notice: Option<&'static str>,
+}
+
+impl IncidentStep {
+    pub fn new(
+        id: Uuid,
+        from: &[muster_api::IncidentState],
+        to: muster_api::IncidentState,
+        actor: Actor,
+        kind: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        IncidentStep {
+            id,
+            from: from.to_vec(),
+            to,
+            actor,
+            kind: kind.to_owned(),
+            message: message.into(),
+            data: serde_json::Value::Null,
+            reason: None,
+            choice: None,
+            approval_expires_at: None,
+            due_at: None,
+            count_step: false,
+            run: None,
+            notice: None,
+        }
+    }
+}
+
+/// A repair's task and the limits it is held to.
+#[derive(Debug, Clone)]
+pub struct RepairRun {
+    pub task: NewTask,
+    pub target: String,
+    pub action: String,
+    pub max_per_hour: u32,
+    pub cooldown_ms: i64,
+    pub verify_within_ms: i64,
+}
+
+/// Why a repair's task was not submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepairHeld {
+    /// Self-repair is paused: for everything (`target` none) or the target.
+    Paused { target: Option<String> },
+    /// The target started its cap of repairs in the last hour.
+    Capped { repairs: u32 },
+    /// The target's last repair started less than its cooldown ago: wait until then.
+    Cooling { until: i64 },
+}
+
+/// What a step did.
+#[derive(Debug, Clone)]
+pub struct Stepped {
+    pub incident: muster_api::Incident,
+    /// The repair task entering the queue.
+    pub change: Option<Change>,
+    /// The step asked to run a repair and this held it (the incident moved accordingly).
+    pub held: Option<RepairHeld>,
+}
+
+/// An incident the repairer must look at now.
+#[derive(Debug, Clone)]
+pub struct DueIncident {
+    pub incident: muster_api::Incident,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- tasks
@@ -837,4 +965,43 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes deployments recorded before `before` none of whose tasks is still queued,
     /// assigned or running, and none held by a pause, in a batch; answers how many.
     async fn prune_deployments(&self, before: i64) -> StoreResult<u64>;
+
+    // Self-repair.
+    /// Records alerts in order: each opens, folds into or resolves its (source, key)'s open
+    /// incident.
+    async fn record_alerts(
+        &self,
+        alerts: Vec<AlertIn>,
+        now: i64,
+    ) -> StoreResult<Vec<AlertRecorded>>;
+    /// Moves an incident if it stands in one of the step's `from` states (else `Conflict`).
+    async fn step_incident(&self, step: IncidentStep, now: i64) -> StoreResult<Stepped>;
+    /// Open incidents the repairer must look at: undecided ones whose wait is over, approvals
+    /// past their expiry, and every one being verified.
+    async fn due_incidents(&self, now: i64) -> StoreResult<Vec<muster_api::Incident>>;
+    async fn incidents(
+        &self,
+        filter: IncidentFilter,
+        now: i64,
+    ) -> StoreResult<Vec<muster_api::Incident>>;
+    /// One incident with its story.
+    async fn incident(&self, id: Uuid, now: i64) -> StoreResult<muster_api::Incident>;
+    /// Pauses self-repair for everything (`target` none) or one target; false when it was.
+    async fn pause_repair(
+        &self,
+        target: Option<String>,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<bool>;
+    async fn resume_repair(
+        &self,
+        target: Option<String>,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<bool>;
+    async fn repair_pauses(&self) -> StoreResult<Vec<muster_api::RepairPause>>;
+    /// Repairs started since `since`, per target.
+    async fn repairs_since(&self, since: i64) -> StoreResult<Vec<(String, u32)>>;
+    /// Forgets closed incidents that closed before `before`, with their stories.
+    async fn prune_incidents(&self, before: i64) -> StoreResult<u64>;
 }

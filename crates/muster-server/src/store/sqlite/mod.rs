@@ -37,6 +37,7 @@ use crate::error::StoreError;
 mod agents;
 mod audit;
 mod deployments;
+mod incidents;
 mod llm;
 mod lock;
 mod notifications;
@@ -60,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_deployments.sql"),
     include_str!("../migrations/0011_deployment_steps.sql"),
     include_str!("../migrations/0012_llm_ledger.sql"),
+    include_str!("../migrations/0013_incidents.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -721,6 +723,75 @@ impl Store for SqliteStore {
     async fn deployments(&self, filter: DeploymentFilter) -> StoreResult<Vec<Deployment>> {
         self.read(move |conn| deployments::list(conn, &filter))
             .await
+    }
+
+    async fn record_alerts(
+        &self,
+        alerts: Vec<super::AlertIn>,
+        now: i64,
+    ) -> StoreResult<Vec<super::AlertRecorded>> {
+        self.write(move |conn| incidents::record_alerts(conn, alerts, now))
+            .await
+    }
+
+    async fn step_incident(
+        &self,
+        step: super::IncidentStep,
+        now: i64,
+    ) -> StoreResult<super::Stepped> {
+        self.write(move |conn| incidents::step(conn, step, now))
+            .await
+    }
+
+    async fn due_incidents(&self, now: i64) -> StoreResult<Vec<muster_api::Incident>> {
+        self.read(move |conn| incidents::due(conn, now)).await
+    }
+
+    async fn incidents(
+        &self,
+        filter: super::IncidentFilter,
+        now: i64,
+    ) -> StoreResult<Vec<muster_api::Incident>> {
+        self.read(move |conn| incidents::list(conn, &filter, now))
+            .await
+    }
+
+    async fn incident(&self, id: Uuid, now: i64) -> StoreResult<muster_api::Incident> {
+        self.read(move |conn| incidents::incident(conn, id, now))
+            .await
+    }
+
+    async fn pause_repair(
+        &self,
+        target: Option<String>,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.write(move |conn| incidents::pause(conn, target.as_deref(), &actor, now))
+            .await
+    }
+
+    async fn resume_repair(
+        &self,
+        target: Option<String>,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.write(move |conn| incidents::resume(conn, target.as_deref(), &actor, now))
+            .await
+    }
+
+    async fn repair_pauses(&self) -> StoreResult<Vec<muster_api::RepairPause>> {
+        self.read(incidents::pauses).await
+    }
+
+    async fn repairs_since(&self, since: i64) -> StoreResult<Vec<(String, u32)>> {
+        self.read(move |conn| incidents::repairs_since(conn, since))
+            .await
+    }
+
+    async fn prune_incidents(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |conn| incidents::prune(conn, before)).await
     }
 
     async fn prune_deployments(&self, before: i64) -> StoreResult<u64> {
