@@ -36,6 +36,8 @@ pub struct App {
     pub refused_hooks: MinuteTally,
     /// Wakes the messenger: a notification was queued.
     pub messenger_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the repairer: an alert came, or an incident was answered.
+    pub repairer_wake: Arc<tokio::sync::Notify>,
     /// Cancelled when shutdown begins: streams and long-polls end on it.
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -59,6 +61,7 @@ impl App {
             sessions,
             refused_hooks: MinuteTally::default(),
             messenger_wake: Arc::default(),
+            repairer_wake: Arc::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
         }

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub long_polls: IntGauge,
     /// Git hooks by source and what became of them.
     pub git_hooks: IntCounterVec,
+    pub alert_hooks: IntCounterVec,
     /// Commit statuses sent to forges, by source and what the forge answered.
     pub commit_statuses: IntCounterVec,
     /// LLM calls by workflow, provider, model and outcome (ok, error, refused).
@@ -177,6 +178,16 @@ impl Metrics {
             &["source", "outcome"],
         )
         .expect("valid counter");
+        let alert_hooks = IntCounterVec::new(
+            Opts::new(
+                "muster_alert_hooks_total",
+                "Monitoring alert hooks by source and outcome: recorded, test, ignored (a state \
+                 that changes nothing), refused (a missing or wrong token: nothing read), \
+                 invalid (unreadable).",
+            ),
+            &["source", "outcome"],
+        )
+        .expect("valid counter");
         let commit_statuses = IntCounterVec::new(
             Opts::new(
                 "muster_commit_statuses_total",
@@ -248,6 +259,7 @@ impl Metrics {
             Box::new(starts.clone()),
             Box::new(long_polls.clone()),
             Box::new(git_hooks.clone()),
+            Box::new(alert_hooks.clone()),
             Box::new(commit_statuses.clone()),
             Box::new(llm_calls.clone()),
             Box::new(llm_tokens.clone()),
@@ -277,6 +289,7 @@ impl Metrics {
             starts,
             long_polls,
             git_hooks,
+            alert_hooks,
             commit_statuses,
             llm_calls,
             llm_tokens,
@@ -311,6 +324,10 @@ impl Metrics {
     /// A git hook for `source` ended as `outcome`.
     pub fn git_hook(&self, source: &str, outcome: &str) {
         self.git_hooks.with_label_values(&[source, outcome]).inc();
+    }
+
+    pub fn alert_hook(&self, source: &str, outcome: &str) {
+        self.alert_hooks.with_label_values(&[source, outcome]).inc();
     }
 
     /// Counts one LLM call of the ledger.

@@ -145,6 +145,7 @@ impl Server {
         let health = tokio::spawn(crate::sweeper::run(app.clone()));
         let delivery = tokio::spawn(crate::outbox::run(app.clone()));
         let messenger = tokio::spawn(crate::messenger::run(app.clone()));
+        let repairer = tokio::spawn(crate::repairer::run(app.clone()));
         let router = crate::http::router(app.clone());
         let open = Connections::new(app.changes.metrics.connections.clone());
         connections::accept_until(
@@ -175,10 +176,14 @@ impl Server {
         delivery.abort();
         // A send in flight is cut off; its notification comes due again after the next start.
         messenger.abort();
+        // A decision or probe in flight is cut off; the incident is due again after the next
+        // start (a decision cut off stays `deciding` and is decided again).
+        repairer.abort();
         dispatcher_task.abort();
         let _ = health.await;
         let _ = delivery.await;
         let _ = messenger.await;
+        let _ = repairer.await;
         let _ = dispatcher_task.await;
         if let Err(err) = crate::sweeper::record_tallies(&app, i64::MAX).await {
             tracing::warn!(error = %err, "could not record the last failed logins and refused hooks");

@@ -6,6 +6,7 @@ mod agents;
 pub(crate) mod audit;
 mod deployments;
 mod hooks;
+mod incidents;
 mod llm;
 mod notifications;
 pub mod openapi;
@@ -78,6 +79,14 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/gitops/pauses", get(deployments::pauses))
         .route("/api/v1/gitops/pause", post(deployments::pause))
         .route("/api/v1/gitops/resume", post(deployments::resume))
+        .route("/hooks/alerts/{source}", post(incidents::alert_hook))
+        .route("/api/v1/incidents", get(incidents::list))
+        .route("/api/v1/incidents/{id}", get(incidents::show))
+        .route("/api/v1/incidents/{id}/approve", post(incidents::approve))
+        .route("/api/v1/incidents/{id}/deny", post(incidents::deny))
+        .route("/api/v1/repair", get(incidents::status))
+        .route("/api/v1/repair/pause", post(incidents::pause))
+        .route("/api/v1/repair/resume", post(incidents::resume))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/{id}", get(notifications::show))
         .route("/api/v1/notify/channels", get(notifications::channels))
