@@ -593,6 +593,14 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/llm/chat", &["post"]),
     ("/api/v1/gitops/pause", &["post"]),
     ("/api/v1/gitops/resume", &["post"]),
+    ("/hooks/alerts/{source}", &["post"]),
+    ("/api/v1/incidents", &["get"]),
+    ("/api/v1/incidents/{id}", &["get"]),
+    ("/api/v1/incidents/{id}/approve", &["post"]),
+    ("/api/v1/incidents/{id}/deny", &["post"]),
+    ("/api/v1/repair", &["get"]),
+    ("/api/v1/repair/pause", &["post"]),
+    ("/api/v1/repair/resume", &["post"]),
 ];
 
 #[tokio::test]
@@ -696,8 +704,9 @@ async fn the_openapi_document_covers_every_route() {
 /// The routes that need no key.
 const PUBLIC: &[&str] = &["/health", "/metrics", "/api/v1/openapi.json"];
 
-/// Routes a forge calls: no key, but a signature over the body (see `gitops`).
-const SIGNED: &[&str] = &["/hooks/git/{source}"];
+/// Routes a forge or a monitor calls: no key, but a signature over the body (see `gitops`),
+/// or the source's own bearer token (see `repair`).
+const SIGNED: &[&str] = &["/hooks/git/{source}", "/hooks/alerts/{source}"];
 
 /// Every operation of the document: method, path, operation.
 fn operations(doc: &Value) -> Vec<(String, String, Value)> {
@@ -733,6 +742,20 @@ async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_ke
         s.git = muster_server::gitops::GitConfig::resolve(&[(1, source)], &[], &|_| {
             Some("0123456789abcdef-secret".into())
         })
+        .expect("valid");
+        let alerts: muster_server::repair::config::AlertSourceSpec =
+            toml::from_str("name = \"infra\"\nkind = \"generic\"\ntoken_env = \"T\"")
+                .expect("an alert source");
+        s.repair = muster_server::repair::RepairConfig::resolve(
+            muster_server::repair::config::RepairEntries {
+                sources: &[(1, alerts)],
+                actions: &[],
+                targets: &[],
+                defaults: (0, &Default::default()),
+            },
+            &[],
+            &|_| Some("monitor-token".into()),
+        )
         .expect("valid");
     })
     .await;
