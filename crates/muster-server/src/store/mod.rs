@@ -383,6 +383,8 @@ pub struct Pruned {
     pub deployments: u64,
     /// LLM calls folded into the daily sums.
     pub llm_calls: u64,
+    /// Resolved or escalated incidents, with their stories.
+    pub incidents: u64,
 }
 
 /// Who consumes an outbox row. Stored by name; `nats` joins later.

@@ -11,6 +11,7 @@ mod batches;
 mod deployments;
 mod durability;
 mod handoff;
+mod incidents;
 mod llm;
 mod notifications;
 mod reports;
