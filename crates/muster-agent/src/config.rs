@@ -518,6 +518,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_self_repair_agent_example_loads() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split_once("\n## Self-repair\n")
+            .expect("a Self-repair section")
+            .1;
+        let block = section
+            .split("```toml\n")
+            .map(|b| b.split_once("\n```").map_or(b, |(block, _)| block))
+            .find(|b| b.starts_with("[agent]\n"))
+            .expect("the agent's example");
+        let checked = AgentConfig::parse(block).unwrap();
+        assert_eq!(checked.capabilities(), ["docker", "power"]);
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+    }
+
+    #[test]
     fn the_example_config_loads_without_warnings() {
         let example = include_str!("../../../examples/agent.toml");
         let checked = AgentConfig::parse(example).unwrap();

@@ -2376,6 +2376,28 @@ lock_key = "deploy:{repo}:{playbook}"
     }
 
     #[test]
+    fn the_readmes_self_repair_example_loads_with_its_token() {
+        let blocks = readme_toml_blocks("Self-repair");
+        let server: Vec<&String> = blocks.iter().filter(|b| b.contains("[[alerts.")).collect();
+        assert_eq!(server.len(), 1, "the server's example");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.toml");
+        std::fs::write(&path, server[0]).unwrap();
+        check_file(&path).unwrap_or_else(|e| panic!("{e}\n{}", server[0]));
+        let env = |name: &str| (name == "KUMA_TOKEN").then(|| "kuma-readme".to_owned());
+        let file = ConfigFile::read(&path).unwrap();
+        let repair = file.repair(Some(&env)).unwrap();
+        let target = repair.target("jellyfin").expect("the jellyfin target");
+        assert_eq!(target.provider.as_deref(), Some("local"));
+        assert!(
+            target.action("reboot_host").unwrap().risky,
+            "one risky action"
+        );
+        assert!(!target.action("restart_container").unwrap().risky);
+        assert_eq!(repair.source("kuma").unwrap().token.expose(), "kuma-readme");
+    }
+
+    #[test]
     fn the_readmes_notification_examples_load() {
         let blocks = readme_toml_blocks("Notifications");
         assert_eq!(blocks.len(), 2, "the ntfy and Telegram examples");

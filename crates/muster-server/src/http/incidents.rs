@@ -80,7 +80,7 @@ async fn json_of(kind: AlertKind, headers: &HeaderMap, body: Bytes) -> Result<By
     security(()),
     params(("source" = String, Path, description = "an [[alerts.sources]] entry's name")),
     request_body(content = Object, content_type = "application/json",
-        description = "the monitor's webhook body: Uptime Kuma's (also as multipart/form-data, its `data` field), Alertmanager's version 4, or the generic form {key?, monitor, state: firing|resolved, message?, labels?, url?}; sent with `Authorization: Bearer <token>`, the token in the source's token_env"),
+        description = "the monitor's webhook body: Uptime Kuma's (also as multipart/form-data, its `data` field), Alertmanager's version 4, or the generic form {monitor, status: firing|resolved, message?, key?, labels?, url?}; sent with `Authorization: Bearer <token>`, the token in the source's token_env"),
     responses(Public,
         (status = 200, body = AlertAnswer, description = "the alerts were recorded (or it was a test, or a state that changes nothing)"),
         (status = 400, body = muster_api::ErrorBody, description = "a body that cannot be read"),
