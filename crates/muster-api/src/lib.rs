@@ -1772,7 +1772,7 @@ pub struct IncidentEvent {
 }
 
 /// An outage a monitor reported, and what muster did about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Incident {
     pub id: Uuid,
     /// The `[[alerts.sources]]` entry the alerts came through.
@@ -1813,6 +1813,9 @@ pub struct Incident {
     /// The story, oldest first (`GET /api/v1/incidents/{id}` only; empty in lists).
     #[serde(default)]
     pub events: Vec<IncidentEvent>,
+    /// The notifications sent about it, newest first (`GET /api/v1/incidents/{id}` only).
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
 }
 
 /// `GET /api/v1/incidents`: newest first.

@@ -193,6 +193,7 @@ pub fn notification_filter_from_query(query: &QueryPairs) -> Result<Notification
     }
     Ok(NotificationFilter {
         channel: query.get("channel").map(str::to_owned),
+        subject: query.get("subject").map(str::to_owned),
         state,
         before: query.parse::<i64>("before")?,
         limit,

@@ -25,7 +25,9 @@ use crate::operator;
 use crate::repair::Target;
 use crate::repair::config::{Probe, WORKFLOW};
 use crate::repair::decide::{self, Situation, Tried};
-use crate::store::{AlertIn, AlertRecorded, IncidentFilter, IncidentStep, RepairRun};
+use crate::store::{
+    AlertIn, AlertRecorded, IncidentFilter, IncidentStep, NotificationFilter, RepairRun,
+};
 
 use IncidentState::{AwaitingApproval, Deciding, Escalated, Open, Repairing, Resolved, Verifying};
 
@@ -77,8 +79,18 @@ pub async fn list(app: &App, filter: IncidentFilter) -> Result<Vec<Incident>, Ap
     Ok(incidents.into_iter().map(|i| with_cap(app, i)).collect())
 }
 
+/// One incident with its story and the notifications sent about it.
 pub async fn get(app: &App, id: Uuid) -> Result<Incident, ApiError> {
-    let incident = app.store.incident(id, app.now_ms()).await?;
+    let mut incident = app.store.incident(id, app.now_ms()).await?;
+    incident.notifications = app
+        .store
+        .notifications(NotificationFilter {
+            subject: Some(format!("incident:{id}")),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?
+        .notifications;
     Ok(with_cap(app, incident))
 }
 

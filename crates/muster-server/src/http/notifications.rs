@@ -15,6 +15,7 @@ use crate::operator;
 
 #[utoipa::path(get, path = "/api/v1/notifications", operation_id = "list_notifications", tag = "notifications",
     params(("channel" = Option<String>, Query, description = "only those for this channel"),
+           ("subject" = Option<String>, Query, description = "only those about this subject (`task:<id>`, `incident:<id>`)"),
            ("state" = Option<muster_api::NotificationState>, Query, description = "only those in this state"),
            ("before" = Option<i64>, Query, description = "only older ones: a page's next_before"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "page size, 1 to 200 (default 50)")),

@@ -572,6 +572,8 @@ pub struct SendEnded {
 #[derive(Debug, Clone, Default)]
 pub struct NotificationFilter {
     pub channel: Option<String>,
+    /// What it is about: `task:<id>`, `incident:<id>`.
+    pub subject: Option<String>,
     pub state: Option<muster_api::NotificationState>,
     /// Only those older than this handle (the page's `next_before`).
     pub before: Option<i64>,

@@ -62,6 +62,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(i64, Incident)> {
             updated_at: to_utc(row.get(19)?),
             closed_at: at(20)?,
             events: Vec::new(),
+            notifications: Vec::new(),
         },
     ))
 }

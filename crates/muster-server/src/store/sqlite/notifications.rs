@@ -311,7 +311,7 @@ pub(super) fn list(conn: &Connection, filter: NotificationFilter) -> StoreResult
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {NOTIFICATION_COLS} FROM notifications WHERE seq < ?1 \
          AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR state = ?3) \
-         ORDER BY seq DESC LIMIT ?4"
+         AND (?5 IS NULL OR subject = ?5) ORDER BY seq DESC LIMIT ?4"
     ))?;
     let rows: Vec<(i64, Notification)> = stmt
         .query_map(
@@ -319,7 +319,8 @@ pub(super) fn list(conn: &Connection, filter: NotificationFilter) -> StoreResult
                 filter.before.unwrap_or(i64::MAX),
                 filter.channel,
                 filter.state.map(NotificationState::as_str),
-                limit as i64 + 1
+                limit as i64 + 1,
+                filter.subject,
             ],
             notification_from_row,
         )?
