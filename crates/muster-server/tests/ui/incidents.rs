@@ -332,6 +332,12 @@ async fn an_alert_shows_as_an_incident_with_its_story_and_is_approved_from_its_p
         actions.contains(&("operator:ui".to_owned(), "incident.approved".to_owned())),
         "{actions:?}"
     );
+    let audit = web.get("/audit").await;
+    assert!(
+        audit.body.contains(&format!(r#"href="/incidents/{id}""#)),
+        "the audit page links the incident: {}",
+        audit.body
+    );
 
     // Approving again is not possible: the page says why.
     let again = web
