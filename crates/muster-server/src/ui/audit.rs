@@ -82,7 +82,8 @@ fn row(entry: &StoredEntry) -> Markup {
             .strip_prefix(prefix)
             .and_then(|id| uuid::Uuid::parse_str(id).ok())
     };
-    let (task, deployment) = (record("task:"), record("deployment:"));
+    let (task, deployment, incident) =
+        (record("task:"), record("deployment:"), record("incident:"));
     html! {
         tr {
             td.num { (entry.seq) }
@@ -94,6 +95,8 @@ fn row(entry: &StoredEntry) -> Markup {
                     a href={ "/tasks/" (id) } title=(id) { "task " code.id { (layout::short_id(id)) } }
                 } @else if let Some(id) = deployment {
                     a href={ "/deployments/" (id) } title=(id) { "deployment " code.id { (layout::short_id(id)) } }
+                } @else if let Some(id) = incident {
+                    a href={ "/incidents/" (id) } title=(id) { "incident " code.id { (layout::short_id(id)) } }
                 } @else {
                     (entry.subject)
                 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::assets;
 use crate::sessions::Session;
 
-/// The sections in the navigation. Later pages (repairs, schedules) add a variant here and an
+/// The sections in the navigation. Later pages (schedules) add a variant here and an
 /// entry in [`NAV`]; the bar wraps on a phone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
@@ -19,6 +19,7 @@ pub(super) enum Section {
     Tasks,
     Submit,
     Deployments,
+    Incidents,
     Llm,
     Notifications,
     Audit,
@@ -30,6 +31,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Tasks, "/tasks", "Tasks"),
     (Section::Submit, "/tasks/new", "Submit"),
     (Section::Deployments, "/deployments", "Deployments"),
+    (Section::Incidents, "/incidents", "Incidents"),
     (Section::Llm, "/llm", "LLM"),
     (Section::Notifications, "/notifications", "Notifications"),
     (Section::Audit, "/audit", "Audit"),

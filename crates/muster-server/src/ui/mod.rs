@@ -5,14 +5,15 @@
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
 //! - [`layout`]: the page shell and shared pieces.
-//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`llm`],
-//!   [`notifications`], [`audit`]: the pages. [`llm`] draws its spend chart as SVG on the
+//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`incidents`],
+//!   [`llm`], [`notifications`], [`audit`]: the pages. [`llm`] draws its spend chart as SVG on the
 //!   server (no script), reading the ledger through [`crate::ledger`].
 //! - [`flash`]: the one-time message a form leaves for the page it redirects to.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
 //!
 //! Pages read through the [`crate::store::Store`] trait and change things only through
-//! [`crate::operator`] and [`crate::deployments`], the functions the API handlers call too.
+//! [`crate::operator`], [`crate::deployments`] and [`crate::incidents`], the functions the API
+//! handlers call too.
 //! Live updates come from the API's own SSE routes, which accept the session cookie for
 //! reading (see [`crate::auth::ReaderAuth`]); the script refetches the page and swaps its
 //! `data-live` regions when an event concerns it.
@@ -23,6 +24,7 @@ mod audit;
 mod auth;
 mod deployments;
 mod flash;
+mod incidents;
 mod layout;
 mod llm;
 mod notifications;
@@ -60,6 +62,11 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/deployments/pause", post(deployments::pause))
         .route("/deployments/{id}", get(deployments::show))
         .route("/deployments/{id}/redeploy", post(deployments::redeploy))
+        .route("/incidents", get(incidents::list))
+        .route("/incidents/pause", post(incidents::pause))
+        .route("/incidents/{id}", get(incidents::show))
+        .route("/incidents/{id}/approve", post(incidents::approve))
+        .route("/incidents/{id}/deny", post(incidents::deny))
         .route("/llm", get(llm::page))
         .route("/audit", get(audit::page))
         .route("/notifications", get(notifications::page))

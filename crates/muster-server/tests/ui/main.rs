@@ -1,6 +1,7 @@
 //! Tests of the web UI against a real server on 127.0.0.1:0: plain HTTP checks of the pages,
 //! sessions, CSRF and assets (`pages`), of the GitOps pages fed by signed pushes
-//! (`deployments`), of the LLM usage page fed by calls recorded in the ledger (`llm`), and
+//! (`deployments`), of the self-repair pages fed by alerts on the generic webhook
+//! (`incidents`), of the LLM usage page fed by calls recorded in the ledger (`llm`), and
 //! flows in a real headless Chromium (`flows`, skipped loudly unless `MUSTER_TEST_BROWSER` is
 //! set).
 
@@ -19,6 +20,7 @@ mod fake_service;
 mod browser;
 mod deployments;
 mod flows;
+mod incidents;
 mod llm;
 mod pages;
 mod web;
