@@ -158,8 +158,13 @@ pub fn task_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
 /// Parses the id of a record (`what`: task, notification, deployment) given as `field`; the
 /// refusal names the field and what the id should be.
 pub fn record_id(field: &str, what: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
+    let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
     uuid::Uuid::parse_str(raw)
-        .map_err(|_| ApiError::invalid(field, format!("{raw:?} is not a {what} id (UUID)")))
+        .map_err(|_| ApiError::invalid(field, format!("{raw:?} is not {article} {what} id (UUID)")))
 }
 
 /// Reads the filters and paging of a task list from a query string, naming a field at fault.

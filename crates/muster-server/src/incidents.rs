@@ -429,7 +429,12 @@ async fn run(
     actor: Actor,
     kind: &str,
 ) -> Result<Incident, ApiError> {
-    let repair = repair_task(incident, target, choice)?;
+    let mut repair = repair_task(incident, target, choice)?;
+    // The cooldown stops automatic repairs from following each other too closely; an
+    // operator's approval is a person's decision, so only a pause and the cap hold it.
+    if actor != Actor::System {
+        repair.cooldown_ms = 0;
+    }
     let message = match &actor {
         Actor::System => format!("running {}", describe(choice)),
         who => format!("approved by {who}: running {}", describe(choice)),
@@ -736,7 +741,9 @@ pub async fn set_paused(
     let target = target
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty());
+    // A pause of a target since removed from the config can still be resumed.
     if let Some(t) = &target
+        && paused
         && app.settings().repair.target(t).is_none()
     {
         let known: Vec<String> = app

@@ -28,10 +28,7 @@ use crate::error::{ApiError, StoreError};
 use crate::extract::{QueryPairs, record_id};
 use crate::incidents;
 use crate::sessions::Session;
-use crate::store::{IncidentFilter, NotificationFilter};
-
-/// The newest notifications searched for those about one incident.
-const NOTIFICATIONS_SEARCHED: usize = muster_api::limits::MAX_NOTIFICATION_PAGE;
+use crate::store::IncidentFilter;
 
 /// `GET /incidents?state=&open=true`.
 pub(super) async fn list(
@@ -275,21 +272,7 @@ pub(super) async fn show(
         },
         None => None,
     };
-    // The store filters notifications by channel and state only, so the newest ones are read
-    // and those about this incident kept here: an incident's notices are recent while it is
-    // worked on, and older ones may be missing from this list.
-    let subject = format!("incident:{id}");
-    let notifications: Vec<Notification> = app
-        .store
-        .notifications(NotificationFilter {
-            limit: NOTIFICATIONS_SEARCHED,
-            ..NotificationFilter::default()
-        })
-        .await?
-        .notifications
-        .into_iter()
-        .filter(|n| n.subject == subject)
-        .collect();
+    let notifications: &[Notification] = &incident.notifications;
     let taken = flash::take(&headers, &session);
     let title = format!("Incident: {}", incident.monitor);
     let content = html! {

@@ -362,6 +362,20 @@ pub(super) fn step(conn: &Connection, mut step: IncidentStep, now: i64) -> Store
                 change = submitted.change;
             }
             Some(why) => {
+                // An operator's approval happened even when a hold keeps it from running: it
+                // stays in the story and the audit log, before the hold.
+                if step.actor != Actor::System {
+                    event(
+                        conn,
+                        seq,
+                        step.id,
+                        &step.actor,
+                        &step.kind,
+                        &step.message,
+                        &step.data,
+                        now,
+                    )?;
+                }
                 step = held_step(step, &run, &why, &current);
                 held_by = Some(why);
             }
