@@ -286,7 +286,7 @@ pub(super) async fn show(
             section #incident-choice data-live { (choice(&incident, task.as_ref())) }
         }
         section #incident-story data-live { (story(&incident.events)) }
-        section #incident-notifications data-live { (notices(&notifications)) }
+        section #incident-notifications data-live { (notices(notifications)) }
     };
     let page = page_for(
         &app,
