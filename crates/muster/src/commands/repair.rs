@@ -418,14 +418,15 @@ async fn status(session: &Session) -> anyhow::Result<ExitCode> {
         );
     }
     output::emit(table.trim_fmt())?;
-    // A pause of a target the config no longer has still stands in the database.
+    // A pause of a target the config no longer has still stands in the database, and the
+    // server resumes only configured targets: say what it means rather than suggest a resume.
     for p in &status.pauses {
         if let Some(name) = &p.target
             && !status.targets.iter().any(|t| &t.name == name)
         {
             output::note(format!(
-                "target {name} is no longer configured but stays paused (by {}, {}): \
-                 muster repair resume --target {name}",
+                "target {name} is paused (by {}, {}) but no longer configured: the pause \
+                 holds again if the target comes back",
                 p.paused_by,
                 output::when(p.paused_at)
             ));
