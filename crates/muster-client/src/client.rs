@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use muster_api::{
-    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, Deployment,
-    DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode, FailTask, GitPauseList,
-    GitPlan, Health, Heartbeat, HeartbeatAck, LlmChatAnswer, LlmChatRequest, LlmTestRequest,
-    LlmTestResult, LlmUsage, LogLine, LogPage, LogsAccepted, NotificationPage, NotificationState,
-    NotifyChannel, NotifyTestResult, PauseAnswer, PauseRequest, PauseScope, PlanRequest,
-    RegisterAgent, Report, ReportBatch, ReportResult, ReportResults, SubmitBatch, SubmitResult,
-    SubmitResults, SubmitTask, Task, TaskList, TaskState, UsageGroup,
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, DenyRequest,
+    Deployment, DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode, FailTask,
+    GitPauseList, GitPlan, Health, Heartbeat, HeartbeatAck, Incident, IncidentList, IncidentState,
+    LlmChatAnswer, LlmChatRequest, LlmTestRequest, LlmTestResult, LlmUsage, LogLine, LogPage,
+    LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
+    PauseAnswer, PauseRequest, PauseScope, PlanRequest, RegisterAgent, RepairPauseAnswer,
+    RepairPauseRequest, RepairStatus, Report, ReportBatch, ReportResult, ReportResults,
+    SubmitBatch, SubmitResult, SubmitResults, SubmitTask, Task, TaskList, TaskState, UsageGroup,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -466,6 +467,81 @@ impl Client {
                 .query(&query),
         )
         .await
+    }
+
+    // --- self-repair
+
+    /// Incidents, newest first, optionally only those in one state, not yet closed (`open`:
+    /// neither resolved nor escalated), or of one `[[repair.targets]]` entry (admin key).
+    pub async fn incidents(
+        &self,
+        state: Option<IncidentState>,
+        open: bool,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<IncidentList, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        query.extend(state.map(|s| ("state", s.as_str().to_owned())));
+        if open {
+            query.push(("open", "true".to_owned()));
+        }
+        query.extend(target.map(|t| ("target", t.to_owned())));
+        self.json(self.request(Method::GET, "/api/v1/incidents").query(&query))
+            .await
+    }
+
+    /// One incident with its story, oldest event first (admin key).
+    pub async fn incident(&self, id: Uuid) -> Result<Incident, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/v1/incidents/{id}")))
+            .await
+    }
+
+    /// Approves the risky action an incident waits with: its task is submitted unless a pause,
+    /// the cap or the cooldown holds it (admin key). A conflict when nothing waits, or the
+    /// approval expired.
+    pub async fn approve_incident(&self, id: Uuid) -> Result<Incident, ClientError> {
+        let path = format!("/api/v1/incidents/{id}/approve");
+        self.json(self.request(Method::POST, &path)).await
+    }
+
+    /// Denies the risky action an incident waits with, saying why: nothing runs, and the
+    /// incident escalates (admin key).
+    pub async fn deny_incident(
+        &self,
+        id: Uuid,
+        reason: Option<&str>,
+    ) -> Result<Incident, ClientError> {
+        let path = format!("/api/v1/incidents/{id}/deny");
+        let body = DenyRequest {
+            reason: reason.map(str::to_owned),
+        };
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
+    /// Self-repair's pauses, and each target's repairs in the last hour against its cap
+    /// (admin key).
+    pub async fn repair_status(&self) -> Result<RepairStatus, ClientError> {
+        self.json(self.request(Method::GET, "/api/v1/repair")).await
+    }
+
+    /// Pauses (`paused`) or resumes self-repair: for one `[[repair.targets]]` entry, or with
+    /// `target` none for everything (admin key).
+    pub async fn repair_set_paused(
+        &self,
+        target: Option<&str>,
+        paused: bool,
+    ) -> Result<RepairPauseAnswer, ClientError> {
+        let body = RepairPauseRequest {
+            target: target.map(str::to_owned),
+        };
+        let path = if paused {
+            "/api/v1/repair/pause"
+        } else {
+            "/api/v1/repair/resume"
+        };
+        self.json(self.request(Method::POST, path).json(&body))
+            .await
     }
 
     /// Sends one short prompt to an LLM provider through the server; answers what it said,

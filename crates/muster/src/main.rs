@@ -18,6 +18,7 @@ use commands::daemons::{AgentArgs, ServeArgs};
 use commands::gitops::GitopsCommand;
 use commands::llm::LlmCommand;
 use commands::notify::NotifyCommand;
+use commands::repair::{IncidentsCommand, RepairCommand};
 use commands::task::TaskCommand;
 
 #[derive(Parser)]
@@ -75,6 +76,20 @@ enum Command {
         #[command(subcommand)]
         command: LlmCommand,
     },
+    /// Self-repair's incidents: list them, read one's story, approve or deny a risky repair.
+    Incidents {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: IncidentsCommand,
+    },
+    /// Self-repair: its pauses and each target's repairs (status), pause and resume it.
+    Repair {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
     /// Measure: end-to-end throughput and latency by default, or one figure (see --help).
     Bench(BenchArgs),
     /// Copy the database to FILE through SQLite's online backup (safe while serving).
@@ -123,6 +138,12 @@ fn main() -> ExitCode {
         }),
         Command::Notify { server, command } => commands::operate(server, async |session| {
             commands::notify::run(session, command).await
+        }),
+        Command::Incidents { server, command } => commands::operate(server, async |session| {
+            commands::repair::run_incidents(session, command).await
+        }),
+        Command::Repair { server, command } => commands::operate(server, async |session| {
+            commands::repair::run_repair(session, command).await
         }),
         Command::Bench(args) => commands::bench::run(args),
         Command::Backup { file, db } => commands::daemons::backup(&file, db),

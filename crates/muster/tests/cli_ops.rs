@@ -1235,3 +1235,229 @@ fn llm_test_prints_the_answer_tokens_and_cost_and_usage_sums_the_ledger() {
     assert_eq!(by_model["rows"][0]["model"], "gpt-test-2026", "{by_model}");
     assert_eq!(by_model["rows"][0]["input_tokens"], 12);
 }
+
+/// A monitor's generic alert, sent to the `mon` source with its bearer token; answers the id
+/// of the incident it opened.
+async fn alert(base: &str, token: &str, monitor: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/hooks/alerts/mon"))
+        .bearer_auth(token)
+        .json(&json!({"monitor": monitor, "status": "firing", "message": "down"}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "recorded", "{answer}");
+    answer["incidents"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no incident in {answer}"))
+        .to_owned()
+}
+
+/// Waits (bounded) until the incident is in `state`; answers it.
+async fn incident_in(base: &str, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let incident: Value = reqwest::get(format!("{base}/api/v1/incidents/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if incident["state"] == state {
+            return incident;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incident {id} did not become {state}: {incident}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn incidents_are_listed_shown_approved_and_denied_and_repair_pauses_per_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    std::fs::write(
+        &config,
+        "[[alerts.sources]]\nname = \"mon\"\nkind = \"generic\"\ntoken_env = \"MON_TOKEN\"\n\n\
+         [[actions]]\nname = \"reboot_host\"\nparams = { host = \"^[a-z0-9-]+$\" }\n\
+         capability = \"power\"\nrisky = true\n\n\
+         [[repair.targets]]\nname = \"nas\"\nmonitor = \"nas*\"\nactions = [\"reboot_host\"]\n\
+         params = { host = \"nas\" }\nrunbook = [\"reboot_host\"]\n",
+    )
+    .unwrap();
+    const TOKEN: &str = "a-monitor-token-0123456789";
+    let served = Served::start(
+        &dir.path().join("muster.db"),
+        &[
+            ("MUSTER_CONFIG", config.to_str().unwrap()),
+            ("MON_TOKEN", TOKEN),
+        ],
+    );
+    let base = served.base.as_str();
+
+    let none = ok_json(base, &["incidents", "list"]);
+    assert_eq!(none["incidents"], json!([]), "{none}");
+
+    // The risky runbook step waits for an operator.
+    let id = alert(base, TOKEN, "nas-ping").await;
+    incident_in(base, &id, "awaiting_approval").await;
+    let list = ok(base, &["incidents", "list"]);
+    assert!(
+        list.contains(&id)
+            && list.contains("awaiting_approval")
+            && list.contains("nas-ping")
+            && list.contains("0/2")
+            && list.contains("waiting for approval of reboot_host"),
+        "{list}"
+    );
+    let open = ok_json(base, &["incidents", "list", "--open", "--target", "nas"]);
+    assert_eq!(open["incidents"][0]["id"], id.as_str(), "{open}");
+    let resolved = ok_json(base, &["incidents", "list", "--state", "resolved"]);
+    assert_eq!(resolved["incidents"], json!([]), "{resolved}");
+    let usage = run(base, &["incidents", "list", "--state", "down"]);
+    assert_eq!(usage.status.code(), Some(2), "a usage error");
+    assert!(
+        stderr(&usage).contains("not one of open"),
+        "{}",
+        stderr(&usage)
+    );
+
+    let shown = ok(base, &["incidents", "show", &id]);
+    assert!(
+        shown.contains("awaiting_approval")
+            && shown.contains("reboot_host (host=nas)")
+            && shown.contains("runbook")
+            && shown.contains("approval expires"),
+        "{shown}"
+    );
+    let story = shown
+        .split("story:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        story.contains("opened")
+            && story.contains("decided")
+            && story.contains("approval_requested")
+            && story.contains("system"),
+        "{story}"
+    );
+    let err = fails(
+        base,
+        &["incidents", "show", &uuid::Uuid::now_v7().to_string()],
+    );
+    assert!(err.contains("not found"), "{err}");
+    let usage = run(base, &["incidents", "approve", "12ab"]);
+    assert_eq!(usage.status.code(), Some(2), "a usage error");
+    assert!(
+        stderr(&usage).contains("\"12ab\" is not an incident id"),
+        "{}",
+        stderr(&usage)
+    );
+
+    // Approved, its task is submitted (no agent has "power": it stays queued).
+    let out = ok(base, &["incidents", "approve", &id]);
+    assert!(
+        out.contains(&format!(
+            "approved reboot_host (host=nas): incident {id} is repairing, task "
+        )),
+        "{out}"
+    );
+    let again = fails(base, &["incidents", "approve", &id]);
+    assert!(
+        again.contains(&format!(
+            "cannot approve: incident {id} is repairing: nothing waits for approval"
+        )),
+        "{again}"
+    );
+    let shown = ok_json(base, &["incidents", "show", &id]);
+    assert_eq!(shown["state"], "repairing");
+    let approved = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "approved")
+        .unwrap_or_else(|| panic!("no approval in {shown}"));
+    assert_eq!(approved["actor"], "operator:api", "{approved}");
+
+    // Another monitor is another incident; denied, it escalates with the reason.
+    let second = alert(base, TOKEN, "nas-web").await;
+    assert_ne!(second, id);
+    incident_in(base, &second, "awaiting_approval").await;
+    let out = ok(
+        base,
+        &[
+            "incidents",
+            "deny",
+            &second,
+            "--reason",
+            "the NAS is being rebuilt",
+        ],
+    );
+    assert!(
+        out.contains(&format!("denied: incident {second} is escalated"))
+            && out.contains("the NAS is being rebuilt"),
+        "{out}"
+    );
+    let err = fails(base, &["incidents", "deny", &second]);
+    assert!(
+        err.contains("cannot deny: ") && err.contains("is escalated: nothing waits"),
+        "{err}"
+    );
+    let escalated = ok_json(base, &["incidents", "list", "--state", "escalated"]);
+    assert_eq!(
+        escalated["incidents"][0]["id"],
+        second.as_str(),
+        "{escalated}"
+    );
+    let open = ok_json(base, &["incidents", "list", "--open"]);
+    assert_eq!(open["incidents"].as_array().unwrap().len(), 1, "{open}");
+
+    // Pauses, per target and for everything.
+    let out = ok(base, &["repair", "pause", "--target", "nas"]);
+    assert!(out.contains("paused self-repair of target nas"), "{out}");
+    let out = ok(base, &["repair", "pause", "--target", "nas"]);
+    assert!(out.contains("target nas was paused already"), "{out}");
+    let status = ok(base, &["repair", "status"]);
+    assert!(
+        status.contains("self-repair is on; 1 target(s) paused")
+            && status.contains("runbook")
+            && status.contains("reboot_host")
+            && status.contains("yes, by operator:api")
+            && status.contains("1/3"),
+        "{status}"
+    );
+    let json = ok_json(base, &["repair", "status"]);
+    assert_eq!(json["paused"], false, "{json}");
+    assert_eq!(json["targets"][0]["paused"], true, "{json}");
+    let err = fails(base, &["repair", "pause", "--target", "nope"]);
+    assert!(
+        err.contains("cannot pause") && err.contains("\"nope\"") && err.contains("nas"),
+        "{err}"
+    );
+
+    let out = ok(base, &["repair", "pause"]);
+    assert!(out.contains("paused all of self-repair"), "{out}");
+    let status = ok(base, &["repair", "status"]);
+    assert!(
+        status.contains("self-repair is paused for every target, by operator:api"),
+        "{status}"
+    );
+    let out = ok(base, &["repair", "resume", "--target", "nas"]);
+    assert!(
+        out.contains("resumed self-repair of target nas, but all of self-repair is still paused"),
+        "{out}"
+    );
+    let out = ok(base, &["repair", "resume"]);
+    assert!(out.contains("resumed all of self-repair"), "{out}");
+    let out = ok(base, &["repair", "resume", "--target", "nas"]);
+    assert!(out.contains("target nas was not paused"), "{out}");
+    let json = ok_json(base, &["repair", "status"]);
+    assert_eq!(json["paused"], false, "{json}");
+    assert_eq!(json["targets"][0]["paused"], false, "{json}");
+    assert_eq!(json["pauses"], json!([]), "{json}");
+}

@@ -9,6 +9,7 @@ pub(crate) mod daemons;
 pub(crate) mod gitops;
 pub(crate) mod llm;
 pub(crate) mod notify;
+pub(crate) mod repair;
 pub(crate) mod task;
 
 use std::process::ExitCode;
