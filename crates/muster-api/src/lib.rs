@@ -1758,7 +1758,7 @@ pub struct RepairChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct IncidentEvent {
     pub at: DateTime<Utc>,
-    /// `opened`, `alert`, `decided`, `refused`, `approval_requested`, `approved`, `denied`,
+    /// `opened`, `alert`, `deciding`, `decided`, `refused`, `approval_requested`, `approved`, `denied`,
     /// `approval_expired`, `repair_started`, `repair_ended`, `verified`, `not_healed`,
     /// `held`, `resolved`, `escalated`.
     pub kind: String,

@@ -34,6 +34,8 @@ use IncidentState::{AwaitingApproval, Deciding, Escalated, Open, Repairing, Reso
 /// Most incidents on one page of the list.
 pub const MAX_PAGE: usize = 200;
 const HOUR_MS: i64 = 3_600_000;
+/// The target's past incidents told to the model.
+const RECENT: usize = 3;
 /// How long one probe of a target may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -189,8 +191,9 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
     let incident = app.store.step_incident(step, now).await?.incident;
     let full = app.store.incident(incident.id, now).await?;
     let tried = tried_before(&full);
+    let recent = recent_incidents(app, &target.name, full.id).await?;
     let (choice, data) = match &target.provider {
-        Some(provider) => match ask_model(app, &target, provider, &full, &tried).await {
+        Some(provider) => match ask_model(app, &target, provider, &full, &tried, &recent).await {
             Ok(Asked::Chose(choice, data)) => (choice, data),
             Ok(Asked::Refused(reason, data)) => {
                 return escalate(app, &full, &[Deciding], "refused", reason, data).await;
@@ -304,6 +307,31 @@ fn tried_before(incident: &Incident) -> Vec<Tried> {
     tried
 }
 
+/// Incidents of the target the model may learn from: how the last few ended, and why.
+async fn recent_incidents(app: &App, target: &str, this: Uuid) -> Result<Vec<String>, ApiError> {
+    let filter = IncidentFilter {
+        states: Vec::new(),
+        target: Some(target.to_owned()),
+        limit: RECENT + 1,
+    };
+    Ok(app
+        .store
+        .incidents(filter, app.now_ms())
+        .await?
+        .into_iter()
+        .filter(|i| i.id != this)
+        .take(RECENT)
+        .map(|i| {
+            format!(
+                "{}: {}{}",
+                i.opened_at.format("%Y-%m-%d %H:%M UTC"),
+                i.state,
+                i.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
 enum Asked {
     Chose(RepairChoice, Value),
     /// The model answered, and its answer was refused: the reason and what it said.
@@ -318,6 +346,7 @@ async fn ask_model(
     provider: &str,
     incident: &Incident,
     tried: &[Tried],
+    recent: &[String],
 ) -> Result<Asked, String> {
     let request = decide::request(
         target,
@@ -327,6 +356,7 @@ async fn ask_model(
             labels: &incident.labels,
             alerts: incident.alerts,
             tried,
+            recent,
         },
     );
     let answered = ledger::call(
@@ -753,14 +783,17 @@ pub async fn set_paused(
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        return Err(ApiError::not_found(format!(
-            "repair target {t:?} (configured: {})",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        )));
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "repair target {t:?} not found (configured: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
     }
     let now = app.now_ms();
     let changed = if paused {

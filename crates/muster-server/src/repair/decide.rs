@@ -35,6 +35,8 @@ pub struct Situation<'a> {
     pub alerts: u32,
     /// Repairs tried before in this incident, and how each ended.
     pub tried: &'a [Tried],
+    /// The target's last incidents before this one, a line each (when, how it ended, why).
+    pub recent: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +62,7 @@ pub fn request(target: &Target, situation: &Situation<'_>) -> ChatRequest {
             "params": t.params,
             "outcome": t.outcome,
         })).collect::<Vec<_>>(),
+        "recent_incidents": situation.recent,
     });
     ChatRequest {
         system: Some(SYSTEM.to_owned()),
@@ -419,6 +422,7 @@ mod tests {
                 labels: &labels,
                 alerts: 1,
                 tried: &[],
+                recent: &[],
             },
         );
         assert_eq!(req.system.as_deref(), Some(SYSTEM));

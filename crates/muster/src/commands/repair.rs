@@ -418,15 +418,16 @@ async fn status(session: &Session) -> anyhow::Result<ExitCode> {
         );
     }
     output::emit(table.trim_fmt())?;
-    // A pause of a target the config no longer has still stands in the database, and the
-    // server resumes only configured targets: say what it means rather than suggest a resume.
+    // A pause of a target the config no longer has still stands in the database: say what it
+    // means, and how to lift it.
     for p in &status.pauses {
         if let Some(name) = &p.target
             && !status.targets.iter().any(|t| &t.name == name)
         {
             output::note(format!(
                 "target {name} is paused (by {}, {}) but no longer configured: the pause \
-                 holds again if the target comes back",
+                 holds again if the target comes back (muster repair resume --target {name} \
+                 lifts it)",
                 p.paused_by,
                 output::when(p.paused_at)
             ));
