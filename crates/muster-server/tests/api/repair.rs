@@ -1246,6 +1246,17 @@ async fn the_hook_takes_only_its_token_and_reads_kumas_forms_and_states() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(incidents(&t).await.is_empty(), "nothing recorded");
+    // The scheme's case does not matter; the token's does.
+    let (status, answer) = TestApp::send(
+        t.client
+            .post(t.url("/hooks/alerts/kuma"))
+            .header("authorization", format!("bearer {KUMA_TOKEN}"))
+            .json(&kuma(1, "jellyfin", 2, "retrying")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, _) = hook(&t, Some(&KUMA_TOKEN.to_uppercase()), &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Kuma's test button, and a pending heartbeat: answered, nothing opened.
     let test = alert(
