@@ -179,7 +179,8 @@ struct Setup<'a> {
     api: Api,
     llm: String,
     hook: &'a FakeService,
-    probe: String,
+    /// The target's `verify` table (an HTTP probe of the probe fake, unless a test sets it).
+    verify: String,
     /// The target fixes `container = "jellyfin"` and has the runbook `[restart_container]`;
     /// otherwise the model chooses the container.
     runbook: bool,
@@ -193,7 +194,10 @@ impl<'a> Setup<'a> {
             api,
             llm: api.url(&llm.url),
             hook,
-            probe: format!("{}/health", probe.url),
+            verify: format!(
+                "{{ http = \"{}/health\", status = 200, within = \"30s\" }}",
+                probe.url
+            ),
             runbook: false,
             max_per_hour: 10,
             approval_expires: "30m",
@@ -271,7 +275,7 @@ provider = "brain"
 actions = ["restart_container", "reboot_host"]
 {params}
 {runbook}
-verify = {{ http = "{probe}", status = 200, within = "30s" }}
+verify = {verify}
 context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
 "#,
             api = self.api.name(),
@@ -279,7 +283,7 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
             hook = self.hook.url,
             cap = self.max_per_hour,
             expires = self.approval_expires,
-            probe = self.probe,
+            verify = self.verify,
         )
     }
 
@@ -1442,4 +1446,52 @@ async fn a_pause_holds_the_chosen_repair_and_escalates() {
     let id = down(&t, "timeout").await;
     reaches(&t, &id, "repairing").await;
     assert_eq!(tasks(&t).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_tcp_probe_resolves_the_incident_once_the_port_accepts() {
+    let (llm, hook, probe) = (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    );
+    llm.default_reply(Api::Ollama.answer(
+        "",
+        &[("restart_container", json!({"container": "jellyfin"}))],
+        USAGE,
+    ));
+    // A port that refuses connections until the "restart" listens on it again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut setup = Setup::new(Api::Ollama, &llm, &hook, &probe);
+    setup.verify = format!("{{ tcp = \"{port}\", within = \"30s\" }}");
+    let t = setup.spawn().await;
+    t.register("nas", &["docker"], 1).await;
+    let id = down(&t, "connect ECONNREFUSED").await;
+    let task = t.claim("nas", 10).await.expect("the repair task");
+    t.complete(&task, json!({"exit_code": 0})).await;
+    // Verifying, and the port still refuses: the probe cannot heal it yet.
+    let verifying = eventually("the repair ended", || async {
+        let i = incident(&t, &id).await;
+        i["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "repair_ended")
+            .then_some(i)
+    })
+    .await;
+    assert_eq!(verifying["state"], "verifying");
+
+    let _service = tokio::net::TcpListener::bind(port).await.unwrap();
+    let resolved = reaches(&t, &id, "resolved").await;
+    assert!(
+        resolved["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{port} accepted a connection")),
+        "{resolved}"
+    );
 }
