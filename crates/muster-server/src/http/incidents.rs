@@ -77,7 +77,7 @@ async fn json_of(kind: AlertKind, headers: &HeaderMap, body: Bytes) -> Result<By
 }
 
 #[utoipa::path(post, path = "/hooks/alerts/{source}", operation_id = "alert_hook", tag = "repair",
-    security(("bearer" = [])),
+    security(()),
     params(("source" = String, Path, description = "an [[alerts.sources]] entry's name")),
     request_body(content = Object, content_type = "application/json",
         description = "the monitor's webhook body: Uptime Kuma's (also as multipart/form-data, its `data` field), Alertmanager's version 4, or the generic form {key?, monitor, state: firing|resolved, message?, labels?, url?}; sent with `Authorization: Bearer <token>`, the token in the source's token_env"),
