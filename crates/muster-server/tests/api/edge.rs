@@ -593,6 +593,14 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/llm/chat", &["post"]),
     ("/api/v1/gitops/pause", &["post"]),
     ("/api/v1/gitops/resume", &["post"]),
+    ("/hooks/alerts/{source}", &["post"]),
+    ("/api/v1/incidents", &["get"]),
+    ("/api/v1/incidents/{id}", &["get"]),
+    ("/api/v1/incidents/{id}/approve", &["post"]),
+    ("/api/v1/incidents/{id}/deny", &["post"]),
+    ("/api/v1/repair", &["get"]),
+    ("/api/v1/repair/pause", &["post"]),
+    ("/api/v1/repair/resume", &["post"]),
 ];
 
 #[tokio::test]
@@ -696,8 +704,9 @@ async fn the_openapi_document_covers_every_route() {
 /// The routes that need no key.
 const PUBLIC: &[&str] = &["/health", "/metrics", "/api/v1/openapi.json"];
 
-/// Routes a forge calls: no key, but a signature over the body (see `gitops`).
-const SIGNED: &[&str] = &["/hooks/git/{source}"];
+/// Routes a forge or a monitor calls: no key, but their own credential (a forge's signature
+/// over the body, see `gitops`; a monitor's bearer token, the alert source's, see `repair`).
+const SIGNED: &[&str] = &["/hooks/git/{source}", "/hooks/alerts/{source}"];
 
 /// Every operation of the document: method, path, operation.
 fn operations(doc: &Value) -> Vec<(String, String, Value)> {
@@ -723,7 +732,8 @@ fn effective_security(doc: &Value, op: &Value) -> Vec<serde_json::Map<String, Va
 
 /// The document's security says the truth: every operation it marks as keyed refuses a request
 /// without a key (401), and the public ones answer it. A forge's hook carries a signature, not
-/// a key: unsigned, it is refused (401) too.
+/// a key: unsigned, it is refused (401) too, and so is a monitor's alert without its source's
+/// bearer token.
 #[tokio::test]
 async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_key() {
     let t = TestApp::spawn_with(|s| {
@@ -734,6 +744,11 @@ async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_ke
             Some("0123456789abcdef-secret".into())
         })
         .expect("valid");
+        s.repair.sources = vec![muster_server::repair::AlertSource {
+            name: "infra".into(),
+            kind: muster_server::repair::config::AlertKind::UptimeKuma,
+            token: muster_server::config::Secret::new("0123456789abcdef-token"),
+        }];
     })
     .await;
     let (_, doc) = t.get("/api/v1/openapi.json").await;
