@@ -100,11 +100,13 @@ pub(crate) async fn alert_hook(
         return Err(ApiError::not_found(format!("alert source {name:?}")));
     };
     let metrics = &app.changes.metrics;
+    // The scheme is case-insensitive (RFC 9110 §11.1), as for the API's own keys.
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if !presented.is_some_and(|token| same_key(&source.token, token)) {
         metrics.alert_hook(&name, "refused");
         tracing::warn!(source = %name, "refused an alert hook: missing or wrong bearer token");

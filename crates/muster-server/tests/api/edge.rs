@@ -704,8 +704,8 @@ async fn the_openapi_document_covers_every_route() {
 /// The routes that need no key.
 const PUBLIC: &[&str] = &["/health", "/metrics", "/api/v1/openapi.json"];
 
-/// Routes a forge or a monitor calls: no key, but a signature over the body (see `gitops`),
-/// or the source's own bearer token (see `repair`).
+/// Routes a forge or a monitor calls: no key, but their own credential (a forge's signature
+/// over the body, see `gitops`; a monitor's bearer token, the alert source's, see `repair`).
 const SIGNED: &[&str] = &["/hooks/git/{source}", "/hooks/alerts/{source}"];
 
 /// Every operation of the document: method, path, operation.
@@ -732,7 +732,8 @@ fn effective_security(doc: &Value, op: &Value) -> Vec<serde_json::Map<String, Va
 
 /// The document's security says the truth: every operation it marks as keyed refuses a request
 /// without a key (401), and the public ones answer it. A forge's hook carries a signature, not
-/// a key: unsigned, it is refused (401) too.
+/// a key: unsigned, it is refused (401) too, and so is a monitor's alert without its source's
+/// bearer token.
 #[tokio::test]
 async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_key() {
     let t = TestApp::spawn_with(|s| {
@@ -743,20 +744,11 @@ async fn every_operation_the_document_marks_keyed_refuses_a_request_without_a_ke
             Some("0123456789abcdef-secret".into())
         })
         .expect("valid");
-        let alerts: muster_server::repair::config::AlertSourceSpec =
-            toml::from_str("name = \"infra\"\nkind = \"generic\"\ntoken_env = \"T\"")
-                .expect("an alert source");
-        s.repair = muster_server::repair::RepairConfig::resolve(
-            muster_server::repair::config::RepairEntries {
-                sources: &[(1, alerts)],
-                actions: &[],
-                targets: &[],
-                defaults: (0, &Default::default()),
-            },
-            &[],
-            &|_| Some("monitor-token".into()),
-        )
-        .expect("valid");
+        s.repair.sources = vec![muster_server::repair::AlertSource {
+            name: "infra".into(),
+            kind: muster_server::repair::config::AlertKind::UptimeKuma,
+            token: muster_server::config::Secret::new("0123456789abcdef-token"),
+        }];
     })
     .await;
     let (_, doc) = t.get("/api/v1/openapi.json").await;

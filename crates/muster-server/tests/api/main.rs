@@ -21,5 +21,6 @@ mod llm;
 mod notifications;
 mod notify_wire;
 mod operations;
+mod repair;
 mod restart;
 mod streams;

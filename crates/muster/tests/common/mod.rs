@@ -83,17 +83,29 @@ pub(crate) struct AgentProcess {
 
 impl AgentProcess {
     pub(crate) fn start(base: &str, config: &Path) -> AgentProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_muster"))
-            .args(["agent", "--config"])
+        Self::start_with_env(base, config, &[])
+    }
+
+    /// Starts an agent with `extra_env` set in its environment (a `PATH` with stand-in
+    /// programs first, say).
+    pub(crate) fn start_with_env(
+        base: &str,
+        config: &Path,
+        extra_env: &[(&str, &std::ffi::OsStr)],
+    ) -> AgentProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_muster"));
+        cmd.args(["agent", "--config"])
             .arg(config)
             .args(["--url", base])
             .env_remove("MUSTER_API_KEY")
             .env_remove("MUSTER_AGENT_KEY")
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("muster agent starts");
+            .stderr(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("muster agent starts");
         AgentProcess { child }
     }
 
