@@ -1723,7 +1723,9 @@ closed_enum! {
 }
 
 impl IncidentState {
-    /// Resolved and escalated incidents take no more alerts: the next firing opens a new one.
+    /// Resolved and escalated incidents are closed: muster does nothing more about them. An
+    /// escalated one still takes its monitor's firing alerts (a storm after an escalation opens
+    /// nothing new) until the monitor reports it up, which resolves it.
     pub fn is_closed(self) -> bool {
         matches!(self, IncidentState::Resolved | IncidentState::Escalated)
     }

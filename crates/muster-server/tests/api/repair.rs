@@ -1071,6 +1071,43 @@ async fn a_storm_of_alerts_is_one_incident_and_one_repair() {
     );
 }
 
+/// A storm that goes on after its incident escalated (the model's answer was refused) folds
+/// into the escalated incident: no second incident, no second call to the model, no second
+/// pair of notices. The recovery resolves it.
+#[tokio::test]
+async fn a_storm_after_an_escalation_opens_nothing_new() {
+    let (llm, hook, probe) = (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    );
+    llm.default_reply(Api::Ollama.answer("", &[("rm_rf", json!({"path": "/"}))], USAGE));
+    let t = Setup::new(Api::Ollama, &llm, &hook, &probe).spawn().await;
+    let id = down(&t, "timeout").await;
+    reaches(&t, &id, "escalated").await;
+    let body = kuma(1, "jellyfin", 0, "timeout");
+    let answers = futures::future::join_all((0..50).map(|_| alert(&t, &body))).await;
+    assert!(
+        answers.iter().all(|a| a["incidents"][0] == id.as_str()),
+        "{answers:#?}"
+    );
+    assert_eq!(incidents(&t).await.len(), 1);
+    assert_eq!(incident(&t, &id).await["alerts"], 51);
+    assert_eq!(llm.requests().len(), 1, "the model was asked once");
+    assert_eq!(tasks(&t).await, Vec::<Value>::new());
+    alert(&t, &kuma(1, "jellyfin", 1, "OK")).await;
+    let resolved = reaches(&t, &id, "resolved").await;
+    assert!(
+        resolved["reason"]
+            .as_str()
+            .unwrap()
+            .contains("after the escalation"),
+        "{resolved}"
+    );
+    assert_eq!(sent(&hook, "incident.opened").len(), 1);
+    assert_eq!(sent(&hook, "incident.escalated").len(), 1);
+}
+
 #[tokio::test]
 async fn the_hourly_cap_holds_across_incidents() {
     let (llm, hook, probe) = (
@@ -1123,7 +1160,13 @@ async fn the_hourly_cap_holds_across_incidents() {
     assert_eq!(status["targets"][0]["max_repairs_per_hour"], 2);
     notified(&hook, "incident.escalated", &id).await;
 
-    // An hour on, the target may be repaired again.
+    // The storm goes on: it folds into the escalated incident.
+    let again = alert(&t, &kuma(1, "jellyfin", 0, "timeout")).await;
+    assert_eq!(again["incidents"][0], id.as_str(), "{again}");
+    assert_eq!(incidents(&t).await.len(), 3);
+
+    // It recovers; an hour on, the next outage may be repaired again.
+    alert(&t, &kuma(1, "jellyfin", 1, "200 - OK")).await;
     t.advance(Duration::from_secs(3_601));
     let id = down(&t, "timeout").await;
     reaches(&t, &id, "repairing").await;
@@ -1438,11 +1481,13 @@ async fn a_pause_holds_the_chosen_repair_and_escalates() {
     assert_eq!(held["choice"]["action"], "restart_container");
     assert_eq!(tasks(&t).await, Vec::<Value>::new());
 
-    // Resumed, the next outage is repaired.
+    // Resumed, the next outage (after this one recovers) is repaired.
     let (status, _) = t
         .post("/api/v1/repair/resume", json!({"target": "jellyfin"}))
         .await;
     assert_eq!(status, StatusCode::OK);
+    alert(&t, &kuma(1, "jellyfin", 1, "200 - OK")).await;
+    reaches(&t, &id, "resolved").await;
     let id = down(&t, "timeout").await;
     reaches(&t, &id, "repairing").await;
     assert_eq!(tasks(&t).await.len(), 1);

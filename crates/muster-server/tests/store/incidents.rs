@@ -158,6 +158,43 @@ async fn alerts_of_one_key_fold_into_one_incident_and_a_recovery_closes_it() {
             b.name
         );
 
+        // An escalated incident keeps its key: a storm after the escalation folds into it, and
+        // the recovery resolves it.
+        let escalated = open(&b, "kuma:3", T0).await;
+        let mut give_up = IncidentStep::new(
+            escalated,
+            &[Open],
+            Escalated,
+            Actor::System,
+            "refused",
+            "no",
+        );
+        give_up.reason = Some(Some("nothing ran".into()));
+        b.store.step_incident(give_up, T0).await.unwrap();
+        let storm: Vec<AlertIn> = (0..10)
+            .map(|_| alert("kuma:3", AlertState::Firing))
+            .collect();
+        let folded = b.store.record_alerts(storm, T0 + 1).await.unwrap();
+        assert!(
+            folded
+                .iter()
+                .all(|r| r.effect == AlertEffect::Folded && r.incident == Some(escalated)),
+            "[{}] a storm after an escalation opens nothing new",
+            b.name
+        );
+        let up = b
+            .store
+            .record_alerts(vec![alert("kuma:3", AlertState::Resolved)], T0 + 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            (up[0].effect, up[0].incident),
+            (AlertEffect::Resolved, Some(escalated))
+        );
+        let i = b.store.incident(escalated, T0 + 2).await.unwrap();
+        assert_eq!((i.state, i.alerts), (Resolved, 11), "[{}]", b.name);
+        assert!(i.reason.unwrap().contains("after the escalation"));
+
         let mut unmatched = alert("kuma:9", AlertState::Firing);
         unmatched.target = None;
         let r = b

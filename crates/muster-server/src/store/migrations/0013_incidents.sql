@@ -1,6 +1,7 @@
 -- Self-repair. An incident per outage a monitor reported: alerts of one (source, key) fold
--- into the one open incident (the partial unique index makes a second impossible), and a
--- closed one takes no more. `incident_events` is its story, each also in the audit log.
+-- into its one unresolved incident (the partial unique index makes a second impossible), an
+-- escalated one included, so a storm after an escalation opens nothing new; the monitor's
+-- recovery resolves it. `incident_events` is its story, each also in the audit log.
 -- `repairs` names every task a repair submitted, so the task's end (in the store's
 -- transaction that ends it) moves its incident on, and a target's cap and cooldown are counted
 -- from it. `repair_pauses` holds self-repair's pauses: '*' for all of it, else a target.
@@ -27,7 +28,8 @@ CREATE TABLE incidents (
     updated_at INTEGER NOT NULL,
     closed_at INTEGER
 );
-CREATE UNIQUE INDEX incidents_open_key ON incidents(source, alert_key) WHERE closed_at IS NULL;
+CREATE UNIQUE INDEX incidents_unresolved_key ON incidents(source, alert_key)
+    WHERE state <> 'resolved';
 CREATE INDEX incidents_active ON incidents(seq) WHERE closed_at IS NULL;
 
 CREATE TABLE incident_events (

@@ -151,7 +151,7 @@ fn record_alert(conn: &Connection, a: AlertIn, now: i64) -> StoreResult<AlertRec
     let open: Option<(i64, Incident)> = conn
         .prepare_cached(&format!(
             "SELECT {COLS} FROM incidents WHERE source = ?1 AND alert_key = ?2 \
-             AND closed_at IS NULL"
+             AND state <> 'resolved'"
         ))?
         .query_row(params![a.source, a.alert.key], from_row)
         .optional()?;
@@ -239,6 +239,7 @@ fn record_alert(conn: &Connection, a: AlertIn, now: i64) -> StoreResult<AlertRec
         (AlertState::Resolved, Some((seq, incident))) => {
             let reason = match incident.state {
                 IncidentState::Verifying => "the monitor reports it up after the repair",
+                IncidentState::Escalated => "the monitor reports it up after the escalation",
                 _ => "the monitor reports it up",
             };
             conn.prepare_cached(
