@@ -186,6 +186,8 @@ struct Setup<'a> {
     runbook: bool,
     max_per_hour: u32,
     approval_expires: &'a str,
+    /// More of the config file, appended as written.
+    extra: String,
 }
 
 impl<'a> Setup<'a> {
@@ -201,6 +203,7 @@ impl<'a> Setup<'a> {
             runbook: false,
             max_per_hour: 10,
             approval_expires: "30m",
+            extra: String::new(),
         }
     }
 
@@ -277,6 +280,7 @@ actions = ["restart_container", "reboot_host"]
 {runbook}
 verify = {verify}
 context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
+{extra}
 "#,
             api = self.api.name(),
             llm = self.llm,
@@ -284,11 +288,23 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
             cap = self.max_per_hour,
             expires = self.approval_expires,
             verify = self.verify,
+            extra = self.extra,
         )
     }
 
     /// A server with this config, loaded as `muster serve` loads its file.
     async fn spawn(&self) -> TestApp {
+        let loaded = self.load();
+        TestApp::spawn_with(|s| {
+            s.llm = loaded.llm;
+            s.notify = loaded.notify;
+            s.repair = loaded.repair;
+        })
+        .await
+    }
+
+    /// The config's settings, as `muster serve` reads them.
+    fn load(&self) -> Settings {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("muster.toml");
         std::fs::write(&path, self.toml()).unwrap();
@@ -303,12 +319,7 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
             flags: Overrides::default(),
         })
         .unwrap_or_else(|e| panic!("the test config loads: {e}\n{}", self.toml()));
-        TestApp::spawn_with(|s| {
-            s.llm = loaded.llm;
-            s.notify = loaded.notify;
-            s.repair = loaded.repair;
-        })
-        .await
+        loaded
     }
 }
 
@@ -1539,4 +1550,256 @@ async fn a_tcp_probe_resolves_the_incident_once_the_port_accepts() {
             .contains(&format!("{port} accepted a connection")),
         "{resolved}"
     );
+}
+
+/// Posts `body` to the alert source `source` with its token.
+async fn post_alert(t: &TestApp, source: &str, token: &str, body: &Value) -> Value {
+    let req = t
+        .client
+        .post(t.url(&format!("/hooks/alerts/{source}")))
+        .bearer_auth(token)
+        .json(body);
+    let (status, answer) = TestApp::send(req).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+/// Alertmanager's webhook (version 4): one group with these members, each
+/// `(status, alertname, fingerprint)`.
+fn alertmanager(members: &[(&str, &str, &str)]) -> Value {
+    let alerts: Vec<Value> = members
+        .iter()
+        .map(|(status, name, fingerprint)| {
+            json!({
+                "status": status,
+                "labels": {"alertname": name, "instance": "media:32400", "severity": "critical"},
+                "annotations": {"summary": format!("{name} fired")},
+                "startsAt": "2026-11-27T21:30:00.000Z",
+                "endsAt": if *status == "firing" { "0001-01-01T00:00:00Z" } else { "2026-11-27T21:40:00Z" },
+                "generatorURL": "http://prometheus.lan:9090/graph?g0.expr=up",
+                "fingerprint": fingerprint,
+            })
+        })
+        .collect();
+    json!({
+        "version": "4",
+        "groupKey": "{}:{severity=\"critical\"}",
+        "truncatedAlerts": 0,
+        "status": members.first().map_or("firing", |m| m.0),
+        "receiver": "muster",
+        "groupLabels": {"severity": "critical"},
+        "commonLabels": {"severity": "critical"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.lan:9093",
+        "alerts": alerts,
+    })
+}
+
+/// Alertmanager's groups and the generic form reach targets too: a target matched by labels
+/// (with no model: its runbook alone), one alert per fingerprint, resolved members closing
+/// their incidents, and a monitor no target matches escalated at once.
+#[tokio::test]
+async fn alertmanager_groups_and_the_generic_form_open_and_resolve_incidents() {
+    let (llm, hook, probe) = (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    );
+    let mut setup = Setup::new(Api::Ollama, &llm, &hook, &probe);
+    setup.extra = r#"
+[[alerts.sources]]
+name = "am"
+kind = "alertmanager"
+token_env = "KUMA_TOKEN"
+
+[[alerts.sources]]
+name = "script"
+kind = "generic"
+token_env = "KUMA_TOKEN"
+
+[[repair.targets]]
+name = "plex"
+labels = { alertname = "PlexDown", severity = "critical" }
+actions = ["restart_container"]
+params = { container = "plex" }
+runbook = ["restart_container"]
+verify = { tcp = "127.0.0.1:9", within = "10m" }
+"#
+    .into();
+    let t = setup.spawn().await;
+
+    let group = alertmanager(&[
+        ("firing", "PlexDown", "aa11"),
+        ("firing", "DiskFull", "bb22"),
+    ]);
+    let answer = post_alert(&t, "am", KUMA_TOKEN, &group).await;
+    assert_eq!(answer["message"], "2 opened", "{answer}");
+    let (plex, disk) = (
+        answer["incidents"][0].as_str().unwrap().to_owned(),
+        answer["incidents"][1].as_str().unwrap().to_owned(),
+    );
+    let repairing = reaches(&t, &plex, "repairing").await;
+    assert_eq!(repairing["target"], "plex");
+    assert_eq!(repairing["key"], "am:aa11");
+    assert_eq!(repairing["choice"]["by"], "runbook");
+    assert_eq!(repairing["choice"]["params"]["container"], "plex");
+    assert!(
+        llm.requests().is_empty(),
+        "a target without a provider asks no model"
+    );
+    let escalated = incident(&t, &disk).await;
+    assert_eq!(escalated["state"], "escalated");
+    assert!(
+        escalated["reason"].as_str().unwrap().contains("DiskFull"),
+        "{escalated}"
+    );
+
+    // Alertmanager repeats the group every repeat interval: the members fold.
+    let again = post_alert(&t, "am", KUMA_TOKEN, &group).await;
+    assert_eq!(
+        again["message"], "2 folded into an open incident",
+        "{again}"
+    );
+    let resolved = alertmanager(&[("resolved", "PlexDown", "aa11")]);
+    let answer = post_alert(&t, "am", KUMA_TOKEN, &resolved).await;
+    assert_eq!(answer["message"], "1 resolved", "{answer}");
+    assert_eq!(incident(&t, &plex).await["state"], "resolved");
+    assert_eq!(incidents(&t).await.len(), 2);
+
+    // The generic form, for a script: firing opens (no target: escalated), resolved closes.
+    let fired = post_alert(
+        &t,
+        "script",
+        KUMA_TOKEN,
+        &json!({"monitor": "backup-job", "status": "firing", "message": "exit 3"}),
+    )
+    .await;
+    let backup = fired["incidents"][0].as_str().unwrap().to_owned();
+    assert_eq!(incident(&t, &backup).await["state"], "escalated");
+    let (status, refused) = TestApp::send(
+        t.client
+            .post(t.url("/hooks/alerts/script"))
+            .bearer_auth(KUMA_TOKEN)
+            .json(&json!({"monitor": "backup-job", "state": "firing"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("status"),
+        "{refused}"
+    );
+    post_alert(
+        &t,
+        "script",
+        KUMA_TOKEN,
+        &json!({"monitor": "backup-job", "status": "resolved"}),
+    )
+    .await;
+    assert_eq!(incident(&t, &backup).await["state"], "resolved");
+}
+
+/// Once the `repair` workflow's budget is spent, the model is not asked: the runbook decides,
+/// and the refusal is in the ledger.
+#[tokio::test]
+async fn a_spent_repair_budget_hands_over_to_the_runbook() {
+    let (llm, hook, probe) = (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    );
+    llm.default_reply(Api::OpenAi.answer("", &[("restart_container", json!({}))], USAGE));
+    let mut setup = Setup::new(Api::OpenAi, &llm, &hook, &probe);
+    setup.runbook = true;
+    setup.extra = r#"
+[[llm.budgets]]
+workflow = "repair"
+period = "day"
+tokens = 100
+"#
+    .into();
+    let t = setup.spawn().await;
+
+    // The first repair spends the budget (USAGE is more than 100 tokens)…
+    let first = down(&t, "timeout").await;
+    let chosen = reaches(&t, &first, "repairing").await;
+    assert_eq!(chosen["choice"]["by"], "model");
+    alert(&t, &kuma(1, "jellyfin", 1, "OK")).await;
+    reaches(&t, &first, "resolved").await;
+
+    // …so the next outage is decided by the runbook, without a call.
+    let second = down(&t, "timeout").await;
+    let by_runbook = reaches(&t, &second, "repairing").await;
+    assert_eq!(by_runbook["choice"]["by"], "runbook", "{by_runbook}");
+    assert_eq!(llm.requests().len(), 1, "the spent budget sent nothing");
+    let decided = &by_runbook["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "decided")
+        .cloned()
+        .unwrap();
+    assert!(
+        decided["data"]["model_error"]
+            .as_str()
+            .unwrap()
+            .contains("budget is spent"),
+        "{decided}"
+    );
+    let row = usage_row(&t, "repair").await;
+    assert_eq!(row["calls"], 2, "{row}");
+    assert_eq!(row["errors"], 1, "the refusal is in the ledger: {row}");
+}
+
+/// A restart mid-incident loses nothing: a risky action waiting for approval still waits and
+/// can be approved, and a repair being verified is verified by the new process.
+#[tokio::test]
+async fn a_restart_mid_incident_picks_up_where_it_stood() {
+    let (llm, hook, probe) = (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    );
+    llm.default_reply(Api::Anthropic.answer("", &[("reboot_host", json!({}))], USAGE));
+    probe.default_reply(Reply::status(503, "starting"));
+    let setup = Setup::new(Api::Anthropic, &llm, &hook, &probe);
+    let t = setup.spawn().await;
+    let id = down(&t, "timeout").await;
+    reaches(&t, &id, "awaiting_approval").await;
+
+    let settings = setup.load();
+    let t = t
+        .restart_with(|s| {
+            s.llm = settings.llm;
+            s.notify = settings.notify;
+            s.repair = settings.repair;
+        })
+        .await;
+    assert_eq!(incident(&t, &id).await["state"], "awaiting_approval");
+    let (status, approved) = t
+        .post(&format!("/api/v1/incidents/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    t.register("nas", &["power"], 1).await;
+    let task = t.claim("nas", 10).await.expect("the approved repair");
+    t.complete(&task, json!({"exit_code": 0})).await;
+    reaches(&t, &id, "verifying").await;
+
+    let settings = setup.load();
+    let t = t
+        .restart_with(|s| {
+            s.llm = settings.llm;
+            s.notify = settings.notify;
+            s.repair = settings.repair;
+        })
+        .await;
+    probe.default_reply(Reply::ok("healthy"));
+    let resolved = reaches(&t, &id, "resolved").await;
+    assert!(
+        resolved["reason"].as_str().unwrap().starts_with("verified"),
+        "{resolved}"
+    );
+    assert_eq!(llm.requests().len(), 1, "decided once, across restarts");
 }
