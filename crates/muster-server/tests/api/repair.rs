@@ -308,7 +308,7 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("muster.toml");
         std::fs::write(&path, self.toml()).unwrap();
-        let loaded = Settings::load(&Sources {
+        Settings::load(&Sources {
             file: Some(path),
             env: |name: &str| match name {
                 "KUMA_TOKEN" => Some(KUMA_TOKEN.to_owned()),
@@ -318,8 +318,7 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
             },
             flags: Overrides::default(),
         })
-        .unwrap_or_else(|e| panic!("the test config loads: {e}\n{}", self.toml()));
-        loaded
+        .unwrap_or_else(|e| panic!("the test config loads: {e}\n{}", self.toml()))
     }
 }
 
