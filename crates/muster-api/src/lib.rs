@@ -1080,6 +1080,11 @@ pub enum Event {
         agent_id: String,
         status: Option<AgentStatus>,
     },
+    /// An incident was opened, took an alert, or moved on.
+    Incident {
+        incident_id: Uuid,
+        state: IncidentState,
+    },
     /// The stream could not resume where asked (the server restarted or the id is too old):
     /// reload state, then go on from here.
     Resync,

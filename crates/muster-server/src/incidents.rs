@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use muster_api::{
-    ChoiceBy, ErrorCode, Incident, IncidentState, RepairChoice, RepairPauseAnswer, RepairStatus,
-    RepairTargetStatus, SubmitTask,
+    ChoiceBy, ErrorCode, Event, Incident, IncidentState, RepairChoice, RepairPauseAnswer,
+    RepairStatus, RepairTargetStatus, SubmitTask,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -26,7 +26,7 @@ use crate::repair::Target;
 use crate::repair::config::{Probe, WORKFLOW};
 use crate::repair::decide::{self, Situation, Tried};
 use crate::store::{
-    AlertIn, AlertRecorded, IncidentFilter, IncidentStep, NotificationFilter, RepairRun,
+    AlertIn, AlertRecorded, IncidentFilter, IncidentStep, NotificationFilter, RepairRun, Stepped,
 };
 
 use IncidentState::{AwaitingApproval, Deciding, Escalated, Open, Repairing, Resolved, Verifying};
@@ -60,8 +60,25 @@ pub async fn receive(
         })
         .collect();
     let recorded = app.store.record_alerts(orders, app.now_ms()).await?;
+    for (id, state) in recorded.iter().filter_map(|r| r.incident) {
+        announce(app, id, state);
+    }
     app.repairer_wake.notify_one();
     Ok(recorded)
+}
+
+/// Tells the event stream (and so the pages) that an incident moved.
+fn announce(app: &App, incident_id: Uuid, state: IncidentState) {
+    app.changes
+        .events
+        .publish(Event::Incident { incident_id, state });
+}
+
+/// One step in the store, announced.
+async fn apply(app: &App, step: IncidentStep) -> Result<Stepped, ApiError> {
+    let stepped = app.store.step_incident(step, app.now_ms()).await?;
+    announce(app, stepped.incident.id, stepped.incident.state);
+    Ok(stepped)
 }
 
 /// The incident with its target's cap filled in.
@@ -109,7 +126,7 @@ async fn escalate(
     step.reason = Some(Some(reason));
     step.data = data;
     step.notice = Some(notice::INCIDENT_ESCALATED);
-    Ok(app.store.step_incident(step, app.now_ms()).await?.incident)
+    Ok(apply(app, step).await?.incident)
 }
 
 /// Decides an open incident: the model's choice validated, or the runbook's; then runs it,
@@ -188,7 +205,7 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
             None => "the target has no provider: following its runbook".to_owned(),
         },
     );
-    let incident = app.store.step_incident(step, now).await?.incident;
+    let incident = apply(app, step).await?.incident;
     let full = app.store.incident(incident.id, now).await?;
     let tried = tried_before(&full);
     let recent = recent_incidents(app, &target.name, full.id).await?;
@@ -237,7 +254,7 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
     );
     step.data = data;
     step.choice = Some(Some(choice.clone()));
-    let decided = app.store.step_incident(step, app.now_ms()).await?.incident;
+    let decided = apply(app, step).await?.incident;
     if choice.risky {
         let expires = app.now_ms() + settings.repair.approval_expires.as_millis() as i64;
         let mut step = IncidentStep::new(
@@ -251,7 +268,7 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
         step.approval_expires_at = Some(Some(expires));
         step.reason = Some(Some(format!("waiting for approval of {}", choice.action)));
         step.notice = Some(notice::INCIDENT_APPROVAL);
-        return Ok(app.store.step_incident(step, app.now_ms()).await?.incident);
+        return Ok(apply(app, step).await?.incident);
     }
     run(
         app,
@@ -475,7 +492,7 @@ async fn run(
     step.count_step = true;
     step.approval_expires_at = Some(None);
     step.reason = Some(Some(format!("repairing: {}", choice.action)));
-    let stepped = app.store.step_incident(step, app.now_ms()).await?;
+    let stepped = apply(app, step).await?;
     if let Some(change) = stepped.change {
         app.changes.task(change);
     }
@@ -568,12 +585,7 @@ pub async fn deny(
     let mut step = IncidentStep::new(id, &[AwaitingApproval], Escalated, actor, "denied", &reason);
     step.reason = Some(Some(reason));
     step.notice = Some(notice::INCIDENT_ESCALATED);
-    let incident = app
-        .store
-        .step_incident(step, app.now_ms())
-        .await
-        .map_err(|e| conflict_is_taken(e.into()))?
-        .incident;
+    let incident = apply(app, step).await.map_err(conflict_is_taken)?.incident;
     Ok(with_cap(app, incident))
 }
 
@@ -688,7 +700,7 @@ pub async fn verify(
         step.reason = Some(Some(reason));
         step.data = json!({"probe": p.detail});
         step.notice = Some(notice::INCIDENT_RESOLVED);
-        return Ok(app.store.step_incident(step, now).await?.incident);
+        return Ok(apply(app, step).await?.incident);
     }
     let overdue = incident.due_at.is_none_or(|d| d.timestamp_millis() <= now);
     if !overdue {
@@ -717,7 +729,7 @@ pub async fn verify(
         );
         step.reason = Some(Some(why));
         step.due_at = Some(None);
-        Ok(app.store.step_incident(step, now).await?.incident)
+        Ok(apply(app, step).await?.incident)
     } else {
         let reason = format!("{why}; no repair steps left ({} taken)", incident.steps);
         escalate(

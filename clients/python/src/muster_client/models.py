@@ -594,27 +594,32 @@ class LogPage:
 
 @dataclass
 class Event:
-    """One event of `GET /api/v1/events`: `kind` is `task`, `agent` or `resync` (reload state,
-    then go on). `id` resumes the stream (`last_event_id`); a resync has none."""
+    """One event of `GET /api/v1/events`: `kind` is `task`, `agent`, `incident` or `resync`
+    (reload state, then go on). `id` resumes the stream (`last_event_id`); a resync has none.
+    An incident event's `state` is the incident's (`open`, `deciding`, …), kept as text."""
 
     kind: str
     id: Optional[str] = None
     task_id: Optional[str] = None
-    state: Optional[TaskState] = None
+    #: A task's state; an incident event's state as text.
+    state: Optional[Union[TaskState, str]] = None
     agent_id: Optional[str] = None
     attempt: Optional[int] = None
     status: Optional[AgentStatus] = None
+    incident_id: Optional[str] = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], event_id: Optional[str] = None) -> Event:
+        kind = d.get("kind", "")
         return cls(
-            kind=d.get("kind", ""),
+            kind=kind,
             id=event_id,
             task_id=d.get("task_id"),
-            state=_opt_enum(TaskState, d.get("state")),
+            state=d.get("state") if kind == "incident" else _opt_enum(TaskState, d.get("state")),
             agent_id=d.get("agent_id"),
             attempt=d.get("attempt"),
             status=_opt_enum(AgentStatus, d.get("status")),
+            incident_id=d.get("incident_id"),
         )
 
 

@@ -168,7 +168,10 @@ pub(crate) async fn alert_hook(
             said.push(format!("{n} {words}"));
         }
     }
-    let mut ids: Vec<uuid::Uuid> = recorded.iter().filter_map(|r| r.incident).collect();
+    let mut ids: Vec<uuid::Uuid> = recorded
+        .iter()
+        .filter_map(|r| r.incident.map(|(id, _)| id))
+        .collect();
     ids.dedup();
     Ok(Json(AlertAnswer {
         status: "recorded".into(),

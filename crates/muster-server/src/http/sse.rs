@@ -193,6 +193,7 @@ pub(crate) async fn events(
             let name = match event {
                 muster_api::Event::Task { .. } => "task",
                 muster_api::Event::Agent { .. } => "agent",
+                muster_api::Event::Incident { .. } => "incident",
                 muster_api::Event::Resync => "resync",
             };
             let sse = SseEvent::default()

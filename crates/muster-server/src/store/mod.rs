@@ -606,7 +606,8 @@ pub enum AlertEffect {
 
 #[derive(Debug, Clone)]
 pub struct AlertRecorded {
-    pub incident: Option<Uuid>,
+    /// The incident and where it now stands.
+    pub incident: Option<(Uuid, muster_api::IncidentState)>,
     pub effect: AlertEffect,
 }
 

@@ -99,7 +99,7 @@ pub(super) async fn list(
         &session,
         "Incidents",
         Some(Section::Incidents),
-        Live::Tasks,
+        Live::Incidents,
     );
     Ok(flash::answer(layout::shell(&page, content), &taken))
 }
@@ -293,7 +293,7 @@ pub(super) async fn show(
         &session,
         &title,
         Some(Section::Incidents),
-        Live::Tasks,
+        Live::Incidents,
     );
     Ok(flash::answer(layout::shell(&page, content), &taken))
 }

@@ -49,6 +49,8 @@ pub(super) enum Live {
     Everything,
     /// Events of this one task.
     Task(Uuid),
+    /// Incident and task events (a repair is a task).
+    Incidents,
 }
 
 /// What the shell needs to know beyond the page's own content.
@@ -68,6 +70,7 @@ pub(super) fn shell(page: &Page<'_>, content: Markup) -> Markup {
         Live::Tasks => ("task", None),
         Live::Everything => ("task agent", None),
         Live::Task(id) => ("task", Some(id.to_string())),
+        Live::Incidents => ("task incident", None),
     };
     html! {
         (DOCTYPE)

@@ -1802,3 +1802,39 @@ async fn a_restart_mid_incident_picks_up_where_it_stood() {
     );
     assert_eq!(llm.requests().len(), 1, "decided once, across restarts");
 }
+
+/// The event feed carries an incident's moves (`incident` events), so pages and scripts follow
+/// it as it opens, is decided and waits for approval.
+#[tokio::test]
+async fn the_event_feed_follows_an_incident() {
+    let (llm, hook, probe) = (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    );
+    llm.default_reply(Api::Ollama.answer("", &[("reboot_host", json!({}))], USAGE));
+    let t = Setup::new(Api::Ollama, &llm, &hook, &probe).spawn().await;
+    let mut feed =
+        crate::streams::SseStream::open(t.request(reqwest::Method::GET, "/api/v1/events")).await;
+    let id = down(&t, "timeout").await;
+    let mut states = Vec::new();
+    while let Some(event) = feed.next_event().await {
+        if event.event != "incident" {
+            continue;
+        }
+        let data = event.json();
+        assert_eq!(data["kind"], "incident");
+        assert_eq!(data["incident_id"], id.as_str());
+        let state = data["state"].as_str().unwrap().to_owned();
+        states.push(state.clone());
+        if state == "awaiting_approval" {
+            break;
+        }
+    }
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("open"),
+        "{states:?}"
+    );
+    assert!(states.contains(&"deciding".to_owned()), "{states:?}");
+}

@@ -45,7 +45,7 @@ async fn open(b: &Backend, key: &str, now: i64) -> Uuid {
         .await
         .expect("record");
     assert_eq!(r[0].effect, AlertEffect::Opened, "[{}]", b.name);
-    r[0].incident.expect("an incident")
+    r[0].incident.expect("an incident").0
 }
 
 fn choice() -> RepairChoice {
@@ -116,7 +116,7 @@ async fn alerts_of_one_key_fold_into_one_incident_and_a_recovery_closes_it() {
         assert!(
             folded
                 .iter()
-                .all(|r| r.effect == AlertEffect::Folded && r.incident == Some(id)),
+                .all(|r| r.effect == AlertEffect::Folded && r.incident.map(|i| i.0) == Some(id)),
             "[{}] repeats fold",
             b.name
         );
@@ -178,7 +178,8 @@ async fn alerts_of_one_key_fold_into_one_incident_and_a_recovery_closes_it() {
         assert!(
             folded
                 .iter()
-                .all(|r| r.effect == AlertEffect::Folded && r.incident == Some(escalated)),
+                .all(|r| r.effect == AlertEffect::Folded
+                    && r.incident.map(|i| i.0) == Some(escalated)),
             "[{}] a storm after an escalation opens nothing new",
             b.name
         );
@@ -188,7 +189,7 @@ async fn alerts_of_one_key_fold_into_one_incident_and_a_recovery_closes_it() {
             .await
             .unwrap();
         assert_eq!(
-            (up[0].effect, up[0].incident),
+            (up[0].effect, up[0].incident.map(|i| i.0)),
             (AlertEffect::Resolved, Some(escalated))
         );
         let i = b.store.incident(escalated, T0 + 2).await.unwrap();
@@ -202,7 +203,11 @@ async fn alerts_of_one_key_fold_into_one_incident_and_a_recovery_closes_it() {
             .record_alerts(vec![unmatched], T0)
             .await
             .expect("record");
-        let i = b.store.incident(r[0].incident.unwrap(), T0).await.unwrap();
+        let i = b
+            .store
+            .incident(r[0].incident.unwrap().0, T0)
+            .await
+            .unwrap();
         assert_eq!(i.state, Escalated, "[{}] nothing may repair it", b.name);
         assert!(i.reason.unwrap().contains("no [[repair.targets]]"));
     }

@@ -169,7 +169,7 @@ fn record_alert(conn: &Connection, a: AlertIn, now: i64) -> StoreResult<AlertRec
             )?
             .execute(params![seq, now])?;
             Ok(AlertRecorded {
-                incident: Some(incident.id),
+                incident: Some((incident.id, incident.state)),
                 effect: AlertEffect::Folded,
             })
         }
@@ -232,7 +232,7 @@ fn record_alert(conn: &Connection, a: AlertIn, now: i64) -> StoreResult<AlertRec
                 notify(conn, notice::INCIDENT_ESCALATED, seq, now)?;
             }
             Ok(AlertRecorded {
-                incident: Some(id),
+                incident: Some((id, state)),
                 effect: AlertEffect::Opened,
             })
         }
@@ -270,7 +270,7 @@ fn record_alert(conn: &Connection, a: AlertIn, now: i64) -> StoreResult<AlertRec
             )?;
             notify(conn, notice::INCIDENT_RESOLVED, seq, now)?;
             Ok(AlertRecorded {
-                incident: Some(incident.id),
+                incident: Some((incident.id, IncidentState::Resolved)),
                 effect: AlertEffect::Resolved,
             })
         }
