@@ -88,6 +88,9 @@ impl Changes {
             agent_id: change.agent_id,
             attempt: change.attempt,
         });
+        if let Some((incident_id, state)) = change.incident {
+            self.events.publish(Event::Incident { incident_id, state });
+        }
         // After the change that caused them: a released lock key before the task that waits
         // for it.
         for next in then {

@@ -77,6 +77,8 @@ pub struct Change {
     /// Changes it caused in the same transaction: a deployment's real run submitted when its
     /// check completed.
     pub then: Vec<Change>,
+    /// The incident whose repair this task was, moved on by its end (to where it now stands).
+    pub incident: Option<(Uuid, muster_api::IncidentState)>,
 }
 
 impl Change {
@@ -95,6 +97,7 @@ impl Change {
             submitted: false,
             lost_attempt: false,
             then: Vec::new(),
+            incident: None,
         }
     }
 

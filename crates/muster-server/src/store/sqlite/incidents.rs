@@ -515,9 +515,9 @@ pub(super) fn task_moved(
     task_id: Uuid,
     state: TaskState,
     now: i64,
-) -> StoreResult<()> {
+) -> StoreResult<Option<(Uuid, IncidentState)>> {
     if !state.is_final() {
-        return Ok(());
+        return Ok(None);
     }
     let repair: Option<(i64, String, i64)> = conn
         .prepare_cached(
@@ -528,11 +528,11 @@ pub(super) fn task_moved(
         })
         .optional()?;
     let Some((seq, action, within)) = repair else {
-        return Ok(());
+        return Ok(None);
     };
     let incident = by_seq(conn, seq)?;
     if incident.state != IncidentState::Repairing || incident.task_id != Some(task_id) {
-        return Ok(());
+        return Ok(None);
     }
     let error: Option<String> = conn
         .prepare_cached("SELECT error FROM tasks WHERE id = ?1")?
@@ -596,7 +596,7 @@ pub(super) fn task_moved(
         )?;
         notify(conn, name, seq, now)?;
     }
-    Ok(())
+    Ok(Some((incident.id, to)))
 }
 
 pub(super) fn due(conn: &Connection, now: i64) -> StoreResult<Vec<Incident>> {
