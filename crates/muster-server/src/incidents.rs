@@ -206,16 +206,44 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
         },
     );
     let incident = apply(app, step).await?.incident;
+    match choose_and_run(app, &settings, &target, &incident, now).await {
+        Err(err) if err.code != ErrorCode::Conflict => {
+            // Left in `deciding`, the repairer would ask again every second: a failure here
+            // (the store, a task the server refuses) escalates instead, with what it was.
+            let reason = format!("deciding failed: {}", err.message);
+            escalate(
+                app,
+                &incident,
+                &[Deciding],
+                "escalated",
+                reason,
+                Value::Null,
+            )
+            .await
+        }
+        done => done,
+    }
+}
+
+/// From `deciding`: asks the model (or takes the runbook's step), judges the answer, and runs
+/// the choice or asks for its approval.
+async fn choose_and_run(
+    app: &App,
+    settings: &crate::config::Settings,
+    target: &Target,
+    incident: &Incident,
+    now: i64,
+) -> Result<Incident, ApiError> {
     let full = app.store.incident(incident.id, now).await?;
     let tried = tried_before(&full);
     let recent = recent_incidents(app, &target.name, full.id).await?;
     let (choice, data) = match &target.provider {
-        Some(provider) => match ask_model(app, &target, provider, &full, &tried, &recent).await {
+        Some(provider) => match ask_model(app, target, provider, &full, &tried, &recent).await {
             Ok(Asked::Chose(choice, data)) => (choice, data),
             Ok(Asked::Refused(reason, data)) => {
                 return escalate(app, &full, &[Deciding], "refused", reason, data).await;
             }
-            Err(why) => match decide::from_runbook(&target, full.steps as usize, &why) {
+            Err(why) => match decide::from_runbook(target, full.steps as usize, &why) {
                 Some(choice) => (choice, json!({"model_error": why})),
                 None => {
                     let reason = format!(
@@ -227,7 +255,7 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
                 }
             },
         },
-        None => match decide::from_runbook(&target, full.steps as usize, "no provider") {
+        None => match decide::from_runbook(target, full.steps as usize, "no provider") {
             Some(choice) => (choice, Value::Null),
             None => {
                 let reason = format!("the runbook has no step {}", full.steps + 1);
@@ -273,7 +301,7 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
     run(
         app,
         &decided,
-        &target,
+        target,
         &choice,
         &[Deciding],
         Actor::System,

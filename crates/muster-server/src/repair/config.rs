@@ -479,6 +479,9 @@ fn resolve_action(spec: &ActionSpec) -> Result<Action, String> {
     if spec.capability.trim().is_empty() {
         return Err("capability is empty: name the capability of the agents that run it".into());
     }
+    // The repair's task carries it: refused here, not when an outage needs the task.
+    crate::bounds::capabilities(&[spec.capability.trim().to_owned()])
+        .map_err(|e| e.message.replace("capabilities[0]", "capability"))?;
     let mut params = BTreeMap::new();
     for (name, pattern) in &spec.params {
         // Anchored at both ends whatever the author wrote, as the agent anchors it: a pattern
@@ -804,6 +807,11 @@ verify = { http = "http://127.0.0.1:8096/health", within = "1m" }
                 "within = \"1m\"",
                 "within = \"soon\"",
                 "verify.within \"soon\" is invalid",
+            ),
+            (
+                "capability = \"docker\"",
+                "capability = \"dock\\u0007er\"",
+                "capability: must not contain control characters",
             ),
             (
                 "{0,62}$\" }",
