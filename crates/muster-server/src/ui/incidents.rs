@@ -135,8 +135,7 @@ fn repairs(i: &Incident) -> Markup {
 }
 
 /// The switch of self-repair as a whole and of each configured target; and any pause whose
-/// target the config no longer names (shown without a button: the pause verbs take only
-/// configured targets).
+/// target the config no longer names (it can be resumed, not paused again).
 fn pause_panel(session: &Session, status: &RepairStatus) -> Markup {
     let all = status.pauses.iter().find(|p| p.target.is_none());
     let own = |name: &str| {
@@ -183,7 +182,7 @@ fn pause_panel(session: &Session, status: &RepairStatus) -> Markup {
                                 td { code { (p.target.as_deref().unwrap_or("")) } }
                                 td colspan="3" { span.muted { "no longer configured" } }
                                 td { (pause_state(Some(p), false)) }
-                                td {}
+                                td { (pause_button(session, p.target.as_deref(), false)) }
                             }
                         }
                     }
