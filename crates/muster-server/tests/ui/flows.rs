@@ -556,3 +556,49 @@ async fn the_llm_page_draws_its_chart_in_the_stylesheets_colours_and_fits_a_phon
     b.screenshot("llm-phone").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn an_incident_appears_live_and_its_risky_repair_is_approved_from_its_page() {
+    use crate::incidents::{TOKEN, repair_config};
+
+    let repair = repair_config();
+    let t = TestApp::spawn_with(|s| {
+        s.api_key = secret(KEY);
+        s.repair = repair;
+    })
+    .await;
+    let Some(b) = Browser::start("incidents").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.click("nav a[href='/incidents']").await;
+    b.wait_text("main h1", "Incidents").await;
+    b.wait_live().await;
+    b.mark_document().await;
+
+    // A monitor reports an outage: the list shows it without a reload, waiting for approval.
+    let req = t
+        .client
+        .post(t.url("/hooks/alerts/mon"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"monitor": "nas-ping", "status": "firing", "message": "no answer"}));
+    let (status, answer) = TestApp::send(req).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["incidents"][0].as_str().unwrap().to_owned();
+    b.wait_text("#incident-list", "nas-ping").await;
+    b.wait_text("#incident-list", "awaiting_approval").await;
+    assert!(b.still_marked().await, "the incident came without a reload");
+    b.screenshot("incidents").await;
+
+    b.click(&format!("#incident-list a[href='/incidents/{id}']"))
+        .await;
+    b.wait_text("#incident-story", "approval_requested").await;
+    b.click(&format!("form[action='/incidents/{id}/approve'] button"))
+        .await;
+    b.wait_text("[role=status]", "submitted").await;
+    b.wait_text("#incident-head", "repairing").await;
+    let (_, incident) = t.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(incident["state"], "repairing", "{incident}");
+    b.screenshot("incident").await;
+    b.close().await;
+}

@@ -18,7 +18,7 @@ use crate::helpers::{TestApp, eventually, secret};
 use crate::web::{KEY, Web};
 
 /// The bearer token of the `mon` alert source.
-const TOKEN: &str = "mon-token-5d1e7a90c2b4";
+pub(crate) const TOKEN: &str = "mon-token-5d1e7a90c2b4";
 /// What the monitor says: markup in it must show as text.
 const SCRIPT: &str = "<script>alert(1)</script>";
 
@@ -56,7 +56,7 @@ struct Alerts {
 }
 
 /// [`REPAIR`], checked as the server checks its file, the token read from `MON_TOKEN`.
-fn repair_config() -> RepairConfig {
+pub(crate) fn repair_config() -> RepairConfig {
     let file: File = toml::from_str(REPAIR).expect("repair TOML");
     let sources: Vec<_> = file.alerts.sources.into_iter().map(|s| (1, s)).collect();
     let actions: Vec<_> = file.actions.into_iter().map(|a| (1, a)).collect();
