@@ -465,7 +465,7 @@ fn repair_task(
     })?;
     let host = target.host.clone().or_else(|| action.host.clone());
     let task = SubmitTask {
-        kind: "action".into(),
+        kind: crate::store::REPAIR_TASK_KIND.into(),
         payload: json!({"action": choice.action, "params": choice.params, "host": host}),
         capabilities: vec![action.capability.clone()],
         priority: 10,

@@ -674,6 +674,9 @@ impl IncidentStep {
     }
 }
 
+/// The kind of every repair's task: `muster agent`'s action executor runs it.
+pub const REPAIR_TASK_KIND: &str = "action";
+
 /// A repair's task and the limits it is held to.
 #[derive(Debug, Clone)]
 pub struct RepairRun {

@@ -17,8 +17,8 @@ use crate::clock::to_utc;
 use crate::error::StoreError;
 use crate::notice::{self, Notice};
 use crate::store::{
-    AlertEffect, AlertIn, AlertRecorded, IncidentFilter, IncidentStep, OutboxItem, RepairHeld,
-    Stepped, StoreResult,
+    AlertEffect, AlertIn, AlertRecorded, IncidentFilter, IncidentStep, OutboxItem,
+    REPAIR_TASK_KIND, RepairHeld, Stepped, StoreResult,
 };
 
 const COLS: &str = "seq, id, source, alert_key, monitor, target, state, reason, message, labels, \
@@ -513,10 +513,13 @@ fn held_step(
 pub(super) fn task_moved(
     conn: &Connection,
     task_id: Uuid,
+    kind: &str,
     state: TaskState,
     now: i64,
 ) -> StoreResult<Option<(Uuid, IncidentState)>> {
-    if !state.is_final() {
+    // Every task's end passes here: only an `action` task can be a repair, so the others
+    // cost no statement.
+    if !state.is_final() || kind != REPAIR_TASK_KIND {
         return Ok(None);
     }
     let repair: Option<(i64, String, i64)> = conn

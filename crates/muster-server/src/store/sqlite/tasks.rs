@@ -180,7 +180,7 @@ pub(super) fn end_attempt(
     let mut change = cur.change(state);
     if state.is_final() {
         change.then = deployments::task_moved(conn, cur.id, state, now)?;
-        change.incident = incidents::task_moved(conn, cur.id, state, now)?;
+        change.incident = incidents::task_moved(conn, cur.id, &cur.kind, state, now)?;
     }
     change.released = cur.released();
     change.agent_id = agent_after;
@@ -525,7 +525,7 @@ fn complete_attempt(
     let mut change = cur.change(TaskState::Completed);
     change.released = cur.released();
     change.then = deployments::task_moved(conn, cur.id, TaskState::Completed, now)?;
-    change.incident = incidents::task_moved(conn, cur.id, TaskState::Completed, now)?;
+    change.incident = incidents::task_moved(conn, cur.id, &cur.kind, TaskState::Completed, now)?;
     Ok(change)
 }
 
@@ -622,7 +622,8 @@ pub(super) fn cancel(
                 change.dropped = Some(cur.queued(cur.run_after));
             }
             change.then = deployments::task_moved(conn, cur.id, TaskState::Cancelled, now)?;
-            change.incident = incidents::task_moved(conn, cur.id, TaskState::Cancelled, now)?;
+            change.incident =
+                incidents::task_moved(conn, cur.id, &cur.kind, TaskState::Cancelled, now)?;
             change
         }
         CancelPlan::AskAgent => {
@@ -661,7 +662,7 @@ pub(super) fn retry(
     change.agent_id = None;
     change.requeued = Some(cur.queued(None));
     change.then = deployments::task_moved(conn, cur.id, TaskState::Queued, now)?;
-    change.incident = incidents::task_moved(conn, cur.id, TaskState::Queued, now)?;
+    change.incident = incidents::task_moved(conn, cur.id, &cur.kind, TaskState::Queued, now)?;
     changed(conn, change)
 }
 
