@@ -1986,9 +1986,9 @@ lock_key = "deploy:{repo}:{playbook}"
             err.contains("server.LEASE: unknown key; file keys are snake_case: write lease"),
             "{err}"
         );
-        let err = file_error("[server]\nlease = \"60s\"\n\n[alerts]\nurl = \"x\"\n");
+        let err = file_error("[server]\nlease = \"60s\"\n\n[canaries]\nurl = \"x\"\n");
         assert!(
-            err.starts_with("muster.toml:4: alerts: unknown section"),
+            err.starts_with("muster.toml:4: canaries: unknown section"),
             "{err}"
         );
         let err = file_error("addr = \"127.0.0.1:8000\"\n");
