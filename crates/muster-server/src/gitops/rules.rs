@@ -71,6 +71,30 @@ pub struct TaskTemplate {
     pub labels: BTreeMap<String, String>,
 }
 
+impl TaskTemplate {
+    /// The task to submit: this template with `payload` (the template's, filled or added to)
+    /// and the keys the caller decides.
+    pub fn submit(
+        &self,
+        payload: Map<String, Value>,
+        lock_key: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> SubmitTask {
+        SubmitTask {
+            kind: self.kind.clone(),
+            payload: Value::Object(payload),
+            capabilities: self.capabilities.clone(),
+            priority: self.priority,
+            max_retries: self.max_retries,
+            timeout_s: self.timeout_s,
+            lock_key,
+            idempotency_key,
+            run_after: None,
+            labels: self.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
 /// One `[[git.rules]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -399,18 +423,7 @@ impl Rule {
             Some(template) => Some(fill(template, &values).map_err(|e| format!("lock_key: {e}"))?),
             None => None,
         };
-        Ok(SubmitTask {
-            kind: self.task.kind.clone(),
-            payload: Value::Object(payload),
-            capabilities: self.task.capabilities.clone(),
-            priority: self.task.priority,
-            max_retries: self.task.max_retries,
-            timeout_s: self.task.timeout_s,
-            lock_key,
-            idempotency_key: None,
-            run_after: None,
-            labels: self.task.labels.clone().into_iter().collect(),
-        })
+        Ok(self.task.submit(payload, lock_key, None))
     }
 
     /// The placeholders' values, each from the push checked against its pattern: text from a

@@ -1,8 +1,10 @@
-//! Schedules, as pure logic: when a cron expression fires in its time zone ([`cron`]), and
-//! what is due when the loop looks (on time, or missed while the server was down, by the
-//! schedule's `missed` policy). Not yet served: the `[[schedules]]` section, the firings'
-//! store and the loop come next.
+//! Schedules, as pure logic: `[[schedules]]` entries checked ([`config`]), when a cron
+//! expression fires in its time zone ([`cron`]), and what is due when the loop looks (on
+//! time, or missed while the server was down, by the schedule's `missed` policy). Not yet
+//! served: the config file does not read the section, and the firings' store and the loop
+//! come next.
 
+pub mod config;
 pub mod cron;
 
 use chrono::{DateTime, TimeDelta, Utc};
