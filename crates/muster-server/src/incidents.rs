@@ -133,15 +133,40 @@ async fn escalate(
 /// or asks for approval when it is risky. Answers the incident as it then stands.
 pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError> {
     let settings = app.settings();
-    let Some(target) = incident
+    let target = incident
         .target
         .as_deref()
-        .and_then(|t| settings.repair.target(t).cloned())
-    else {
-        let reason = format!(
+        .and_then(|t| settings.repair.target(t).cloned());
+    let now = app.now_ms();
+    // Why nothing may be decided: then the incident escalates without asking anyone.
+    let stop = match &target {
+        None => Some(format!(
             "target {:?} is no longer configured",
             incident.target.as_deref().unwrap_or("")
-        );
+        )),
+        Some(_) if incident.steps >= incident.max_steps => Some(format!(
+            "{} repair steps did not heal it (max_steps = {})",
+            incident.steps, incident.max_steps
+        )),
+        Some(t) => {
+            let repairs = app
+                .store
+                .repairs_since(now - HOUR_MS)
+                .await?
+                .into_iter()
+                .find(|(name, _)| *name == t.name)
+                .map_or(0, |(_, n)| n);
+            (repairs >= t.max_per_hour).then(|| {
+                format!(
+                    "target {} started {repairs} repairs in the last hour, its cap \
+                     (max_per_hour = {}): nothing was decided or run",
+                    t.name, t.max_per_hour
+                )
+            })
+        }
+    };
+    let Some(target) = target.filter(|_| stop.is_none()) else {
+        let reason = stop.unwrap_or_default();
         return escalate(
             app,
             &incident,
@@ -152,45 +177,6 @@ pub async fn decide(app: &App, incident: Incident) -> Result<Incident, ApiError>
         )
         .await;
     };
-    if incident.steps >= incident.max_steps {
-        let reason = format!(
-            "{} repair steps did not heal it (max_steps = {})",
-            incident.steps, incident.max_steps
-        );
-        return escalate(
-            app,
-            &incident,
-            &[Open, Deciding],
-            "escalated",
-            reason,
-            Value::Null,
-        )
-        .await;
-    }
-    let now = app.now_ms();
-    let repairs = app
-        .store
-        .repairs_since(now - HOUR_MS)
-        .await?
-        .into_iter()
-        .find(|(t, _)| *t == target.name)
-        .map_or(0, |(_, n)| n);
-    if repairs >= target.max_per_hour {
-        let reason = format!(
-            "target {} started {repairs} repairs in the last hour, its cap (max_per_hour = {}): \
-             nothing was decided or run",
-            target.name, target.max_per_hour
-        );
-        return escalate(
-            app,
-            &incident,
-            &[Open, Deciding],
-            "escalated",
-            reason,
-            Value::Null,
-        )
-        .await;
-    }
     let step = IncidentStep::new(
         incident.id,
         &[Open, Deciding],

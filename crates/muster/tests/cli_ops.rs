@@ -1258,23 +1258,20 @@ async fn alert(base: &str, token: &str, monitor: &str) -> String {
 
 /// Waits (bounded) until the incident is in `state`; answers it.
 async fn incident_in(base: &str, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let incident: Value = reqwest::get(format!("{base}/api/v1/incidents/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if incident["state"] == state {
-            return incident;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "incident {id} did not become {state}: {incident}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        DEADLINE,
+        &format!("incident {id} to become {state}"),
+        || async {
+            let incident: Value = reqwest::get(format!("{base}/api/v1/incidents/{id}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (incident["state"] == state).then_some(incident)
+        },
+    )
+    .await
 }
 
 #[tokio::test]

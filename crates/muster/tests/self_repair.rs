@@ -10,7 +10,7 @@ mod common;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -185,22 +185,6 @@ async fn get_json(client: &reqwest::Client, url: String) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
-/// Polls `check` until it answers `Some` (bounded by [`DEADLINE`]).
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kuma_alert_is_repaired_by_a_real_agent_verified_notified_and_audited() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +228,7 @@ async fn a_kuma_alert_is_repaired_by_a_real_agent_verified_notified_and_audited(
         path.push(rest);
     }
     let _agent = AgentProcess::start_with_env(&base, &agent_config(dir.path()), &[("PATH", &path)]);
-    until("the agent registers with docker", || async {
+    common::until(DEADLINE, "the agent registers with docker", || async {
         let agent = get_json(&client, format!("{base}/api/v1/agents/nas")).await;
         agent["capabilities"]
             .as_array()
@@ -275,7 +259,7 @@ async fn a_kuma_alert_is_repaired_by_a_real_agent_verified_notified_and_audited(
     assert_eq!(answer["message"], "1 opened", "{answer}");
     let id = answer["incidents"][0].as_str().unwrap().to_owned();
 
-    let incident = until("the incident is resolved", || async {
+    let incident = common::until(DEADLINE, "the incident is resolved", || async {
         let incident = get_json(&client, format!("{base}/api/v1/incidents/{id}")).await;
         assert!(
             incident["state"] != "escalated",
@@ -350,7 +334,8 @@ async fn a_kuma_alert_is_repaired_by_a_real_agent_verified_notified_and_audited(
 
     // The notices reached the webhook.
     let subject = format!("incident:{id}");
-    let events = until(
+    let events = common::until(
+        DEADLINE,
         "incident.opened and incident.resolved delivered",
         || async {
             let seen = seen.lock().unwrap();
@@ -370,7 +355,7 @@ async fn a_kuma_alert_is_repaired_by_a_real_agent_verified_notified_and_audited(
     assert_eq!(events, ["incident.opened", "incident.resolved"]);
 
     // The audit log tells the same story, and its chain holds.
-    let actions = until("the incident's audit records", || async {
+    let actions = common::until(DEADLINE, "the incident's audit records", || async {
         let page = get_json(&client, format!("{base}/api/v1/audit?limit=1000")).await;
         let actions: Vec<String> = page["entries"]
             .as_array()

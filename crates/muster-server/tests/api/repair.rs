@@ -322,6 +322,15 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
     }
 }
 
+/// The stand-ins every test needs: the model, the notifier's webhook and the probed service.
+async fn fakes() -> (FakeService, FakeService, FakeService) {
+    (
+        FakeService::start().await,
+        FakeService::start().await,
+        FakeService::start().await,
+    )
+}
+
 /// Uptime Kuma's webhook body, as Kuma 1.23 sends it (`status`: 0 down, 1 up, 2 pending).
 fn kuma(monitor_id: u32, name: &str, status: u8, msg: &str) -> Value {
     let word = match status {
@@ -501,11 +510,7 @@ fn prompt_texts(api: Api, request: &Value) -> (String, String) {
 /// the task run by an agent (the test), the probe seeing the service back, the notices sent,
 /// the incident resolved with its whole story, audited, and the call in the ledger.
 async fn a_down_service_is_restarted_verified_and_resolved(api: Api) {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     let usage = Usage {
         input: 1_234,
         output: 56,
@@ -724,11 +729,7 @@ fn refusals() -> Vec<Refusal> {
 async fn an_answer_off_the_allow_list_runs_nothing_and_escalates_with_the_reason() {
     for api in APIS {
         for case in refusals() {
-            let (llm, hook, probe) = (
-                FakeService::start().await,
-                FakeService::start().await,
-                FakeService::start().await,
-            );
+            let (llm, hook, probe) = fakes().await;
             llm.default_reply(api.answer(case.text, &case.calls, USAGE));
             let t = Setup::new(api, &llm, &hook, &probe).spawn().await;
             // An agent that could run it is there: nothing may reach it.
@@ -786,11 +787,7 @@ async fn an_answer_off_the_allow_list_runs_nothing_and_escalates_with_the_reason
 
 #[tokio::test]
 async fn a_risky_action_waits_for_approval_and_runs_only_after_it() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::OpenAi.answer(
         "The container restarts but the host's Docker daemon is wedged.",
         &[("reboot_host", json!({}))],
@@ -855,11 +852,7 @@ async fn a_risky_action_waits_for_approval_and_runs_only_after_it() {
 
 #[tokio::test]
 async fn a_denied_risky_action_runs_nothing_and_escalates() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Anthropic.answer("", &[("reboot_host", json!({}))], USAGE));
     let t = Setup::new(Api::Anthropic, &llm, &hook, &probe)
         .spawn()
@@ -889,11 +882,7 @@ async fn a_denied_risky_action_runs_nothing_and_escalates() {
 
 #[tokio::test]
 async fn an_approval_nobody_gives_in_time_expires_and_runs_nothing() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer("", &[("reboot_host", json!({}))], USAGE));
     let mut setup = Setup::new(Api::Ollama, &llm, &hook, &probe);
     setup.approval_expires = "5m";
@@ -928,11 +917,7 @@ async fn an_approval_nobody_gives_in_time_expires_and_runs_nothing() {
 
 #[tokio::test]
 async fn an_approval_given_after_its_expiry_runs_nothing() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer("", &[("reboot_host", json!({}))], USAGE));
     let t = Setup::new(Api::Ollama, &llm, &hook, &probe).spawn().await;
     let id = down(&t, "timeout").await;
@@ -962,11 +947,7 @@ async fn an_approval_given_after_its_expiry_runs_nothing() {
 #[tokio::test]
 async fn a_model_that_is_down_hands_over_to_the_runbook() {
     for (what, failing) in [("answering 500", true), ("not listening", false)] {
-        let (llm, hook, probe) = (
-            FakeService::start().await,
-            FakeService::start().await,
-            FakeService::start().await,
-        );
+        let (llm, hook, probe) = fakes().await;
         llm.default_reply(Reply::status(
             500,
             r#"{"error": {"message": "model overloaded", "type": "server_error"}}"#,
@@ -1033,11 +1014,7 @@ async fn a_model_that_is_down_hands_over_to_the_runbook() {
 
 #[tokio::test]
 async fn a_storm_of_alerts_is_one_incident_and_one_repair() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer(
         "",
         &[("restart_container", json!({"container": "jellyfin"}))],
@@ -1086,11 +1063,7 @@ async fn a_storm_of_alerts_is_one_incident_and_one_repair() {
 /// pair of notices. The recovery resolves it.
 #[tokio::test]
 async fn a_storm_after_an_escalation_opens_nothing_new() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer("", &[("rm_rf", json!({"path": "/"}))], USAGE));
     let t = Setup::new(Api::Ollama, &llm, &hook, &probe).spawn().await;
     let id = down(&t, "timeout").await;
@@ -1120,11 +1093,7 @@ async fn a_storm_after_an_escalation_opens_nothing_new() {
 
 #[tokio::test]
 async fn the_hourly_cap_holds_across_incidents() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Anthropic.answer(
         "",
         &[("restart_container", json!({"container": "jellyfin"}))],
@@ -1186,11 +1155,7 @@ async fn the_hourly_cap_holds_across_incidents() {
 #[tokio::test]
 async fn the_ledger_sums_the_tokens_of_the_repairs_calls() {
     for api in APIS {
-        let (llm, hook, probe) = (
-            FakeService::start().await,
-            FakeService::start().await,
-            FakeService::start().await,
-        );
+        let (llm, hook, probe) = fakes().await;
         let usages = [
             Usage {
                 input: 900,
@@ -1384,11 +1349,7 @@ async fn the_hook_takes_only_its_token_and_reads_kumas_forms_and_states() {
 
 #[tokio::test]
 async fn a_failed_repair_is_decided_again_and_one_that_does_not_heal_escalates() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::OpenAi.answer(
         "",
         &[("restart_container", json!({"container": "jellyfin"}))],
@@ -1461,11 +1422,7 @@ async fn a_failed_repair_is_decided_again_and_one_that_does_not_heal_escalates()
 
 #[tokio::test]
 async fn a_pause_holds_the_chosen_repair_and_escalates() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer(
         "",
         &[("restart_container", json!({"container": "jellyfin"}))],
@@ -1505,11 +1462,7 @@ async fn a_pause_holds_the_chosen_repair_and_escalates() {
 
 #[tokio::test]
 async fn a_tcp_probe_resolves_the_incident_once_the_port_accepts() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer(
         "",
         &[("restart_container", json!({"container": "jellyfin"}))],
@@ -1599,11 +1552,7 @@ fn alertmanager(members: &[(&str, &str, &str)]) -> Value {
 /// their incidents, and a monitor no target matches escalated at once.
 #[tokio::test]
 async fn alertmanager_groups_and_the_generic_form_open_and_resolve_incidents() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     let mut setup = Setup::new(Api::Ollama, &llm, &hook, &probe);
     setup.extra = r#"
 [[alerts.sources]]
@@ -1704,11 +1653,7 @@ verify = { tcp = "127.0.0.1:9", within = "10m" }
 /// and the refusal is in the ledger.
 #[tokio::test]
 async fn a_spent_repair_budget_hands_over_to_the_runbook() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::OpenAi.answer("", &[("restart_container", json!({}))], USAGE));
     let mut setup = Setup::new(Api::OpenAi, &llm, &hook, &probe);
     setup.runbook = true;
@@ -1756,11 +1701,7 @@ tokens = 100
 /// can be approved, and a repair being verified is verified by the new process.
 #[tokio::test]
 async fn a_restart_mid_incident_picks_up_where_it_stood() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Anthropic.answer("", &[("reboot_host", json!({}))], USAGE));
     probe.default_reply(Reply::status(503, "starting"));
     let setup = Setup::new(Api::Anthropic, &llm, &hook, &probe);
@@ -1807,11 +1748,7 @@ async fn a_restart_mid_incident_picks_up_where_it_stood() {
 /// it as it opens, is decided and waits for approval.
 #[tokio::test]
 async fn the_event_feed_follows_an_incident() {
-    let (llm, hook, probe) = (
-        FakeService::start().await,
-        FakeService::start().await,
-        FakeService::start().await,
-    );
+    let (llm, hook, probe) = fakes().await;
     llm.default_reply(Api::Ollama.answer("", &[("reboot_host", json!({}))], USAGE));
     let t = Setup::new(Api::Ollama, &llm, &hook, &probe).spawn().await;
     let mut feed =

@@ -143,3 +143,23 @@ impl Drop for AgentProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `check` until it answers `Some`, failing loudly (naming `what`) once `deadline` has
+/// passed.
+pub(crate) async fn until<T, F, Fut>(deadline: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
