@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_deployment_steps.sql"),
     include_str!("../migrations/0012_llm_ledger.sql"),
     include_str!("../migrations/0013_incidents.sql"),
+    include_str!("../migrations/0014_schedules.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
