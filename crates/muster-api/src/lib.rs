@@ -1898,3 +1898,169 @@ pub struct RepairPauseAnswer {
     /// False when it already stood so (nothing changed, nothing audited).
     pub changed: bool,
 }
+
+/// The task a trigger submits, as written under `task = { … }` in a `[[git.rules]]` or
+/// `[[schedules]]` entry, or sent to `POST /api/v1/schedules`: a submit without the keys the
+/// trigger decides (`lock_key`, `idempotency_key`, `run_after`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskTemplate {
+    /// What to do; checked as a submit's `kind` is.
+    #[schema(min_length = 1, max_length = 200)]
+    pub kind: String,
+    #[serde(default)]
+    #[schema(value_type = Vec<schema::Capability>, max_items = 100)]
+    pub capabilities: Vec<String>,
+    /// A JSON object; the trigger adds what it knows (a schedule: `schedule`, `fire_at`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Map<String, Value>,
+    #[serde(default, deserialize_with = "whole::required")]
+    #[schema(minimum = -32768, maximum = 32767)]
+    pub priority: i32,
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub max_retries: Option<u32>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295_i64)]
+    pub timeout_s: Option<u32>,
+    #[serde(default)]
+    #[schema(value_type = schema::Labels)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TaskTemplate {
+    /// The task to submit: this template with `payload` (the template's, filled or added to)
+    /// and the keys the caller decides.
+    pub fn submit(
+        &self,
+        payload: serde_json::Map<String, Value>,
+        lock_key: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> SubmitTask {
+        SubmitTask {
+            kind: self.kind.clone(),
+            payload: Value::Object(payload),
+            capabilities: self.capabilities.clone(),
+            priority: self.priority,
+            max_retries: self.max_retries,
+            timeout_s: self.timeout_s,
+            lock_key,
+            idempotency_key,
+            run_after: None,
+            labels: self.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+/// Where a schedule is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleOrigin {
+    /// A `[[schedules]]` entry of the config file: changed there, and by a reload.
+    Config,
+    /// Created with `POST /api/v1/schedules`; deleted with `DELETE`.
+    Api,
+}
+
+/// How a firing came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FiringTrigger {
+    /// Its cron instant came.
+    Cron,
+    /// Its instant passed while the server was down, and the schedule's `missed = "run_once"`
+    /// fired it once on the way back.
+    Missed,
+    /// Someone ran it now (`POST /api/v1/schedules/{name}/run`, the UI, the CLI or chat).
+    Run,
+}
+
+/// One firing of a schedule and the task it submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleFiring {
+    /// The cron instant it stands for (a run: the moment it was asked for).
+    pub fire_at: DateTime<Utc>,
+    pub trigger: FiringTrigger,
+    pub task_id: Uuid,
+    /// The task's state now; none once retention pruned the task.
+    pub task_state: Option<TaskState>,
+    /// When the task was submitted.
+    pub fired_at: DateTime<Utc>,
+    /// `system` for cron firings, else who ran it.
+    pub actor: String,
+}
+
+/// A schedule: when it fires, what each firing submits, and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Schedule {
+    pub name: String,
+    pub origin: ScheduleOrigin,
+    /// Five fields (minute hour day-of-month month day-of-week), or six with seconds first.
+    pub cron: String,
+    /// The IANA zone the expression's times are in.
+    pub timezone: String,
+    /// `skip` or `run_once`: what becomes of firings missed while the server was down.
+    pub missed: String,
+    pub task: TaskTemplate,
+    pub lock_key: Option<String>,
+    pub paused: bool,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub paused_by: Option<String>,
+    /// The next cron instant; none while paused.
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub last: Option<ScheduleFiring>,
+}
+
+/// `GET /api/v1/schedules`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}
+
+/// `GET /api/v1/schedules/{name}`: the schedule and its latest firings, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleDetail {
+    pub schedule: Schedule,
+    pub firings: Vec<ScheduleFiring>,
+}
+
+/// `POST /api/v1/schedules`: a schedule kept in the database, beside the config file's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSchedule {
+    /// 1 to 64 letters, digits, `-`, `_` and `.`; unique among all schedules, the config
+    /// file's too.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]+$")]
+    pub name: String,
+    /// Five fields (minute hour day-of-month month day-of-week), six with seconds first, or an
+    /// alias such as `@daily`.
+    #[schema(min_length = 1, max_length = 200)]
+    pub cron: String,
+    /// An IANA zone such as `Europe/Berlin`; UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    pub task: TaskTemplate,
+    /// Firings run one at a time per key, in firing order.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
+    pub lock_key: Option<String>,
+    /// `skip` (the default) or `run_once`.
+    #[serde(default)]
+    pub missed: Option<String>,
+}
+
+/// `POST /api/v1/schedules/{name}/run`: the firing and its task.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleRun {
+    pub firing: ScheduleFiring,
+    pub task: Task,
+}
+
+/// The answer of a schedule's pause or resume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SchedulePauseAnswer {
+    pub schedule: Schedule,
+    /// False when it already stood so (nothing changed, nothing audited).
+    pub changed: bool,
+}

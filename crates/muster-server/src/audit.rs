@@ -270,6 +270,37 @@ impl AuditRecord {
         )
     }
 
+    /// A schedule was paused or resumed.
+    pub fn schedule_paused(at: i64, actor: Actor, name: &str, paused: bool) -> Self {
+        let action = if paused {
+            "schedule.pause"
+        } else {
+            "schedule.resume"
+        };
+        Self::new(at, actor, action, format!("schedule:{name}"), json!({}))
+    }
+
+    /// Someone ran a schedule now, submitting `task`.
+    pub fn schedule_run(at: i64, actor: Actor, name: &str, task: uuid::Uuid) -> Self {
+        Self::new(
+            at,
+            actor,
+            "schedule.run",
+            format!("schedule:{name}"),
+            json!({ "task": task }),
+        )
+    }
+
+    /// A schedule was created through the API (`spec`, as sent) or deleted (`spec` none).
+    pub fn schedule_changed(at: i64, actor: Actor, name: &str, spec: Option<Value>) -> Self {
+        let action = match spec {
+            Some(_) => "schedule.create",
+            None => "schedule.delete",
+        };
+        let detail = spec.unwrap_or_else(|| json!({}));
+        Self::new(at, actor, action, format!("schedule:{name}"), detail)
+    }
+
     /// Someone logged in to the web UI from `client`.
     pub fn login_succeeded(at: i64, client: &str) -> Self {
         Self::new(

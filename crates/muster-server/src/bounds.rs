@@ -13,9 +13,10 @@
 
 use std::collections::BTreeMap;
 
+use muster_api::SubmitTask;
 use muster_api::limits::{
-    MAX_CAPABILITIES, MAX_CAPABILITY_CHARS, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS,
-    MAX_MCP_SERVER_BYTES, MAX_MCP_SERVERS,
+    MAX_CAPABILITIES, MAX_CAPABILITY_CHARS, MAX_KEY_CHARS, MAX_KIND_CHARS, MAX_LABEL_KEY_CHARS,
+    MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_MCP_SERVER_BYTES, MAX_MCP_SERVERS, MAX_RETRIES,
 };
 use serde_json::Value;
 
@@ -23,6 +24,38 @@ use crate::error::ApiError;
 
 fn too_long(field: &str, max: usize) -> ApiError {
     ApiError::invalid(field, format!("must be at most {max} characters"))
+}
+
+/// Every field of a submission within its bounds; the error names the first that is not.
+/// Operators' submits and the triggers' task templates (checked at load) both go through it.
+pub fn submit(req: &SubmitTask) -> Result<(), ApiError> {
+    required_text("kind", &req.kind, MAX_KIND_CHARS)?;
+    capabilities(&req.capabilities)?;
+    if let Some(key) = &req.lock_key {
+        required_text("lock_key", key, MAX_KEY_CHARS)?;
+    }
+    if let Some(key) = &req.idempotency_key {
+        required_text("idempotency_key", key, MAX_KEY_CHARS)?;
+    }
+    labels(&req.labels)?;
+    if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
+        return Err(ApiError::invalid(
+            "priority",
+            "must be between -32768 and 32767",
+        ));
+    }
+    if req.timeout_s == Some(0) {
+        return Err(ApiError::invalid("timeout_s", "must be at least 1"));
+    }
+    if let Some(n) = req.max_retries
+        && n > MAX_RETRIES
+    {
+        return Err(ApiError::invalid(
+            "max_retries",
+            format!("must be at most {MAX_RETRIES}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `value` has more than `max` characters.

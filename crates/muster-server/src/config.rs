@@ -25,6 +25,7 @@ use crate::repair::config::{
     self as repair_config, ActionSpec, AlertSourceSpec, RepairConfig, RepairEntries, RepairSpec,
     TargetSpec,
 };
+use crate::schedules::{self, config::{Schedule, ScheduleSpec}};
 
 pub use crate::secret::Secret;
 use crate::secret::is_variable_name;
@@ -169,6 +170,8 @@ pub struct Settings {
     pub llm: LlmConfig,
     /// `[[alerts.sources]]`, `[[actions]]`, `[repair]` and `[[repair.targets]]`.
     pub repair: RepairConfig,
+    /// `[[schedules]]`, checked; those created through the API live in the store.
+    pub schedules: Vec<Schedule>,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -666,6 +669,9 @@ struct FileTree {
     /// `[repair]` and `[[repair.targets]]`.
     #[serde(default)]
     repair: Option<Spanned<RepairSpec>>,
+    /// `[[schedules]]`.
+    #[serde(default)]
+    schedules: Vec<Spanned<ScheduleSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -724,6 +730,8 @@ struct ConfigFile {
     actions: Vec<(usize, ActionSpec)>,
     repair_targets: Vec<(usize, TargetSpec)>,
     repair: (usize, RepairSpec),
+    /// The `[[schedules]]` entries, checked whole at parse (they name no variables).
+    schedules: Vec<Schedule>,
 }
 
 struct FileEntry {
@@ -860,6 +868,16 @@ impl ConfigFile {
             repair: match tree.repair {
                 Some(r) => (line_of(text, r.span().start), r.into_inner()),
                 None => (0, RepairSpec::default()),
+            },
+            schedules: {
+                let specs: Vec<(usize, ScheduleSpec)> = tree
+                    .schedules
+                    .into_iter()
+                    .map(|s| (line_of(text, s.span().start), s.into_inner()))
+                    .collect();
+                schedules::config::resolve_all(&specs).map_err(|(line, why)| {
+                    ConfigError::new(format!("{}:{line}: {why}", path.display()))
+                })?
             },
         };
         // Everything but the variables' values is checked now, so `muster config check` and
@@ -1043,7 +1061,7 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
              [server] (notifications under [[notify.channels]] and [[notify.rules]], GitOps under \
              [[git.sources]] and [[git.rules]], language models under [[llm.providers]] and \
              [[llm.budgets]], self-repair under [[alerts.sources]], [[actions]], [repair] and \
-             [[repair.targets]]), the only sections this version reads"
+             [[repair.targets]], schedules under [[schedules]]), the only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -1242,6 +1260,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
         settings.git = file.git(Some(&env))?;
         settings.llm = file.llm(Some(&env))?;
         settings.repair = file.repair(Some(&env))?;
+        settings.schedules = file.schedules.clone();
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1372,6 +1391,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
     if settings.git != current.git {
         changed.push("git");
     }
+    if settings.schedules != current.schedules {
+        changed.push("schedules");
+    }
     // Keeping the running address while the new load dropped the key would leave a
     // network-facing server open: refuse that as a start would.
     settings.check_exposure()?;
@@ -1467,6 +1489,7 @@ impl Settings {
             git: GitConfig::default(),
             llm: LlmConfig::default(),
             repair: RepairConfig::default(),
+            schedules: Vec::new(),
         }
     }
 

@@ -72,6 +72,7 @@ pub mod protocol;
 pub mod registry;
 pub mod repair;
 pub mod repairer;
+pub mod scheduler;
 pub mod schedules;
 pub mod secret;
 pub mod server;

@@ -2,7 +2,7 @@
 //! API handlers and the web UI both call these, so a task submitted from a form is validated,
 //! stored, dispatched and announced exactly like one submitted as JSON.
 
-use muster_api::limits::{MAX_KEY_CHARS, MAX_KIND_CHARS, MAX_RETRIES, MAX_SUBMIT_BATCH};
+use muster_api::limits::MAX_SUBMIT_BATCH;
 use muster_api::{
     Agent, AgentStatus, ErrorCode, NotifyChannel, NotifyTestResult, SubmitResult, SubmitTask, Task,
 };
@@ -17,32 +17,7 @@ use crate::store::{DrainBy, NewTask};
 
 /// Checks a submission and normalises it (capabilities sorted and unique); errors name the field.
 pub fn validate_submit(req: SubmitTask, default_max_retries: u32) -> Result<NewTask, ApiError> {
-    bounds::required_text("kind", &req.kind, MAX_KIND_CHARS)?;
-    bounds::capabilities(&req.capabilities)?;
-    if let Some(key) = &req.lock_key {
-        bounds::required_text("lock_key", key, MAX_KEY_CHARS)?;
-    }
-    if let Some(key) = &req.idempotency_key {
-        bounds::required_text("idempotency_key", key, MAX_KEY_CHARS)?;
-    }
-    bounds::labels(&req.labels)?;
-    if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&req.priority) {
-        return Err(ApiError::invalid(
-            "priority",
-            "must be between -32768 and 32767",
-        ));
-    }
-    if req.timeout_s == Some(0) {
-        return Err(ApiError::invalid("timeout_s", "must be at least 1"));
-    }
-    if let Some(n) = req.max_retries
-        && n > MAX_RETRIES
-    {
-        return Err(ApiError::invalid(
-            "max_retries",
-            format!("must be at most {MAX_RETRIES}"),
-        ));
-    }
+    bounds::submit(&req)?;
     let mut capabilities = req.capabilities;
     capabilities.sort();
     capabilities.dedup();

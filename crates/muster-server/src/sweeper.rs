@@ -145,6 +145,7 @@ pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     total.deployments += in_batches(app, || app.store.prune_deployments(cutoff)).await?;
     total.llm_calls += in_batches(app, || app.store.prune_llm_calls(cutoff)).await?;
     total.incidents += in_batches(app, || app.store.prune_incidents(cutoff)).await?;
+    total.schedule_firings += in_batches(app, || app.store.prune_schedule_firings(cutoff)).await?;
     total.audit_entries += in_batches(app, || app.store.prune_audit(cutoff, now)).await?;
     Ok(total)
 }

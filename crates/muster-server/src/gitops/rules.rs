@@ -54,46 +54,7 @@ pub enum Fallback {
     Skip,
 }
 
-/// The task a matched rule submits, as written under `task = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskTemplate {
-    pub kind: String,
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-    #[serde(default)]
-    pub payload: Map<String, Value>,
-    #[serde(default)]
-    pub priority: i32,
-    pub max_retries: Option<u32>,
-    pub timeout_s: Option<u32>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl TaskTemplate {
-    /// The task to submit: this template with `payload` (the template's, filled or added to)
-    /// and the keys the caller decides.
-    pub fn submit(
-        &self,
-        payload: Map<String, Value>,
-        lock_key: Option<String>,
-        idempotency_key: Option<String>,
-    ) -> SubmitTask {
-        SubmitTask {
-            kind: self.kind.clone(),
-            payload: Value::Object(payload),
-            capabilities: self.capabilities.clone(),
-            priority: self.priority,
-            max_retries: self.max_retries,
-            timeout_s: self.timeout_s,
-            lock_key,
-            idempotency_key,
-            run_after: None,
-            labels: self.labels.clone().into_iter().collect(),
-        }
-    }
-}
+pub use muster_api::TaskTemplate;
 
 /// One `[[git.rules]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]

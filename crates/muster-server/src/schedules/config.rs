@@ -1,32 +1,16 @@
-//! `[[schedules]]` entries as written and checked: a name, a cron expression in a time zone,
-//! the task each firing submits, and what becomes of firings missed while the server was
-//! down. Pure; the config file does not read the section yet (it comes with the loop that
-//! fires it, so a schedule is never accepted and then silently never run).
+//! `[[schedules]]` entries and `POST /api/v1/schedules` bodies (one type, [`ScheduleSpec`]),
+//! checked: a name, a cron expression in a time zone, the task each firing submits (checked
+//! as a submit is, at load), and what becomes of firings missed while the server was down.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use muster_api::SubmitTask;
-use serde::Deserialize;
+use muster_api::{SubmitTask, TaskTemplate};
 use serde_json::Value;
 
 use super::{CronSchedule, Missed};
-use crate::bounds::entry_name;
-use crate::gitops::rules::TaskTemplate;
+use crate::bounds::{self, entry_name};
 
-/// One `[[schedules]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleSpec {
-    pub name: String,
-    /// Five fields (minute hour day-of-month month day-of-week), or six with seconds first.
-    pub cron: String,
-    /// An IANA zone the expression's times are in; UTC when unset.
-    pub timezone: Option<String>,
-    pub task: TaskTemplate,
-    /// One firing at a time per key, in firing order (as a task's `lock_key`).
-    pub lock_key: Option<String>,
-    /// `skip` (default) or `run_once`.
-    pub missed: Option<String>,
-}
+/// One schedule as written in the config file or sent to the API.
+pub type ScheduleSpec = muster_api::CreateSchedule;
 
 /// A schedule, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +23,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// Checks `spec`; the error names the field at fault.
     pub fn resolve(spec: ScheduleSpec) -> Result<Schedule, String> {
         entry_name(&spec.name)?;
         let cron = CronSchedule::parse(&spec.cron, spec.timezone.as_deref())?;
@@ -46,31 +31,54 @@ impl Schedule {
             Some(text) => text.parse()?,
             None => Missed::default(),
         };
-        if spec.task.kind.trim().is_empty() {
-            return Err("task.kind is empty: name the kind of task each firing submits".into());
-        }
-        Ok(Schedule {
+        let schedule = Schedule {
             name: spec.name,
             cron,
             task: spec.task,
             lock_key: spec.lock_key,
             missed,
-        })
+        };
+        // Every firing's task differs only in its payload's firing fields and its key, so one
+        // checked now stands for all of them: a bad template is refused at load, not at 03:00.
+        let sample = schedule.task_for(DateTime::UNIX_EPOCH);
+        bounds::submit(&sample).map_err(|e| format!("task.{}", e.message))?;
+        Ok(schedule)
     }
 
-    /// The task the firing at `at` submits: the template, its payload told which firing it
-    /// is (`schedule`, `fire_at`), labelled with the schedule, and keyed by the firing so the
-    /// same firing can never submit twice.
+    /// The spec this schedule was read from, for the API and for storing one it created.
+    pub fn spec(&self) -> ScheduleSpec {
+        ScheduleSpec {
+            name: self.name.clone(),
+            cron: self.cron.expression().to_owned(),
+            timezone: Some(self.cron.zone().name().to_owned()),
+            task: self.task.clone(),
+            lock_key: self.lock_key.clone(),
+            missed: Some(self.missed.as_str().to_owned()),
+        }
+    }
+
+    /// The task the cron firing at `at` submits: the template, its payload told which firing
+    /// it is (`schedule`, `fire_at`), labelled with the schedule, and keyed by the firing so
+    /// the same firing can never submit twice.
     pub fn task_for(&self, at: DateTime<Utc>) -> SubmitTask {
         let fire_at = at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let key = format!("schedule:{}:{fire_at}", self.name);
+        self.task_keyed(fire_at, key)
+    }
+
+    /// The task an operator's "run now" at `at` submits: like a firing's, keyed apart from
+    /// the cron instants.
+    pub fn task_run_at(&self, at: DateTime<Utc>) -> SubmitTask {
+        let fire_at = at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let key = format!("schedule:{}:run:{fire_at}", self.name);
+        self.task_keyed(fire_at, key)
+    }
+
+    fn task_keyed(&self, fire_at: String, key: String) -> SubmitTask {
         let mut payload = self.task.payload.clone();
         payload.insert("schedule".into(), Value::String(self.name.clone()));
-        payload.insert("fire_at".into(), Value::String(fire_at.clone()));
-        let mut task = self.task.submit(
-            payload,
-            self.lock_key.clone(),
-            Some(format!("schedule:{}:{fire_at}", self.name)),
-        );
+        payload.insert("fire_at".into(), Value::String(fire_at));
+        let mut task = self.task.submit(payload, self.lock_key.clone(), Some(key));
         task.labels.insert("schedule".into(), self.name.clone());
         task
     }
@@ -102,7 +110,7 @@ mod tests {
     use super::*;
     use crate::schedules::tests::utc;
 
-    #[derive(Deserialize)]
+    #[derive(serde::Deserialize)]
     struct File {
         schedules: Vec<ScheduleSpec>,
     }

@@ -32,6 +32,15 @@ pub enum Missed {
     RunOnce,
 }
 
+impl Missed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Missed::Skip => "skip",
+            Missed::RunOnce => "run_once",
+        }
+    }
+}
+
 impl std::str::FromStr for Missed {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {

@@ -388,6 +388,8 @@ pub struct Pruned {
     pub llm_calls: u64,
     /// Resolved or escalated incidents, with their stories.
     pub incidents: u64,
+    /// Schedule firings (each schedule's latest is kept).
+    pub schedule_firings: u64,
 }
 
 /// Who consumes an outbox row. Stored by name; `nats` joins later.
@@ -709,6 +711,39 @@ pub struct Stepped {
     pub held: Option<RepairHeld>,
 }
 
+/// A schedule the store knows: one of the config file's (no `spec`) or one created through
+/// the API (`spec`, the JSON of its [`muster_api::CreateSchedule`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub spec: Option<String>,
+    pub paused_at: Option<i64>,
+    pub paused_by: Option<String>,
+    /// Firings up to this instant have been considered.
+    pub looked_at: i64,
+}
+
+/// Firings of one schedule to record, each with the task it submits, in one transaction.
+#[derive(Debug, Clone)]
+pub struct ScheduleFire {
+    pub schedule: String,
+    /// An operator's "run now" (keyed apart from cron instants, audited) rather than the
+    /// cron's own firings (refused while the schedule is paused).
+    pub manual: bool,
+    pub actor: Actor,
+    pub firings: Vec<(i64, muster_api::FiringTrigger, NewTask)>,
+    /// For cron firings: what the schedule has now been looked at up to.
+    pub looked_at: i64,
+}
+
+/// A firing recorded, and its task.
+#[derive(Debug, Clone)]
+pub struct Fired {
+    pub firing: muster_api::ScheduleFiring,
+    pub task: Task,
+    pub change: Option<Change>,
+}
+
 /// An incident the repairer must look at now.
 #[derive(Debug, Clone)]
 pub struct DueIncident {
@@ -1015,4 +1050,42 @@ pub trait Store: Send + Sync + 'static {
     async fn repairs_since(&self, since: i64) -> StoreResult<Vec<(String, u32)>>;
     /// Forgets closed incidents that closed before `before`, with their stories.
     async fn prune_incidents(&self, before: i64) -> StoreResult<u64>;
+
+    // Schedules.
+    /// Every schedule the store knows.
+    async fn schedule_rows(&self) -> StoreResult<Vec<ScheduleRow>>;
+    /// Adds the config file's schedules it does not know yet, looked at from `now`: their
+    /// first firing is the first instant after they appeared.
+    async fn note_schedules(&self, names: Vec<String>, now: i64) -> StoreResult<()>;
+    /// Stores a schedule created through the API (audited); a conflict if the name is taken.
+    async fn create_schedule(
+        &self,
+        name: String,
+        spec: serde_json::Value,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Deletes a schedule created through the API, with its firings (audited).
+    async fn delete_schedule(&self, name: String, actor: Actor, now: i64) -> StoreResult<()>;
+    /// Records firings and submits their tasks, one transaction; a firing whose key exists is
+    /// left out (it fired before), and cron firings of a paused schedule fire nothing.
+    async fn fire_schedule(&self, fire: ScheduleFire, now: i64) -> StoreResult<Vec<Fired>>;
+    /// Pauses or resumes a schedule (audited); false when it already stood so. A resumed
+    /// schedule is looked at from `now`: what came due while paused stays skipped.
+    async fn pause_schedule(
+        &self,
+        name: String,
+        paused: bool,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// The latest firings of `schedule` (or of every schedule, the latest of each), newest
+    /// first.
+    async fn schedule_firings(
+        &self,
+        schedule: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, muster_api::ScheduleFiring)>>;
+    /// Firings fired before `before`, except each schedule's latest.
+    async fn prune_schedule_firings(&self, before: i64) -> StoreResult<u64>;
 }

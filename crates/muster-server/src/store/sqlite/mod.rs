@@ -43,6 +43,7 @@ mod lock;
 mod notifications;
 mod outbox;
 mod rows;
+mod schedules;
 mod tasks;
 
 pub use audit::{audit_chain, key_path as audit_key_path};
@@ -793,6 +794,64 @@ impl Store for SqliteStore {
 
     async fn prune_incidents(&self, before: i64) -> StoreResult<u64> {
         self.write(move |conn| incidents::prune(conn, before)).await
+    }
+
+    async fn schedule_rows(&self) -> StoreResult<Vec<super::ScheduleRow>> {
+        self.read(schedules::rows).await
+    }
+
+    async fn note_schedules(&self, names: Vec<String>, now: i64) -> StoreResult<()> {
+        self.write(move |conn| schedules::note(conn, &names, now))
+            .await
+    }
+
+    async fn create_schedule(
+        &self,
+        name: String,
+        spec: Value,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.write(move |conn| schedules::create(conn, &name, &spec, &actor, now))
+            .await
+    }
+
+    async fn delete_schedule(&self, name: String, actor: Actor, now: i64) -> StoreResult<()> {
+        self.write(move |conn| schedules::delete(conn, &name, &actor, now))
+            .await
+    }
+
+    async fn fire_schedule(
+        &self,
+        fire: super::ScheduleFire,
+        now: i64,
+    ) -> StoreResult<Vec<super::Fired>> {
+        self.write(move |conn| schedules::fire(conn, fire, now))
+            .await
+    }
+
+    async fn pause_schedule(
+        &self,
+        name: String,
+        paused: bool,
+        actor: Actor,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.write(move |conn| schedules::pause(conn, &name, paused, &actor, now))
+            .await
+    }
+
+    async fn schedule_firings(
+        &self,
+        schedule: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, muster_api::ScheduleFiring)>> {
+        self.read(move |conn| schedules::firings(conn, schedule.as_deref(), limit))
+            .await
+    }
+
+    async fn prune_schedule_firings(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |conn| schedules::prune(conn, before)).await
     }
 
     async fn prune_deployments(&self, before: i64) -> StoreResult<u64> {
