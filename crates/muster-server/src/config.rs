@@ -25,7 +25,10 @@ use crate::repair::config::{
     self as repair_config, ActionSpec, AlertSourceSpec, RepairConfig, RepairEntries, RepairSpec,
     TargetSpec,
 };
-use crate::schedules::{self, config::{Schedule, ScheduleSpec}};
+use crate::schedules::{
+    self,
+    config::{Schedule, ScheduleSpec},
+};
 
 pub use crate::secret::Secret;
 use crate::secret::is_variable_name;

@@ -63,7 +63,9 @@ async fn known(app: &App) -> Result<Vec<Known>, ApiError> {
             }),
             // Checked when created; a later version reading it differently must not stop
             // every other schedule.
-            Err(why) => tracing::error!(schedule = %row.name, %why, "stored schedule unreadable; skipped"),
+            Err(why) => {
+                tracing::error!(schedule = %row.name, %why, "stored schedule unreadable; skipped")
+            }
         }
     }
     Ok(out)

@@ -47,6 +47,7 @@ pub async fn run(app: Arc<App>) {
                         deployments = p.deployments,
                         llm_calls = p.llm_calls,
                         incidents = p.incidents,
+                        schedule_firings = p.schedule_firings,
                         "pruned past the retention period"
                     )
                 }

@@ -10,6 +10,7 @@ mod incidents;
 mod llm;
 mod notifications;
 pub mod openapi;
+mod schedules;
 mod sse;
 pub(crate) mod tasks;
 
@@ -87,6 +88,17 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/repair", get(incidents::status))
         .route("/api/v1/repair/pause", post(incidents::pause))
         .route("/api/v1/repair/resume", post(incidents::resume))
+        .route(
+            "/api/v1/schedules",
+            get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/api/v1/schedules/{name}",
+            get(schedules::show).delete(schedules::delete),
+        )
+        .route("/api/v1/schedules/{name}/run", post(schedules::run))
+        .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/{id}", get(notifications::show))
         .route("/api/v1/notify/channels", get(notifications::channels))

@@ -601,6 +601,11 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/repair", &["get"]),
     ("/api/v1/repair/pause", &["post"]),
     ("/api/v1/repair/resume", &["post"]),
+    ("/api/v1/schedules", &["get", "post"]),
+    ("/api/v1/schedules/{name}", &["get", "delete"]),
+    ("/api/v1/schedules/{name}/run", &["post"]),
+    ("/api/v1/schedules/{name}/pause", &["post"]),
+    ("/api/v1/schedules/{name}/resume", &["post"]),
 ];
 
 #[tokio::test]

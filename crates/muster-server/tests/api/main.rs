@@ -23,4 +23,5 @@ mod notify_wire;
 mod operations;
 mod repair;
 mod restart;
+mod schedules;
 mod streams;

@@ -107,10 +107,8 @@ pub(super) fn fire(conn: &Connection, fire: ScheduleFire, now: i64) -> StoreResu
         if paused {
             return Ok(Vec::new());
         }
-        conn.prepare_cached(
-            "UPDATE schedules SET looked_at = max(looked_at, ?2) WHERE name = ?1",
-        )?
-        .execute(params![fire.schedule, fire.looked_at])?;
+        conn.prepare_cached("UPDATE schedules SET looked_at = max(looked_at, ?2) WHERE name = ?1")?
+            .execute(params![fire.schedule, fire.looked_at])?;
     }
     let actor = fire.actor.as_text();
     let mut out = Vec::with_capacity(fire.firings.len());
