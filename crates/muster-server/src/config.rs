@@ -2402,6 +2402,36 @@ lock_key = "deploy:{repo}:{playbook}"
     }
 
     #[test]
+    fn the_readmes_schedules_load_and_a_bad_schedule_names_its_line() {
+        let blocks = readme_toml_blocks("Schedules and canaries");
+        let text = blocks
+            .iter()
+            .find(|b| b.contains("[[schedules]]"))
+            .expect("the schedules' example");
+        let file = ConfigFile::parse(Path::new("muster.toml"), text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let names: Vec<&str> = file.schedules.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["nightly-backup", "morning-summary"]);
+        assert_eq!(file.schedules[0].cron.zone().name(), "Europe/Berlin");
+
+        let bad = text.replace("kind = \"action\"", "kind = \"action\", priority = 99999");
+        let err = ConfigFile::parse(Path::new("muster.toml"), &bad)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.starts_with("muster.toml:1: schedules[0] (\"nightly-backup\"): task.priority"),
+            "{err}"
+        );
+        let bad = text.replace("0 3 * * *", "0 25 * * *");
+        let err = ConfigFile::parse(Path::new("muster.toml"), &bad)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("cron \"0 25 * * *\" is invalid"), "{err}");
+    }
+
+    #[test]
     fn the_readmes_self_repair_example_loads_with_its_token() {
         let blocks = readme_toml_blocks("Self-repair");
         let server: Vec<&String> = blocks.iter().filter(|b| b.contains("[[alerts.")).collect();
