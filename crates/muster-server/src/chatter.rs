@@ -313,6 +313,11 @@ impl Chatter {
                 ignore(app, &message);
                 continue;
             }
+            // In a group (a negative id) talk that is not a command is not for muster: a bot
+            // whose privacy mode is off sees all of it, and must not answer each line.
+            if message.chat_id < 0 && !message.text.trim_start().starts_with('/') {
+                continue;
+            }
             self.command(app, bot, update.update_id, message).await;
         }
     }

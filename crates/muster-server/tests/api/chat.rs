@@ -239,12 +239,17 @@ async fn a_message_from_another_chat_is_ignored_and_tallied() {
     fake.message(STRANGER, "/status");
     fake.message(STRANGER, "/ask delete everything");
     fake.photo(ADA);
+    fake.message(GROUP, "good morning, everyone");
     fake.message(ADA, "/help");
     // Updates are handled in order: once the allowed chat's help came back, the stranger's
     // messages and the photo have been read.
     let help = fake.reply(ADA, 1).await;
     assert!(help.starts_with("<b>Commands</b>"), "{help}");
     assert!(fake.sent_to(STRANGER).is_empty(), "no reply to a stranger");
+    assert!(
+        fake.sent_to(GROUP).is_empty(),
+        "a group's talk is not a command"
+    );
     assert_eq!(fake.sent().len(), 1, "one reply in all: {:#?}", fake.sent());
     assert!(tasks(&t).await.is_empty(), "nothing was asked");
     eventually("every update acknowledged", || async {
