@@ -940,7 +940,7 @@ pub struct AuditEntry {
     pub seq: i64,
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// `operator:api`, `operator:ui`, `agent:<id>` or `system`.
+    /// `operator:api`, `operator:ui`, `chat:telegram:<chat id>`, `agent:<id>` or `system`.
     pub actor: String,
     /// What happened, e.g. `task.cancel`, `agent.drain`, `login.failed`.
     pub action: String,

@@ -34,6 +34,9 @@ pub struct App {
     pub sessions: Sessions,
     /// Git hooks refused for a bad signature, per source and minute, for the audit log.
     pub refused_hooks: MinuteTally,
+    /// Messages from chats the chat commands do not allow (`telegram:<id>`), per chat and
+    /// minute, for the audit log.
+    pub ignored_chats: MinuteTally,
     /// Wakes the messenger: a notification was queued.
     pub messenger_wake: Arc<tokio::sync::Notify>,
     /// Wakes the repairer: an alert came, or an incident was answered.
@@ -60,6 +63,7 @@ impl App {
             changes,
             sessions,
             refused_hooks: MinuteTally::default(),
+            ignored_chats: MinuteTally::default(),
             messenger_wake: Arc::default(),
             repairer_wake: Arc::default(),
             shutdown: CancellationToken::new(),

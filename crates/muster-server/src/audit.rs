@@ -35,11 +35,38 @@ pub enum Via {
     Ui,
 }
 
+/// A chat service operators send commands from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatService {
+    Telegram,
+}
+
+impl ChatService {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatService::Telegram => "telegram",
+        }
+    }
+
+    fn parse(text: &str) -> Option<ChatService> {
+        match text {
+            "telegram" => Some(ChatService::Telegram),
+            _ => None,
+        }
+    }
+}
+
 /// Who caused an audited action. Stored and sent as text: `operator:api`, `operator:ui`,
-/// `agent:<id>` or `system`.
+/// `chat:telegram:<chat id>`, `agent:<id>` or `system`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     Operator(Via),
+    /// Whoever wrote in an allow-listed chat: the service and the chat's id there (a person's
+    /// own chat, or a group whose members may all command).
+    Chat {
+        service: ChatService,
+        chat_id: i64,
+    },
     Agent(String),
     System,
 }
@@ -53,10 +80,15 @@ impl Actor {
         Actor::Agent(agent_id.to_owned())
     }
 
+    pub fn chat(service: ChatService, chat_id: i64) -> Actor {
+        Actor::Chat { service, chat_id }
+    }
+
     pub fn as_text(&self) -> String {
         match self {
             Actor::Operator(Via::Api) => "operator:api".into(),
             Actor::Operator(Via::Ui) => "operator:ui".into(),
+            Actor::Chat { service, chat_id } => format!("chat:{}:{chat_id}", service.as_str()),
             Actor::Agent(id) => format!("agent:{id}"),
             Actor::System => "system".into(),
         }
@@ -67,10 +99,15 @@ impl Actor {
             "operator:api" => Some(Actor::Operator(Via::Api)),
             "operator:ui" => Some(Actor::Operator(Via::Ui)),
             "system" => Some(Actor::System),
-            // Agent ids may hold ':'; only the prefix is ours.
-            _ => text
-                .strip_prefix("agent:")
-                .map(|id| Actor::Agent(id.into())),
+            _ => {
+                if let Some(chat) = text.strip_prefix("chat:") {
+                    let (service, id) = chat.split_once(':')?;
+                    return Some(Actor::chat(ChatService::parse(service)?, id.parse().ok()?));
+                }
+                // Agent ids may hold ':'; only the prefix is ours.
+                text.strip_prefix("agent:")
+                    .map(|id| Actor::Agent(id.into()))
+            }
         }
     }
 }
@@ -316,13 +353,24 @@ impl AuditRecord {
     /// per client and minute, so a flood of guesses cannot fill the disk. Recorded by the
     /// system, since nobody is known to be acting.
     pub fn logins_failed(at: i64, client: &str, minute_ms: i64, count: u64) -> Self {
+        Self::tallied(
+            at,
+            "login.failed",
+            format!("client:{client}"),
+            minute_ms,
+            count,
+        )
+    }
+
+    /// One minute's tally of refusals of one kind from one subject, recorded by the system.
+    fn tallied(at: i64, action: &str, subject: String, minute_ms: i64, count: u64) -> Self {
         let minute =
             crate::clock::to_utc(minute_ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         Self::new(
             at,
             Actor::System,
-            "login.failed",
-            format!("client:{client}"),
+            action,
+            subject,
             json!({"count": count, "minute": minute}),
         )
     }
@@ -330,15 +378,33 @@ impl AuditRecord {
     /// `count` hooks for the git source `source` came with a missing or wrong signature in the
     /// minute starting at `minute_ms`: one entry per source and minute, like failed logins.
     pub fn hooks_refused(at: i64, source: &str, minute_ms: i64, count: u64) -> Self {
-        let minute =
-            crate::clock::to_utc(minute_ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        Self::new(
+        Self::tallied(
             at,
-            Actor::System,
             "hook.refused",
             format!("source:{source}"),
-            json!({"count": count, "minute": minute}),
+            minute_ms,
+            count,
         )
+    }
+
+    /// An allow-listed chat sent a command (`command`, as the metrics name it), with what came
+    /// of it (`ok`, `refused`, `failed`) and the start of what was written.
+    pub fn chat_command(at: i64, actor: Actor, command: &str, outcome: &str, text: &str) -> Self {
+        let subject = actor.as_text();
+        Self::new(
+            at,
+            actor,
+            "chat.command",
+            subject,
+            json!({"command": command, "outcome": outcome, "text": text}),
+        )
+    }
+
+    /// `count` messages came from the chat `chat` (`telegram:<id>`), which is not allow-listed,
+    /// in the minute starting at `minute_ms`: ignored, and one entry per chat and minute, like
+    /// failed logins.
+    pub fn chats_ignored(at: i64, chat: &str, minute_ms: i64, count: u64) -> Self {
+        Self::tallied(at, "chat.ignored", format!("chat:{chat}"), minute_ms, count)
     }
 
     /// A notification reached its channel after `attempts` attempts.
@@ -930,11 +996,20 @@ mod tests {
             Actor::operator(Via::Api),
             Actor::operator(Via::Ui),
             Actor::agent("host:with:colons"),
+            Actor::chat(ChatService::Telegram, -1001234567890),
+            Actor::chat(ChatService::Telegram, 42),
             Actor::System,
         ] {
             assert_eq!(Actor::parse(&actor.as_text()), Some(actor.clone()));
         }
         assert_eq!(Actor::parse("somebody"), None);
+        assert_eq!(
+            Actor::chat(ChatService::Telegram, -100456).as_text(),
+            "chat:telegram:-100456"
+        );
+        for bad in ["chat:telegram:", "chat:telegram:x", "chat:irc:1", "chat:"] {
+            assert_eq!(Actor::parse(bad), None, "{bad}");
+        }
         let record = record(1);
         let back: AuditRecord =
             serde_json::from_value(serde_json::to_value(&record).unwrap()).unwrap();

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::chat::{ChatConfig, TelegramChat, TelegramSpec};
 use crate::gitops::{self, GitConfig, GitRuleSpec, SourceSpec};
 use crate::llm::{self, BudgetSpec, LlmConfig, ProviderSpec};
 use crate::notify::{Channel, ChannelSpec, NotifyConfig, Rule, RuleSpec};
@@ -175,6 +176,8 @@ pub struct Settings {
     pub repair: RepairConfig,
     /// `[[schedules]]`, checked; those created through the API live in the store.
     pub schedules: Vec<Schedule>,
+    /// `[chat.telegram]`: the chat commands.
+    pub chat: ChatConfig,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -675,6 +678,16 @@ struct FileTree {
     /// `[[schedules]]`.
     #[serde(default)]
     schedules: Vec<Spanned<ScheduleSpec>>,
+    /// `[chat.telegram]`.
+    #[serde(default)]
+    chat: ChatTree,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatTree {
+    #[serde(default)]
+    telegram: Option<Spanned<TelegramSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -735,6 +748,8 @@ struct ConfigFile {
     repair: (usize, RepairSpec),
     /// The `[[schedules]]` entries, checked whole at parse (they name no variables).
     schedules: Vec<Schedule>,
+    /// `[chat.telegram]` as written, with its line; see [`ConfigFile::chat`].
+    chat_telegram: Option<(usize, TelegramSpec)>,
 }
 
 struct FileEntry {
@@ -882,6 +897,10 @@ impl ConfigFile {
                     ConfigError::new(format!("{}:{line}: {why}", path.display()))
                 })?
             },
+            chat_telegram: tree
+                .chat
+                .telegram
+                .map(|t| (line_of(text, t.span().start), t.into_inner())),
         };
         // Everything but the variables' values is checked now, so `muster config check` and
         // a reload refuse a bad rule or channel as a start would.
@@ -889,7 +908,31 @@ impl ConfigFile {
         file.git(None)?;
         file.llm(None)?;
         file.repair(None)?;
+        file.chat(None)?;
         Ok(file)
+    }
+
+    /// `[chat.telegram]` checked, its token read through `env`; with no `env`, everything
+    /// but the token's value, and an empty config answered.
+    fn chat(&self, env: Option<&Lookup<'_>>) -> Result<ChatConfig, ConfigError> {
+        let Some((line, spec)) = &self.chat_telegram else {
+            return Ok(ChatConfig::default());
+        };
+        let at = |why: String| {
+            ConfigError::new(format!(
+                "{}:{line}: chat.telegram: {why}",
+                self.path.display()
+            ))
+        };
+        match env {
+            Some(env) => Ok(ChatConfig {
+                telegram: Some(TelegramChat::resolve(spec, env).map_err(at)?),
+            }),
+            None => {
+                TelegramChat::check(spec).map_err(at)?;
+                Ok(ChatConfig::default())
+            }
+        }
     }
 
     /// The `[notify]` section checked, its `*_env` keys read through `env`; with no `env`,
@@ -1064,7 +1107,8 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
              [server] (notifications under [[notify.channels]] and [[notify.rules]], GitOps under \
              [[git.sources]] and [[git.rules]], language models under [[llm.providers]] and \
              [[llm.budgets]], self-repair under [[alerts.sources]], [[actions]], [repair] and \
-             [[repair.targets]], schedules under [[schedules]]), the only sections this version reads"
+             [[repair.targets]], schedules under [[schedules]], chat commands under \
+             [chat.telegram]), the only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -1264,6 +1308,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
         settings.llm = file.llm(Some(&env))?;
         settings.repair = file.repair(Some(&env))?;
         settings.schedules = file.schedules.clone();
+        settings.chat = file.chat(Some(&env))?;
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1397,6 +1442,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
     if settings.schedules != current.schedules {
         changed.push("schedules");
     }
+    if settings.chat != current.chat {
+        changed.push("chat");
+    }
     // Keeping the running address while the new load dropped the key would leave a
     // network-facing server open: refuse that as a start would.
     settings.check_exposure()?;
@@ -1493,6 +1541,7 @@ impl Settings {
             llm: LlmConfig::default(),
             repair: RepairConfig::default(),
             schedules: Vec::new(),
+            chat: ChatConfig::default(),
         }
     }
 
@@ -2463,6 +2512,67 @@ lock_key = "deploy:{repo}:{playbook}"
             std::fs::write(&path, &block).unwrap();
             check_file(&path).unwrap_or_else(|e| panic!("{e}\n{block}"));
         }
+    }
+
+    #[test]
+    fn the_readmes_chat_example_loads_with_its_token() {
+        let blocks = readme_toml_blocks("Chat");
+        assert_eq!(blocks.len(), 1, "the server's example");
+        let (_dir, path) = write_file(&blocks[0]);
+        check_file(&path).unwrap_or_else(|e| panic!("{e}\n{}", blocks[0]));
+        let token = "123456789:AAHreadme_-token";
+        let env = |name: &str| (name == "TELEGRAM_BOT_TOKEN").then(|| token.to_owned());
+        let chat = ConfigFile::read(&path).unwrap().chat(Some(&env)).unwrap();
+        let telegram = chat.telegram.expect("[chat.telegram]");
+        assert_eq!(telegram.chats, [123456789, -1001234567890]);
+        assert_eq!(telegram.token.expose(), token);
+    }
+
+    #[test]
+    fn the_chat_table_is_checked_naming_file_line_and_field_and_reloads() {
+        let text =
+            "[server]\nlease = \"60s\"\n\n[chat.telegram]\ntoken_env = \"BOT\"\nchats = []\n";
+        let err = file_error(text);
+        assert!(
+            err.starts_with("muster.toml:4: chat.telegram: chats is empty"),
+            "{err}"
+        );
+        let err = file_error("[chat.telegram]\ntoken = \"123:abc\"\nchats = [1]\n");
+        assert!(
+            err.starts_with("muster.toml:2: chat.telegram.token: unknown field"),
+            "{err}"
+        );
+        let token = "123456789:AAHreload_-token";
+        let (_dir, path) = write_file("[chat.telegram]\ntoken_env = \"BOT\"\nchats = [1]\n");
+        let sources = Sources {
+            file: Some(path.clone()),
+            env: env_of(&[("BOT", token)]),
+            flags: Overrides::default(),
+        };
+        let current = Settings::load(&sources).unwrap();
+        assert!(
+            !format!("{current:?}").contains(token),
+            "the token never prints"
+        );
+        std::fs::write(
+            &path,
+            "[chat.telegram]\ntoken_env = \"BOT\"\nchats = [1, 2]\n",
+        )
+        .unwrap();
+        let reloaded = current.reload_from(&sources).unwrap();
+        assert_eq!(reloaded.changed, ["chat"]);
+        let telegram = reloaded.settings.chat.telegram.unwrap();
+        assert_eq!(telegram.chats, [1, 2]);
+        // Unset, the token's variable stops the load, named, its value never shown.
+        let sources = Sources {
+            env: env_of(&[]),
+            ..sources
+        };
+        let err = Settings::load(&sources).unwrap_err().message;
+        assert!(
+            err.contains("chat.telegram: BOT (named by token_env) is unset"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //!   to their consumers, at least once; [`messenger`]: the loop that sends notifications.
 //! - [`notice`]: what happened that an operator may want to hear of (written by the store);
 //!   [`notify`]: notification channels and rules, and sending one message over one channel.
+//! - [`chat`]: chat commands' pure parts (`[chat.telegram]`, Telegram's updates, commands,
+//!   replies); [`chatter`]: the loop that long-polls Telegram, carries commands out through
+//!   the verbs and answers.
 //! - [`alerts`]: monitoring webhooks (Uptime Kuma, Alertmanager, a generic form) read into
 //!   alerts without I/O, for self-repair's incidents.
 //! - [`gitops`]: forge push webhooks read and verified without I/O, and the forges' commit
@@ -45,6 +48,8 @@ pub mod auth;
 pub mod bounds;
 
 pub mod changes;
+pub mod chat;
+pub mod chatter;
 pub mod clock;
 pub mod commit_status;
 pub mod config;

@@ -51,6 +51,11 @@ pub struct Metrics {
     /// money); set at scrape time.
     pub llm_budget_spent: prometheus::GaugeVec,
     pub llm_budget_left: prometheus::GaugeVec,
+    /// Chat commands by command (`status`, `tasks`, `approve`, `deny`, `ask`, `help`,
+    /// `unknown`) and outcome (ok, refused, failed).
+    pub chat_commands: IntCounterVec,
+    /// Messages from chats that may not send commands, ignored.
+    pub chat_ignored: IntCounter,
 }
 
 impl Default for Metrics {
@@ -241,6 +246,21 @@ impl Metrics {
             &["workflow", "unit"],
         )
         .expect("valid gauge");
+        let chat_commands = IntCounterVec::new(
+            Opts::new(
+                "muster_chat_commands_total",
+                "Chat commands from allowed chats, by command (status, tasks, approve, deny, \
+                 ask, help, unknown) and outcome: ok, refused (not as written, or the rules \
+                 said no: the reply says why), failed (muster could not carry it out).",
+            ),
+            &["command", "outcome"],
+        )
+        .expect("valid counter");
+        let chat_ignored = IntCounter::new(
+            "muster_chat_ignored_total",
+            "Messages from chats that may not send commands: ignored, without a reply.",
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -266,6 +286,8 @@ impl Metrics {
             Box::new(llm_cost.clone()),
             Box::new(llm_budget_spent.clone()),
             Box::new(llm_budget_left.clone()),
+            Box::new(chat_commands.clone()),
+            Box::new(chat_ignored.clone()),
         ] {
             registry
                 .register(collector)
@@ -296,6 +318,8 @@ impl Metrics {
             llm_cost,
             llm_budget_spent,
             llm_budget_left,
+            chat_commands,
+            chat_ignored,
             dispatch_seconds,
             http_seconds,
             transitions,
@@ -328,6 +352,13 @@ impl Metrics {
 
     pub fn alert_hook(&self, source: &str, outcome: &str) {
         self.alert_hooks.with_label_values(&[source, outcome]).inc();
+    }
+
+    /// A chat command ended as `outcome`.
+    pub fn chat_command(&self, command: &str, outcome: &str) {
+        self.chat_commands
+            .with_label_values(&[command, outcome])
+            .inc();
     }
 
     /// Counts one LLM call of the ledger.

@@ -227,6 +227,13 @@ pub async fn task(app: &App, task_id: Uuid) -> Result<Task, ApiError> {
     Ok(task)
 }
 
+/// Whether `agent` may be given a task of `kind` needing `capabilities`, whatever its status:
+/// it has them all, and handles the kind (an agent that names no kinds handles any).
+pub fn takes(agent: &Agent, kind: &str, capabilities: &[String]) -> bool {
+    capabilities.iter().all(|c| agent.capabilities.contains(c))
+        && (agent.kinds.is_empty() || agent.kinds.iter().any(|k| k == kind))
+}
+
 /// Why a queued task is not running, as an operator would want to read it.
 async fn why_waiting(app: &App, task: &Task) -> Result<String, ApiError> {
     let now = app.now_ms();
@@ -253,10 +260,7 @@ async fn why_waiting(app: &App, task: &Task) -> Result<String, ApiError> {
     let agents = agents(app).await?;
     let capable: Vec<&Agent> = agents
         .iter()
-        .filter(|a| {
-            task.capabilities.iter().all(|c| a.capabilities.contains(c))
-                && (a.kinds.is_empty() || a.kinds.contains(&task.kind))
-        })
+        .filter(|a| takes(a, &task.kind, &task.capabilities))
         .collect();
     let needs = if task.capabilities.is_empty() {
         format!("handles kind {:?}", task.kind)

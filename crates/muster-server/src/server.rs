@@ -20,6 +20,9 @@ use crate::registry::Registry;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{RetryPolicy, Store};
 
+/// How long the chat loop gets to acknowledge what it handled once shutdown begins.
+const CHATTER_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -147,6 +150,8 @@ impl Server {
         let messenger = tokio::spawn(crate::messenger::run(app.clone()));
         let repairer = tokio::spawn(crate::repairer::run(app.clone()));
         let scheduler = tokio::spawn(crate::scheduler::run(app.clone()));
+        // Idle until `[chat.telegram]` is configured (at start or by a reload).
+        let chatter = tokio::spawn(crate::chatter::run(app.clone()));
         let router = crate::http::router(app.clone());
         let open = Connections::new(app.changes.metrics.connections.clone());
         connections::accept_until(
@@ -183,6 +188,16 @@ impl Server {
         // A look cut off committed all of a schedule's firings or none; the next start looks
         // again from what the store says.
         scheduler.abort();
+        // It ends when shutdown begins, after acknowledging the updates it handled (so the
+        // next start does not see them again), bounded in case Telegram hangs; an `/ask`
+        // still waiting for its answer is not answered.
+        let mut chatter = chatter;
+        if tokio::time::timeout(CHATTER_GRACE, &mut chatter)
+            .await
+            .is_err()
+        {
+            chatter.abort();
+        }
         dispatcher_task.abort();
         let _ = health.await;
         let _ = delivery.await;

@@ -97,14 +97,16 @@ pub async fn sweep_once(app: &App) -> StoreResult<Swept> {
     Ok(swept)
 }
 
-/// One audit record per client and minute of failed logins, and per source and minute of git
-/// hooks refused for their signature, for the minutes over by `until` (at shutdown,
-/// `i64::MAX`: the minute in progress too, rather than forget it).
+/// One audit record per client and minute of failed logins, per source and minute of git
+/// hooks refused for their signature, and per chat and minute of messages from chats not
+/// allowed, for the minutes over by `until` (at shutdown, `i64::MAX`: the minute in progress
+/// too, rather than forget it).
 pub(crate) async fn record_tallies(app: &App, until: i64) -> StoreResult<()> {
     let now = app.now_ms();
     let logins = app.sessions.failed_logins.take_closed(until);
     let hooks = app.refused_hooks.take_closed(until);
-    if logins.is_empty() && hooks.is_empty() {
+    let chats = app.ignored_chats.take_closed(until);
+    if logins.is_empty() && hooks.is_empty() && chats.is_empty() {
         return Ok(());
     }
     let records = logins
@@ -115,11 +117,17 @@ pub(crate) async fn record_tallies(app: &App, until: i64) -> StoreResult<()> {
                 .iter()
                 .map(|t| AuditRecord::hooks_refused(now, &t.key, t.minute_ms, t.count)),
         )
+        .chain(
+            chats
+                .iter()
+                .map(|t| AuditRecord::chats_ignored(now, &t.key, t.minute_ms, t.count)),
+        )
         .collect();
     if let Err(err) = crate::outbox::record_audit(app, records).await {
         // Counted again at the next sweep rather than lost.
         app.sessions.failed_logins.restore(logins);
         app.refused_hooks.restore(hooks);
+        app.ignored_chats.restore(chats);
         return Err(err);
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Refusals counted per key and minute, so that what a flood of bad requests costs is a
-//! counter, and the audit log gets one record per key and minute. A leaf module.
+//! Refusals counted per key and minute, so that what a flood of bad requests (or of messages
+//! from chats nobody allowed) costs is a counter, and the audit log gets one record per key
+//! and minute. A leaf module.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -32,15 +33,18 @@ impl MinuteTally {
         self.counts.lock().expect("tally lock poisoned")
     }
 
-    /// Counts one refusal of `client` at `now_ms`.
-    pub fn record(&self, client: &str, now_ms: i64) {
+    /// Counts one refusal of `client` at `now_ms`; answers its count in that minute so far, so
+    /// a caller can log the first of a minute and stay quiet through a flood.
+    pub fn record(&self, client: &str, now_ms: i64) -> u64 {
         let minute = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
         let mut counts = self.lock();
         let mut key = (minute, client.to_owned());
         if !counts.contains_key(&key) && counts.len() >= MAX_KEYS {
             key.1 = "other".to_owned();
         }
-        *counts.entry(key).or_default() += 1;
+        let count = counts.entry(key).or_default();
+        *count += 1;
+        *count
     }
 
     /// Seconds until `client` may try again, when it has been refused `limit` times in the
@@ -88,7 +92,7 @@ mod tests {
     fn refusals_are_counted_per_key_and_minute() {
         let failed = MinuteTally::default();
         for n in 0..50 {
-            failed.record("10.0.0.1", 60_000 + n * 100);
+            assert_eq!(failed.record("10.0.0.1", 60_000 + n * 100), n as u64 + 1);
         }
         failed.record("10.0.0.2", 61_000);
         failed.record("10.0.0.1", 120_500);

@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use url::Url;
 
-use super::{Message, Outcome};
+use super::text::{Piece, capped};
+use super::{Message, Outcome, telegram};
 use crate::secret::{Secret, hex, read_variable};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,9 +37,7 @@ const ANSWER_KEPT_CHARS: usize = 500;
 /// The limit on connecting, within the channel's own timeout for the whole request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Telegram's limit on a message's text, counted in UTF-16 code units after the HTML
-/// entities are parsed (so `&lt;` counts one and tags count nothing).
-const TELEGRAM_TEXT_LIMIT: usize = 4096;
+use super::telegram::TEXT_LIMIT as TELEGRAM_TEXT_LIMIT;
 /// A title longer than this is cut, so that a runaway title still leaves room for the body.
 const TELEGRAM_TITLE_LIMIT: usize = 256;
 const TELEGRAM_LINK_TEXT: &str = "Open in muster";
@@ -323,7 +322,7 @@ impl Channel {
             let name = Some(name.to_owned());
             if name == token {
                 Some(match kind.as_str() {
-                    "telegram" => "123456789:stand-in".to_owned(),
+                    "telegram" => telegram::STAND_IN_TOKEN.to_owned(),
                     _ => "stand-in-token".to_owned(),
                 })
             } else if name == url {
@@ -473,10 +472,10 @@ fn bearer_token(
 
 /// Where a URL being checked came from, for its error: a field's text is shown, a
 /// variable's value is not.
-struct UrlSource<'a> {
-    field: &'static str,
-    var: Option<&'a str>,
-    text: &'a str,
+pub(super) struct UrlSource<'a> {
+    pub(super) field: &'static str,
+    pub(super) var: Option<&'a str>,
+    pub(super) text: &'a str,
 }
 
 impl UrlSource<'_> {
@@ -500,7 +499,7 @@ impl UrlSource<'_> {
 }
 
 /// Parses an http(s) URL; `check` returns why a parsed URL is still unfit for the field.
-fn http_url(
+pub(super) fn http_url(
     source: &UrlSource<'_>,
     form: &str,
     check: &dyn Fn(&Url) -> Option<&'static str>,
@@ -523,7 +522,7 @@ fn http_url(
     }
 }
 
-fn no_query(url: &Url) -> Option<&'static str> {
+pub(super) fn no_query(url: &Url) -> Option<&'static str> {
     url.query().map(|_| "without a query (?…)")
 }
 
@@ -698,26 +697,12 @@ fn ntfy_priority(value: &NumberOrText) -> Result<u8, String> {
     }
 }
 
-/// A bot token as @BotFather gives it: the bot's number, `:`, then letters, digits, `_`
-/// and `-`. Checked because it goes into the request path.
-fn is_bot_token(token: &str) -> bool {
-    token.split_once(':').is_some_and(|(id, secret)| {
-        !id.is_empty()
-            && id.bytes().all(|b| b.is_ascii_digit())
-            && !secret.is_empty()
-            && secret
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    })
-}
-
 fn telegram(
     spec: ChannelSpec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ChannelKind, String> {
     const CHAT_FORM: &str =
         "a chat's number such as -1001234567890 or a public channel's @username";
-    const API_FORM: &str = "the Bot API server's URL such as https://api.telegram.org";
     let kind = KindName::Telegram;
     let var = required(
         "token_env",
@@ -725,13 +710,7 @@ fn telegram(
         kind,
         "the name of an environment variable holding the bot's token from @BotFather",
     )?;
-    let token = read_variable("token_env", var, "the bot's token from @BotFather", env)?;
-    if !is_bot_token(&token) {
-        return Err(format!(
-            "{var} (named by token_env) is invalid: expected a bot token of the form \
-             123456789:AAH… as @BotFather gives it; its value is not shown"
-        ));
-    }
+    let token = telegram::bot_token(var, env)?;
     let chat_id = match required_chat_id(spec.chat_id.as_ref(), CHAT_FORM)? {
         NumberOrText::Number(id) if *id != 0 => ChatId::Id(*id),
         NumberOrText::Text(text) => chat_id_text(text)
@@ -740,20 +719,10 @@ fn telegram(
             return Err(format!("chat_id {id} is invalid: expected {CHAT_FORM}"));
         }
     };
-    let api_url = match &spec.api_url {
-        None => Url::parse("https://api.telegram.org").expect("a fixed URL parses"),
-        Some(text) => {
-            let source = UrlSource {
-                field: "api_url",
-                var: None,
-                text,
-            };
-            http_url(&source, API_FORM, &no_query)?
-        }
-    };
+    let api_url = telegram::api_url(spec.api_url.as_deref())?;
     Ok(ChannelKind::Telegram {
         api_url,
-        token: Secret::new(token),
+        token,
         chat_id,
     })
 }
@@ -1032,24 +1001,13 @@ fn wire_request<'a>(
             token,
             chat_id,
         } => {
-            let mut url = api_url.clone();
-            if let Ok(mut path) = url.path_segments_mut() {
-                path.pop_if_empty()
-                    .push(&format!("bot{}", token.expose()))
-                    .push("sendMessage");
-            }
             let chat_id = match chat_id {
                 ChatId::Id(id) => json!(id),
                 ChatId::Username(name) => json!(name),
             };
-            let body = json!({
-                "chat_id": chat_id,
-                "text": telegram_text(message),
-                "parse_mode": "HTML",
-                "link_preview_options": { "is_disabled": true },
-            });
+            let body = telegram::send_message_body(chat_id, &telegram_text(message));
             WireRequest {
-                url,
+                url: telegram::method_url(api_url, token, "sendMessage"),
                 bearer: None,
                 headers: Vec::new(),
                 body: json_body(body),
@@ -1105,75 +1063,13 @@ fn wire_request<'a>(
     }
 }
 
-/// A text being capped: each character as it is written out (escaped) and what it counts
-/// towards the service's limit.
-struct Piece {
-    text: String,
-    cost: usize,
-}
-
-/// The pieces joined, cut to at most `limit` (counting each piece's cost) and ended with
-/// `…` when cut. Pieces are never split, so the cut never lands inside an escape, an entity
-/// or a surrogate pair.
-fn capped(pieces: Vec<Piece>, limit: usize) -> String {
-    let total: usize = pieces.iter().map(|p| p.cost).sum();
-    let mut out = String::new();
-    if total <= limit {
-        for piece in pieces {
-            out.push_str(&piece.text);
-        }
-        return out;
-    }
-    if limit == 0 {
-        return out;
-    }
-    // `…` is one UTF-16 unit and one character.
-    let room = limit - 1;
-    let mut used = 0;
-    for piece in pieces {
-        if used + piece.cost > room {
-            break;
-        }
-        used += piece.cost;
-        out.push_str(&piece.text);
-    }
-    out.push('…');
-    out
-}
-
-/// Text for Telegram's HTML mode: `&`, `<` and `>` as entities. Telegram counts the text
-/// after the entities are parsed, so each piece costs its character's UTF-16 length.
-fn telegram_pieces(text: &str) -> Vec<Piece> {
-    text.chars()
-        .map(|c| {
-            let escaped = match c {
-                '&' => "&amp;".to_owned(),
-                '<' => "&lt;".to_owned(),
-                '>' => "&gt;".to_owned(),
-                c => c.to_string(),
-            };
-            Piece {
-                text: escaped,
-                cost: c.len_utf16(),
-            }
-        })
-        .collect()
-}
-
-fn escape_html_attribute(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// `<b>title</b>`, a blank line, the body, a blank line and the link, within Telegram's 4096
 /// UTF-16 units. The body is what gets cut; the title is cut only when it is itself long.
 fn telegram_text(message: &Message) -> String {
     let mut text = String::new();
     let mut used = 0;
     if !message.title.is_empty() {
-        let title = capped(telegram_pieces(&message.title), TELEGRAM_TITLE_LIMIT);
+        let title = capped(telegram::pieces(&message.title), TELEGRAM_TITLE_LIMIT);
         used += message
             .title
             .encode_utf16()
@@ -1186,7 +1082,7 @@ fn telegram_text(message: &Message) -> String {
     let link = message.link.as_deref().map(|link| {
         format!(
             "<a href=\"{}\">{TELEGRAM_LINK_TEXT}</a>",
-            escape_html_attribute(link)
+            telegram::escape_attribute(link)
         )
     });
     // Only the link's text counts, plus the blank line before it.
@@ -1201,7 +1097,7 @@ fn telegram_text(message: &Message) -> String {
         if separator > 0 {
             text.push_str("\n\n");
         }
-        text.push_str(&capped(telegram_pieces(&message.body), room));
+        text.push_str(&capped(telegram::pieces(&message.body), room));
     }
     if let Some(link) = link {
         if !text.is_empty() {
@@ -1249,7 +1145,7 @@ fn discord_pieces(text: &str) -> Vec<Piece> {
                 c.to_string()
             };
             let cost = text.encode_utf16().count();
-            Piece { text, cost }
+            Piece::new(text, cost)
         })
         .collect()
 }
@@ -1448,9 +1344,13 @@ fn judge(
     let header_after = retry_after_header.and_then(|v| muster_llm::retry_after(v, now));
     let json: Option<Value> = serde_json::from_str(&text).ok();
     match &channel.kind {
-        ChannelKind::Telegram { .. } => {
-            judge_telegram(status, json.as_ref(), answer, header_after, &channel.kind)
-        }
+        ChannelKind::Telegram { .. } => telegram::judge(
+            status,
+            json.as_ref(),
+            answer,
+            header_after,
+            &channel.kind.secrets(),
+        ),
         ChannelKind::Discord { .. } => {
             // Discord's body gives the delay in fractions of a second; the header rounds up.
             let after = json
@@ -1494,57 +1394,11 @@ pub(crate) fn by_status(
     }
 }
 
-fn answered(service: &str, status: u16, answer: &str) -> String {
+pub(super) fn answered(service: &str, status: u16, answer: &str) -> String {
     if answer.is_empty() {
         format!("{service} answered {status} with no body")
     } else {
         format!("{service} answered {status}: {answer}")
-    }
-}
-
-/// Telegram answers `{"ok":true,…}`, or `{"ok":false,"error_code":N,"description":…,
-/// "parameters":{"retry_after":S}}`, possibly with a 200: `ok` decides, and `error_code`
-/// (which mirrors the HTTP status) is the status reported.
-fn judge_telegram(
-    status: u16,
-    json: Option<&Value>,
-    answer: String,
-    header_after: Option<Duration>,
-    kind: &ChannelKind,
-) -> Outcome {
-    let ok = json.and_then(|j| j.get("ok")).and_then(Value::as_bool);
-    let success = (200..=299).contains(&status);
-    if success && ok != Some(false) {
-        return Outcome::Delivered { status, answer };
-    }
-    let code = json
-        .and_then(|j| j.get("error_code"))
-        .and_then(Value::as_u64)
-        .and_then(|c| u16::try_from(c).ok())
-        .filter(|c| (400..=599).contains(c))
-        .unwrap_or(status);
-    let after = json
-        .and_then(|j| j.pointer("/parameters/retry_after"))
-        .and_then(Value::as_u64)
-        .map(Duration::from_secs)
-        .or(header_after);
-    let detail = json
-        .and_then(|j| j.get("description"))
-        .and_then(Value::as_str)
-        .map(|d| start_of(&scrub(d, kind)))
-        .unwrap_or(answer);
-    let error = answered("Telegram", code, &detail);
-    match code {
-        408 | 429 | 500..=599 => Outcome::Retry {
-            status: Some(code),
-            after,
-            error,
-        },
-        // ok:false with a 2xx and no error code: not delivered, and nothing says retrying helps.
-        _ => Outcome::Refused {
-            status: code,
-            error,
-        },
     }
 }
 
@@ -2042,23 +1896,7 @@ mod tests {
         }
     }
 
-    /// What Telegram shows of an HTML text: tags dropped, entities read.
-    fn telegram_visible(html: &str) -> String {
-        let mut out = String::new();
-        let mut in_tag = false;
-        for c in html.chars() {
-            match c {
-                '<' => in_tag = true,
-                '>' if in_tag => in_tag = false,
-                c if !in_tag => out.push(c),
-                _ => {}
-            }
-        }
-        out.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&")
-    }
+    use super::telegram::visible as telegram_visible;
 
     #[test]
     fn telegram_text_escapes_html_and_keeps_the_rest_verbatim() {

@@ -2,10 +2,14 @@
 //! how it is sent), the rules (`[[notify.rules]]`: which events reach which channels, with
 //! what words) and the sending of one message over one channel. No loops and no store here:
 //! [`crate::outbox`] turns a committed [`crate::notice::Notice`] into notification rows with
-//! [`rules`], and [`crate::messenger`] sends the rows with [`channels::send`].
+//! [`rules`], and [`crate::messenger`] sends the rows with [`channels::send`]. [`telegram`]
+//! is the Telegram Bot API both the channel and the chat commands ([`crate::chatter`]) speak;
+//! [`text`] cuts and splits escaped text to a service's limit.
 
 pub mod channels;
 pub mod rules;
+pub mod telegram;
+pub mod text;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,7 +17,7 @@ use crate::helpers::{TestApp, secret};
 
 /// Delivers what is due (the background loop may have been first; either way every row
 /// committed so far is in the log when this returns), then reads the whole log.
-pub async fn audit(t: &TestApp) -> Vec<Value> {
+pub(crate) async fn audit(t: &TestApp) -> Vec<Value> {
     muster_server::outbox::deliver_once(&t.app)
         .await
         .expect("delivery");

@@ -5,11 +5,13 @@
 // Test helpers are `pub` for the modules of this one test binary, not for the world.
 #![allow(unreachable_pub)]
 mod fake_service;
+mod fake_telegram;
 mod helpers;
 
 mod abuse;
 mod audit;
 mod batches;
+mod chat;
 mod edge;
 mod forge_api;
 mod gitops;

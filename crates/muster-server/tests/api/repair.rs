@@ -23,7 +23,7 @@ const HOOK_SECRET: &str = "whsec-repair-test-0123456789";
 
 /// The three wire formats a repair's model may speak.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Api {
+pub(crate) enum Api {
     Ollama,
     OpenAi,
     Anthropic,
@@ -68,7 +68,7 @@ impl Api {
 
     /// The provider's answer with `text` beside the tool calls `calls` (name and arguments),
     /// and the usage it reports, in its own wire format.
-    fn answer(self, text: &str, calls: &[(&str, Value)], usage: Usage) -> Reply {
+    pub(crate) fn answer(self, text: &str, calls: &[(&str, Value)], usage: Usage) -> Reply {
         let body = match self {
             Api::Ollama => {
                 let calls: Vec<Value> = calls
@@ -161,21 +161,21 @@ impl Api {
 
 /// Tokens an answer reports.
 #[derive(Debug, Clone, Copy)]
-struct Usage {
+pub(crate) struct Usage {
     input: u64,
     output: u64,
     /// Prompt tokens read from the provider's cache (Ollama reports none).
     cached: u64,
 }
 
-const USAGE: Usage = Usage {
+pub(crate) const USAGE: Usage = Usage {
     input: 812,
     output: 37,
     cached: 0,
 };
 
 /// What varies between the tests' config files.
-struct Setup<'a> {
+pub(crate) struct Setup<'a> {
     api: Api,
     llm: String,
     hook: &'a FakeService,
@@ -187,11 +187,16 @@ struct Setup<'a> {
     max_per_hour: u32,
     approval_expires: &'a str,
     /// More of the config file, appended as written.
-    extra: String,
+    pub(crate) extra: String,
 }
 
 impl<'a> Setup<'a> {
-    fn new(api: Api, llm: &FakeService, hook: &'a FakeService, probe: &FakeService) -> Self {
+    pub(crate) fn new(
+        api: Api,
+        llm: &FakeService,
+        hook: &'a FakeService,
+        probe: &FakeService,
+    ) -> Self {
         Setup {
             api,
             llm: api.url(&llm.url),
@@ -293,12 +298,13 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
     }
 
     /// A server with this config, loaded as `muster serve` loads its file.
-    async fn spawn(&self) -> TestApp {
+    pub(crate) async fn spawn(&self) -> TestApp {
         let loaded = self.load();
         TestApp::spawn_with(|s| {
             s.llm = loaded.llm;
             s.notify = loaded.notify;
             s.repair = loaded.repair;
+            s.chat = loaded.chat;
         })
         .await
     }
@@ -314,6 +320,7 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
                 "KUMA_TOKEN" => Some(KUMA_TOKEN.to_owned()),
                 "LLM_KEY" => Some(LLM_KEY.to_owned()),
                 "HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
+                "BOT_TOKEN" => Some(crate::fake_telegram::TOKEN.to_owned()),
                 _ => None,
             },
             flags: Overrides::default(),
@@ -323,7 +330,7 @@ context = "Jellyfin runs in Docker on the NAS; it hangs after library scans."
 }
 
 /// The stand-ins every test needs: the model, the notifier's webhook and the probed service.
-async fn fakes() -> (FakeService, FakeService, FakeService) {
+pub(crate) async fn fakes() -> (FakeService, FakeService, FakeService) {
     (
         FakeService::start().await,
         FakeService::start().await,
@@ -384,20 +391,20 @@ async fn alert(t: &TestApp, body: &Value) -> Value {
 }
 
 /// Posts a down alert for monitor 1 (`jellyfin`); the incident it opened.
-async fn down(t: &TestApp, msg: &str) -> String {
+pub(crate) async fn down(t: &TestApp, msg: &str) -> String {
     let answer = alert(t, &kuma(1, "jellyfin", 0, msg)).await;
     assert_eq!(answer["status"], "recorded", "{answer}");
     answer["incidents"][0].as_str().unwrap().to_owned()
 }
 
-async fn incident(t: &TestApp, id: &str) -> Value {
+pub(crate) async fn incident(t: &TestApp, id: &str) -> Value {
     let (status, body) = t.get(&format!("/api/v1/incidents/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
 
 /// Waits until the incident is in `state`; fails at once when it closes in another.
-async fn reaches(t: &TestApp, id: &str, state: &str) -> Value {
+pub(crate) async fn reaches(t: &TestApp, id: &str, state: &str) -> Value {
     eventually(&format!("incident {id} {state}"), || async {
         let i = incident(t, id).await;
         if i["state"] == state {
@@ -414,7 +421,7 @@ async fn reaches(t: &TestApp, id: &str, state: &str) -> Value {
     .await
 }
 
-async fn tasks(t: &TestApp) -> Vec<Value> {
+pub(crate) async fn tasks(t: &TestApp) -> Vec<Value> {
     let (status, page) = t.get("/api/v1/tasks?limit=500").await;
     assert_eq!(status, StatusCode::OK, "{page}");
     page["tasks"].as_array().unwrap().clone()
@@ -424,6 +431,16 @@ async fn incidents(t: &TestApp) -> Vec<Value> {
     let (status, page) = t.get("/api/v1/incidents?limit=200").await;
     assert_eq!(status, StatusCode::OK, "{page}");
     page["incidents"].as_array().unwrap().clone()
+}
+
+/// The first event of `kind` in the incident's story.
+pub(crate) fn story_event<'a>(incident: &'a Value, kind: &str) -> &'a Value {
+    incident["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in the story: {incident:#}"))
 }
 
 fn kinds(incident: &Value) -> Vec<&str> {
@@ -829,13 +846,7 @@ async fn a_risky_action_waits_for_approval_and_runs_only_after_it() {
     assert_eq!(task["capabilities"], json!(["power"]));
     assert_eq!(task["payload"]["action"], "reboot_host");
     let after = incident(&t, &id).await;
-    let approval = after["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "approved")
-        .expect("the approval is in the story");
-    assert_eq!(approval["actor"], "operator:api");
+    assert_eq!(story_event(&after, "approved")["actor"], "operator:api");
 
     // Answered once: a second approval (or a denial) finds nothing waiting.
     let (status, again) = t
@@ -974,12 +985,7 @@ async fn a_model_that_is_down_hands_over_to_the_runbook() {
         );
         let repairing = incident(&t, &id).await;
         assert_eq!(repairing["choice"]["by"], "runbook", "{what}: {repairing}");
-        let decided = repairing["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["kind"] == "decided")
-            .unwrap();
+        let decided = story_event(&repairing, "decided");
         assert!(
             decided["message"]
                 .as_str()
@@ -1678,13 +1684,7 @@ tokens = 100
     let by_runbook = reaches(&t, &second, "repairing").await;
     assert_eq!(by_runbook["choice"]["by"], "runbook", "{by_runbook}");
     assert_eq!(llm.requests().len(), 1, "the spent budget sent nothing");
-    let decided = &by_runbook["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "decided")
-        .cloned()
-        .unwrap();
+    let decided = story_event(&by_runbook, "decided");
     assert!(
         decided["data"]["model_error"]
             .as_str()
