@@ -1976,6 +1976,26 @@ pub enum FiringTrigger {
     Run,
 }
 
+impl FiringTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FiringTrigger::Cron => "cron",
+            FiringTrigger::Missed => "missed",
+            FiringTrigger::Run => "run",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FiringTrigger> {
+        [
+            FiringTrigger::Cron,
+            FiringTrigger::Missed,
+            FiringTrigger::Run,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+    }
+}
+
 /// One firing of a schedule and the task it submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleFiring {

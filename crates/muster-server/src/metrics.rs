@@ -39,6 +39,7 @@ pub struct Metrics {
     /// Git hooks by source and what became of them.
     pub git_hooks: IntCounterVec,
     pub alert_hooks: IntCounterVec,
+    pub schedule_firings: IntCounterVec,
     /// Commit statuses sent to forges, by source and what the forge answered.
     pub commit_statuses: IntCounterVec,
     /// LLM calls by workflow, provider, model and outcome (ok, error, refused).
@@ -193,6 +194,16 @@ impl Metrics {
             &["source", "outcome"],
         )
         .expect("valid counter");
+        let schedule_firings = IntCounterVec::new(
+            Opts::new(
+                "muster_schedule_firings_total",
+                "Schedule firings by schedule and trigger: cron (on time), missed (fired once \
+                 on the way back by missed = run_once), run (someone ran it now), skipped \
+                 (missed while the server was down and not fired).",
+            ),
+            &["schedule", "trigger"],
+        )
+        .expect("valid counter");
         let commit_statuses = IntCounterVec::new(
             Opts::new(
                 "muster_commit_statuses_total",
@@ -280,6 +291,7 @@ impl Metrics {
             Box::new(long_polls.clone()),
             Box::new(git_hooks.clone()),
             Box::new(alert_hooks.clone()),
+            Box::new(schedule_firings.clone()),
             Box::new(commit_statuses.clone()),
             Box::new(llm_calls.clone()),
             Box::new(llm_tokens.clone()),
@@ -312,6 +324,7 @@ impl Metrics {
             long_polls,
             git_hooks,
             alert_hooks,
+            schedule_firings,
             commit_statuses,
             llm_calls,
             llm_tokens,
@@ -352,6 +365,13 @@ impl Metrics {
 
     pub fn alert_hook(&self, source: &str, outcome: &str) {
         self.alert_hooks.with_label_values(&[source, outcome]).inc();
+    }
+
+    /// `count` firings of `schedule` by `trigger` (`cron`, `missed`, `run`, `skipped`).
+    pub fn schedule_fired(&self, schedule: &str, trigger: &str, count: u64) {
+        self.schedule_firings
+            .with_label_values(&[schedule, trigger])
+            .inc_by(count);
     }
 
     /// A chat command ended as `outcome`.

@@ -194,12 +194,13 @@ pub async fn run_now(app: &App, name: &str, actor: Actor) -> Result<ScheduleRun,
                 manual: true,
                 actor,
                 firings: vec![(now, FiringTrigger::Run, task)],
+                looked_from: now,
                 looked_at: now,
             },
             now,
         )
         .await?;
-    let Some(fired) = fired.into_iter().next() else {
+    let Some(fired) = fired.into_iter().flatten().next() else {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("schedule {name:?} was run at this very millisecond already; try again"),
@@ -208,6 +209,7 @@ pub async fn run_now(app: &App, name: &str, actor: Actor) -> Result<ScheduleRun,
     if let Some(change) = fired.change {
         app.changes.task(change);
     }
+    app.changes.metrics.schedule_fired(name, "run", 1);
     Ok(ScheduleRun {
         firing: fired.firing,
         task: fired.task,
@@ -248,6 +250,7 @@ pub async fn look_once(app: &App) -> Result<usize, ApiError> {
         app.store.note_schedules(unseen, now_ms).await?;
     }
     let default_max_retries = app.settings().default_max_retries;
+    let metrics = &app.changes.metrics;
     let mut fired_count = 0;
     for known in all {
         let Some(row) = known.row else { continue };
@@ -258,14 +261,6 @@ pub async fn look_once(app: &App) -> Result<usize, ApiError> {
         let due = schedules::due(&s.cron, to_utc(row.looked_at), now, s.missed);
         if due.fire.is_empty() && due.skipped == 0 {
             continue;
-        }
-        if due.skipped > 0 {
-            tracing::warn!(
-                schedule = %s.name,
-                skipped = due.skipped,
-                missed = s.missed.as_str(),
-                "firings missed while the server was down (or the loop stalled) were skipped"
-            );
         }
         let mut firings = Vec::with_capacity(due.fire.len());
         for at in &due.fire {
@@ -289,14 +284,27 @@ pub async fn look_once(app: &App) -> Result<usize, ApiError> {
                     manual: false,
                     actor: Actor::System,
                     firings,
+                    looked_from: row.looked_at,
                     looked_at: now_ms,
                 },
                 now_ms,
             )
             .await?;
+        // Another look came first, or the schedule was paused meanwhile.
+        let Some(fired) = fired else { continue };
+        if due.skipped > 0 {
+            metrics.schedule_fired(&s.name, "skipped", u64::from(due.skipped));
+            tracing::warn!(
+                schedule = %s.name,
+                skipped = due.skipped,
+                missed = s.missed.as_str(),
+                "firings missed while the server was down (or the loop stalled) were skipped"
+            );
+        }
         for f in fired {
             tracing::info!(schedule = %s.name, fire_at = %f.firing.fire_at, task = %f.task.id, "schedule fired");
             fired_count += 1;
+            metrics.schedule_fired(&s.name, f.firing.trigger.as_str(), 1);
             if let Some(change) = f.change {
                 app.changes.task(change);
             }

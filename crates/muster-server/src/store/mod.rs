@@ -732,7 +732,9 @@ pub struct ScheduleFire {
     pub manual: bool,
     pub actor: Actor,
     pub firings: Vec<(i64, muster_api::FiringTrigger, NewTask)>,
-    /// For cron firings: what the schedule has now been looked at up to.
+    /// For cron firings: the instant the look started from (the row's `looked_at` it read),
+    /// and what the schedule has now been looked at up to.
+    pub looked_from: i64,
     pub looked_at: i64,
 }
 
@@ -1068,8 +1070,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a schedule created through the API, with its firings (audited).
     async fn delete_schedule(&self, name: String, actor: Actor, now: i64) -> StoreResult<()>;
     /// Records firings and submits their tasks, one transaction; a firing whose key exists is
-    /// left out (it fired before), and cron firings of a paused schedule fire nothing.
-    async fn fire_schedule(&self, fire: ScheduleFire, now: i64) -> StoreResult<Vec<Fired>>;
+    /// left out (it fired before). Cron firings are recorded only if the schedule is not
+    /// paused and was still looked at up to `looked_from` (no other look came first): none
+    /// when not.
+    async fn fire_schedule(&self, fire: ScheduleFire, now: i64) -> StoreResult<Option<Vec<Fired>>>;
     /// Pauses or resumes a schedule (audited); false when it already stood so. A resumed
     /// schedule is looked at from `now`: what came due while paused stays skipped.
     async fn pause_schedule(

@@ -9,7 +9,7 @@ use muster_server::scheduler;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, metrics_text, sample};
 
 fn utc(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
@@ -202,6 +202,24 @@ async fn missed_firings_after_downtime_follow_each_schedules_policy() {
         [(utc("2027-01-13T01:30:00Z"), "cron".to_owned())]
     );
     assert_eq!(firings(&app, "catches-up").await.len(), 2);
+    let metrics = metrics_text(&app).await;
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count("muster_schedule_firings_total{schedule=\"skips\",trigger=\"skipped\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        count("muster_schedule_firings_total{schedule=\"catches-up\",trigger=\"missed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("muster_schedule_firings_total{schedule=\"catches-up\",trigger=\"skipped\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        count("muster_schedule_firings_total{schedule=\"skips\",trigger=\"cron\"}"),
+        Some(1.0)
+    );
     app.stop().await;
 }
 

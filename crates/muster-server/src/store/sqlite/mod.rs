@@ -825,7 +825,7 @@ impl Store for SqliteStore {
         &self,
         fire: super::ScheduleFire,
         now: i64,
-    ) -> StoreResult<Vec<super::Fired>> {
+    ) -> StoreResult<Option<Vec<super::Fired>>> {
         self.write(move |conn| schedules::fire(conn, fire, now))
             .await
     }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use super::outbox::insert_outbox;
-use super::rows::uuid_col;
+use super::rows::{enum_col, uuid_col};
 use super::tasks::insert_task;
 use crate::audit::{Actor, AuditRecord};
 use crate::clock::to_utc;
@@ -93,7 +93,11 @@ pub(super) fn delete(conn: &Connection, name: &str, actor: &Actor, now: i64) -> 
     Ok(())
 }
 
-pub(super) fn fire(conn: &Connection, fire: ScheduleFire, now: i64) -> StoreResult<Vec<Fired>> {
+pub(super) fn fire(
+    conn: &Connection,
+    fire: ScheduleFire,
+    now: i64,
+) -> StoreResult<Option<Vec<Fired>>> {
     // A config schedule fired before the loop noted it (a "run now" right after a reload).
     conn.prepare_cached(
         "INSERT INTO schedules (name, spec, looked_at, created_at) VALUES (?1, NULL, ?2, ?2) \
@@ -101,14 +105,17 @@ pub(super) fn fire(conn: &Connection, fire: ScheduleFire, now: i64) -> StoreResu
     )?
     .execute(params![fire.schedule, now])?;
     if !fire.manual {
-        let paused: bool = conn
-            .prepare_cached("SELECT paused_at IS NOT NULL FROM schedules WHERE name = ?1")?
-            .query_row([&fire.schedule], |r| r.get(0))?;
-        if paused {
-            return Ok(Vec::new());
+        // Conditional on the instant the look started from: a second look that raced this
+        // one (or a paused schedule) moves nothing and fires nothing.
+        let moved = conn
+            .prepare_cached(
+                "UPDATE schedules SET looked_at = ?2 \
+                 WHERE name = ?1 AND looked_at = ?3 AND paused_at IS NULL",
+            )?
+            .execute(params![fire.schedule, fire.looked_at, fire.looked_from])?;
+        if moved == 0 {
+            return Ok(None);
         }
-        conn.prepare_cached("UPDATE schedules SET looked_at = max(looked_at, ?2) WHERE name = ?1")?
-            .execute(params![fire.schedule, fire.looked_at])?;
     }
     let actor = fire.actor.as_text();
     let mut out = Vec::with_capacity(fire.firings.len());
@@ -122,7 +129,7 @@ pub(super) fn fire(conn: &Connection, fire: ScheduleFire, now: i64) -> StoreResu
                 fire.schedule,
                 fire.manual,
                 fire_at,
-                trigger_text(trigger),
+                trigger.as_str(),
                 task.id.to_string(),
                 now,
                 actor
@@ -167,7 +174,7 @@ pub(super) fn fire(conn: &Connection, fire: ScheduleFire, now: i64) -> StoreResu
             change: submitted.change,
         });
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 pub(super) fn pause(
@@ -206,13 +213,12 @@ const FIRING_COLS: &str =
     "f.schedule, f.fire_at, f.trigger, f.task_id, t.state, f.fired_at, f.actor";
 
 fn firing_from_row(r: &Row<'_>) -> rusqlite::Result<(String, ScheduleFiring)> {
-    let trigger: String = r.get(2)?;
     let state: Option<String> = r.get(4)?;
     Ok((
         r.get(0)?,
         ScheduleFiring {
             fire_at: to_utc(r.get(1)?),
-            trigger: parse_trigger(&trigger),
+            trigger: enum_col(r, 2, FiringTrigger::parse)?,
             task_id: uuid_col(r, 3)?,
             task_state: state.as_deref().and_then(TaskState::parse),
             fired_at: to_utc(r.get(5)?),
@@ -260,20 +266,4 @@ pub(super) fn prune(conn: &Connection, before: i64) -> StoreResult<u64> {
         )?
         .execute([before])?;
     Ok(deleted as u64)
-}
-
-fn trigger_text(trigger: FiringTrigger) -> &'static str {
-    match trigger {
-        FiringTrigger::Cron => "cron",
-        FiringTrigger::Missed => "missed",
-        FiringTrigger::Run => "run",
-    }
-}
-
-fn parse_trigger(text: &str) -> FiringTrigger {
-    match text {
-        "missed" => FiringTrigger::Missed,
-        "run" => FiringTrigger::Run,
-        _ => FiringTrigger::Cron,
-    }
 }
