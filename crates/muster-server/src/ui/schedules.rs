@@ -305,9 +305,6 @@ fn template(s: &Schedule) -> Markup {
     }
 }
 
-/// Firings shown; the verb answers at most this many.
-const FIRINGS_SHOWN: usize = 50;
-
 fn firings(s: &Schedule, firings: &[ScheduleFiring]) -> Markup {
     html! {
         h2 { "Firings" }
@@ -332,11 +329,11 @@ fn firings(s: &Schedule, firings: &[ScheduleFiring]) -> Markup {
                     }
                 }
             }
-            @if firings.len() >= FIRINGS_SHOWN {
+            @if firings.len() >= scheduler::RECENT_FIRINGS {
                 p.muted {
-                    "The newest " (FIRINGS_SHOWN) " are shown; the tasks page lists every one ("
-                    a href={ "/tasks?kind=" (percent_encode(&s.task.kind)) } { "tasks of kind " (s.task.kind) }
-                    ")."
+                    "The newest " (scheduler::RECENT_FIRINGS) " are shown; older firings' tasks are "
+                    "among the " a href={ "/tasks?kind=" (percent_encode(&s.task.kind)) } { "tasks of kind " (s.task.kind) }
+                    ", labelled " code { "schedule=" (s.name) } "."
                 }
             }
         }

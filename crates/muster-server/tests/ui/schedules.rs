@@ -16,7 +16,7 @@ use crate::incidents::{audited, part};
 use crate::web::{KEY, Web};
 
 /// What an API caller may write into a task template: markup everywhere text is free.
-pub const HOSTILE: &str = "<script>alert(1)</script>";
+const HOSTILE: &str = "<script>alert(1)</script>";
 
 /// The config file's schedule: every five minutes, UTC.
 fn from_file() -> Schedule {
@@ -29,7 +29,7 @@ fn from_file() -> Schedule {
 
 /// A nightly backup in Berlin whose template carries markup in its kind, capabilities,
 /// payload, labels and lock key.
-pub fn nightly() -> Value {
+fn nightly() -> Value {
     json!({
         "name": "nightly",
         "cron": "30 2 * * *",
@@ -417,4 +417,26 @@ async fn without_schedules_the_page_says_where_they_come_from() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("No schedule yet."), "{}", page.body);
     assert!(page.body.contains("[[schedules]]"), "{}", page.body);
+}
+
+#[tokio::test]
+async fn a_long_history_shows_the_newest_firings_and_says_where_the_rest_are() {
+    let (t, web) = spawn().await;
+    for _ in 0..=scheduler::RECENT_FIRINGS {
+        let (status, ran) = t.post("/api/v1/schedules/from-file/run", json!(null)).await;
+        assert_eq!(status, StatusCode::CREATED, "{ran}");
+        // A run is keyed by its millisecond.
+        t.clock.advance(Duration::from_millis(1));
+    }
+    let page = web.get("/schedules/from-file").await;
+    let firings = part(&page.body, r#"id="schedule-firings""#, "</section>");
+    assert_eq!(
+        firings.matches(r#"data-trigger="run""#).count(),
+        scheduler::RECENT_FIRINGS,
+        "{firings}"
+    );
+    assert!(
+        firings.contains(r#"href="/tasks?kind=tick""#) && firings.contains("schedule=from-file"),
+        "{firings}"
+    );
 }
