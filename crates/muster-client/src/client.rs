@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use muster_api::{
-    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, DenyRequest,
-    Deployment, DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode, FailTask,
-    GitPauseList, GitPlan, Health, Heartbeat, HeartbeatAck, Incident, IncidentList, IncidentState,
-    LlmChatAnswer, LlmChatRequest, LlmTestRequest, LlmTestResult, LlmUsage, LogLine, LogPage,
-    LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
+    Agent, AgentList, AppendLogs, CANCEL_HEADER, ClaimedTasks, CompleteTask, CreateSchedule,
+    DenyRequest, Deployment, DeploymentList, DeploymentState, DrainAgent, ErrorBody, ErrorCode,
+    FailTask, GitPauseList, GitPlan, Health, Heartbeat, HeartbeatAck, Incident, IncidentList,
+    IncidentState, LlmChatAnswer, LlmChatRequest, LlmTestRequest, LlmTestResult, LlmUsage, LogLine,
+    LogPage, LogsAccepted, NotificationPage, NotificationState, NotifyChannel, NotifyTestResult,
     PauseAnswer, PauseRequest, PauseScope, PlanRequest, RegisterAgent, RepairPauseAnswer,
-    RepairPauseRequest, RepairStatus, Report, ReportBatch, ReportResult, ReportResults,
-    SubmitBatch, SubmitResult, SubmitResults, SubmitTask, Task, TaskList, TaskState, UsageGroup,
+    RepairPauseRequest, RepairStatus, Report, ReportBatch, ReportResult, ReportResults, Schedule,
+    ScheduleDetail, ScheduleList, SchedulePauseAnswer, ScheduleRun, SubmitBatch, SubmitResult,
+    SubmitResults, SubmitTask, Task, TaskList, TaskState, UsageGroup,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -100,6 +101,15 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     key: Option<String>,
+}
+
+/// `text` percent-encoded as one path segment, so a name holding `/`, `?` or `#` stays one.
+fn segment(text: &str) -> String {
+    // The form encoding writes a space as `+`, which a path reads as a plus; a real plus comes
+    // out as `%2B`, so every `+` left stands for a space.
+    url::form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// Added to a long-poll's wait for the request timeout.
@@ -584,8 +594,53 @@ impl Client {
 
     /// Sends a test message over a channel; answers what its service said (admin key).
     pub async fn notify_test(&self, channel: &str) -> Result<NotifyTestResult, ClientError> {
-        let name: String = url::form_urlencoded::byte_serialize(channel.as_bytes()).collect();
-        let path = format!("/api/v1/notify/channels/{name}/test");
+        let path = format!("/api/v1/notify/channels/{}/test", segment(channel));
+        self.json(self.request(Method::POST, &path)).await
+    }
+
+    // --- schedules
+
+    /// Every schedule, the config file's first, each with its last and next firing (admin key).
+    pub async fn schedules(&self) -> Result<ScheduleList, ClientError> {
+        self.json(self.request(Method::GET, "/api/v1/schedules"))
+            .await
+    }
+
+    /// One schedule and its latest firings, newest first (admin key).
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleDetail, ClientError> {
+        let path = format!("/api/v1/schedules/{}", segment(name));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    /// Creates a schedule kept in the database; it first fires at its first instant after now
+    /// (admin key). A conflict when a schedule, the config file's too, has its name.
+    pub async fn create_schedule(&self, spec: &CreateSchedule) -> Result<Schedule, ClientError> {
+        self.json(self.request(Method::POST, "/api/v1/schedules").json(spec))
+            .await
+    }
+
+    /// Deletes a schedule created through the API, with its firings; their tasks stay (admin
+    /// key). A conflict for one of the config file's.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/schedules/{}", segment(name));
+        self.send(self.request(Method::DELETE, &path)).await?;
+        Ok(())
+    }
+
+    /// Fires a schedule now, even while it is paused: the firing and its task (admin key).
+    pub async fn run_schedule(&self, name: &str) -> Result<ScheduleRun, ClientError> {
+        let path = format!("/api/v1/schedules/{}/run", segment(name));
+        self.json(self.request(Method::POST, &path)).await
+    }
+
+    /// Pauses (`paused`) or resumes a schedule (admin key).
+    pub async fn schedule_set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<SchedulePauseAnswer, ClientError> {
+        let verb = if paused { "pause" } else { "resume" };
+        let path = format!("/api/v1/schedules/{}/{verb}", segment(name));
         self.json(self.request(Method::POST, &path)).await
     }
 
@@ -720,5 +775,16 @@ impl Client {
                 }
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn a_name_stays_one_path_segment() {
+        assert_eq!(segment("nightly-backup_v2.1"), "nightly-backup_v2.1");
+        assert_eq!(segment("a b/c+d?#"), "a%20b%2Fc%2Bd%3F%23");
     }
 }

@@ -27,7 +27,7 @@ use crate::store::{ScheduleFire, ScheduleRow};
 /// How often the loop looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Firings shown on a schedule's page.
-const RECENT_FIRINGS: usize = 50;
+pub const RECENT_FIRINGS: usize = 50;
 
 /// A schedule in force, where it is defined, and its row (none until the loop first saw it).
 struct Known {

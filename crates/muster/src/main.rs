@@ -19,6 +19,7 @@ use commands::gitops::GitopsCommand;
 use commands::llm::LlmCommand;
 use commands::notify::NotifyCommand;
 use commands::repair::{IncidentsCommand, RepairCommand};
+use commands::schedules::SchedulesCommand;
 use commands::task::TaskCommand;
 
 #[derive(Parser)]
@@ -68,6 +69,14 @@ enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         command: GitopsCommand,
+    },
+    /// Schedules: each with its next and last firing (list), one's firings (show), fire one
+    /// now (run), pause and resume.
+    Schedules {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: SchedulesCommand,
     },
     /// LLM providers: check one with a short prompt (test), and what the calls cost (usage).
     Llm {
@@ -132,6 +141,9 @@ fn main() -> ExitCode {
         }),
         Command::Gitops { server, command } => commands::operate(server, async |session| {
             commands::gitops::run(session, command).await
+        }),
+        Command::Schedules { server, command } => commands::operate(server, async |session| {
+            commands::schedules::run(session, command).await
         }),
         Command::Llm { server, command } => commands::operate(server, async |session| {
             commands::llm::run(session, command).await

@@ -1458,3 +1458,149 @@ async fn incidents_are_listed_shown_approved_and_denied_and_repair_pauses_per_ta
     assert_eq!(json["targets"][0]["paused"], false, "{json}");
     assert_eq!(json["pauses"], json!([]), "{json}");
 }
+
+#[tokio::test]
+async fn schedules_are_listed_shown_run_paused_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("muster.toml");
+    // New Year's morning only: the loop, which looks every second, leaves it alone.
+    std::fs::write(
+        &config,
+        "[[schedules]]\nname = \"from-file\"\ncron = \"0 4 1 1 *\"\n\
+         task = { kind = \"tick\" }\nlock_key = \"ticks\"\n",
+    )
+    .unwrap();
+    let served = Served::start(
+        &dir.path().join("muster.db"),
+        &[("MUSTER_CONFIG", config.to_str().unwrap())],
+    );
+    let base = served.base.as_str();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/schedules"))
+        .json(
+            &json!({"name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+                      "task": {"kind": "backup", "payload": {"what": "photos"},
+                               "labels": {"owner": "ops"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+
+    let list = ok(base, &["schedules", "list"]);
+    let header = list.lines().next().unwrap_or_default();
+    for column in [
+        "NAME",
+        "ORIGIN",
+        "CRON",
+        "ZONE",
+        "NEXT",
+        "LAST",
+        "TASK STATE",
+        "PAUSED",
+    ] {
+        assert!(header.contains(column), "{column} in {list}");
+    }
+    let row = |list: &str, name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+            .to_owned()
+    };
+    let file = row(&list, "from-file");
+    assert!(
+        file.contains("config") && file.contains("0 4 1 1 *") && file.contains("UTC"),
+        "{file}"
+    );
+    let nightly = row(&list, "nightly");
+    assert!(
+        nightly.contains("api")
+            && nightly.contains("30 2 * * *")
+            && nightly.contains("Europe/Berlin")
+            && nightly.contains("(in ")
+            && nightly.trim_end().ends_with("no"),
+        "{nightly}"
+    );
+    let json = ok_json(base, &["schedules", "list"]);
+    assert_eq!(json["schedules"][0]["name"], "from-file", "{json}");
+    assert_eq!(json["schedules"][0]["origin"], "config", "{json}");
+    assert_eq!(json["schedules"][1]["name"], "nightly", "{json}");
+
+    // Run now: the task and how to follow it.
+    let out = ok(base, &["schedules", "run", "nightly"]);
+    let id = submitted_id(&out);
+    assert!(
+        out.contains(&format!("ran nightly: task {id} (backup) is queued"))
+            && out.contains(&format!("muster task logs --follow {id}")),
+        "{out}"
+    );
+    let task = ok_json(base, &["task", "show", &id]);
+    assert_eq!(task["labels"]["schedule"], "nightly", "{task}");
+    assert_eq!(task["payload"]["what"], "photos", "{task}");
+    let ran = ok_json(base, &["schedules", "run", "nightly"]);
+    assert_eq!(ran["firing"]["trigger"], "run", "{ran}");
+    assert_eq!(ran["firing"]["actor"], "operator:api", "{ran}");
+    assert_eq!(ran["task"]["kind"], "backup", "{ran}");
+
+    let shown = ok(base, &["schedules", "show", "nightly"]);
+    assert!(
+        shown.contains("30 2 * * * in Europe/Berlin")
+            && shown.contains("backup")
+            && shown.contains("owner=ops")
+            && shown.contains(r#"{"what":"photos"}"#),
+        "{shown}"
+    );
+    let firings = shown
+        .split("firings:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        firings.contains(&id) && firings.contains("run") && firings.contains("operator:api"),
+        "{firings}"
+    );
+    let detail = ok_json(base, &["schedules", "show", "nightly"]);
+    assert_eq!(detail["firings"].as_array().unwrap().len(), 2, "{detail}");
+    let nightly = row(&ok(base, &["schedules", "list"]), "nightly");
+    assert!(
+        nightly.contains("(run)") && nightly.contains("queued"),
+        "{nightly}"
+    );
+
+    // Pause and resume, each twice.
+    let out = ok(base, &["schedules", "pause", "nightly"]);
+    assert!(out.starts_with("paused nightly:"), "{out}");
+    let out = ok(base, &["schedules", "pause", "nightly"]);
+    assert!(out.contains("nightly was paused already"), "{out}");
+    let nightly = row(&ok(base, &["schedules", "list"]), "nightly");
+    assert!(
+        nightly.contains("(paused)") && nightly.contains("yes, by operator:api"),
+        "{nightly}"
+    );
+    let json = ok_json(base, &["schedules", "resume", "nightly"]);
+    assert_eq!(json["changed"], true, "{json}");
+    assert_eq!(json["schedule"]["paused"], false, "{json}");
+    let out = ok(base, &["schedules", "resume", "nightly"]);
+    assert!(out.contains("nightly was not paused"), "{out}");
+    let out = ok(base, &["schedules", "pause", "nightly"]);
+    assert!(out.starts_with("paused nightly:"), "{out}");
+    let out = ok(base, &["schedules", "resume", "nightly"]);
+    assert!(
+        out.starts_with("resumed nightly: next firing ") && out.contains("stays skipped"),
+        "{out}"
+    );
+
+    // An unknown name says where the names are, for every verb.
+    for verb in ["show", "run", "pause", "resume"] {
+        let err = fails(base, &["schedules", verb, "nope"]);
+        assert!(
+            err.contains("no schedule named nope; `muster schedules list` shows them"),
+            "{verb}: {err}"
+        );
+    }
+    let tasks = ok_json(base, &["task", "list", "--kind", "backup"]);
+    assert_eq!(
+        tasks["tasks"].as_array().unwrap().len(),
+        2,
+        "nothing more ran: {tasks}"
+    );
+}

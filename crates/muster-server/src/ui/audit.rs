@@ -84,6 +84,7 @@ fn row(entry: &StoredEntry) -> Markup {
     };
     let (task, deployment, incident) =
         (record("task:"), record("deployment:"), record("incident:"));
+    let schedule = entry.subject.strip_prefix("schedule:");
     html! {
         tr {
             td.num { (entry.seq) }
@@ -97,6 +98,8 @@ fn row(entry: &StoredEntry) -> Markup {
                     a href={ "/deployments/" (id) } title=(id) { "deployment " code.id { (layout::short_id(id)) } }
                 } @else if let Some(id) = incident {
                     a href={ "/incidents/" (id) } title=(id) { "incident " code.id { (layout::short_id(id)) } }
+                } @else if let Some(name) = schedule {
+                    a href={ "/schedules/" (super::percent_encode(name)) } { "schedule " code { (name) } }
                 } @else {
                     (entry.subject)
                 }

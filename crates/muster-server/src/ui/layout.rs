@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::assets;
 use crate::sessions::Session;
 
-/// The sections in the navigation. Later pages (schedules) add a variant here and an
-/// entry in [`NAV`]; the bar wraps on a phone.
+/// The sections in the navigation. A new page adds a variant here and an entry in [`NAV`];
+/// the bar wraps on a phone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
     Overview,
@@ -19,6 +19,7 @@ pub(super) enum Section {
     Tasks,
     Submit,
     Deployments,
+    Schedules,
     Incidents,
     Llm,
     Notifications,
@@ -31,6 +32,7 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Tasks, "/tasks", "Tasks"),
     (Section::Submit, "/tasks/new", "Submit"),
     (Section::Deployments, "/deployments", "Deployments"),
+    (Section::Schedules, "/schedules", "Schedules"),
     (Section::Incidents, "/incidents", "Incidents"),
     (Section::Llm, "/llm", "LLM"),
     (Section::Notifications, "/notifications", "Notifications"),

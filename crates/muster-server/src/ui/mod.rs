@@ -5,15 +5,15 @@
 //! - [`auth`]: login, logout, the session middleware that also checks CSRF tokens, and the
 //!   security headers of every UI response.
 //! - [`layout`]: the page shell and shared pieces.
-//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`incidents`],
-//!   [`llm`], [`notifications`], [`audit`]: the pages. [`llm`] draws its spend chart as SVG on the
+//! - [`overview`], [`agents`], [`tasks`], [`submit`], [`deployments`], [`schedules`],
+//!   [`incidents`], [`llm`], [`notifications`], [`audit`]: the pages. [`llm`] draws its spend chart as SVG on the
 //!   server (no script), reading the ledger through [`crate::ledger`].
 //! - [`flash`]: the one-time message a form leaves for the page it redirects to.
 //! - [`assets`]: the embedded stylesheet, script and icon under content-hashed names.
 //!
 //! Pages read through the [`crate::store::Store`] trait and change things only through
-//! [`crate::operator`], [`crate::deployments`] and [`crate::incidents`], the functions the API
-//! handlers call too.
+//! [`crate::operator`], [`crate::deployments`], [`crate::scheduler`] and [`crate::incidents`],
+//! the functions the API handlers call too.
 //! Live updates come from the API's own SSE routes, which accept the session cookie for
 //! reading (see [`crate::auth::ReaderAuth`]); the script refetches the page and swaps its
 //! `data-live` regions when an event concerns it.
@@ -29,6 +29,7 @@ mod layout;
 mod llm;
 mod notifications;
 mod overview;
+mod schedules;
 mod submit;
 mod tasks;
 
@@ -62,6 +63,12 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/deployments/pause", post(deployments::pause))
         .route("/deployments/{id}", get(deployments::show))
         .route("/deployments/{id}/redeploy", post(deployments::redeploy))
+        .route("/schedules", get(schedules::list))
+        .route("/schedules/{name}", get(schedules::show))
+        .route("/schedules/{name}/run", post(schedules::run))
+        .route("/schedules/{name}/pause", post(schedules::pause))
+        .route("/schedules/{name}/resume", post(schedules::resume))
+        .route("/schedules/{name}/delete", post(schedules::delete))
         .route("/incidents", get(incidents::list))
         .route("/incidents/pause", post(incidents::pause))
         .route("/incidents/{id}", get(incidents::show))

@@ -602,3 +602,68 @@ async fn an_incident_appears_live_and_its_risky_repair_is_approved_from_its_page
     b.screenshot("incident").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn a_schedule_run_from_the_list_links_its_task_which_moves_live_and_a_pause_shows() {
+    let t = with_key().await;
+    let (status, created) = t
+        .post(
+            "/api/v1/schedules",
+            json!({"name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+                   "task": {"kind": "backup", "capabilities": ["shell"],
+                            "payload": {"what": "photos"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let Some(b) = Browser::start("schedules").await else {
+        return;
+    };
+    log_in(&b, &t).await;
+    b.click("nav a[href='/schedules']").await;
+    b.wait_text("main h1", "Schedules").await;
+    b.wait_text("tr[data-schedule='nightly']", "not yet").await;
+
+    b.click("form[action='/schedules/nightly/run?back=list'] button[type=submit]")
+        .await;
+    b.wait_text("[role=status]", "Ran nightly now").await;
+    assert_eq!(b.path().await, "/schedules");
+    let (_, detail) = t.get("/api/v1/schedules/nightly").await;
+    let task = detail["firings"][0]["task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no firing in {detail}"))
+        .to_owned();
+    let row = b.wait_text("tr[data-schedule='nightly']", "queued").await;
+    assert!(row.contains(&task[task.len() - 8..]), "{row}");
+    b.screenshot("schedules").await;
+
+    // An agent takes the firing's task: the row follows without a reload.
+    b.wait_live().await;
+    b.mark_document().await;
+    t.register("runner", &["shell"], 1).await;
+    t.settle().await;
+    t.claim("runner", 5)
+        .await
+        .expect("the firing's task is claimed");
+    b.wait_text("tr[data-schedule='nightly']", "running").await;
+    assert!(b.still_marked().await, "the state came without a reload");
+
+    b.click(&format!(
+        "tr[data-schedule='nightly'] a[href='/tasks/{task}']"
+    ))
+    .await;
+    b.wait_path(&format!("/tasks/{task}")).await;
+    b.wait_text("main h1", "running").await;
+
+    // Its page: the firing by the UI operator, then paused from there.
+    b.goto(&t.url("/schedules/nightly")).await;
+    b.wait_text("#schedule-firings", "operator:ui").await;
+    b.click("form[action='/schedules/nightly/pause'] button[type=submit]")
+        .await;
+    b.wait_text("[role=status]", "Paused nightly").await;
+    b.wait_text("#schedule-head .badge", "paused").await;
+    b.wait_text("#schedule-facts", "by operator:ui").await;
+    let (_, detail) = t.get("/api/v1/schedules/nightly").await;
+    assert_eq!(detail["schedule"]["paused"], true, "{detail}");
+    b.screenshot("schedule").await;
+    b.close().await;
+}

@@ -151,7 +151,7 @@ async fn incident(t: &TestApp, id: &str) -> Value {
 }
 
 /// The part of `page` from `start` to the next `end`.
-fn part<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
+pub(crate) fn part<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
     let from = page
         .find(start)
         .unwrap_or_else(|| panic!("no {start:?} in {page}"));
@@ -160,7 +160,7 @@ fn part<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
 }
 
 /// The audit entries about `subject`, as (actor, action), oldest first.
-async fn audited(t: &TestApp, subject: &str) -> Vec<(String, String)> {
+pub(crate) async fn audited(t: &TestApp, subject: &str) -> Vec<(String, String)> {
     muster_server::outbox::deliver_once(&t.app)
         .await
         .expect("deliver");

@@ -1,7 +1,8 @@
 //! Tests of the web UI against a real server on 127.0.0.1:0: plain HTTP checks of the pages,
 //! sessions, CSRF and assets (`pages`), of the GitOps pages fed by signed pushes
 //! (`deployments`), of the self-repair pages fed by alerts on the generic webhook
-//! (`incidents`), of the LLM usage page fed by calls recorded in the ledger (`llm`), and
+//! (`incidents`), of the LLM usage page fed by calls recorded in the ledger (`llm`), of the
+//! schedules pages fed by the config file, the API and the scheduler's look (`schedules`), and
 //! flows in a real headless Chromium (`flows`, skipped loudly unless `MUSTER_TEST_BROWSER` is
 //! set).
 
@@ -23,4 +24,5 @@ mod flows;
 mod incidents;
 mod llm;
 mod pages;
+mod schedules;
 mod web;

@@ -45,6 +45,7 @@ fn pages(task_id: &str) -> Vec<String> {
         format!("/tasks/{task_id}"),
         "/deployments".into(),
         "/deployments?repo=homelab%2Finfra".into(),
+        "/schedules".into(),
         "/llm".into(),
         "/llm?days=7".into(),
         "/audit".into(),

@@ -10,6 +10,7 @@ pub(crate) mod gitops;
 pub(crate) mod llm;
 pub(crate) mod notify;
 pub(crate) mod repair;
+pub(crate) mod schedules;
 pub(crate) mod task;
 
 use std::process::ExitCode;
