@@ -1976,6 +1976,15 @@ pub enum FiringTrigger {
     Run,
 }
 
+impl ScheduleOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleOrigin::Config => "config",
+            ScheduleOrigin::Api => "api",
+        }
+    }
+}
+
 impl FiringTrigger {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -173,15 +173,19 @@ pub fn mcp_servers(servers: &[Value]) -> Result<(), ApiError> {
 /// The name of a config entry (a git source, an LLM provider): 1 to 64 ASCII letters, digits,
 /// `_`, `.` or `-`, since it becomes a path segment and a metric label.
 pub fn entry_name(name: &str) -> Result<(), String> {
+    // Names are path segments (`/api/v1/schedules/{name}`): "." and ".." would be folded
+    // away by every browser and HTTP client.
     let fits = (1..=64).contains(&name.len())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.chars().any(|c| c != '.');
     if fits {
         Ok(())
     } else {
         Err(format!(
-            "name {name:?} is invalid: expected 1 to 64 letters, digits, _, . or -"
+            "name {name:?} is invalid: expected 1 to 64 letters, digits, _, . or -, not dots \
+             alone"
         ))
     }
 }

@@ -365,18 +365,7 @@ impl Channel {
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    let fits = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if fits {
-        Ok(())
-    } else {
-        Err(format!(
-            "name {name:?} is invalid: expected 1 to 64 letters, digits, _, . or - such as \
-             phone or ops-telegram"
-        ))
-    }
+    crate::bounds::entry_name(name).map_err(|why| format!("{why} such as phone or ops-telegram"))
 }
 
 /// Refuses a field the kind does not take, naming the kinds that do: a `chat_id` on an ntfy

@@ -318,7 +318,7 @@ fn firings(s: &Schedule, firings: &[ScheduleFiring]) -> Markup {
                     } }
                     tbody {
                         @for f in firings {
-                            tr data-trigger=(trigger_name(f.trigger)) {
+                            tr data-trigger=(f.trigger.as_str()) {
                                 td { (layout::time(f.fire_at)) }
                                 td { (trigger_badge(f.trigger)) }
                                 td { (f.actor) }
@@ -341,23 +341,12 @@ fn firings(s: &Schedule, firings: &[ScheduleFiring]) -> Markup {
 }
 
 fn origin_badge(origin: ScheduleOrigin) -> Markup {
-    let name = match origin {
-        ScheduleOrigin::Config => "config",
-        ScheduleOrigin::Api => "api",
-    };
+    let name = origin.as_str();
     html! { span class={ "badge origin-" (name) } { (name) } }
 }
 
-fn trigger_name(trigger: FiringTrigger) -> &'static str {
-    match trigger {
-        FiringTrigger::Cron => "cron",
-        FiringTrigger::Missed => "missed",
-        FiringTrigger::Run => "run",
-    }
-}
-
 fn trigger_badge(trigger: FiringTrigger) -> Markup {
-    let name = trigger_name(trigger);
+    let name = trigger.as_str();
     html! { span class={ "badge trigger-" (name) } { (name) } }
 }
 

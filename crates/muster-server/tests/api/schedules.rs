@@ -306,6 +306,10 @@ async fn bad_schedules_are_refused_with_what_is_wrong_and_change_nothing() {
             "name \"x y\" is invalid",
         ),
         (
+            json!({"name": "..", "cron": "0 3 * * *", "task": {"kind": "k"}}),
+            "not dots alone",
+        ),
+        (
             json!({"name": "x", "cron": "0 3 * * *", "missed": "twice", "task": {"kind": "k"}}),
             "skip or run_once",
         ),

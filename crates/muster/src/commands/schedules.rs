@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use muster_api::{ErrorCode, FiringTrigger, Schedule, ScheduleFiring, ScheduleOrigin};
+use muster_api::{ErrorCode, Schedule, ScheduleFiring};
 use muster_client::ClientError;
 
 use super::connection::Session;
@@ -63,21 +63,6 @@ fn refused(err: ClientError, session: &Session, verb: &str, name: &str) -> anyho
             ..
         } => anyhow::anyhow!("cannot {verb} schedule {name}: {message}"),
         err => session.explain(err, verb, &format!("schedule {name}")),
-    }
-}
-
-fn origin(origin: ScheduleOrigin) -> &'static str {
-    match origin {
-        ScheduleOrigin::Config => "config",
-        ScheduleOrigin::Api => "api",
-    }
-}
-
-fn trigger(trigger: FiringTrigger) -> &'static str {
-    match trigger {
-        FiringTrigger::Cron => "cron",
-        FiringTrigger::Missed => "missed",
-        FiringTrigger::Run => "run",
     }
 }
 
@@ -141,7 +126,7 @@ async fn list(session: &Session) -> anyhow::Result<ExitCode> {
     for s in &list.schedules {
         let (last, state) = match &s.last {
             Some(f) => (
-                format!("{} ({})", output::ago(f.fire_at), trigger(f.trigger)),
+                format!("{} ({})", output::ago(f.fire_at), f.trigger.as_str()),
                 task_state(f),
             ),
             None => ("-".to_owned(), "-".to_owned()),
@@ -150,7 +135,7 @@ async fn list(session: &Session) -> anyhow::Result<ExitCode> {
             &mut table,
             vec![
                 s.name.clone(),
-                origin(s.origin).to_owned(),
+                s.origin.as_str().to_owned(),
                 s.cron.clone(),
                 s.timezone.clone(),
                 next(s),
@@ -178,7 +163,7 @@ async fn show(session: &Session, name: &str) -> anyhow::Result<ExitCode> {
     let t = &s.task;
     let rows = vec![
         ("name", s.name.clone()),
-        ("origin", origin(s.origin).to_owned()),
+        ("origin", s.origin.as_str().to_owned()),
         ("cron", format!("{} in {}", s.cron, s.timezone)),
         ("next", next(s)),
         ("missed", s.missed.clone()),
@@ -211,7 +196,7 @@ async fn show(session: &Session, name: &str) -> anyhow::Result<ExitCode> {
             &mut firings,
             vec![
                 output::when(f.fire_at),
-                trigger(f.trigger).to_owned(),
+                f.trigger.as_str().to_owned(),
                 f.actor.clone(),
                 f.task_id.to_string(),
                 task_state(f),
