@@ -115,7 +115,7 @@ impl Server {
             connections = connections::connection_cap(file_limit, settings.max_connections),
             "connection cap"
         );
-        let app = Arc::new(App::new(settings, store, clock, registry, changes));
+        let app = Arc::new(App::new(settings, store, clock, registry, changes, addr));
         Ok(Server {
             app,
             listener,
@@ -146,6 +146,7 @@ impl Server {
         let delivery = tokio::spawn(crate::outbox::run(app.clone()));
         let messenger = tokio::spawn(crate::messenger::run(app.clone()));
         let repairer = tokio::spawn(crate::repairer::run(app.clone()));
+        let canaries = tokio::spawn(crate::canary_runner::run(app.clone()));
         let router = crate::http::router(app.clone());
         let open = Connections::new(app.changes.metrics.connections.clone());
         connections::accept_until(
@@ -179,11 +180,15 @@ impl Server {
         // A decision or probe in flight is cut off; the incident is due again after the next
         // start (a decision cut off stays `deciding` and is decided again).
         repairer.abort();
+        // Runs in flight stop unjudged (the hook they need is gone); the next start
+        // interrupts them.
+        canaries.abort();
         dispatcher_task.abort();
         let _ = health.await;
         let _ = delivery.await;
         let _ = messenger.await;
         let _ = repairer.await;
+        let _ = canaries.await;
         let _ = dispatcher_task.await;
         if let Err(err) = crate::sweeper::record_tallies(&app, i64::MAX).await {
             tracing::warn!(error = %err, "could not record the last failed logins and refused hooks");
