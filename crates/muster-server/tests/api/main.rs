@@ -10,6 +10,7 @@ mod helpers;
 mod abuse;
 mod audit;
 mod batches;
+mod canaries;
 mod edge;
 mod forge_api;
 mod gitops;
