@@ -1085,6 +1085,12 @@ pub enum Event {
         incident_id: Uuid,
         state: IncidentState,
     },
+    /// A canary's run started, or was judged or interrupted.
+    Canary {
+        canary: String,
+        run: Uuid,
+        outcome: CanaryOutcome,
+    },
     /// The stream could not resume where asked (the server restarted or the id is too old):
     /// reload state, then go on from here.
     Resync,

@@ -50,6 +50,9 @@ pub struct App {
     /// Cancelled when shutdown begins: streams and long-polls end on it.
     pub shutdown: CancellationToken,
     pub started: Instant,
+    /// When the server was built, by its clock: schedules count their firings from here, so
+    /// one due while the loops are still starting is not lost.
+    pub started_ms: i64,
 }
 
 impl App {
@@ -62,6 +65,7 @@ impl App {
         local_addr: SocketAddr,
     ) -> Self {
         let sessions = Sessions::new(settings.session_idle);
+        let started_ms = clock.now_ms();
         App {
             settings: RwLock::new(Arc::new(settings)),
             store,
@@ -77,6 +81,7 @@ impl App {
             local_addr,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
+            started_ms,
         }
     }
 

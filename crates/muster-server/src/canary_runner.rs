@@ -28,9 +28,15 @@ pub async fn run(app: Arc<App>) {
         tracing::error!(error = %err.message, "could not take over the canary runs of the last start");
     }
     let client = crate::notify::channels::client();
-    // The instant each canary's firings were last looked at: from the first look on, so the
-    // firings of a downtime are skipped.
-    let mut looked: HashMap<String, DateTime<Utc>> = HashMap::new();
+    // The instant each canary's firings were last looked at: from the server's start (or a
+    // reload that added the canary) on, so the firings of a downtime are skipped.
+    let started = to_utc(app.started_ms);
+    let mut looked: HashMap<String, DateTime<Utc>> = app
+        .settings()
+        .canaries
+        .iter()
+        .map(|c| (c.name.clone(), started))
+        .collect();
     let mut driving: HashMap<tokio::task::Id, Uuid> = HashMap::new();
     let mut runs: HashSet<Uuid> = HashSet::new();
     let mut jobs: JoinSet<()> = JoinSet::new();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use muster_api::{
     CanaryHook, CanaryHookAnswer, CanaryLeg, CanaryOutcome, CanaryRun, CanaryTrigger, ErrorBody,
-    ErrorCode, TaskState,
+    ErrorCode, Event, TaskState,
 };
 use rand::TryRngCore;
 use reqwest::StatusCode;
@@ -93,7 +93,18 @@ pub async fn start(
         deadline: now.saturating_add(canary.within_ms()),
         audit: actor.map(|actor| AuditRecord::canary_run(now, actor, &canary.name, id)),
     };
-    Ok(app.store.start_canary_run(run).await?)
+    let started = app.store.start_canary_run(run).await?;
+    announce(app, &started.run);
+    Ok(started)
+}
+
+/// Tells the event stream (and so the overview) that a run started or ended.
+fn announce(app: &App, run: &CanaryRun) {
+    app.changes.events.publish(Event::Canary {
+        canary: run.canary.clone(),
+        run: run.id,
+        outcome: run.outcome,
+    });
 }
 
 /// An operator's "run now": starts a run of canary `name` and wakes the runner to drive it.
@@ -187,6 +198,7 @@ pub async fn take_over(app: &App) -> Result<(), ApiError> {
     for run in &interrupted {
         tracing::info!(canary = %run.canary, run = %run.id, "canary run interrupted by the last stop");
         app.changes.metrics.canary_run(run);
+        announce(app, run);
         if let Some(task) = run.task_id {
             cancel_task(app, task).await;
         }
@@ -298,6 +310,7 @@ async fn record(app: &App, finish: CanaryFinish, unfinished: Option<Uuid>) {
         Ok(finished) => {
             let run = &finished.run;
             app.changes.metrics.canary_run(run);
+            announce(app, run);
             match run.outcome {
                 CanaryOutcome::Passed => tracing::info!(canary = %run.canary, run = %run.id,
                     latency_ms = run.latency_ms, "canary passed"),

@@ -197,8 +197,25 @@ async fn a_canary_passes_through_a_real_agent_and_its_channel_then_fails_without
     let agent = Agent::start(&t, "nas").await;
 
     // It passes: hook → task → the agent → canary.passed delivered to its channel.
+    let (mut feed, _) = t.app.changes.events.subscribe(None);
     let id = run_now(&t, "path").await;
     let run = judged(&t, "path", &id).await;
+    // The event feed (and so the overview) heard of its start and its verdict.
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        let numbered = tokio::time::timeout(Duration::from_secs(30), feed.recv())
+            .await
+            .expect("the run's events come")
+            .expect("the feed is open");
+        if let muster_api::Event::Canary {
+            canary, outcome, ..
+        } = numbered.event
+        {
+            assert_eq!(canary, "path");
+            outcomes.push(outcome.as_str());
+        }
+    }
+    assert_eq!(outcomes, ["running", "passed"]);
     assert_eq!(run["outcome"], "passed", "{run:#}");
     assert_eq!(run["leg"], Value::Null);
     assert_eq!(run["agent_id"], "nas");
@@ -432,7 +449,7 @@ async fn a_hung_refusing_or_unreachable_hook_fails_the_hook_leg_by_the_deadline(
 [[canaries]]
 name = "hung"
 cron = "0 3 1 1 *"
-within = "1s"
+within = "3s"
 url = "{hung}"
 
 [[canaries]]
@@ -444,7 +461,7 @@ url = "{refusing}/muster"
 [[canaries]]
 name = "gone"
 cron = "0 3 1 1 *"
-within = "1s"
+within = "3s"
 url = "{gone}"
 "#,
         hung = hung.url,
@@ -465,7 +482,7 @@ url = "{gone}"
         run["reason"]
             .as_str()
             .unwrap()
-            .ends_with("did not answer within 1s"),
+            .ends_with("did not answer within 3s"),
         "{run:#}"
     );
     let run = judged(&t, "refusing", &refused_run).await;
