@@ -46,6 +46,10 @@ const LOOK_EVERY: Duration = Duration::from_millis(200);
 /// How soon a hook request that reached no one is sent again (within the deadline).
 const HOOK_RETRY: Duration = Duration::from_secs(1);
 
+/// How long past its deadline a run that cannot be followed is taken up again before it is
+/// judged failed.
+const GIVE_UP_AFTER_MS: i64 = 60_000;
+
 /// The reason a run in flight at a stop is given at the next start.
 const STOPPED: &str = "the server stopped during the run; the next firing runs again";
 
@@ -258,7 +262,7 @@ pub async fn drive(app: Arc<App>, client: reqwest::Client, running: RunningCanar
             outcome: CanaryOutcome::Interrupted,
             leg: None,
             reason: Some("its canary was removed from the config during the run".into()),
-            latency_ms: 0,
+            latency_ms: None,
             answered_at: None,
             agent_id: None,
             delivered_at: None,
@@ -274,6 +278,14 @@ pub async fn drive(app: Arc<App>, client: reqwest::Client, running: RunningCanar
     };
     let judged = match judged {
         Ok(judged) => judged,
+        // Well past its deadline, a run that cannot be followed (its task gone, the store
+        // failing) is judged rather than taken up again for ever.
+        Err(err) if app.now_ms() > running.run.deadline.timestamp_millis() + GIVE_UP_AFTER_MS => {
+            Judged::failed(
+                CanaryLeg::Task,
+                format!("the run could not be followed to its end: {}", err.message),
+            )
+        }
         Err(err) => {
             tracing::warn!(canary = %canary.name, run = %running.run.id, error = %err.message,
                 "a canary run could not go on; it is taken up again");
@@ -295,7 +307,7 @@ pub async fn drive(app: Arc<App>, client: reqwest::Client, running: RunningCanar
         outcome,
         leg,
         reason,
-        latency_ms,
+        latency_ms: Some(latency_ms),
         answered_at: judged.answered_at,
         agent_id: judged.agent_id,
         delivered_at: judged.delivered_at,

@@ -116,11 +116,13 @@ impl Canary {
         };
         let task = spec.task;
         let kind = task.kind.unwrap_or_else(|| DEFAULT_KIND.to_owned());
-        // Checked as a submission would be, so a bad kind or capability stops the start
-        // instead of failing every run.
+        // Checked as a submission would be (with the label each run adds), so a bad kind or
+        // capability stops the start instead of failing every run.
+        let mut labels = task.labels.clone();
+        labels.insert("canary".into(), spec.name.clone());
         bounds::required_text("kind", &kind, MAX_KIND_CHARS)
             .and_then(|()| bounds::capabilities(&task.capabilities))
-            .and_then(|()| bounds::labels(&task.labels))
+            .and_then(|()| bounds::labels(&labels))
             .map_err(|e| format!("task.{}", e.message))?;
         if !(i32::from(i16::MIN)..=i32::from(i16::MAX)).contains(&task.priority) {
             return Err("task.priority: must be between -32768 and 32767".into());

@@ -746,7 +746,8 @@ pub struct CanaryFinish {
     pub outcome: muster_api::CanaryOutcome,
     pub leg: Option<muster_api::CanaryLeg>,
     pub reason: Option<String>,
-    pub latency_ms: u64,
+    /// None for an interrupted run.
+    pub latency_ms: Option<u64>,
     /// When the task ended, and the agent that answered.
     pub answered_at: Option<i64>,
     pub agent_id: Option<String>,

@@ -638,3 +638,35 @@ async fn forged_replayed_oversized_and_misnamed_hook_requests_are_refused_and_cr
     );
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_run_that_cannot_be_followed_is_judged_after_its_deadline_not_followed_for_ever() {
+    let hook = FakeService::start().await;
+    let t = spawn(&config(&hook.url, PATH)).await;
+    let id = run_now(&t, "path").await;
+    let task = eventually("the run's task is submitted", || async {
+        let c = canary(&t, "path").await;
+        c["running"]["task_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    // The task vanishes under the run (as a retention far shorter than a run would do).
+    let db = rusqlite::Connection::open(t.dir.path().join("muster.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM tasks WHERE id = ?1", [&task])
+            .unwrap(),
+        1
+    );
+    t.advance(Duration::from_secs(60 + 61));
+    let run = judged(&t, "path", &id).await;
+    assert_eq!(run["outcome"], "failed", "{run:#}");
+    assert_eq!(run["leg"], "task");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the run could not be followed to its end: "),
+        "{run:#}"
+    );
+    t.stop().await;
+}

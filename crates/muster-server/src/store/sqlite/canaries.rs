@@ -166,7 +166,7 @@ pub(super) fn finish(conn: &Connection, f: CanaryFinish, now: i64) -> StoreResul
             f.outcome.as_str(),
             f.leg.map(|l| l.as_str()),
             f.reason,
-            i64::try_from(f.latency_ms).unwrap_or(i64::MAX),
+            f.latency_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
             f.answered_at,
             f.agent_id,
             f.delivered_at,
