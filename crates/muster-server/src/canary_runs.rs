@@ -199,13 +199,13 @@ pub async fn take_over(app: &App) -> Result<(), ApiError> {
         .store
         .interrupt_canary_runs(STOPPED.to_owned(), app.now_ms())
         .await?;
-    for run in &interrupted {
+    for run in &interrupted.runs {
         tracing::info!(canary = %run.canary, run = %run.id, "canary run interrupted by the last stop");
         app.changes.metrics.canary_run(run);
         announce(app, run);
-        if let Some(task) = run.task_id {
-            cancel_task(app, task).await;
-        }
+    }
+    for change in interrupted.cancelled {
+        app.changes.task(change);
     }
     for canary in &app.settings().canaries {
         let history = app.store.canary_history(canary.name.clone(), 1).await?;
@@ -214,17 +214,6 @@ pub async fn take_over(app: &App) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// Cancels a run's task that has not ended, so a long outage does not leave a canary task per
-/// firing for the agent that comes back.
-async fn cancel_task(app: &App, task: Uuid) {
-    match app.store.cancel(task, Actor::System, app.now_ms()).await {
-        Ok(changed) => app.changes.task(changed.change),
-        // It ended meanwhile.
-        Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
-        Err(err) => tracing::warn!(%task, error = %err, "could not cancel a canary's task"),
-    }
 }
 
 /// What a run's legs recorded, and its verdict.
@@ -266,8 +255,9 @@ pub async fn drive(app: Arc<App>, client: reqwest::Client, running: RunningCanar
             answered_at: None,
             agent_id: None,
             delivered_at: None,
+            cancel_task: running.run.task_id,
         };
-        record(&app, finish, running.run.task_id).await;
+        record(&app, finish).await;
         return;
     };
     drop(settings);
@@ -311,12 +301,13 @@ pub async fn drive(app: Arc<App>, client: reqwest::Client, running: RunningCanar
         answered_at: judged.answered_at,
         agent_id: judged.agent_id,
         delivered_at: judged.delivered_at,
+        cancel_task: judged.unfinished,
     };
-    record(&app, finish, judged.unfinished).await;
+    record(&app, finish).await;
 }
 
-/// Records a verdict, counts it, and cancels the run's task when it had not ended.
-async fn record(app: &App, finish: CanaryFinish, unfinished: Option<Uuid>) {
+/// Records a verdict (with the cancel of a task that had not ended), counts and announces it.
+async fn record(app: &App, finish: CanaryFinish) {
     let id = finish.id;
     match app.store.finish_canary_run(finish, app.now_ms()).await {
         Ok(finished) => {
@@ -330,8 +321,8 @@ async fn record(app: &App, finish: CanaryFinish, unfinished: Option<Uuid>) {
                     outcome = %run.outcome, leg = ?run.leg.map(|l| l.as_str()),
                     reason = run.reason.as_deref().unwrap_or_default(), "canary did not pass"),
             }
-            if let Some(task) = unfinished {
-                cancel_task(app, task).await;
+            if let Some(change) = finished.cancelled {
+                app.changes.task(change);
             }
         }
         // Judged meanwhile (another look at the same run).

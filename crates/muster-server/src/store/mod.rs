@@ -752,13 +752,25 @@ pub struct CanaryFinish {
     pub answered_at: Option<i64>,
     pub agent_id: Option<String>,
     pub delivered_at: Option<i64>,
+    /// The run's task when it has not ended: cancelled in the same transaction, so an outage
+    /// does not leave a canary task per firing for the agent that comes back.
+    pub cancel_task: Option<Uuid>,
 }
 
-/// A run judged, and the notice it sent (`canary.failed`, `canary.recovered`), if any.
+/// A run judged, the notice it sent (`canary.failed`, `canary.recovered`), if any, and the
+/// cancel of its task.
 #[derive(Debug, Clone)]
 pub struct CanaryFinished {
     pub run: muster_api::CanaryRun,
     pub notice: Option<&'static str>,
+    pub cancelled: Option<Change>,
+}
+
+/// Runs in flight that were interrupted, and the cancels of their tasks.
+#[derive(Debug, Clone, Default)]
+pub struct CanariesInterrupted {
+    pub runs: Vec<muster_api::CanaryRun>,
+    pub cancelled: Vec<Change>,
 }
 
 /// A canary's runs: the newest (the one in flight first, if any) and the last judged.
@@ -1100,12 +1112,13 @@ pub trait Store: Send + Sync + 'static {
         finish: CanaryFinish,
         now: i64,
     ) -> StoreResult<CanaryFinished>;
-    /// Every run in flight becomes `interrupted` with `reason`; answers them.
+    /// Every run in flight becomes `interrupted` with `reason`, and the tasks of those whose
+    /// task has not ended are cancelled, in one transaction.
     async fn interrupt_canary_runs(
         &self,
         reason: String,
         now: i64,
-    ) -> StoreResult<Vec<muster_api::CanaryRun>>;
+    ) -> StoreResult<CanariesInterrupted>;
     async fn running_canary_runs(&self) -> StoreResult<Vec<RunningCanary>>;
     async fn canary_run(&self, id: Uuid) -> StoreResult<RunningCanary>;
     /// The canary's newest `limit` runs and its last judged one.

@@ -6,17 +6,19 @@ use muster_api::{CanaryLeg, CanaryOutcome, CanaryRun, CanaryTrigger};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
+use super::isolated;
 use super::notifications;
 use super::outbox::insert_outbox;
 use super::rows::{enum_col, uuid_col};
-use super::tasks::insert_task;
+use super::tasks::{self, insert_task};
+use crate::audit::Actor;
 use crate::canaries::judge::notice_for;
 use crate::clock::to_utc;
 use crate::error::StoreError;
 use crate::notice::Notice;
 use crate::store::{
-    CanaryFinish, CanaryFinished, CanaryHistory, NewCanaryRun, NewNotification, NewTask,
-    OutboxItem, RunningCanary, StoreResult, Submitted,
+    CanariesInterrupted, CanaryFinish, CanaryFinished, CanaryHistory, Change, NewCanaryRun,
+    NewNotification, NewTask, OutboxItem, RunningCanary, StoreResult, Submitted,
 };
 
 /// Runs deleted per retention transaction.
@@ -197,16 +199,44 @@ pub(super) fn finish(conn: &Connection, f: CanaryFinish, now: i64) -> StoreResul
             now,
         )?;
     }
-    Ok(CanaryFinished { run, notice })
+    let cancelled = match f.cancel_task {
+        Some(task) => cancel_task(conn, task, now)?,
+        None => None,
+    };
+    Ok(CanaryFinished {
+        run,
+        notice,
+        cancelled,
+    })
 }
 
-pub(super) fn interrupt(conn: &Connection, reason: &str, now: i64) -> StoreResult<Vec<CanaryRun>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE canary_runs SET outcome = 'interrupted', reason = ?1, finished_at = ?2 \
-         WHERE outcome = 'running' RETURNING {COLS}"
-    ))?;
-    let rows = stmt.query_map(params![reason, now], from_row)?;
-    Ok(rows.map(|r| r.map(|c| c.run)).collect::<Result<_, _>>()?)
+/// Cancels a run's task as the system; none when it has ended (or is gone) meanwhile.
+fn cancel_task(conn: &Connection, task: Uuid, now: i64) -> StoreResult<Option<Change>> {
+    match isolated(conn, |conn| tasks::cancel(conn, task, &Actor::System, now)) {
+        Ok(changed) => Ok(Some(changed.change)),
+        Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+pub(super) fn interrupt(
+    conn: &Connection,
+    reason: &str,
+    now: i64,
+) -> StoreResult<CanariesInterrupted> {
+    let runs: Vec<CanaryRun> = conn
+        .prepare_cached(&format!(
+            "UPDATE canary_runs SET outcome = 'interrupted', reason = ?1, finished_at = ?2 \
+             WHERE outcome = 'running' RETURNING {COLS}"
+        ))?
+        .query_map(params![reason, now], from_row)?
+        .map(|r| r.map(|c| c.run))
+        .collect::<Result<_, _>>()?;
+    let mut cancelled = Vec::new();
+    for task in runs.iter().filter_map(|r| r.task_id) {
+        cancelled.extend(cancel_task(conn, task, now)?);
+    }
+    Ok(CanariesInterrupted { runs, cancelled })
 }
 
 pub(super) fn running(conn: &Connection) -> StoreResult<Vec<RunningCanary>> {

@@ -839,7 +839,7 @@ impl Store for SqliteStore {
         &self,
         reason: String,
         now: i64,
-    ) -> StoreResult<Vec<muster_api::CanaryRun>> {
+    ) -> StoreResult<super::CanariesInterrupted> {
         self.write(move |conn| canaries::interrupt(conn, &reason, now))
             .await
     }
