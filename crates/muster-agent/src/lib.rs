@@ -1,13 +1,14 @@
 //! The executors `muster agent` runs: allow-listed actions (argv templates whose parameters are
 //! checked against patterns, run locally or over SSH), HTTP calls to allow-listed URLs, and
 //! deployments (Ansible playbooks, Terraform modules) from allow-listed repositories at the
-//! pushed commit.
+//! pushed commit; and canary tasks, answered at once so the server can prove its whole path.
 //! The configuration is one TOML file ([`config`]); [`run`] turns it into an agent runtime.
 //!
 //! Architecture Invariant: only [`process`] starts programs, never through a local shell; the
 //! agent talks to the control plane through `muster-client` alone.
 
 pub mod action;
+pub mod canary;
 pub mod config;
 pub mod deploy;
 pub mod http_call;
@@ -36,8 +37,9 @@ pub enum AgentError {
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
 /// Builds the runtime for a checked config: an `action` handler always, starting programs the
-/// way `launcher` says, an `http` handler when the config allows URLs, and `ansible` and
-/// `terraform` handlers when it has a `[deploy]` section that turns them on.
+/// way `launcher` says, a `canary` handler always (it runs nothing), an `http` handler when
+/// the config allows URLs, and `ansible` and `terraform` handlers when it has a `[deploy]`
+/// section that turns them on.
 pub fn runtime(
     checked: config::Checked,
     client: Client,
@@ -57,10 +59,13 @@ pub fn runtime(
     let http = checked.config.http.clone();
     let deploy = checked.config.deploy.clone();
     let checked = Arc::new(checked);
-    let mut runtime = AgentRuntime::new(client, options).handle(
-        "action",
-        action::ActionHandler::new(checked, launcher.clone()),
-    );
+    let agent_id = options.agent_id.clone();
+    let mut runtime = AgentRuntime::new(client, options)
+        .handle(
+            "action",
+            action::ActionHandler::new(checked, launcher.clone()),
+        )
+        .handle(canary::KIND, canary::CanaryHandler::new(agent_id));
     if let Some(http) = http {
         let timeout = Duration::from_secs(http.timeout_s.unwrap_or(30));
         runtime = runtime.handle(

@@ -393,3 +393,30 @@ async fn a_cancelled_or_timed_out_action_over_ssh_stops_on_the_remote_host() {
     stop.cancel();
     agent.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_canary_task_is_answered_with_its_nonce_and_the_agents_id() {
+    let plane = Plane::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &config(dir.path(), ""));
+    let task = plane
+        .submit(
+            "canary",
+            json!({"canary": "path", "run": "0193-run", "nonce": "9f3c"}),
+        )
+        .await;
+    let done = plane.wait_final(&task).await;
+    assert_eq!(done.state, TaskState::Completed, "{done:?}");
+    assert_eq!(
+        done.result,
+        Some(json!({"nonce": "9f3c", "agent": "exec-test", "canary": "path", "run": "0193-run"}))
+    );
+    // Without a nonce there is nothing to prove: it fails, and is not retried.
+    let bare = plane.submit("canary", json!({})).await;
+    let done = plane.wait_final(&bare).await;
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    let error = done.error.unwrap_or_default();
+    assert!(error.contains("this one has none"), "{error}");
+    stop.cancel();
+    agent.await.unwrap();
+}

@@ -1085,6 +1085,12 @@ pub enum Event {
         incident_id: Uuid,
         state: IncidentState,
     },
+    /// A canary's run started, or was judged or interrupted.
+    Canary {
+        canary: String,
+        run: Uuid,
+        outcome: CanaryOutcome,
+    },
     /// The stream could not resume where asked (the server restarted or the id is too old):
     /// reload state, then go on from here.
     Resync,
@@ -1171,6 +1177,17 @@ mod tests {
             ReportOutcome::ALL,
             ReportOutcome::as_str,
             ReportOutcome::parse,
+        );
+        check(
+            CanaryOutcome::ALL,
+            CanaryOutcome::as_str,
+            CanaryOutcome::parse,
+        );
+        check(CanaryLeg::ALL, CanaryLeg::as_str, CanaryLeg::parse);
+        check(
+            CanaryTrigger::ALL,
+            CanaryTrigger::as_str,
+            CanaryTrigger::parse,
         );
     }
 
@@ -2092,4 +2109,128 @@ pub struct SchedulePauseAnswer {
     pub schedule: Schedule,
     /// False when it already stood so (nothing changed, nothing audited).
     pub changed: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canaries
+
+closed_enum! {
+    /// Where a canary run stands: `running` (in flight), `passed` (every leg got through
+    /// within the canary's `within`), `failed` (a leg did not: `leg` and `reason` say which and
+    /// why), `interrupted` (the server stopped during the run: neither a pass nor a failure).
+    CanaryOutcome {
+        Running => "running",
+        Passed => "passed",
+        Failed => "failed",
+        Interrupted => "interrupted",
+    }
+}
+
+closed_enum! {
+    /// The leg of a canary's path where a run failed: `hook` (muster's own hook route refused
+    /// the request or could not be reached in time), `agent` (no agent took the task in
+    /// time), `task` (the task failed or was cancelled, or its agent did not answer in time),
+    /// `answer` (the answer was malformed or did not echo the run's nonce), `notification`
+    /// (the `canary.passed` message was not delivered in time).
+    CanaryLeg {
+        Hook => "hook",
+        Agent => "agent",
+        Task => "task",
+        Answer => "answer",
+        Notification => "notification",
+    }
+}
+
+closed_enum! {
+    /// What started a canary run: its `cron` expression, or an operator (`manual`).
+    CanaryTrigger {
+        Cron => "cron",
+        Manual => "manual",
+    }
+}
+
+/// One run of a canary: a signed request to muster's own hook, the task it submits, the
+/// agent's answer and (with a channel) the delivered notification, each leg's time, and the
+/// verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CanaryRun {
+    pub id: Uuid,
+    pub canary: String,
+    pub trigger: CanaryTrigger,
+    pub outcome: CanaryOutcome,
+    /// When it fired: the hook request went out.
+    pub fired_at: DateTime<Utc>,
+    /// Every leg must be done by then.
+    pub deadline: DateTime<Utc>,
+    /// When the hook accepted the request and submitted the task.
+    pub hooked_at: Option<DateTime<Utc>>,
+    /// When the task ended (completed, failed or cancelled).
+    pub answered_at: Option<DateTime<Utc>>,
+    /// When the `canary.passed` notification was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When it was judged.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Passed: from the firing to the last leg (the agent's answer, or the notification's
+    /// delivery). Failed: from the firing to the verdict.
+    pub latency_ms: Option<u64>,
+    /// Failed: the leg that did not get through.
+    pub leg: Option<CanaryLeg>,
+    /// Failed or interrupted: why.
+    pub reason: Option<String>,
+    pub task_id: Option<Uuid>,
+    /// The agent that answered.
+    pub agent_id: Option<String>,
+    pub notification_id: Option<Uuid>,
+}
+
+/// A `[[canaries]]` entry and its last runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Canary {
+    pub name: String,
+    /// The cron expression and the IANA zone it is read in.
+    pub cron: String,
+    pub timezone: String,
+    /// The kind and capabilities of the task each run submits.
+    pub kind: String,
+    pub capabilities: Vec<String>,
+    /// Every leg must be done this long after the firing.
+    pub within_s: u64,
+    /// The notification channel a passing run's message must reach, if any.
+    pub channel: Option<String>,
+    /// The URL the runs send their hook request to.
+    pub hook_url: String,
+    /// The next firing of its cron.
+    pub next_at: Option<DateTime<Utc>>,
+    /// The last run judged (passed or failed).
+    pub last: Option<CanaryRun>,
+    /// The run in flight, if one is.
+    pub running: Option<CanaryRun>,
+    /// The newest runs, newest first (at most 10).
+    pub recent: Vec<CanaryRun>,
+}
+
+/// `GET /api/v1/canaries`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryList {
+    pub canaries: Vec<Canary>,
+}
+
+/// The body a canary's run sends to `POST /hooks/canary/{name}`, signed by the server with a
+/// key only it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryHook {
+    #[schema(max_length = 64)]
+    pub canary: String,
+    pub run: Uuid,
+    /// A random value the agent's answer must echo.
+    #[schema(max_length = 64)]
+    pub nonce: String,
+}
+
+/// `POST /hooks/canary/{name}`'s answer: the run's task was submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryHookAnswer {
+    pub run: Uuid,
+    pub task_id: Uuid,
 }

@@ -2,11 +2,13 @@
 //! (HTTP, UI), the verbs (operator, agent protocol) and the loops receive an `Arc<App>`, and
 //! this module imports none of them.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::canaries::HookKey;
 use crate::changes::Changes;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -41,9 +43,19 @@ pub struct App {
     pub messenger_wake: Arc<tokio::sync::Notify>,
     /// Wakes the repairer: an alert came, or an incident was answered.
     pub repairer_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the canary runner: an operator started a run.
+    pub canary_wake: Arc<tokio::sync::Notify>,
+    /// Signs and verifies canary hook requests; drawn at start, never stored or shown.
+    pub canary_key: HookKey,
+    /// The address the listener is bound to (the real port when asked for port 0): where
+    /// the server's own canary runs send their hook requests.
+    pub local_addr: SocketAddr,
     /// Cancelled when shutdown begins: streams and long-polls end on it.
     pub shutdown: CancellationToken,
     pub started: Instant,
+    /// When the server was built, by its clock: schedules count their firings from here, so
+    /// one due while the loops are still starting is not lost.
+    pub started_ms: i64,
 }
 
 impl App {
@@ -53,8 +65,10 @@ impl App {
         clock: Arc<dyn Clock>,
         registry: Arc<Registry>,
         changes: Changes,
+        local_addr: SocketAddr,
     ) -> Self {
         let sessions = Sessions::new(settings.session_idle);
+        let started_ms = clock.now_ms();
         App {
             settings: RwLock::new(Arc::new(settings)),
             store,
@@ -66,8 +80,12 @@ impl App {
             ignored_chats: MinuteTally::default(),
             messenger_wake: Arc::default(),
             repairer_wake: Arc::default(),
+            canary_wake: Arc::default(),
+            canary_key: HookKey::random(),
+            local_addr,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
+            started_ms,
         }
     }
 

@@ -276,6 +276,17 @@ impl AuditRecord {
         )
     }
 
+    /// An operator ran a canary now, outside its cron.
+    pub fn canary_run(at: i64, actor: Actor, canary: &str, run: Uuid) -> Self {
+        Self::new(
+            at,
+            actor,
+            "canary.run",
+            format!("canary:{canary}"),
+            json!({"run": run}),
+        )
+    }
+
     /// A step of an incident's story (`incident.opened`, `incident.decided`,
     /// `incident.approved`, …), with the event's details.
     pub fn incident(at: i64, actor: Actor, kind: &str, id: Uuid, detail: Value) -> Self {

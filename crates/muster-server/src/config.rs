@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::canaries::{self, Canary, CanarySpec};
 use crate::chat::{ChatConfig, TelegramChat, TelegramSpec};
 use crate::gitops::{self, GitConfig, GitRuleSpec, SourceSpec};
 use crate::llm::{self, BudgetSpec, LlmConfig, ProviderSpec};
@@ -178,6 +179,8 @@ pub struct Settings {
     pub schedules: Vec<Schedule>,
     /// `[chat.telegram]`: the chat commands.
     pub chat: ChatConfig,
+    /// `[[canaries]]`.
+    pub canaries: Vec<Canary>,
 }
 
 /// Where [`Settings::load`] reads from, lowest layer last: flags, the environment, the file.
@@ -681,6 +684,9 @@ struct FileTree {
     /// `[chat.telegram]`.
     #[serde(default)]
     chat: ChatTree,
+    /// `[[canaries]]`.
+    #[serde(default)]
+    canaries: Vec<Spanned<CanarySpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -750,6 +756,8 @@ struct ConfigFile {
     schedules: Vec<Schedule>,
     /// `[chat.telegram]` as written, with its line; see [`ConfigFile::chat`].
     chat_telegram: Option<(usize, TelegramSpec)>,
+    /// The `[[canaries]]` entries as written, each with its line; see [`ConfigFile::canaries`].
+    canaries: Vec<(usize, CanarySpec)>,
 }
 
 struct FileEntry {
@@ -901,6 +909,11 @@ impl ConfigFile {
                 .chat
                 .telegram
                 .map(|t| (line_of(text, t.span().start), t.into_inner())),
+            canaries: tree
+                .canaries
+                .into_iter()
+                .map(|c| (line_of(text, c.span().start), c.into_inner()))
+                .collect(),
         };
         // Everything but the variables' values is checked now, so `muster config check` and
         // a reload refuse a bad rule or channel as a start would.
@@ -909,6 +922,7 @@ impl ConfigFile {
         file.llm(None)?;
         file.repair(None)?;
         file.chat(None)?;
+        file.canaries()?;
         Ok(file)
     }
 
@@ -1029,6 +1043,14 @@ impl ConfigFile {
         }
     }
 
+    /// The `[[canaries]]` entries checked (against the configured notification channels).
+    fn canaries(&self) -> Result<Vec<Canary>, ConfigError> {
+        let channels: Vec<&str> = self.channels.iter().map(|(_, c)| c.name.as_str()).collect();
+        canaries::config::resolve_all(&self.canaries, &channels).map_err(|(line, why)| {
+            ConfigError::new(format!("{}:{line}: {why}", self.path.display()))
+        })
+    }
+
     fn entry(&self, field: &Field) -> Option<&FileEntry> {
         self.server.iter().find(|e| e.var == field.var)
     }
@@ -1107,8 +1129,8 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
              [server] (notifications under [[notify.channels]] and [[notify.rules]], GitOps under \
              [[git.sources]] and [[git.rules]], language models under [[llm.providers]] and \
              [[llm.budgets]], self-repair under [[alerts.sources]], [[actions]], [repair] and \
-             [[repair.targets]], schedules under [[schedules]], chat commands under \
-             [chat.telegram]), the only sections this version reads"
+             [[repair.targets]], schedules under [[schedules]], canaries under [[canaries]], \
+             chat commands under [chat.telegram]), the only sections this version reads"
         ),
         Some(key) => format!("{file}:{line}: {key}: {message}"),
         None => format!("{file}:{line}: {message}"),
@@ -1309,6 +1331,7 @@ fn resolve<E: Fn(&str) -> Option<String>>(sources: &Sources<E>) -> Result<Resolv
         settings.repair = file.repair(Some(&env))?;
         settings.schedules = file.schedules.clone();
         settings.chat = file.chat(Some(&env))?;
+        settings.canaries = file.canaries()?;
     }
     settings.check_exposure()?;
     Ok(Resolved {
@@ -1445,6 +1468,9 @@ pub fn reload(current: &Settings, fresh: Settings) -> Result<Reloaded, ConfigErr
     if settings.chat != current.chat {
         changed.push("chat");
     }
+    if settings.canaries != current.canaries {
+        changed.push("canaries");
+    }
     // Keeping the running address while the new load dropped the key would leave a
     // network-facing server open: refuse that as a start would.
     settings.check_exposure()?;
@@ -1542,7 +1568,13 @@ impl Settings {
             repair: RepairConfig::default(),
             schedules: Vec::new(),
             chat: ChatConfig::default(),
+            canaries: Vec::new(),
         }
+    }
+
+    /// The `[[canaries]]` entry `name`.
+    pub fn canary(&self, name: &str) -> Option<&Canary> {
+        self.canaries.iter().find(|c| c.name == name)
     }
 
     /// The one way settings are built: defaults, then the file (`sources.file`, else
@@ -1921,6 +1953,77 @@ lock_key = "deploy:{repo}:{playbook}"
         assert!(err.contains("branch"), "{err}");
     }
 
+    const CANARIES: &str = r#"[[notify.channels]]
+name = "phone"
+kind = "ntfy"
+url = "https://ntfy.sh/homelab"
+
+[[canaries]]
+name = "path"
+cron = "*/5 * * * *"
+channel = "phone"
+
+[[canaries]]
+name = "nas"
+cron = "0 * * * *"
+timezone = "Europe/Berlin"
+task = { capabilities = ["nas"] }
+within = "20s"
+"#;
+
+    #[test]
+    fn canaries_load_and_a_bad_one_names_file_line_and_field() {
+        let s = load(Some(CANARIES), &[], Overrides::default()).unwrap();
+        assert_eq!(s.canaries.len(), 2);
+        assert_eq!(s.canary("path").unwrap().channel.as_deref(), Some("phone"));
+        assert_eq!(s.canary("nas").unwrap().within, Duration::from_secs(20));
+        for (from, to, expect) in [
+            (
+                "channel = \"phone\"",
+                "channel = \"pager\"",
+                "muster.toml:6: canaries[0] (\"path\"): channel: no channel is named \"pager\"",
+            ),
+            (
+                "0 * * * *",
+                "0 25 * * *",
+                "muster.toml:11: canaries[1] (\"nas\"): cron \"0 25 * * *\" is invalid",
+            ),
+            (
+                "name = \"nas\"",
+                "name = \"path\"",
+                "muster.toml:11: canaries[1] (\"path\"): another canary has this name",
+            ),
+            (
+                "within = \"20s\"",
+                "within = \"later\"",
+                "muster.toml:11: canaries[1] (\"nas\"): within \"later\" is invalid",
+            ),
+        ] {
+            let err = file_error(&CANARIES.replace(from, to));
+            assert!(err.starts_with(expect), "{to}: {err}");
+        }
+        let err = file_error(&CANARIES.replace("within", "deadline"));
+        assert!(
+            err.starts_with("muster.toml:16: canaries.deadline: unknown field `deadline`")
+                || err.contains("unknown field `deadline`"),
+            "{err}"
+        );
+        // A reload says the canaries changed.
+        let current = load(Some(CANARIES), &[], Overrides::default()).unwrap();
+        let fresh = load(
+            Some(&CANARIES.replace("20s", "30s")),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(
+            reload(&current, fresh)
+                .unwrap()
+                .changed
+                .contains(&"canaries")
+        );
+    }
+
     #[test]
     fn a_reload_reports_changed_notification_settings() {
         let current = load(Some(NOTIFY), &[("TG_TOKEN", "1:a")], Overrides::default()).unwrap();
@@ -2061,9 +2164,9 @@ lock_key = "deploy:{repo}:{playbook}"
             err.contains("server.LEASE: unknown key; file keys are snake_case: write lease"),
             "{err}"
         );
-        let err = file_error("[server]\nlease = \"60s\"\n\n[canaries]\nurl = \"x\"\n");
+        let err = file_error("[server]\nlease = \"60s\"\n\n[pagers]\nurl = \"x\"\n");
         assert!(
-            err.starts_with("muster.toml:4: canaries: unknown section"),
+            err.starts_with("muster.toml:4: pagers: unknown section"),
             "{err}"
         );
         let err = file_error("addr = \"127.0.0.1:8000\"\n");
@@ -2500,6 +2603,24 @@ lock_key = "deploy:{repo}:{playbook}"
         );
         assert!(!target.action("restart_container").unwrap().risky);
         assert_eq!(repair.source("kuma").unwrap().token.expose(), "kuma-readme");
+    }
+
+    #[test]
+    fn the_readmes_canary_example_loads() {
+        let blocks = readme_toml_blocks("Schedules and canaries");
+        let canaries: Vec<&String> = blocks
+            .iter()
+            .filter(|b| b.contains("[[canaries]]"))
+            .collect();
+        assert_eq!(canaries.len(), 1, "the canary example");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.toml");
+        std::fs::write(&path, canaries[0]).unwrap();
+        check_file(&path).unwrap_or_else(|e| panic!("{e}\n{}", canaries[0]));
+        let file = ConfigFile::read(&path).unwrap();
+        let loaded = file.canaries().unwrap();
+        assert_eq!(loaded[0].name, "path");
+        assert_eq!(loaded[0].channel.as_deref(), Some("canary-topic"));
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //!   alerts without I/O, for self-repair's incidents.
 //! - [`gitops`]: forge push webhooks read and verified without I/O, and the forges' commit
 //!   status and compare APIs.
+//! - [`canaries`]: canaries as pure rules (config, the hook's signature, judging a run);
+//!   [`canary_runs`]: their verbs (start a run, take its hook, drive it to a verdict, list);
+//!   [`canary_runner`]: the loop that fires them on their cron.
 //! - [`ledger`]: the verbs of LLM calls (a budget checked before the call, the call, its
 //!   price and its ledger row with any `budget.*` notice), and the ledger's reads.
 //! - [`llm`]: `[[llm.providers]]` (each a `muster_llm::Provider` with its price) and
@@ -46,6 +49,9 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bounds;
+pub mod canaries;
+pub mod canary_runner;
+pub mod canary_runs;
 
 pub mod changes;
 pub mod chat;

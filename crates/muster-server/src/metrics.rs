@@ -57,6 +57,15 @@ pub struct Metrics {
     pub chat_commands: IntCounterVec,
     /// Messages from chats that may not send commands, ignored.
     pub chat_ignored: IntCounter,
+    /// Each canary's last judged run: 1 passed, 0 failed; and its end-to-end latency.
+    pub canary_success: IntGaugeVec,
+    pub canary_latency: prometheus::GaugeVec,
+    /// The latency of every passing run, for percentiles over time.
+    pub canary_passed_latency: HistogramVec,
+    /// Canary runs by canary and outcome (passed, failed, interrupted, skipped).
+    pub canary_runs: IntCounterVec,
+    /// Requests to the canary hook by canary and outcome.
+    pub canary_hooks: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -64,6 +73,12 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// A canary's path crosses a hook, the queue, an agent and maybe a notification service:
+/// milliseconds when all is well, up to its `within` (a minute by default) when not.
+const CANARY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -272,6 +287,51 @@ impl Metrics {
             "Messages from chats that may not send commands: ignored, without a reply.",
         )
         .expect("valid counter");
+        let canary_success = IntGaugeVec::new(
+            Opts::new(
+                "muster_canary_success",
+                "Each canary's last judged run: 1 when it passed, 0 when it failed.",
+            ),
+            &["canary"],
+        )
+        .expect("valid gauge");
+        let canary_latency = prometheus::GaugeVec::new(
+            Opts::new(
+                "muster_canary_latency_seconds",
+                "Each canary's last judged run's end-to-end latency: from the firing to its \
+                 last leg when it passed, to the verdict when it failed.",
+            ),
+            &["canary"],
+        )
+        .expect("valid gauge");
+        let canary_passed_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "muster_canary_passed_latency_seconds",
+                "End-to-end latency of every passing canary run.",
+            )
+            .buckets(CANARY_BUCKETS.to_vec()),
+            &["canary"],
+        )
+        .expect("valid histogram");
+        let canary_runs = IntCounterVec::new(
+            Opts::new(
+                "muster_canary_runs_total",
+                "Canary runs by canary and outcome: passed, failed, interrupted (the server \
+                 stopped during it), skipped (a firing while a run was in flight).",
+            ),
+            &["canary", "outcome"],
+        )
+        .expect("valid counter");
+        let canary_hooks = IntCounterVec::new(
+            Opts::new(
+                "muster_canary_hooks_total",
+                "Requests to the canary hook by canary (unknown for a name no canary has) and \
+                 outcome: accepted, refused (unsigned, forged or stale: nothing read), \
+                 replayed (signed, but no run waits for it), invalid.",
+            ),
+            &["canary", "outcome"],
+        )
+        .expect("valid counter");
         for collector in [
             Box::new(dispatch_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -300,6 +360,11 @@ impl Metrics {
             Box::new(llm_budget_left.clone()),
             Box::new(chat_commands.clone()),
             Box::new(chat_ignored.clone()),
+            Box::new(canary_success.clone()),
+            Box::new(canary_latency.clone()),
+            Box::new(canary_passed_latency.clone()),
+            Box::new(canary_runs.clone()),
+            Box::new(canary_hooks.clone()),
         ] {
             registry
                 .register(collector)
@@ -333,6 +398,11 @@ impl Metrics {
             llm_budget_left,
             chat_commands,
             chat_ignored,
+            canary_success,
+            canary_latency,
+            canary_passed_latency,
+            canary_runs,
+            canary_hooks,
             dispatch_seconds,
             http_seconds,
             transitions,
@@ -378,6 +448,44 @@ impl Metrics {
     pub fn chat_command(&self, command: &str, outcome: &str) {
         self.chat_commands
             .with_label_values(&[command, outcome])
+            .inc();
+    }
+
+    /// A canary run was judged (or interrupted): its canary's gauges show it when it passed or
+    /// failed.
+    pub fn canary_run(&self, run: &muster_api::CanaryRun) {
+        use muster_api::CanaryOutcome;
+        let name = run.canary.as_str();
+        self.canary_runs
+            .with_label_values(&[name, run.outcome.as_str()])
+            .inc();
+        let seconds = run.latency_ms.unwrap_or(0) as f64 / 1000.0;
+        match run.outcome {
+            CanaryOutcome::Passed => {
+                self.canary_passed_latency
+                    .with_label_values(&[name])
+                    .observe(seconds);
+            }
+            CanaryOutcome::Failed => {}
+            CanaryOutcome::Running | CanaryOutcome::Interrupted => return,
+        }
+        self.canary_last(run);
+    }
+
+    /// Sets a canary's gauges to a judged run (at start, from the store).
+    pub fn canary_last(&self, run: &muster_api::CanaryRun) {
+        let passed = run.outcome == muster_api::CanaryOutcome::Passed;
+        self.canary_success
+            .with_label_values(&[run.canary.as_str()])
+            .set(i64::from(passed));
+        self.canary_latency
+            .with_label_values(&[run.canary.as_str()])
+            .set(run.latency_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+
+    pub fn canary_hook(&self, canary: &str, outcome: &str) {
+        self.canary_hooks
+            .with_label_values(&[canary, outcome])
             .inc();
     }
 

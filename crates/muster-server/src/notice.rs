@@ -52,6 +52,11 @@ pub const EVENTS: &[(&str, &str)] = &[
         DEPLOYMENT_FAILED,
         "a GitOps deployment ended with a task failed or cancelled (a failed check stops its rule's real run)",
     ),
+    (
+        CANARY_FAILED,
+        "a canary's run failed (its first failure after a pass; further failures of one outage say nothing): the reason names the leg that did not get through",
+    ),
+    (CANARY_RECOVERED, "a canary passed again after failing"),
 ];
 
 pub const TASK_FAILED: &str = "task.failed";
@@ -64,6 +69,11 @@ pub const INCIDENT_OPENED: &str = "incident.opened";
 pub const INCIDENT_APPROVAL: &str = "incident.approval";
 pub const INCIDENT_RESOLVED: &str = "incident.resolved";
 pub const INCIDENT_ESCALATED: &str = "incident.escalated";
+pub const CANARY_FAILED: &str = "canary.failed";
+pub const CANARY_RECOVERED: &str = "canary.recovered";
+/// The message a passing canary run sends straight to its canary's channel (not through the
+/// rules, and so not in [`EVENTS`]): its delivery is the run's last leg.
+pub const CANARY_PASSED: &str = "canary.passed";
 
 /// The README's table of events, drawn from [`EVENTS`]; a test checks that the README carries
 /// it verbatim.
@@ -216,6 +226,31 @@ impl Notice {
                     "alerts": incident.alerts,
                     "steps": incident.steps,
                     "choice": choice,
+                }
+            }),
+        }
+    }
+
+    /// A canary's run was judged (`event`: [`CANARY_FAILED`] or [`CANARY_RECOVERED`]). Notices
+    /// of one canary share a quiet period, so a flapping canary makes a digest.
+    pub fn canary(event: &str, run: &muster_api::CanaryRun, at: i64) -> Notice {
+        Notice {
+            event: event.to_owned(),
+            at,
+            subject: format!("canary:{}", run.canary),
+            group: format!("canary:{}", run.canary),
+            path: Some("/#canaries".to_owned()),
+            data: json!({
+                "canary": {
+                    "name": run.canary,
+                    "run": run.id,
+                    "outcome": run.outcome.as_str(),
+                    "leg": run.leg.map(|l| l.as_str()),
+                    "reason": run.reason,
+                    "latency_ms": run.latency_ms,
+                    "fired_at": run.fired_at,
+                    "task": run.task_id,
+                    "agent": run.agent_id,
                 }
             }),
         }

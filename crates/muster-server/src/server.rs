@@ -118,7 +118,7 @@ impl Server {
             connections = connections::connection_cap(file_limit, settings.max_connections),
             "connection cap"
         );
-        let app = Arc::new(App::new(settings, store, clock, registry, changes));
+        let app = Arc::new(App::new(settings, store, clock, registry, changes, addr));
         Ok(Server {
             app,
             listener,
@@ -152,6 +152,7 @@ impl Server {
         let scheduler = tokio::spawn(crate::scheduler::run(app.clone()));
         // Idle until `[chat.telegram]` is configured (at start or by a reload).
         let chatter = tokio::spawn(crate::chatter::run(app.clone()));
+        let canaries = tokio::spawn(crate::canary_runner::run(app.clone()));
         let router = crate::http::router(app.clone());
         let open = Connections::new(app.changes.metrics.connections.clone());
         connections::accept_until(
@@ -198,12 +199,16 @@ impl Server {
         {
             chatter.abort();
         }
+        // Runs in flight stop unjudged (the hook they need is gone); the next start
+        // interrupts them.
+        canaries.abort();
         dispatcher_task.abort();
         let _ = health.await;
         let _ = delivery.await;
         let _ = messenger.await;
         let _ = repairer.await;
         let _ = scheduler.await;
+        let _ = canaries.await;
         let _ = dispatcher_task.await;
         if let Err(err) = crate::sweeper::record_tallies(&app, i64::MAX).await {
             tracing::warn!(error = %err, "could not record the last failed logins and refused hooks");

@@ -48,6 +48,7 @@ pub async fn run(app: Arc<App>) {
                         llm_calls = p.llm_calls,
                         incidents = p.incidents,
                         schedule_firings = p.schedule_firings,
+                        canary_runs = p.canary_runs,
                         "pruned past the retention period"
                     )
                 }
@@ -135,7 +136,8 @@ pub(crate) async fn record_tallies(app: &App, until: i64) -> StoreResult<()> {
 
 /// Deletes what is older than the retention period, in batches: finished tasks with their
 /// logs, delivered outbox rows, finished notifications, deployments whose tasks all ended,
-/// LLM calls (folded into the daily sums, which stay), closed incidents, and audit entries (which leave a signed checkpoint behind, so
+/// LLM calls (folded into the daily sums, which stay), closed incidents, judged canary runs
+/// (each canary's last stays), and audit entries (which leave a signed checkpoint behind, so
 /// the chain still verifies).
 pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     let now = app.now_ms();
@@ -155,6 +157,7 @@ pub async fn prune_once(app: &App) -> StoreResult<Pruned> {
     total.llm_calls += in_batches(app, || app.store.prune_llm_calls(cutoff)).await?;
     total.incidents += in_batches(app, || app.store.prune_incidents(cutoff)).await?;
     total.schedule_firings += in_batches(app, || app.store.prune_schedule_firings(cutoff)).await?;
+    total.canary_runs += in_batches(app, || app.store.prune_canary_runs(cutoff)).await?;
     total.audit_entries += in_batches(app, || app.store.prune_audit(cutoff, now)).await?;
     Ok(total)
 }

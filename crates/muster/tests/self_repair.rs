@@ -16,20 +16,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use common::{AgentProcess, Served};
+use common::{AgentProcess, Served, serve};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const KUMA_TOKEN: &str = "kuma-e2e-token-0123456789";
 const HOOK_SECRET: &str = "whsec-e2e-0123456789abcdef";
-
-/// Serves `router` on a free loopback port for the rest of the test; its base URL.
-async fn serve(router: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
-}
 
 /// What the stand-ins saw.
 #[derive(Default)]

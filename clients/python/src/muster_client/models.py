@@ -594,9 +594,11 @@ class LogPage:
 
 @dataclass
 class Event:
-    """One event of `GET /api/v1/events`: `kind` is `task`, `agent`, `incident` or `resync`
-    (reload state, then go on). `id` resumes the stream (`last_event_id`); a resync has none.
-    An incident event's `state` is the incident's (`open`, `deciding`, …), kept as text."""
+    """One event of `GET /api/v1/events`: `kind` is `task`, `agent`, `incident`, `canary` or
+    `resync` (reload state, then go on). `id` resumes the stream (`last_event_id`); a resync has
+    none. An incident event's `state` is the incident's (`open`, `deciding`, …), kept as text;
+    a canary event names the `canary`, its `run` and the run's `outcome` (`running`, `passed`,
+    `failed`, `interrupted`), as text."""
 
     kind: str
     id: Optional[str] = None
@@ -607,6 +609,9 @@ class Event:
     attempt: Optional[int] = None
     status: Optional[AgentStatus] = None
     incident_id: Optional[str] = None
+    canary: Optional[str] = None
+    run: Optional[str] = None
+    outcome: Optional[str] = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], event_id: Optional[str] = None) -> Event:
@@ -620,6 +625,9 @@ class Event:
             attempt=d.get("attempt"),
             status=_opt_enum(AgentStatus, d.get("status")),
             incident_id=d.get("incident_id"),
+            canary=d.get("canary"),
+            run=d.get("run"),
+            outcome=d.get("outcome"),
         )
 
 

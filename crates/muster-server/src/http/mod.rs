@@ -1,9 +1,10 @@
 //! The HTTP edge: the router, the refusal of cross-origin writes and request metrics
-//! (authentication is in [`crate::auth`], extraction in [`crate::extract`]). Handlers live in [`agents`], [`tasks`], [`sse`], [`audit`] and [`notifications`]; the web
+//! (authentication is in [`crate::auth`], extraction in [`crate::extract`]). Handlers live in [`agents`], [`tasks`], [`sse`], [`audit`], [`notifications`] and [`canaries`]; the web
 //! UI's routes come from [`crate::ui::router`].
 
 mod agents;
 pub(crate) mod audit;
+mod canaries;
 mod deployments;
 mod hooks;
 mod incidents;
@@ -99,6 +100,9 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/schedules/{name}/run", post(schedules::run))
         .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
         .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/hooks/canary/{name}", post(canaries::hook))
+        .route("/api/v1/canaries", get(canaries::list))
+        .route("/api/v1/canaries/{name}/run", post(canaries::run))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/{id}", get(notifications::show))
         .route("/api/v1/notify/channels", get(notifications::channels))
@@ -289,6 +293,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 const ANSWERED: &[(u16, &str)] = &[
     (200, "200"),
     (201, "201"),
+    (202, "202"),
     (204, "204"),
     (303, "303"),
     (304, "304"),

@@ -194,6 +194,7 @@ pub(crate) async fn events(
                 muster_api::Event::Task { .. } => "task",
                 muster_api::Event::Agent { .. } => "agent",
                 muster_api::Event::Incident { .. } => "incident",
+                muster_api::Event::Canary { .. } => "canary",
                 muster_api::Event::Resync => "resync",
             };
             let sse = SseEvent::default()

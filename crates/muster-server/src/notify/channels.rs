@@ -417,7 +417,12 @@ fn or_list(items: &[&str]) -> String {
     }
 }
 
-fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration, String> {
+/// A duration from the config file, more than zero; the error names `field`.
+pub(crate) fn duration(
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, String> {
     let Some(text) = text else {
         return Ok(default);
     };

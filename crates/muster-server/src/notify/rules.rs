@@ -234,6 +234,14 @@ fn defaults(event: &str) -> (&'static str, &'static str) {
             "{{ incident.monitor }} needs you",
             "{{ incident.monitor }} is down and self-repair stopped: {{ incident.reason }}",
         ),
+        notice::CANARY_FAILED => (
+            "Canary {{ canary.name }} failed",
+            "Canary {{ canary.name }} failed at its {{ canary.leg }} leg: {{ canary.reason }}",
+        ),
+        notice::CANARY_RECOVERED => (
+            "Canary {{ canary.name }} passes again",
+            "Canary {{ canary.name }} got through again in {{ canary.latency_ms }} ms",
+        ),
         _ => ("{{ event }}", "{{ event }} at {{ at }}"),
     }
 }

@@ -390,6 +390,8 @@ pub struct Pruned {
     pub incidents: u64,
     /// Schedule firings (each schedule's latest is kept).
     pub schedule_firings: u64,
+    /// Judged canary runs (each canary's last stays).
+    pub canary_runs: u64,
 }
 
 /// Who consumes an outbox row. Stored by name; `nats` joins later.
@@ -752,6 +754,69 @@ pub struct DueIncident {
     pub incident: muster_api::Incident,
 }
 
+/// A canary run to start. One run per canary may be in flight: another is a `Conflict`.
+#[derive(Debug, Clone)]
+pub struct NewCanaryRun {
+    pub id: Uuid,
+    pub canary: String,
+    pub trigger: muster_api::CanaryTrigger,
+    /// What the task's answer must echo.
+    pub nonce: String,
+    pub fired_at: i64,
+    pub deadline: i64,
+    /// An operator's "run now" is audited with the run.
+    pub audit: Option<AuditRecord>,
+}
+
+/// A run in flight, with the nonce only the server sees.
+#[derive(Debug, Clone)]
+pub struct RunningCanary {
+    pub run: muster_api::CanaryRun,
+    pub nonce: String,
+}
+
+/// A run's verdict, with what its legs recorded.
+#[derive(Debug, Clone)]
+pub struct CanaryFinish {
+    pub id: Uuid,
+    /// Passed or failed.
+    pub outcome: muster_api::CanaryOutcome,
+    pub leg: Option<muster_api::CanaryLeg>,
+    pub reason: Option<String>,
+    /// None for an interrupted run.
+    pub latency_ms: Option<u64>,
+    /// When the task ended, and the agent that answered.
+    pub answered_at: Option<i64>,
+    pub agent_id: Option<String>,
+    pub delivered_at: Option<i64>,
+    /// The run's task when it has not ended: cancelled in the same transaction, so an outage
+    /// does not leave a canary task per firing for the agent that comes back.
+    pub cancel_task: Option<Uuid>,
+}
+
+/// A run judged, the notice it sent (`canary.failed`, `canary.recovered`), if any, and the
+/// cancel of its task.
+#[derive(Debug, Clone)]
+pub struct CanaryFinished {
+    pub run: muster_api::CanaryRun,
+    pub notice: Option<&'static str>,
+    pub cancelled: Option<Change>,
+}
+
+/// Runs in flight that were interrupted, and the cancels of their tasks.
+#[derive(Debug, Clone, Default)]
+pub struct CanariesInterrupted {
+    pub runs: Vec<muster_api::CanaryRun>,
+    pub cancelled: Vec<Change>,
+}
+
+/// A canary's runs: the newest (the one in flight first, if any) and the last judged.
+#[derive(Debug, Clone, Default)]
+pub struct CanaryHistory {
+    pub recent: Vec<muster_api::CanaryRun>,
+    pub last_judged: Option<muster_api::CanaryRun>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- tasks
@@ -1092,4 +1157,50 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(String, muster_api::ScheduleFiring)>>;
     /// Firings fired before `before`, except each schedule's latest.
     async fn prune_schedule_firings(&self, before: i64) -> StoreResult<u64>;
+
+    // Canaries.
+    /// Records a run as in flight (and its audit record); a `Conflict` when the canary has
+    /// one in flight already.
+    async fn start_canary_run(&self, run: NewCanaryRun) -> StoreResult<RunningCanary>;
+    /// The run's hook came: records it and submits the run's task, in one transaction. A
+    /// `Conflict` unless the run is in flight, is `canary`'s, carries `nonce` and has not
+    /// taken its hook before (a replay).
+    async fn canary_hooked(
+        &self,
+        id: Uuid,
+        canary: String,
+        nonce: String,
+        task: NewTask,
+        now: i64,
+    ) -> StoreResult<Submitted>;
+    /// Queues a passing answer's notification for the canary's channel and names it on the
+    /// run, in one transaction (`Conflict` unless the run is in flight).
+    async fn queue_canary_notification(
+        &self,
+        id: Uuid,
+        notification: NewNotification,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Judges a run in flight (`Conflict` otherwise) and, in the same transaction, writes the
+    /// notice the verdict sends after the canary's previous verdict
+    /// ([`crate::canaries::judge::notice_for`]).
+    async fn finish_canary_run(
+        &self,
+        finish: CanaryFinish,
+        now: i64,
+    ) -> StoreResult<CanaryFinished>;
+    /// Every run in flight becomes `interrupted` with `reason`, and the tasks of those whose
+    /// task has not ended are cancelled, in one transaction.
+    async fn interrupt_canary_runs(
+        &self,
+        reason: String,
+        now: i64,
+    ) -> StoreResult<CanariesInterrupted>;
+    async fn running_canary_runs(&self) -> StoreResult<Vec<RunningCanary>>;
+    async fn canary_run(&self, id: Uuid) -> StoreResult<RunningCanary>;
+    /// The canary's newest `limit` runs and its last judged one.
+    async fn canary_history(&self, canary: String, limit: usize) -> StoreResult<CanaryHistory>;
+    /// Deletes a batch of runs judged before `before`, keeping each canary's last judged run
+    /// (what the overview shows, and what the next verdict's notice is decided against).
+    async fn prune_canary_runs(&self, before: i64) -> StoreResult<u64>;
 }

@@ -47,7 +47,7 @@ pub(super) enum Live {
     Off,
     /// Task events of every task.
     Tasks,
-    /// Task and agent events.
+    /// Task, agent and canary events.
     Everything,
     /// Events of this one task.
     Task(Uuid),
@@ -70,7 +70,7 @@ pub(super) fn shell(page: &Page<'_>, content: Markup) -> Markup {
     let (events, task) = match page.live {
         Live::Off => ("", None),
         Live::Tasks => ("task", None),
-        Live::Everything => ("task agent", None),
+        Live::Everything => ("task agent canary", None),
         Live::Task(id) => ("task", Some(id.to_string())),
         Live::Incidents => ("task incident", None),
     };

@@ -1,16 +1,17 @@
-//! The overview: agents and their load, the queue by state, throughput, recent failures.
+//! The overview: agents and their load, the queue by state, throughput, recent failures, and
+//! each canary's last verdict.
 
 use axum::Extension;
 use axum::extract::State;
 use maud::{Markup, html};
-use muster_api::{Agent, AgentStatus, TaskState};
+use muster_api::{Agent, AgentStatus, Canary, CanaryOutcome, TaskState};
 
 use super::layout::{self, Live, Section};
 use super::{UiError, page_for};
 use crate::app::AppState;
-use crate::operator;
 use crate::sessions::Session;
 use crate::store::TaskFilter;
+use crate::{canary_runs, operator};
 
 const MINUTE_MS: i64 = 60 * 1000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -54,6 +55,7 @@ pub(super) async fn page(
         })
         .await?
         .tasks;
+    let canaries = canary_runs::list(&app).await?;
     let agents_with = |status: AgentStatus| agents.iter().filter(|a| a.status == status).count();
     let by_state = |state: TaskState| count(&stats.by_state, state);
     let tasks_in = |state: TaskState| format!("/tasks?state={}", state.as_str());
@@ -125,6 +127,17 @@ pub(super) async fn page(
                 }
             }
         }
+        @if !canaries.is_empty() {
+            section #canaries data-live {
+                h2 { "Canaries" }
+                div.table-scroll {
+                    table {
+                        thead { tr { th { "Canary" } th { "Last run" } th.num { "Latency" } th { "When" } th { "Reason" } } }
+                        tbody { @for canary in &canaries { (canary_row(canary)) } }
+                    }
+                }
+            }
+        }
     };
     let page = page_for(
         &app,
@@ -134,6 +147,33 @@ pub(super) async fn page(
         Live::Everything,
     );
     Ok(layout::shell(&page, content))
+}
+
+/// A canary's last verdict (passed or failed, its end-to-end latency, when, and why it
+/// failed), and whether a run is in flight.
+fn canary_row(canary: &Canary) -> Markup {
+    html! {
+        tr {
+            td { (canary.name) br; span.muted { code { (canary.cron) } " " (canary.timezone) } }
+            td {
+                @match &canary.last {
+                    Some(run) => span class={ "badge outcome-" (run.outcome.as_str()) } { (run.outcome.as_str()) },
+                    None => span.muted { "not run yet" },
+                }
+                @if canary.running.is_some() {
+                    " " span class={ "badge outcome-" (CanaryOutcome::Running.as_str()) } { "running" }
+                }
+            }
+            td.num { @if let Some(ms) = canary.last.as_ref().and_then(|r| r.latency_ms) { (ms) " ms" } }
+            td { @if let Some(run) = &canary.last { (layout::optional_time(run.finished_at)) } }
+            td {
+                @if let Some(run) = canary.last.as_ref().filter(|r| r.outcome == CanaryOutcome::Failed) {
+                    @if let Some(leg) = run.leg { strong { (leg.as_str()) } ": " }
+                    (run.reason.as_deref().unwrap_or_default())
+                }
+            }
+        }
+    }
 }
 
 fn agent_row(agent: &Agent) -> Markup {

@@ -18,12 +18,7 @@ use crate::helpers::{TestApp, secret};
 /// Delivers what is due (the background loop may have been first; either way every row
 /// committed so far is in the log when this returns), then reads the whole log.
 pub(crate) async fn audit(t: &TestApp) -> Vec<Value> {
-    muster_server::outbox::deliver_once(&t.app)
-        .await
-        .expect("delivery");
-    let (status, page) = t.get("/api/v1/audit?limit=1000").await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["entries"].as_array().expect("entries").clone()
+    t.audit_entries().await
 }
 
 fn actions(entries: &[Value]) -> Vec<(String, String)> {

@@ -606,6 +606,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/schedules/{name}/run", &["post"]),
     ("/api/v1/schedules/{name}/pause", &["post"]),
     ("/api/v1/schedules/{name}/resume", &["post"]),
+    ("/hooks/canary/{name}", &["post"]),
+    ("/api/v1/canaries", &["get"]),
+    ("/api/v1/canaries/{name}/run", &["post"]),
 ];
 
 #[tokio::test]
@@ -710,8 +713,13 @@ async fn the_openapi_document_covers_every_route() {
 const PUBLIC: &[&str] = &["/health", "/metrics", "/api/v1/openapi.json"];
 
 /// Routes a forge or a monitor calls: no key, but their own credential (a forge's signature
-/// over the body, see `gitops`; a monitor's bearer token, the alert source's, see `repair`).
-const SIGNED: &[&str] = &["/hooks/git/{source}", "/hooks/alerts/{source}"];
+/// over the body, see `gitops`; a monitor's bearer token, the alert source's, see `repair`;
+/// the server's own signature on its canaries' requests, see `canaries`).
+const SIGNED: &[&str] = &[
+    "/hooks/git/{source}",
+    "/hooks/alerts/{source}",
+    "/hooks/canary/{name}",
+];
 
 /// Every operation of the document: method, path, operation.
 fn operations(doc: &Value) -> Vec<(String, String, Value)> {

@@ -210,6 +210,29 @@ impl TestApp {
         self.clock.advance(by);
     }
 
+    /// Delivers what the outbox holds (the background loop may have been first; either way
+    /// every row committed so far is in the log when this returns), then reads the audit log.
+    pub async fn audit_entries(&self) -> Vec<Value> {
+        muster_server::outbox::deliver_once(&self.app)
+            .await
+            .expect("delivery");
+        let (status, page) = self.get("/api/v1/audit?limit=1000").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["entries"].as_array().expect("entries").clone()
+    }
+
+    /// The `hook.refused` records of the refusals so far: once their minutes are over, the
+    /// sweep writes one per hook and minute.
+    pub async fn refused_hooks_audited(&self) -> Vec<Value> {
+        self.advance(Duration::from_secs(120));
+        self.sweep().await;
+        self.audit_entries()
+            .await
+            .into_iter()
+            .filter(|e| e["action"] == "hook.refused")
+            .collect()
+    }
+
     /// One health sweep at the server's current time, then lets the dispatcher catch up.
     pub async fn sweep(&self) -> muster_server::sweeper::Swept {
         let swept = muster_server::sweeper::sweep_once(&self.app)

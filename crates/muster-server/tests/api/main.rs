@@ -11,6 +11,7 @@ mod helpers;
 mod abuse;
 mod audit;
 mod batches;
+mod canaries;
 mod chat;
 mod edge;
 mod forge_api;

@@ -565,6 +565,59 @@ async fn the_overview_counts_what_finished_in_the_last_minute_and_hour() {
 }
 
 #[tokio::test]
+async fn the_overview_shows_each_canarys_last_verdict() {
+    let spec: muster_server::canaries::CanarySpec =
+        toml::from_str("name = \"path\"\ncron = \"0 3 1 1 *\"").unwrap();
+    let canary = muster_server::canaries::Canary::resolve(spec, &[]).unwrap();
+    let t = TestApp::spawn_with(|s| s.canaries = vec![canary]).await;
+    let mut web = Web::new(&t);
+    let page = web.visit("/").await.body;
+    assert!(
+        page.contains(r#"<section id="canaries" data-live"#),
+        "{page}"
+    );
+    assert!(page.contains("not run yet"), "{page}");
+
+    // The agent answers the run's task by hand, echoing the nonce.
+    t.register("nas", &[], 1).await;
+    let (status, run) = t.post("/api/v1/canaries/path/run", json!(null)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let claimed = t.claim("nas", 10).await.expect("the run's task");
+    let answer = json!({"nonce": claimed["payload"]["nonce"], "agent": "nas"});
+    t.complete(&claimed, answer).await;
+    let page = crate::helpers::eventually("the overview shows the pass", || async {
+        let page = web.get("/").await.body;
+        page.contains(r#"<span class="badge outcome-passed">passed</span>"#)
+            .then_some(page)
+    })
+    .await;
+    assert!(page.contains(" ms</td>"), "the latency: {page}");
+
+    // Nobody takes the next run's task: it fails at the agent leg once the deadline passed.
+    t.post("/api/v1/agents/nas/drain", json!(null)).await;
+    let (status, _) = t.post("/api/v1/canaries/path/run", json!(null)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    crate::helpers::eventually("the run's task is submitted", || async {
+        let (_, list) = t.get("/api/v1/canaries").await;
+        list["canaries"][0]["running"]["task_id"]
+            .as_str()
+            .map(|_| ())
+    })
+    .await;
+    t.advance(Duration::from_secs(61));
+    let page = crate::helpers::eventually("the overview shows the failure", || async {
+        let page = web.get("/").await.body;
+        page.contains(r#"<span class="badge outcome-failed">failed</span>"#)
+            .then_some(page)
+    })
+    .await;
+    assert!(
+        page.contains("<strong>agent</strong>: no agent took the task within 1m"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
 async fn drain_and_remove_buttons_take_the_apis_path() {
     let t = with_key().await;
     t.register("nas", &["docker"], 1).await;

@@ -144,6 +144,15 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Serves `router` on a free loopback port for the rest of the test (a stand-in for a model, a
+/// webhook receiver, a probed service); its base URL.
+pub(crate) async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
 /// Polls `check` until it answers `Some`, failing loudly (naming `what`) once `deadline` has
 /// passed.
 pub(crate) async fn until<T, F, Fut>(deadline: std::time::Duration, what: &str, mut check: F) -> T

@@ -36,6 +36,7 @@ use crate::error::StoreError;
 
 mod agents;
 mod audit;
+mod canaries;
 mod deployments;
 mod incidents;
 mod llm;
@@ -64,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_llm_ledger.sql"),
     include_str!("../migrations/0013_incidents.sql"),
     include_str!("../migrations/0014_schedules.sql"),
+    include_str!("../migrations/0015_canaries.sql"),
 ];
 
 /// Upper bound of operations in one transaction, so one commit never holds callers too long.
@@ -852,6 +854,74 @@ impl Store for SqliteStore {
 
     async fn prune_schedule_firings(&self, before: i64) -> StoreResult<u64> {
         self.write(move |conn| schedules::prune(conn, before)).await
+    }
+
+    async fn start_canary_run(
+        &self,
+        run: super::NewCanaryRun,
+    ) -> StoreResult<super::RunningCanary> {
+        self.write(move |conn| canaries::start(conn, run)).await
+    }
+
+    async fn canary_hooked(
+        &self,
+        id: Uuid,
+        canary: String,
+        nonce: String,
+        task: NewTask,
+        now: i64,
+    ) -> StoreResult<Submitted> {
+        self.write(move |conn| canaries::hooked(conn, id, &canary, &nonce, task, now))
+            .await
+    }
+
+    async fn queue_canary_notification(
+        &self,
+        id: Uuid,
+        notification: NewNotification,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.write(move |conn| canaries::queue_notification(conn, id, notification, now))
+            .await
+    }
+
+    async fn finish_canary_run(
+        &self,
+        finish: super::CanaryFinish,
+        now: i64,
+    ) -> StoreResult<super::CanaryFinished> {
+        self.write(move |conn| canaries::finish(conn, finish, now))
+            .await
+    }
+
+    async fn interrupt_canary_runs(
+        &self,
+        reason: String,
+        now: i64,
+    ) -> StoreResult<super::CanariesInterrupted> {
+        self.write(move |conn| canaries::interrupt(conn, &reason, now))
+            .await
+    }
+
+    async fn running_canary_runs(&self) -> StoreResult<Vec<super::RunningCanary>> {
+        self.read(canaries::running).await
+    }
+
+    async fn canary_run(&self, id: Uuid) -> StoreResult<super::RunningCanary> {
+        self.read(move |conn| canaries::by_id(conn, id)).await
+    }
+
+    async fn canary_history(
+        &self,
+        canary: String,
+        limit: usize,
+    ) -> StoreResult<super::CanaryHistory> {
+        self.read(move |conn| canaries::history(conn, &canary, limit))
+            .await
+    }
+
+    async fn prune_canary_runs(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |conn| canaries::prune(conn, before)).await
     }
 
     async fn prune_deployments(&self, before: i64) -> StoreResult<u64> {

@@ -97,7 +97,8 @@ pub(super) fn record_notice(
     Ok(recorded)
 }
 
-fn insert(
+/// Inserts one notification due at `due` (for a canary run, `notice_id` is the run's id).
+pub(super) fn insert(
     conn: &Connection,
     notice_id: &Uuid,
     item: &NewNotification,
