@@ -21,10 +21,7 @@ const POLL: Duration = Duration::from_secs(1);
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(app: Arc<App>) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
+    let client = crate::notify::channels::client();
     let mut working: HashSet<Uuid> = HashSet::new();
     let mut probed: HashMap<Uuid, Instant> = HashMap::new();
     let mut jobs: JoinSet<Uuid> = JoinSet::new();

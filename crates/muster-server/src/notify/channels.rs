@@ -897,17 +897,26 @@ pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
     text
 }
 
-/// The HTTP client for notifications: rustls, a `muster/<version>` user agent, a connect
+/// The HTTP client for the outside services muster calls (notifiers, forges, Telegram, its
+/// own canary hook, repair probes): rustls, a `muster/<version>` user agent, a connect
 /// timeout, and no redirects followed: a redirect could carry the `Authorization` header,
 /// or a token in the path, to another server. A 3xx answer is refused instead.
+///
+/// One for the process, cloned: each client built holds its own TLS root store and
+/// connection pool, which cost a few hundred KiB of an idle server's memory apiece.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("muster/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .expect("the HTTP client builds: rustls and fixed settings")
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .use_rustls_tls()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("muster/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .build()
+                .expect("the HTTP client builds: rustls and fixed settings")
+        })
+        .clone()
 }
 
 /// One request as it goes on the wire: always a `POST` of JSON.

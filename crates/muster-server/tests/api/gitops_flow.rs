@@ -172,6 +172,18 @@ async fn a_forge_that_refuses_the_status_is_recorded_on_the_deployment_and_not_r
     let error = shown["forge_status_error"].as_str().unwrap_or_default();
     assert!(error.contains("401"), "{shown}");
     assert!(shown["forge_status"].is_null(), "{shown}");
+    // The consumer records the refusal before the loop marks the row delivered; a delivery
+    // started in between would send it again (at least once, by design), so wait for the mark.
+    eventually("the refused status marked delivered", || async {
+        let due = t
+            .app
+            .store
+            .due_outbox(t.app.now_ms(), 10, muster_server::store::Lane::Remote)
+            .await
+            .expect("the outbox");
+        due.is_empty().then_some(())
+    })
+    .await;
     // Refused: delivered as far as the outbox goes, so a later step sends nothing more.
     t.advance(Duration::from_secs(600));
     muster_server::outbox::deliver_once(&t.app)
