@@ -1,7 +1,7 @@
 //! The executors `muster agent` runs: allow-listed actions (argv templates whose parameters are
-//! checked against patterns, run locally or over SSH), HTTP calls to allow-listed URLs, and
+//! checked against patterns, run locally or over SSH), HTTP calls to allow-listed URLs,
 //! deployments (Ansible playbooks, Terraform modules) from allow-listed repositories at the
-//! pushed commit.
+//! pushed commit, and LLM sessions whose tools are the allowed actions and MCP servers' tools.
 //! The configuration is one TOML file ([`config`]); [`run`] turns it into an agent runtime.
 //!
 //! Architecture Invariant: only [`process`] starts programs, never through a local shell; the
@@ -11,6 +11,7 @@ pub mod action;
 pub mod config;
 pub mod deploy;
 pub mod http_call;
+pub mod llm;
 pub mod process;
 pub mod template;
 
@@ -36,8 +37,9 @@ pub enum AgentError {
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
 /// Builds the runtime for a checked config: an `action` handler always, starting programs the
-/// way `launcher` says, an `http` handler when the config allows URLs, and `ansible` and
-/// `terraform` handlers when it has a `[deploy]` section that turns them on.
+/// way `launcher` says, an `http` handler when the config allows URLs, an `llm` handler when
+/// it has an `[llm]` section, and `ansible` and `terraform` handlers when it has a `[deploy]`
+/// section that turns them on.
 pub fn runtime(
     checked: config::Checked,
     client: Client,
@@ -57,10 +59,14 @@ pub fn runtime(
     let http = checked.config.http.clone();
     let deploy = checked.config.deploy.clone();
     let checked = Arc::new(checked);
+    let llm = llm::LlmHandler::new(checked.clone(), client.clone(), launcher.clone());
     let mut runtime = AgentRuntime::new(client, options).handle(
         "action",
         action::ActionHandler::new(checked, launcher.clone()),
     );
+    if let Some(llm) = llm {
+        runtime = runtime.handle("llm", llm);
+    }
     if let Some(http) = http {
         let timeout = Duration::from_secs(http.timeout_s.unwrap_or(30));
         runtime = runtime.handle(

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fake_llm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -88,6 +90,23 @@ impl Plane {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "task {} never became {state}: {t:?}",
+                task.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) until the task's log holds `needle`; returns the log.
+    pub async fn wait_log(&self, task: &Task, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.log_text(task).await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {} never logged {needle:?}; its log:\n{text}",
                 task.id
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
