@@ -205,15 +205,16 @@ pub struct McpConfig {
     pub servers: Vec<McpServerConfig>,
 }
 
-/// One MCP server: a program spoken to over its stdin and stdout (`command`), and the
-/// allow-list of its tools by name.
+/// One MCP server: a program spoken to over its stdin and stdout (`command`), or a streamable
+/// HTTP endpoint (`url`); and the allow-list of its tools by name.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServerConfig {
     /// Its tools reach the model as `<name>__<tool>`.
     pub name: String,
-    /// The program (a PATH name or an absolute path), started per session.
-    pub command: String,
+    /// stdio: the program (a PATH name or an absolute path), started per session.
+    #[serde(default)]
+    pub command: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
     /// Variables for the program, not secret (it gets only PATH, HOME, USER, LANG, LC_ALL,
@@ -224,6 +225,12 @@ pub struct McpServerConfig {
     /// the value (which must be set when the agent starts).
     #[serde(default)]
     pub env_from: BTreeMap<String, String>,
+    /// Streamable HTTP: the endpoint (`http://host:port/mcp`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The agent's variable holding a bearer token for `url`.
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// The tools a session may call, by the server's names for them.
     pub tools: Vec<String>,
 }
@@ -232,6 +239,23 @@ impl McpServerConfig {
     /// The name a tool of this server has for the model.
     pub fn tool_name(&self, tool: &str) -> String {
         format!("{}{TOOL_SEPARATOR}{tool}", self.name)
+    }
+}
+
+/// A value read from a variable that `env_from` or `token_env` names: kept from the start,
+/// never printed (`{:?}` shows `Secret(…)`).
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
     }
 }
 
@@ -274,7 +298,13 @@ impl LlmConfig {
 }
 
 impl McpServerConfig {
-    fn check(&self, i: usize, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    /// Checks the entry and reads the variables it names into `secrets`.
+    fn check(
+        &self,
+        i: usize,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: &mut BTreeMap<String, Secret>,
+    ) -> Result<(), String> {
         let at = format!("mcp.servers[{i}]");
         let name_ok = (1..=32).contains(&self.name.len())
             && self
@@ -288,19 +318,49 @@ impl McpServerConfig {
             ));
         }
         let at = format!("{at} ({})", self.name);
-        if self.command.is_empty() || self.command.starts_with('-') {
-            return Err(format!("{at}.command: must name a program"));
+        match (&self.command, &self.url) {
+            (Some(command), None) => {
+                if command.is_empty() || command.starts_with('-') {
+                    return Err(format!("{at}.command: must name a program"));
+                }
+                if self.token_env.is_some() {
+                    return Err(format!(
+                        "{at}.token_env: only for a server reached by url; pass a stdio \
+                         server's secrets with env_from"
+                    ));
+                }
+            }
+            (None, Some(url)) => {
+                let parsed = url::Url::parse(url).map_err(|e| format!("{at}.url: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(format!("{at}.url: must be http or https"));
+                }
+                if !self.args.is_empty() || !self.env.is_empty() || !self.env_from.is_empty() {
+                    return Err(format!(
+                        "{at}: args, env and env_from are for a server started with command"
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{at}: set either command (stdio) or url (streamable HTTP)"
+                ));
+            }
         }
         let needed = self
             .env_from
             .iter()
-            .map(|(name, var)| (format!("env_from.{name}"), var));
+            .map(|(name, var)| (format!("env_from.{name}"), var))
+            .chain(
+                self.token_env
+                    .iter()
+                    .map(|var| ("token_env".to_owned(), var)),
+            );
         for (field, var) in needed {
-            if env(var).is_none() {
-                return Err(format!(
-                    "{at}.{field}: the variable {var} is not set in the agent's environment"
-                ));
-            }
+            let value = env(var).ok_or_else(|| {
+                format!("{at}.{field}: the variable {var} is not set in the agent's environment")
+            })?;
+            secrets.insert(var.clone(), Secret(value));
         }
         if self.tools.is_empty() {
             return Err(format!(
@@ -416,6 +476,9 @@ pub struct Checked {
     pub hosts: BTreeMap<String, HostConfig>,
     /// The actions LLM sessions may call as tools (none without `[llm]`).
     pub llm_actions: Vec<String>,
+    /// The values of the variables MCP servers' `env_from` and `token_env` name, read once
+    /// at load, by variable name.
+    pub secrets: BTreeMap<String, Secret>,
     /// What loads but is probably not what the author meant, for the log at start.
     pub warnings: Vec<String>,
 }
@@ -517,12 +580,14 @@ impl AgentConfig {
         if let Some(deploy) = &self.deploy {
             deploy.check(&mut warnings)?;
         }
-        let llm_actions = self.check_llm(&actions, env, &mut warnings)?;
+        let mut secrets = BTreeMap::new();
+        let llm_actions = self.check_llm(&actions, env, &mut secrets, &mut warnings)?;
         Ok(Checked {
             config: self,
             actions,
             hosts,
             llm_actions,
+            secrets,
             warnings,
         })
     }
@@ -534,11 +599,12 @@ impl AgentConfig {
         &self,
         actions: &BTreeMap<String, (ActionConfig, ArgvTemplate)>,
         env: &dyn Fn(&str) -> Option<String>,
+        secrets: &mut BTreeMap<String, Secret>,
         warnings: &mut Vec<String>,
     ) -> Result<Vec<String>, String> {
         let mut servers = std::collections::BTreeSet::new();
         for (i, server) in self.mcp.servers.iter().enumerate() {
-            server.check(i, env)?;
+            server.check(i, env, secrets)?;
             if !servers.insert(server.name.as_str()) {
                 return Err(format!(
                     "mcp.servers[{i}].name: {:?} is defined twice",
@@ -852,11 +918,16 @@ mod tests {
         let checked = AgentConfig::parse_with_env(LLM, &env).unwrap();
         assert_eq!(checked.capabilities(), ["llm"]);
         assert_eq!(checked.llm_actions, ["restart_container"]);
-        let llm = checked.config.llm.unwrap();
+        let llm = checked.config.llm.clone().unwrap();
         assert_eq!((llm.workflow.as_str(), llm.max_turns), ("llm", 10));
         assert_eq!(
             checked.config.mcp.servers[0].tool_name("list_vms"),
             "homelab__list_vms"
+        );
+        assert_eq!(checked.secrets["AGENT_PROXMOX_TOKEN"].expose(), "secret");
+        assert!(
+            !format!("{checked:?}").contains("\"secret\""),
+            "a secret is never printed"
         );
     }
 
@@ -896,6 +967,22 @@ mod tests {
                 "env_from.PROXMOX_TOKEN",
             ),
             ("command = \"homelab-mcp\"", "cmd = \"x\"", "cmd"),
+            ("command = \"homelab-mcp\"", "url = \"ftp://x\"", "url"),
+            (
+                "command = \"homelab-mcp\"",
+                "",
+                "either command (stdio) or url",
+            ),
+            (
+                "tools =",
+                "url = \"http://x/mcp\"\ntools =",
+                "either command (stdio) or url",
+            ),
+            (
+                "env_from = ",
+                "token_env = \"AGENT_PROXMOX_TOKEN\"\nenv_from = ",
+                "token_env",
+            ),
         ] {
             let err = AgentConfig::parse_with_env(&LLM.replace(from, to), &env).unwrap_err();
             assert!(err.contains(field), "{to}: {err}");

@@ -281,3 +281,117 @@ async fn over_budget_a_session_sends_nothing_and_fails_saying_so() {
     stop.cancel();
     agent.await.unwrap();
 }
+
+/// `muster-test-mcp http`: the test MCP server over streamable HTTP on a free loopback port,
+/// refusing requests without `token`. Killed when dropped.
+struct HttpMcp {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+async fn http_mcp(token: &str) -> HttpMcp {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_muster-test-mcp"))
+        .arg("http")
+        .env("MCP_TEST_TOKEN", token)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the test MCP server starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the test MCP server says where it listens")
+        .unwrap()
+        .unwrap();
+    let url = first.strip_prefix("listening on ").unwrap().to_owned();
+    HttpMcp { url, _child: child }
+}
+
+#[tokio::test]
+async fn over_streamable_http_a_session_keeps_one_mcp_session_and_sends_its_token() {
+    let server = http_mcp("s3cret-token").await;
+    let fake = FakeLlm::start().await;
+    fake.reply(tool_calls(
+        "",
+        &[("remote__note", json!({"text": "one"}))],
+        100,
+        10,
+    ));
+    fake.reply(tool_calls(
+        "",
+        &[("remote__note", json!({"text": "two"}))],
+        200,
+        10,
+    ));
+    fake.reply(final_answer("Two notes.", 300, 5));
+    let plane = plane(&fake, None).await;
+    let config = format!(
+        r#"
+[agent]
+id = "llm-http"
+heartbeat_s = 1
+
+[llm]
+provider = "cloud"
+
+[[mcp.servers]]
+name = "remote"
+url = "{url}"
+token_env = "REMOTE_MCP_TOKEN"
+tools = ["note", "add"]
+
+[[mcp.servers]]
+name = "locked"
+url = "{url}"
+token_env = "WRONG_MCP_TOKEN"
+tools = ["add"]
+"#,
+        url = server.url
+    );
+    let env = |var: &str| match var {
+        "REMOTE_MCP_TOKEN" => Some("s3cret-token".to_owned()),
+        "WRONG_MCP_TOKEN" => Some("not-the-token".to_owned()),
+        _ => None,
+    };
+    let (stop, agent) = support::start_agent_with_env(&plane, &config, &env);
+
+    let task = plane
+        .submit(
+            "llm",
+            json!({"prompt": "Take two notes.", "tools": ["remote"]}),
+        )
+        .await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!(task.result.as_ref().unwrap()["answer"], "Two notes.");
+    assert_eq!(task.usage.as_ref().unwrap()["calls"], 3);
+    let requests = fake.requests();
+    let offered: Vec<&str> = requests[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["remote__note", "remote__add"]);
+    // The second note found the first: both calls were one MCP session.
+    assert_eq!(tool_results(&requests[2])[1].1, "2 notes stored");
+    let log = plane.log_text(&task).await;
+    assert!(log.contains("← remote__note said: 2 notes stored"), "{log}");
+    assert!(
+        !log.contains("s3cret-token"),
+        "a token is never logged:\n{log}"
+    );
+
+    // A server that refuses the agent's token fails the session, naming the server.
+    let refused = plane
+        .submit("llm", json!({"prompt": "Add.", "tools": ["locked__add"]}))
+        .await;
+    let refused = plane.wait_final(&refused).await;
+    assert_eq!(refused.state, TaskState::Failed, "{refused:?}");
+    let error = refused.error.as_deref().unwrap();
+    assert!(error.contains("MCP server locked"), "{error}");
+    assert_eq!(fake.requests().len(), 3, "no model call without the tools");
+    stop.cancel();
+    agent.await.unwrap();
+}

@@ -1,7 +1,10 @@
 //! MCP servers as an LLM session's tool sources, through the official Rust SDK (`rmcp`): a
 //! stdio server is a child program of the session, started by [`crate::process`] and spoken
-//! to over its stdin and stdout. A server lives as long as the session that started it.
+//! to over its stdin and stdout; a streamable HTTP server is reached at its URL, with a bearer
+//! token when configured. A connection lives as long as the session that made it.
 
+use std::collections::BTreeMap;
+use std::sync::Once;
 use std::time::Duration;
 
 use muster_client::TaskContext;
@@ -10,9 +13,11 @@ use rmcp::model::{
     Implementation, JsonObject,
 };
 use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ServiceExt, model};
 
-use crate::config::McpServerConfig;
+use crate::config::{McpServerConfig, Secret};
 use crate::process::ServerProcess;
 
 /// How long a server has to start and answer `initialize` and `tools/list`: a server started
@@ -57,9 +62,47 @@ fn client_config() -> ClientConfig {
     )
 }
 
+/// rmcp's HTTP client (reqwest 0.13 with rustls and no crypto provider of its own) takes the
+/// process's default provider: ring, which the rest of the agent's TLS uses too.
+fn install_crypto_provider() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        // An error means a provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl McpServer {
-    /// Starts the server's program and completes MCP's handshake with it.
-    pub async fn connect(ctx: &TaskContext, config: &McpServerConfig) -> Result<McpServer, String> {
+    /// Starts or reaches the server and completes MCP's handshake with it. `secrets` holds
+    /// the values of the variables its `env_from` and `token_env` name.
+    pub async fn connect(
+        ctx: &TaskContext,
+        config: &McpServerConfig,
+        secrets: &BTreeMap<String, Secret>,
+    ) -> Result<McpServer, String> {
+        let secret = |var: &str| secrets.get(var).map_or("", Secret::expose).to_owned();
+        let (client, process) = match (&config.command, &config.url) {
+            (Some(command), _) => {
+                let (client, process) = Self::start(ctx, config, command, &secret).await?;
+                (client, Some(process))
+            }
+            (None, Some(url)) => (Self::reach(config, url, &secret).await?, None),
+            (None, None) => unreachable!("checked at load: command or url"),
+        };
+        Ok(McpServer {
+            name: config.name.clone(),
+            client,
+            process,
+        })
+    }
+
+    /// A stdio server: its program, started as a child of the session.
+    async fn start(
+        ctx: &TaskContext,
+        config: &McpServerConfig,
+        command: &str,
+        secret: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<(RunningService<RoleClient, ClientConfig>, ServerProcess), String> {
         let env: Vec<(&str, String)> = config
             .env
             .iter()
@@ -68,36 +111,32 @@ impl McpServer {
                 config
                     .env_from
                     .iter()
-                    .map(|(name, var)| (name.as_str(), std::env::var(var).unwrap_or_default())),
+                    .map(|(name, var)| (name.as_str(), secret(var))),
             )
             .collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let mut argv = vec![config.command.clone()];
+        let mut argv = vec![command.to_owned()];
         argv.extend(config.args.iter().cloned());
         let label = format!("mcp {}", config.name);
         let pipes = ServerProcess::spawn(ctx, &label, &argv, &env)?;
         let handshake = client_config().serve((pipes.stdout, pipes.stdin));
-        let client = match tokio::time::timeout(START_TIMEOUT, handshake).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "the MCP server {} did not complete the handshake: {e}",
-                    config.name
-                ));
-            }
-            Err(_) => {
-                return Err(format!(
-                    "the MCP server {} did not answer within {}s",
-                    config.name,
-                    START_TIMEOUT.as_secs()
-                ));
-            }
-        };
-        Ok(McpServer {
-            name: config.name.clone(),
-            client,
-            process: Some(pipes.process),
-        })
+        let client = handshake_within(&config.name, handshake).await?;
+        Ok((client, pipes.process))
+    }
+
+    /// A streamable HTTP server at `url`, with the bearer token of `token_env` when set.
+    async fn reach(
+        config: &McpServerConfig,
+        url: &str,
+        secret: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<RunningService<RoleClient, ClientConfig>, String> {
+        install_crypto_provider();
+        let mut transport = StreamableHttpClientTransportConfig::with_uri(url);
+        if let Some(var) = &config.token_env {
+            transport = transport.auth_header(secret(var));
+        }
+        let transport = StreamableHttpClientTransport::from_config(transport);
+        handshake_within(&config.name, client_config().serve(transport)).await
     }
 
     /// The program's process id, for a stdio server that runs.
@@ -142,6 +181,23 @@ impl McpServer {
         if let Some(process) = self.process.take() {
             process.stop().await;
         }
+    }
+}
+
+/// Waits for MCP's handshake, at most [`START_TIMEOUT`].
+async fn handshake_within<E: std::fmt::Display>(
+    name: &str,
+    handshake: impl std::future::Future<Output = Result<RunningService<RoleClient, ClientConfig>, E>>,
+) -> Result<RunningService<RoleClient, ClientConfig>, String> {
+    match tokio::time::timeout(START_TIMEOUT, handshake).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(format!(
+            "the MCP server {name} did not complete the handshake: {e}"
+        )),
+        Err(_) => Err(format!(
+            "the MCP server {name} did not answer within {}s",
+            START_TIMEOUT.as_secs()
+        )),
     }
 }
 

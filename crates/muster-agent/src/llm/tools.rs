@@ -16,7 +16,7 @@ use muster_client::{HandlerError, TaskContext};
 use serde_json::{Map, Value, json};
 
 use crate::action::ActionHandler;
-use crate::config::{Checked, McpServerConfig, TOOL_SEPARATOR};
+use crate::config::{Checked, McpServerConfig, Secret, TOOL_SEPARATOR};
 use crate::llm::mcp::{McpServer, ToolOutcome};
 use crate::process::{self, Exit, Launcher, Program};
 
@@ -185,7 +185,10 @@ impl Toolbox {
         }
         for (&index, wanted) in &selection.servers {
             let server_config = &config.config.mcp.servers[index];
-            if let Err(err) = toolbox.add_server(ctx, server_config, wanted).await {
+            let added = toolbox
+                .add_server(ctx, server_config, &config.secrets, wanted)
+                .await;
+            if let Err(err) = added {
                 toolbox.close().await;
                 return Err(HandlerError::Retryable(err));
             }
@@ -197,9 +200,10 @@ impl Toolbox {
         &mut self,
         ctx: &TaskContext,
         config: &McpServerConfig,
+        secrets: &BTreeMap<String, Secret>,
         wanted: &[String],
     ) -> Result<(), String> {
-        let server = McpServer::connect(ctx, config).await?;
+        let server = McpServer::connect(ctx, config, secrets).await?;
         let offered = match server.tools().await {
             Ok(offered) => offered,
             Err(err) => {

@@ -134,7 +134,16 @@ pub fn start_agent(
     plane: &Plane,
     config: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let checked = muster_agent::AgentConfig::parse(config).expect("config parses");
+    start_agent_with_env(plane, config, &|var| std::env::var(var).ok())
+}
+
+/// [`start_agent`] with the environment `env` stands for (the variables the config names).
+pub fn start_agent_with_env(
+    plane: &Plane,
+    config: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let checked = muster_agent::AgentConfig::parse_with_env(config, env).expect("config parses");
     let runtime = muster_agent::runtime(
         checked,
         plane.client.clone(),
