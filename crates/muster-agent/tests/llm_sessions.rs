@@ -62,6 +62,16 @@ tools = ["add", "note", "fail", "sleep"]
     )
 }
 
+/// The names of the tools a request the provider received offered.
+fn offered(request: &Value) -> Vec<&str> {
+    request["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect()
+}
+
 /// The tool messages of a request the provider received, by call id.
 fn tool_results(request: &Value) -> Vec<(String, String)> {
     request["messages"]
@@ -122,14 +132,8 @@ async fn a_session_calls_an_mcp_tool_and_an_action_then_answers_with_usage_in_th
     // What the model was sent: the tools, the system prompt, and each tool's result.
     let requests = fake.requests();
     assert_eq!(requests.len(), 3);
-    let offered: Vec<&str> = requests[0]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        offered,
+        offered(&requests[0]),
         [
             "disk_free",
             "touch",
@@ -367,13 +371,7 @@ tools = ["add"]
     assert_eq!(task.result.as_ref().unwrap()["answer"], "Two notes.");
     assert_eq!(task.usage.as_ref().unwrap()["calls"], 3);
     let requests = fake.requests();
-    let offered: Vec<&str> = requests[0]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(offered, ["remote__note", "remote__add"]);
+    assert_eq!(offered(&requests[0]), ["remote__note", "remote__add"]);
     // The second note found the first: both calls were one MCP session.
     assert_eq!(tool_results(&requests[2])[1].1, "2 notes stored");
     let log = plane.log_text(&task).await;
@@ -392,6 +390,92 @@ tools = ["add"]
     let error = refused.error.as_deref().unwrap();
     assert!(error.contains("MCP server locked"), "{error}");
     assert_eq!(fake.requests().len(), 3, "no model call without the tools");
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn max_turns_and_the_token_cap_end_a_session_that_never_stops_calling_tools() {
+    let fake = FakeLlm::start().await;
+    // Every turn calls a tool again and costs 1,500 tokens.
+    fake.default_reply(tool_calls(
+        "Once more.",
+        &[("tools__add", json!({"a": 1, "b": 1}))],
+        1400,
+        100,
+    ));
+    let plane = plane(&fake, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &agent_config(dir.path(), "max_tokens = 4000"));
+
+    let looping = plane
+        .submit("llm", json!({"prompt": "Loop.", "max_turns": 2}))
+        .await;
+    let looping = plane.wait_final(&looping).await;
+    assert_eq!(looping.state, TaskState::Failed, "{looping:?}");
+    let error = looping.error.as_deref().unwrap();
+    assert!(
+        error.contains("max_turns (2) reached") && error.contains("2 turns"),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 2, "no turn past max_turns");
+
+    // Without a lower max_turns, the token cap ends it: 4,500 tokens after the third turn.
+    let costly = plane.submit("llm", json!({"prompt": "Loop."})).await;
+    let costly = plane.wait_final(&costly).await;
+    assert_eq!(costly.state, TaskState::Failed, "{costly:?}");
+    let error = costly.error.as_deref().unwrap();
+    assert!(
+        error.contains("token cap ([llm] max_tokens = 4000)") && error.contains("4500 tokens"),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 5);
+    assert_eq!(costly.attempts.len(), 1, "a session's limit is not retried");
+    stop.cancel();
+    agent.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancel_or_the_timeout_mid_session_kills_the_running_tool_and_the_stdio_mcp_server() {
+    let fake = FakeLlm::start().await;
+    fake.default_reply(tool_calls(
+        "Waiting.",
+        &[("tools__sleep", json!({"seconds": 300}))],
+        100,
+        10,
+    ));
+    let plane = plane(&fake, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &agent_config(dir.path(), ""));
+    let pid_file = dir.path().join("mcp.pid");
+
+    let task = plane.submit("llm", json!({"prompt": "Sleep."})).await;
+    // The server says so on its stderr, which is in the task's log: the tool runs.
+    plane.wait_log(&task, "mcp tools: sleeping 300s").await;
+    let pid = read_pid(&pid_file).await;
+    assert!(support::alive(pid), "the session's MCP server runs");
+    plane.client.cancel(task.id).await.unwrap();
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
+    wait_gone(pid, "the cancelled session's MCP server").await;
+    assert_eq!(fake.requests().len(), 1, "no turn after the cancel");
+
+    std::fs::remove_file(&pid_file).unwrap();
+    let task = plane
+        .submit_with("llm", json!({"prompt": "Sleep."}), |t| {
+            t.timeout_s = Some(2)
+        })
+        .await;
+    plane.wait_log(&task, "mcp tools: sleeping 300s").await;
+    let pid = read_pid(&pid_file).await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    assert!(
+        task.error.as_deref().unwrap().contains("timed out"),
+        "{task:?}"
+    );
+    wait_gone(pid, "the timed-out session's MCP server").await;
+    assert_eq!(fake.requests().len(), 2, "no turn after the timeout");
     stop.cancel();
     agent.await.unwrap();
 }

@@ -48,7 +48,17 @@ impl Plane {
     }
 
     pub async fn submit(&self, kind: &str, payload: Value) -> Task {
-        let task = SubmitTask {
+        self.submit_with(kind, payload, |_| {}).await
+    }
+
+    /// Submits a task that `adjust` changes first (a timeout, say).
+    pub async fn submit_with(
+        &self,
+        kind: &str,
+        payload: Value,
+        adjust: impl FnOnce(&mut SubmitTask),
+    ) -> Task {
+        let mut task = SubmitTask {
             kind: kind.into(),
             payload,
             capabilities: vec![],
@@ -60,6 +70,7 @@ impl Plane {
             run_after: None,
             labels: Default::default(),
         };
+        adjust(&mut task);
         self.client.submit(&task).await.unwrap().0
     }
 
