@@ -602,6 +602,12 @@ impl AgentConfig {
         secrets: &mut BTreeMap<String, Secret>,
         warnings: &mut Vec<String>,
     ) -> Result<Vec<String>, String> {
+        if self.mcp.servers.len() > muster_api::limits::MAX_MCP_SERVERS {
+            return Err(format!(
+                "mcp.servers: at most {} servers (the registration's bound)",
+                muster_api::limits::MAX_MCP_SERVERS
+            ));
+        }
         let mut servers = std::collections::BTreeSet::new();
         for (i, server) in self.mcp.servers.iter().enumerate() {
             server.check(i, env, secrets)?;
@@ -678,6 +684,32 @@ impl AgentConfig {
 }
 
 impl Checked {
+    /// The MCP servers as the agent registers them (the FastAPI command center's
+    /// `mcp_servers`): each one's name, transport and allowed tools, nothing secret, and
+    /// only with `[llm]`, since only sessions use them.
+    pub fn mcp_servers(&self) -> Vec<serde_json::Value> {
+        if self.config.llm.is_none() {
+            return Vec::new();
+        }
+        self.config
+            .mcp
+            .servers
+            .iter()
+            .map(|server| {
+                let transport = if server.url.is_some() {
+                    "streamable-http"
+                } else {
+                    "stdio"
+                };
+                serde_json::json!({
+                    "name": server.name,
+                    "transport": transport,
+                    "tools": server.tools,
+                })
+            })
+            .collect()
+    }
+
     /// What the agent registers with: its own capabilities, each action's, `http` when it
     /// may call URLs, `llm` when it runs LLM sessions, and `ansible` and `terraform` when it
     /// deploys with them.
@@ -844,6 +876,7 @@ mod tests {
             .expect("the example shows a [deploy] section");
         let uncommented: String = section
             .lines()
+            .take_while(|line| line.starts_with('#'))
             .map(|line| format!("{}\n", line.trim_start_matches("# ")))
             .collect();
         let config = format!("[agent]\nid = \"x\"\n[deploy]\n{uncommented}");
@@ -852,16 +885,25 @@ mod tests {
         assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
     }
 
-    #[test]
-    fn the_readmes_deploy_example_loads() {
+    /// The ```toml blocks of the README's section `title`.
+    fn readme_toml_blocks(title: &str) -> Vec<&'static str> {
         let readme = include_str!("../../../README.md");
         let section = readme
-            .split_once("\n## GitOps in five minutes\n")
-            .expect("a GitOps section")
+            .split_once(&format!("\n## {title}\n"))
+            .unwrap_or_else(|| panic!("a {title} section"))
             .1;
-        let block = section
+        let section = section.split_once("\n## ").map_or(section, |(s, _)| s);
+        section
             .split("```toml\n")
+            .skip(1)
             .map(|b| b.split_once("\n```").map_or(b, |(block, _)| block))
+            .collect()
+    }
+
+    #[test]
+    fn the_readmes_deploy_example_loads() {
+        let block = readme_toml_blocks("GitOps in five minutes")
+            .into_iter()
             .find(|b| b.contains("\n[deploy]\n"))
             .expect("the agent's [deploy] example");
         let checked = AgentConfig::parse(block).unwrap();
@@ -870,14 +912,8 @@ mod tests {
 
     #[test]
     fn the_readmes_self_repair_agent_example_loads() {
-        let readme = include_str!("../../../README.md");
-        let section = readme
-            .split_once("\n## Self-repair\n")
-            .expect("a Self-repair section")
-            .1;
-        let block = section
-            .split("```toml\n")
-            .map(|b| b.split_once("\n```").map_or(b, |(block, _)| block))
+        let block = readme_toml_blocks("Self-repair")
+            .into_iter()
             .find(|b| b.starts_with("[agent]\n"))
             .expect("the agent's example");
         let checked = AgentConfig::parse(block).unwrap();
@@ -918,6 +954,10 @@ mod tests {
         let checked = AgentConfig::parse_with_env(LLM, &env).unwrap();
         assert_eq!(checked.capabilities(), ["llm"]);
         assert_eq!(checked.llm_actions, ["restart_container"]);
+        assert_eq!(
+            checked.mcp_servers(),
+            [serde_json::json!({"name": "homelab", "transport": "stdio", "tools": ["list_vms"]})]
+        );
         let llm = checked.config.llm.clone().unwrap();
         assert_eq!((llm.workflow.as_str(), llm.max_turns), ("llm", 10));
         assert_eq!(
@@ -992,6 +1032,48 @@ mod tests {
         );
         let err = AgentConfig::parse_with_env(&twice, &env).unwrap_err();
         assert!(err.contains("mcp.servers[1].name"), "{err}");
+    }
+
+    #[test]
+    fn the_readmes_llm_session_examples_load() {
+        let blocks = readme_toml_blocks("LLM tasks with MCP tools");
+        let agent = blocks
+            .iter()
+            .find(|b| b.starts_with("[agent]\n"))
+            .expect("the agent's example");
+        let http = blocks
+            .iter()
+            .find(|b| b.starts_with("[[mcp.servers]]") && b.contains("url = "))
+            .expect("the streamable HTTP server");
+        let env = |var: &str| (var == "AGENT_HA_TOKEN").then(|| "ha-token".to_owned());
+        let checked = AgentConfig::parse_with_env(&format!("{agent}\n{http}"), &env).unwrap();
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+        assert_eq!(checked.capabilities(), ["llm"]);
+        assert_eq!(checked.llm_actions, ["restart_container"]);
+        let servers = &checked.config.mcp.servers;
+        assert_eq!(servers[0].command.as_deref(), Some("npx"));
+        assert_eq!(servers[1].token_env.as_deref(), Some("AGENT_HA_TOKEN"));
+    }
+
+    #[test]
+    fn the_example_llm_section_loads_once_uncommented() {
+        let example = include_str!("../../../examples/agent.toml");
+        let (_, section) = example
+            .split_once("# [llm]\n")
+            .expect("the example shows an [llm] section");
+        let uncommented: String = section
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| format!("{}\n", line.trim_start_matches('#').trim_start()))
+            .collect();
+        let config = format!("{example}\n[llm]\n{uncommented}");
+        let env = |var: &str| (var == "AGENT_N8N_API_KEY").then(|| "key".to_owned());
+        let checked =
+            AgentConfig::parse_with_env(&config, &env).unwrap_or_else(|e| panic!("{e}\n{config}"));
+        assert!(checked.capabilities().contains(&"llm".to_owned()));
+        assert_eq!(checked.llm_actions, ["check_disk"]);
+        assert_eq!(checked.config.mcp.servers[0].tools.len(), 2);
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
     }
 
     #[test]

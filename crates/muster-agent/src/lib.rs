@@ -51,6 +51,7 @@ pub fn runtime(
     let agent = &checked.config.agent;
     let mut options = AgentOptions::new(agent.id.clone());
     options.capabilities = checked.capabilities();
+    options.mcp_servers = checked.mcp_servers();
     options.max_concurrency = agent.max_concurrency;
     options.labels = agent.labels.clone();
     if let Some(s) = agent.heartbeat_s {

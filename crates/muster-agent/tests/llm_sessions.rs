@@ -372,6 +372,13 @@ tools = ["add"]
     assert_eq!(task.usage.as_ref().unwrap()["calls"], 3);
     let requests = fake.requests();
     assert_eq!(offered(&requests[0]), ["remote__note", "remote__add"]);
+    // The agent registered its MCP servers (the command center's `mcp_servers`), no token.
+    let registered = plane.client.agent("llm-http").await.unwrap().mcp_servers;
+    assert_eq!(
+        registered[0],
+        json!({"name": "remote", "transport": "streamable-http", "tools": ["note", "add"]})
+    );
+    assert_eq!(registered.len(), 2);
     // The second note found the first: both calls were one MCP session.
     assert_eq!(tool_results(&requests[2])[1].1, "2 notes stored");
     let log = plane.log_text(&task).await;

@@ -116,6 +116,9 @@ pub struct AgentOptions {
     pub host: String,
     pub port: Option<u16>,
     pub capabilities: Vec<String>,
+    /// The MCP servers it offers, as the register body's `mcp_servers` (each at most 16 KiB
+    /// as JSON, at most 50).
+    pub mcp_servers: Vec<Value>,
     pub labels: Labels,
     pub version: Option<String>,
     pub max_concurrency: u32,
@@ -137,6 +140,7 @@ impl AgentOptions {
             host: hostname(),
             port: None,
             capabilities: Vec::new(),
+            mcp_servers: Vec::new(),
             labels: Labels::new(),
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             max_concurrency: 1,
@@ -237,7 +241,7 @@ impl Shared {
             host: o.host.clone(),
             port: o.port,
             capabilities: o.capabilities.clone(),
-            mcp_servers: Vec::new(),
+            mcp_servers: o.mcp_servers.clone(),
             max_concurrency: Some(o.max_concurrency),
             labels: o.labels.clone(),
             version: o.version.clone(),
