@@ -256,11 +256,6 @@ impl ServerProcess {
         })
     }
 
-    /// The process's id while it runs.
-    pub fn id(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// Ends it: SIGTERM to its group, SIGKILL after a grace period.
     pub async fn stop(mut self) {
         if let Some(pid) = self.group.0.take() {

@@ -139,11 +139,6 @@ impl McpServer {
         handshake_within(&config.name, client_config().serve(transport)).await
     }
 
-    /// The program's process id, for a stdio server that runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().and_then(ServerProcess::id)
-    }
-
     /// Every tool the server offers (all pages).
     pub async fn tools(&self) -> Result<Vec<model::Tool>, String> {
         match tokio::time::timeout(START_TIMEOUT, self.client.list_all_tools()).await {

@@ -249,11 +249,6 @@ impl Toolbox {
         &self.specs
     }
 
-    /// The process ids of the stdio MCP servers this session runs.
-    pub fn server_pids(&self) -> Vec<u32> {
-        self.servers.iter().filter_map(McpServer::pid).collect()
-    }
-
     /// Judges and runs one call. Only a cancel is an error; everything else is the model's
     /// to read.
     pub async fn call(
