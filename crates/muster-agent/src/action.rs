@@ -26,6 +26,11 @@ impl ActionHandler {
         ActionHandler { config, launcher }
     }
 
+    /// How this handler starts programs.
+    pub fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
     /// Checks the task against the allow-list and returns the argv to run and its time limit.
     pub fn plan(
         &self,

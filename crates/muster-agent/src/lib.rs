@@ -1,7 +1,8 @@
 //! The executors `muster agent` runs: allow-listed actions (argv templates whose parameters are
-//! checked against patterns, run locally or over SSH), HTTP calls to allow-listed URLs, and
+//! checked against patterns, run locally or over SSH), HTTP calls to allow-listed URLs,
 //! deployments (Ansible playbooks, Terraform modules) from allow-listed repositories at the
-//! pushed commit; and canary tasks, answered at once so the server can prove its whole path.
+//! pushed commit; canary tasks, answered at once so the server can prove its whole path;
+//! and LLM sessions whose tools are the allowed actions and MCP servers' tools.
 //! The configuration is one TOML file ([`config`]); [`run`] turns it into an agent runtime.
 //!
 //! Architecture Invariant: only [`process`] starts programs, never through a local shell; the
@@ -12,6 +13,7 @@ pub mod canary;
 pub mod config;
 pub mod deploy;
 pub mod http_call;
+pub mod llm;
 pub mod process;
 pub mod template;
 
@@ -38,8 +40,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
 /// Builds the runtime for a checked config: an `action` handler always, starting programs the
 /// way `launcher` says, a `canary` handler always (it runs nothing), an `http` handler when
-/// the config allows URLs, and `ansible` and `terraform` handlers when it has a `[deploy]`
-/// section that turns them on.
+/// the config allows URLs, an `llm` handler when it has an `[llm]` section, and `ansible` and
+/// `terraform` handlers when it has a `[deploy]` section that turns them on.
 pub fn runtime(
     checked: config::Checked,
     client: Client,
@@ -51,6 +53,7 @@ pub fn runtime(
     let agent = &checked.config.agent;
     let mut options = AgentOptions::new(agent.id.clone());
     options.capabilities = checked.capabilities();
+    options.mcp_servers = checked.mcp_servers();
     options.max_concurrency = agent.max_concurrency;
     options.labels = agent.labels.clone();
     if let Some(s) = agent.heartbeat_s {
@@ -60,12 +63,16 @@ pub fn runtime(
     let deploy = checked.config.deploy.clone();
     let checked = Arc::new(checked);
     let agent_id = options.agent_id.clone();
+    let llm = llm::LlmHandler::new(checked.clone(), client.clone(), launcher.clone());
     let mut runtime = AgentRuntime::new(client, options)
         .handle(
             "action",
             action::ActionHandler::new(checked, launcher.clone()),
         )
         .handle(canary::KIND, canary::CanaryHandler::new(agent_id));
+    if let Some(llm) = llm {
+        runtime = runtime.handle("llm", llm);
+    }
     if let Some(http) = http {
         let timeout = Duration::from_secs(http.timeout_s.unwrap_or(30));
         runtime = runtime.handle(

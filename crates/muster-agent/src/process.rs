@@ -11,6 +11,12 @@
 //! when the agent dies, however it dies. `muster agent` supervises through its own executable
 //! (`muster __exec-child`); a program that embeds this crate chooses, and spawns directly
 //! unless it names a supervisor.
+//!
+//! A [`ServerProcess`] is the other kind: a program that runs beside a task and is spoken to
+//! over its stdin and stdout (an MCP server over stdio). The supervisor cannot carry it (the
+//! supervisor's stdin is its liveness pipe), and it needs none: its stdin is a pipe only the
+//! agent holds, and a stdio MCP server exits when its stdin closes, as the MCP specification
+//! has a client stop it, so it also ends with an agent killed outright.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -19,7 +25,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use muster_api::LogStream;
-use muster_client::{HandlerError, TaskContext};
+use muster_client::{HandlerError, LogSink, TaskContext};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -172,6 +178,111 @@ pub async fn run_program(
             "timed out after {}s; the process was killed",
             timeout.unwrap_or_default().as_secs()
         ))),
+    }
+}
+
+/// The agent's variables a [`ServerProcess`] gets besides its own: what programs need to be
+/// found and to run, and nothing that may be a secret (the agent's key).
+const SERVER_ENV_KEPT: [&str; 7] = ["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Longest line of a [`ServerProcess`]'s stderr kept in the task's log.
+const MAX_SERVER_LINE: usize = 2_000;
+
+/// A program running beside a task, spoken to over its stdin and stdout. Its whole process
+/// group is killed when this is dropped (or [`ServerProcess::stop`] ends it more gently), so
+/// it never outlives the session that started it.
+pub struct ServerProcess {
+    child: tokio::process::Child,
+    /// Disarmed only once the group has been stopped.
+    group: GroupGuard,
+    /// Copies its stderr into the task's log; stopped with the process.
+    stderr: tokio::task::JoinHandle<()>,
+}
+
+/// A started [`ServerProcess`] with the ends the agent speaks through.
+pub struct ServerPipes {
+    pub process: ServerProcess,
+    pub stdout: tokio::process::ChildStdout,
+    pub stdin: tokio::process::ChildStdin,
+}
+
+impl ServerProcess {
+    /// Starts `argv` with only `env` and [`SERVER_ENV_KEPT`] of the agent's variables, in a
+    /// process group of its own; each line it writes to stderr goes to the task's log,
+    /// prefixed with `label`.
+    pub fn spawn(
+        ctx: &TaskContext,
+        label: &str,
+        argv: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<ServerPipes, String> {
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(
+                SERVER_ENV_KEPT
+                    .iter()
+                    .filter_map(|name| std::env::var_os(name).map(|value| (name, value))),
+            )
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
+        let group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+        ctx.log(
+            LogStream::System,
+            format!(
+                "{label}: $ {}",
+                shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
+            ),
+        );
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stdin = child.stdin.take().expect("stdin piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let stderr = tokio::spawn(copy_stderr(stderr, ctx.log_sink(), label.to_owned()));
+        Ok(ServerPipes {
+            process: ServerProcess {
+                child,
+                group,
+                stderr,
+            },
+            stdout,
+            stdin,
+        })
+    }
+
+    /// Ends it: SIGTERM to its group, SIGKILL after a grace period.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.group.0.take() {
+            kill_group(pid, &mut self.child).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stderr.abort();
+    }
+}
+
+async fn copy_stderr(stderr: tokio::process::ChildStderr, sink: LogSink, label: String) {
+    let mut lines = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let cut: String = line.trim_end().chars().take(MAX_SERVER_LINE).collect();
+                sink.log(LogStream::Stderr, format!("{label}: {cut}"));
+            }
+        }
     }
 }
 

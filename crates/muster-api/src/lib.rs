@@ -63,6 +63,10 @@ pub mod limits {
     pub const MAX_AUDIT_PAGE: usize = 1000;
     /// Notifications per page of `GET /api/v1/notifications`.
     pub const MAX_NOTIFICATION_PAGE: usize = 200;
+    /// Most messages and tools one `POST /api/v1/llm/chat` carries: a session that needs more
+    /// should summarise.
+    pub const MAX_CHAT_MESSAGES: usize = 500;
+    pub const MAX_CHAT_TOOLS: usize = 128;
 
     /// Text without control characters (Unicode category Cc, what Rust's `char::is_control`
     /// tests): U+0000–U+001F and U+007F–U+009F. Written with `\uXXXX` escapes, which ECMA 262,
@@ -1216,6 +1220,16 @@ mod schema_tests {
     }
 
     #[test]
+    fn the_llm_chat_schema_states_the_limits() {
+        let chat = properties::<LlmChatRequest>();
+        assert_eq!(chat["messages"]["maxItems"], json!(MAX_CHAT_MESSAGES));
+        assert_eq!(chat["tools"]["maxItems"], json!(MAX_CHAT_TOOLS));
+        assert_eq!(chat["model"]["maxLength"], json!(200));
+        assert_eq!(chat["model"]["pattern"], json!(REQUIRED_TEXT_PATTERN));
+        assert_eq!(chat["workflow"]["pattern"], json!(REQUIRED_TEXT_PATTERN));
+    }
+
+    #[test]
     fn the_request_schemas_state_the_limits() {
         let text = json!(TEXT_PATTERN);
         let required = json!(REQUIRED_TEXT_PATTERN);
@@ -1686,6 +1700,17 @@ pub struct LlmChatRequest {
     pub workflow: String,
     /// A `[[llm.providers]]` entry.
     pub provider: String,
+    /// Another model of the provider than its configured one (an Ollama server's other
+    /// model, say). Refused (422) for a provider with a price: its price table is its
+    /// configured model's, so another model would be mispriced in the ledger. Not applied
+    /// when a spent budget sends the call to its fallback provider.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    pub model: Option<String>,
     /// The prompt's template before it was filled, so calls of one prompt group together in
     /// the ledger; the system prompt stands for it when absent.
     #[serde(default)]

@@ -115,6 +115,9 @@ fn segment(text: &str) -> String {
 /// Added to a long-poll's wait for the request timeout.
 const POLL_SLACK: Duration = Duration::from_secs(10);
 
+/// The longest [`Client::llm_chat`] waits for the server's answer.
+pub const LLM_CHAT_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:8000`), sending `key` as bearer.
     pub fn new(base: &str, key: Option<String>) -> Result<Client, ClientError> {
@@ -570,10 +573,16 @@ impl Client {
     }
 
     /// One call to a model through the server, under the workflow's budget and in the ledger
-    /// (agent key): the provider's key stays on the server.
+    /// (agent key): the provider's key stays on the server. It may take as long as
+    /// [`LLM_CHAT_TIMEOUT`], not the 30 s of other calls: a local model may first load, and the
+    /// server retries a provider's 429s and 5xx.
     pub async fn llm_chat(&self, request: &LlmChatRequest) -> Result<LlmChatAnswer, ClientError> {
-        self.json(self.request(Method::POST, "/api/v1/llm/chat").json(request))
-            .await
+        self.json(
+            self.request(Method::POST, "/api/v1/llm/chat")
+                .timeout(LLM_CHAT_TIMEOUT)
+                .json(request),
+        )
+        .await
     }
 
     /// The LLM ledger summed over the last `days` days (admin key).

@@ -10,4 +10,4 @@ pub mod load;
 pub mod runtime;
 
 pub use client::{Claim, Client, ClientError, LogEvent, TaskQuery};
-pub use runtime::{AgentOptions, AgentRuntime, Handler, HandlerError, TaskContext};
+pub use runtime::{AgentOptions, AgentRuntime, Handler, HandlerError, LogSink, TaskContext};

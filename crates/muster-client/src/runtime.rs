@@ -54,11 +54,12 @@ pub trait Handler: Send + Sync + 'static {
     async fn run(&self, ctx: &TaskContext) -> Result<Value, HandlerError>;
 }
 
-/// What a handler gets: the task, a log sink and its cancellation.
+/// What a handler gets: the task, a log sink, its cancellation, and a place for its usage.
 pub struct TaskContext {
     task: Task,
-    logs: mpsc::UnboundedSender<NewLogLine>,
+    logs: LogSink,
     cancel: CancellationToken,
+    usage: Mutex<Option<Value>>,
 }
 
 impl TaskContext {
@@ -68,19 +69,43 @@ impl TaskContext {
 
     /// Queues a log line; lines reach the server in batches, before the result.
     pub fn log(&self, stream: LogStream, text: impl Into<String>) {
-        let _ = self.logs.send(NewLogLine {
-            ts: Some(chrono::Utc::now()),
-            stream,
-            text: text.into(),
-        });
+        self.logs.log(stream, text);
     }
 
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
     }
 
+    /// A handle that queues log lines like [`TaskContext::log`], for a task of the handler's
+    /// own (a child's stderr, say). The task's report waits until every handle is dropped, so
+    /// such a task must end with the handler.
+    pub fn log_sink(&self) -> LogSink {
+        self.logs.clone()
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Sets what the task consumed (an LLM session's tokens and cost): it goes with the
+    /// completed report as the task's `usage`. A failed report carries none (the server's rule).
+    pub fn set_usage(&self, usage: Value) {
+        *self.usage.lock().expect("usage lock poisoned") = Some(usage);
+    }
+}
+
+/// Queues log lines for one task; see [`TaskContext::log_sink`].
+#[derive(Clone)]
+pub struct LogSink(mpsc::UnboundedSender<NewLogLine>);
+
+impl LogSink {
+    /// Queues a log line; lines reach the server in batches, before the result.
+    pub fn log(&self, stream: LogStream, text: impl Into<String>) {
+        let _ = self.0.send(NewLogLine {
+            ts: Some(chrono::Utc::now()),
+            stream,
+            text: text.into(),
+        });
     }
 }
 
@@ -91,6 +116,9 @@ pub struct AgentOptions {
     pub host: String,
     pub port: Option<u16>,
     pub capabilities: Vec<String>,
+    /// The MCP servers it offers, as the register body's `mcp_servers` (each at most 16 KiB
+    /// as JSON, at most 50).
+    pub mcp_servers: Vec<Value>,
     pub labels: Labels,
     pub version: Option<String>,
     pub max_concurrency: u32,
@@ -112,6 +140,7 @@ impl AgentOptions {
             host: hostname(),
             port: None,
             capabilities: Vec::new(),
+            mcp_servers: Vec::new(),
             labels: Labels::new(),
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             max_concurrency: 1,
@@ -212,7 +241,7 @@ impl Shared {
             host: o.host.clone(),
             port: o.port,
             capabilities: o.capabilities.clone(),
-            mcp_servers: Vec::new(),
+            mcp_servers: o.mcp_servers.clone(),
             max_concurrency: Some(o.max_concurrency),
             labels: o.labels.clone(),
             version: o.version.clone(),
@@ -464,8 +493,9 @@ async fn run_task(shared: &Arc<Shared>, task: Task) {
     ));
     let ctx = TaskContext {
         task: task.clone(),
-        logs: log_tx,
+        logs: LogSink(log_tx),
         cancel: cancel.clone(),
+        usage: Mutex::new(None),
     };
     tracing::info!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "running task");
     let outcome = match shared.handlers.get(&task.kind) {
@@ -489,6 +519,7 @@ async fn run_task(shared: &Arc<Shared>, task: Task) {
             }
         }
     };
+    let usage = ctx.usage.lock().expect("usage lock poisoned").take();
     drop(ctx);
     let _ = flusher.await;
     let outcome = match outcome {
@@ -497,15 +528,15 @@ async fn run_task(shared: &Arc<Shared>, task: Task) {
         ),
         other => other,
     };
-    shared.report(report_of(&task, outcome)).await;
+    shared.report(report_of(&task, outcome, usage)).await;
     shared.running().remove(&task.id);
 }
 
-/// The report of an attempt's end. An error text longer than the server takes is cut, so the
-/// report is not refused for it.
-fn report_of(task: &Task, outcome: Result<Value, HandlerError>) -> Report {
+/// The report of an attempt's end, with the usage the handler set when it completed. An
+/// error text longer than the server takes is cut, so the report is not refused for it.
+fn report_of(task: &Task, outcome: Result<Value, HandlerError>, usage: Option<Value>) -> Report {
     match outcome {
-        Ok(result) => Report::completed(task.id, task.attempt, result, None),
+        Ok(result) => Report::completed(task.id, task.attempt, result, usage),
         Err(err) => {
             let retryable = matches!(err, HandlerError::Retryable(_));
             let mut error = err.to_string();

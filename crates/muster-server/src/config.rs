@@ -2584,6 +2584,26 @@ within = "20s"
     }
 
     #[test]
+    fn the_readmes_llm_session_example_loads() {
+        let blocks = readme_toml_blocks("LLM tasks with MCP tools");
+        let server: Vec<&String> = blocks
+            .iter()
+            .filter(|b| b.contains("[[llm.providers]]"))
+            .collect();
+        assert_eq!(server.len(), 1, "the server's example");
+        let (_dir, path) = write_file(server[0]);
+        check_file(&path).unwrap_or_else(|e| panic!("{e}\n{}", server[0]));
+        let llm = ConfigFile::read(&path)
+            .unwrap()
+            .llm(Some(&|_| None))
+            .unwrap();
+        let local = llm.provider("local").expect("the Ollama provider");
+        assert_eq!(local.provider.api, muster_llm::Api::Ollama);
+        assert!(local.price.is_none(), "a local model costs nothing");
+        assert_eq!(llm.budget("llm").unwrap().tokens, Some(2_000_000));
+    }
+
+    #[test]
     fn the_readmes_self_repair_example_loads_with_its_token() {
         let blocks = readme_toml_blocks("Self-repair");
         let server: Vec<&String> = blocks.iter().filter(|b| b.contains("[[alerts.")).collect();

@@ -395,6 +395,7 @@ async fn ask_model(
         CallOrder {
             workflow: WORKFLOW.to_owned(),
             provider: provider.to_owned(),
+            model: None,
             template: decide::SYSTEM.to_owned(),
             request,
         },

@@ -34,6 +34,9 @@ pub struct CallOrder {
     pub workflow: String,
     /// A `[[llm.providers]]` entry.
     pub provider: String,
+    /// Another model of that provider than its configured one; only for a provider without
+    /// a price (its price table is its own model's). Not carried over to a budget's fallback.
+    pub model: Option<String>,
     /// The prompt's template before it was filled, hashed so calls of one prompt group
     /// together (a change of prompt shows as a new hash).
     pub template: String,
@@ -77,6 +80,23 @@ pub async fn call(app: &App, order: CallOrder) -> Result<Answered, ApiError> {
             }
         ))
     })?;
+    if let Some(model) = order
+        .model
+        .as_deref()
+        .filter(|m| *m != provider.provider.model)
+    {
+        if provider.price.is_some() {
+            return Err(ApiError::invalid(
+                "model",
+                format!(
+                    "llm provider {:?} is priced for its model {:?}, so {model:?} would be \
+                     mispriced in the ledger; configure another [[llm.providers]] entry for it",
+                    provider.provider.name, provider.provider.model
+                ),
+            ));
+        }
+        Arc::make_mut(&mut provider).provider.model = model.to_owned();
+    }
     let now = app.now_ms();
     let budget = llm.budget(&order.workflow).cloned();
     let spent_before = match &budget {

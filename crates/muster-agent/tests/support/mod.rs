@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fake_llm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -46,7 +48,17 @@ impl Plane {
     }
 
     pub async fn submit(&self, kind: &str, payload: Value) -> Task {
-        let task = SubmitTask {
+        self.submit_with(kind, payload, |_| {}).await
+    }
+
+    /// Submits a task that `adjust` changes first (a timeout, say).
+    pub async fn submit_with(
+        &self,
+        kind: &str,
+        payload: Value,
+        adjust: impl FnOnce(&mut SubmitTask),
+    ) -> Task {
+        let mut task = SubmitTask {
             kind: kind.into(),
             payload,
             capabilities: vec![],
@@ -58,6 +70,7 @@ impl Plane {
             run_after: None,
             labels: Default::default(),
         };
+        adjust(&mut task);
         self.client.submit(&task).await.unwrap().0
     }
 
@@ -94,6 +107,23 @@ impl Plane {
         }
     }
 
+    /// Waits (bounded) until the task's log holds `needle`; returns the log.
+    pub async fn wait_log(&self, task: &Task, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.log_text(task).await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {} never logged {needle:?}; its log:\n{text}",
+                task.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn log_text(&self, task: &Task) -> String {
         let page = self.client.logs(task.id, 0, 5000).await.unwrap();
         page.lines
@@ -115,7 +145,16 @@ pub fn start_agent(
     plane: &Plane,
     config: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let checked = muster_agent::AgentConfig::parse(config).expect("config parses");
+    start_agent_with_env(plane, config, &|var| std::env::var(var).ok())
+}
+
+/// [`start_agent`] with the environment `env` stands for (the variables the config names).
+pub fn start_agent_with_env(
+    plane: &Plane,
+    config: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let checked = muster_agent::AgentConfig::parse_with_env(config, env).expect("config parses");
     let runtime = muster_agent::runtime(
         checked,
         plane.client.clone(),

@@ -1,6 +1,7 @@
 //! The runtime's batching against a scripted stand-in for the server: a claim asks for every
 //! free slot, a report goes at once when none is in flight and together with the others that
-//! finished while one was, and one oversize result costs the others nothing.
+//! finished while one was, one oversize result costs the others nothing, and a handler's usage
+//! goes with its completed report.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
@@ -379,4 +380,35 @@ async fn an_oversize_result_costs_the_other_reports_of_its_batch_nothing() {
         "{instead:?}"
     );
     assert_eq!(requests[4], vec![fine], "the other report is applied");
+}
+
+/// Sets its usage, then completes, or fails when its payload says `fail`.
+struct Metered;
+
+#[async_trait]
+impl Handler for Metered {
+    async fn run(&self, ctx: &TaskContext) -> Result<Value, HandlerError> {
+        ctx.set_usage(json!({"input_tokens": 7}));
+        if ctx.task().payload["fail"] == json!(true) {
+            return Err(HandlerError::Permanent("no".into()));
+        }
+        Ok(json!("ok"))
+    }
+}
+
+#[tokio::test]
+async fn a_handlers_usage_goes_with_its_completed_report_only() {
+    let script = Arc::new(Script::default());
+    let client = stand_in(script.clone()).await;
+    let runtime = AgentRuntime::new(client, options(1)).handle("metered", Metered);
+    let mut failing = task("metered");
+    failing.payload = json!({"fail": true});
+    runtime.run_one(task("metered")).await;
+    runtime.run_one(failing).await;
+    let reports = script.reports().concat();
+    assert_eq!(reports[0].outcome, ReportOutcome::Completed);
+    assert_eq!(reports[0].usage, Some(json!({"input_tokens": 7})));
+    // The server takes usage with a completed report only.
+    assert_eq!(reports[1].outcome, ReportOutcome::Failed);
+    assert_eq!(reports[1].usage, None);
 }

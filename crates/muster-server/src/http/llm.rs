@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use muster_api::limits::{MAX_CHAT_MESSAGES, MAX_CHAT_TOOLS};
 use muster_api::{
     LlmChatAnswer, LlmChatRequest, LlmMessage, LlmTestRequest, LlmTestResult, LlmToolCall,
     LlmUsage, UsageGroup,
@@ -61,6 +62,7 @@ pub(crate) async fn test(
         CallOrder {
             workflow: "test".into(),
             provider: req.provider,
+            model: None,
             template: prompt.clone(),
             request: ChatRequest {
                 system: None,
@@ -84,11 +86,10 @@ pub(crate) async fn test(
     }))
 }
 
-/// Most messages and tools one chat carries: a session that needs more should summarise.
-const MAX_MESSAGES: usize = 500;
-const MAX_TOOLS: usize = 128;
 /// Longest workflow name, in characters.
 const MAX_WORKFLOW: usize = 100;
+/// Longest model name, in characters.
+const MAX_MODEL: usize = 200;
 
 #[utoipa::path(post, path = "/api/v1/llm/chat", operation_id = "llm_chat", tag = "llm",
     request_body = LlmChatRequest,
@@ -97,7 +98,8 @@ const MAX_WORKFLOW: usize = 100;
               (status = 429, body = muster_api::ErrorBody, description = "the workflow's budget is spent (nothing was sent)"),
               (status = 502, body = muster_api::ErrorBody, description = "the provider failed: the error names it")))]
 /// One call to a model through the server: the workflow's budget is checked before anything
-/// is sent, and the call is in the ledger. Agents call models this way, so provider keys stay
+/// is sent, and the call is in the ledger. `model` picks another model of an unpriced
+/// provider. Agents call models this way, so provider keys stay
 /// on the server.
 pub(crate) async fn chat(
     State(app): State<AppState>,
@@ -105,16 +107,19 @@ pub(crate) async fn chat(
     ApiJson(req): ApiJson<LlmChatRequest>,
 ) -> Result<Json<LlmChatAnswer>, ApiError> {
     bounds::required_text("workflow", &req.workflow, MAX_WORKFLOW)?;
-    if req.messages.is_empty() || req.messages.len() > MAX_MESSAGES {
+    if let Some(model) = &req.model {
+        bounds::required_text("model", model, MAX_MODEL)?;
+    }
+    if req.messages.is_empty() || req.messages.len() > MAX_CHAT_MESSAGES {
         return Err(ApiError::invalid(
             "messages",
-            format!("must hold 1 to {MAX_MESSAGES} messages"),
+            format!("must hold 1 to {MAX_CHAT_MESSAGES} messages"),
         ));
     }
-    if req.tools.len() > MAX_TOOLS {
+    if req.tools.len() > MAX_CHAT_TOOLS {
         return Err(ApiError::invalid(
             "tools",
-            format!("must hold at most {MAX_TOOLS} tools"),
+            format!("must hold at most {MAX_CHAT_TOOLS} tools"),
         ));
     }
     for (i, tool) in req.tools.iter().enumerate() {
@@ -135,6 +140,7 @@ pub(crate) async fn chat(
         CallOrder {
             workflow: req.workflow,
             provider: req.provider,
+            model: req.model,
             template,
             request: ChatRequest {
                 system: req.system,

@@ -419,3 +419,39 @@ async fn an_agents_chat_goes_through_the_server_with_its_tools_and_its_budget() 
     }
     assert_eq!(cloud.requests().len(), 1, "a refused request sends nothing");
 }
+
+#[tokio::test]
+async fn a_chat_may_name_another_model_of_an_unpriced_provider_only() {
+    let (cloud, local) = (FakeService::start().await, FakeService::start().await);
+    local.default_reply(ollama_answer("hi"));
+    let t = spawn(&cloud, &local, None).await;
+    let chat = |provider: &str| {
+        json!({"workflow": "chat", "provider": provider, "model": "llama3.1:8b",
+               "messages": [{"role": "user", "content": "hello"}]})
+    };
+    let (status, answer) = t.post("/api/v1/llm/chat", chat("local")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(local.requests()[0].json()["model"], "llama3.1:8b");
+
+    // The cloud provider's price table is its own model's: another model would be mispriced.
+    let (status, refused) = t.post("/api/v1/llm/chat", chat("cloud")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("model") && message.contains("gpt-test"),
+        "{message}"
+    );
+    assert!(
+        cloud.requests().is_empty(),
+        "nothing sent for a refused model"
+    );
+    let mut same = chat("cloud");
+    same["model"] = json!("gpt-test");
+    cloud.default_reply(openai_answer("hi", 3, 1));
+    let (status, answer) = t.post("/api/v1/llm/chat", same).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "its own model may be named: {answer}"
+    );
+}

@@ -29,6 +29,11 @@ The config file (TOML) says who the agent is and what it may run; nothing else r
   [deploy]     workdir (required), repos (clone URLs: exact, or a prefix ending in /),
                ansible_playbook, terraform (programs, or false), git, timeout_s: for
                tasks of kind \"ansible\" and \"terraform\" at a pushed commit
+  [llm]        provider, workflow, system, max_turns (default 10), max_tokens, actions
+               (default: every action not risky), tool_timeout_s: LLM sessions, tasks of
+               kind \"llm\" whose model turns go through the server
+  [[mcp.servers]]  name, command + args + env + env_from (stdio) or url + token_env
+               (streamable HTTP), tools (the allow-list): MCP tools for those sessions
 
 A task of kind \"action\" names one and its parameters:
   muster task submit action --cap docker \\
