@@ -486,3 +486,30 @@ async fn a_cancel_or_the_timeout_mid_session_kills_the_running_tool_and_the_stdi
     stop.cancel();
     agent.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_provider_that_fails_fails_the_attempt_and_the_session_runs_again() {
+    let fake = FakeLlm::start().await;
+    fake.reply_status(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": {"message": "overloaded"}}),
+    );
+    fake.reply(final_answer("Fine now.", 10, 2));
+    let plane = plane(&fake, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, agent) = start_agent(&plane, &agent_config(dir.path(), ""));
+
+    let task = plane
+        .submit_with("llm", json!({"prompt": "Hello.", "tools": []}), |t| {
+            t.max_retries = Some(1)
+        })
+        .await;
+    let task = plane.wait_final(&task).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!(task.result.as_ref().unwrap()["answer"], "Fine now.");
+    assert_eq!(task.attempts.len(), 2, "{task:?}");
+    let first = task.attempts[0].error.as_deref().unwrap();
+    assert!(first.contains("turn 1") && first.contains("503"), "{first}");
+    stop.cancel();
+    agent.await.unwrap();
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 #[derive(Default)]
 struct Script {
-    replies: VecDeque<Value>,
+    replies: VecDeque<(StatusCode, Value)>,
     default: Option<Value>,
     requests: Vec<Value>,
 }
@@ -44,7 +44,16 @@ impl FakeLlm {
 
     /// Queues one answer.
     pub fn reply(&self, body: Value) {
-        self.script.lock().unwrap().replies.push_back(body);
+        self.reply_status(StatusCode::OK, body);
+    }
+
+    /// Queues one answer with another status (a provider's failure).
+    pub fn reply_status(&self, status: StatusCode, body: Value) {
+        self.script
+            .lock()
+            .unwrap()
+            .replies
+            .push_back((status, body));
     }
 
     /// The answer once the queue is empty.
@@ -80,12 +89,9 @@ async fn answer(
 ) -> (StatusCode, Json<Value>) {
     let mut script = script.lock().unwrap();
     script.requests.push(request);
-    match script
-        .replies
-        .pop_front()
-        .or_else(|| script.default.clone())
-    {
-        Some(body) => (StatusCode::OK, Json(body)),
+    let default = script.default.clone().map(|body| (StatusCode::OK, body));
+    match script.replies.pop_front().or(default) {
+        Some((status, body)) => (status, Json(body)),
         None => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": {"message": "the test queued no answer"}})),
