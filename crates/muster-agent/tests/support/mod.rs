@@ -76,52 +76,43 @@ impl Plane {
 
     /// Polls until the task is final (bounded), then returns it with attempts.
     pub async fn wait_final(&self, task: &Task) -> Task {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        until(|| async {
             let t = self.client.task(task.id).await.unwrap();
             if t.state.is_final() {
-                return t;
+                Ok(t)
+            } else {
+                Err(format!("task {} never finished: {t:?}", task.id))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "task {} never finished: {t:?}",
-                task.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     pub async fn wait_state(&self, task: &Task, state: muster_api::TaskState) -> Task {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        until(|| async {
             let t = self.client.task(task.id).await.unwrap();
             if t.state == state {
-                return t;
+                Ok(t)
+            } else {
+                Err(format!("task {} never became {state}: {t:?}", task.id))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "task {} never became {state}: {t:?}",
-                task.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Waits (bounded) until the task's log holds `needle`; returns the log.
     pub async fn wait_log(&self, task: &Task, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        until(|| async {
             let text = self.log_text(task).await;
             if text.contains(needle) {
-                return text;
+                Ok(text)
+            } else {
+                Err(format!(
+                    "task {} never logged {needle:?}; its log:\n{text}",
+                    task.id
+                ))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "task {} never logged {needle:?}; its log:\n{text}",
-                task.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     pub async fn log_text(&self, task: &Task) -> String {
@@ -321,5 +312,22 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it answers `Ok` (then returns it), for at most 30 s; past that it fails
+/// with the last `Err`, which says what never happened.
+pub async fn until<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) => assert!(tokio::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
